@@ -1,0 +1,98 @@
+"""The base configuration every experiment in `experiments/` starts from.
+
+Every number a run depends on lives in the config (see `../shared/STYLE.md`); `experiments/*.py`
+import `base_config()` and override what their paper setup changes. Keys are grouped by the part of
+the library that reads them.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns the defaults shared by all experiments (a small CIFAR ResNet on `digits`)."""
+  c = ml_collections.ConfigDict()
+
+  # --- Model (incres.models) ---
+  c.model = "CifarResNet20"  # A name from `incres.models`.
+  c.num_classes = -1  # -1: take the dataset's number of classes.
+  c.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (parameters stay float32).
+  c.model_kwargs = ml_collections.ConfigDict()  # Extra fields for the model (e.g. shortcut="A").
+
+  # --- Data (incres.data) ---
+  c.dataset = "digits"  # tfds name, "folder:<path>", "digits" or "fake".
+  c.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir; None: tfds default.
+  c.train_split = "train"
+  c.eval_split = "test"
+  c.image_size = 32  # Training / evaluation crop size.
+  c.augment = "cifar"  # "cifar", "resnet_imagenet", "googlenet" or "none".
+  c.eval_preprocess = "single"  # "single" (original view) or "center" (shorter side 256, 224 crop).
+  c.batch_size = 128  # Global batch size, split across all devices and hosts.
+  c.eval_batch_size = 256  # Global evaluation batch size (the last batch is padded and masked).
+
+  # --- Optimisation (incres.train) ---
+  c.num_train_steps = 2000
+  c.optimizer = "sgd"
+  c.learning_rate = 0.1
+  c.momentum = 0.9
+  c.nesterov = False
+  c.weight_decay = 1e-4
+  c.schedule = "piecewise"  # "piecewise", "exponential", "cosine" or "constant".
+  c.lr_boundaries = (1000, 1500)  # piecewise: steps at which the rate is multiplied by lr_decay_factor.
+  c.lr_decay_factor = 0.1
+  c.lr_decay_steps = 0  # exponential: decay every this many steps ...
+  c.lr_decay_rate = 0.96  # ... by this factor (GoogLeNet: 4% every 8 epochs), staircase.
+  c.warmup_steps = 0  # Steps at warmup_learning_rate before the schedule starts (ResNet-110).
+  c.warmup_learning_rate = 0.0
+  c.label_smoothing = 0.0
+  c.aux_loss_weight = 0.3  # GoogLeNet's auxiliary classifiers; ignored by models without them.
+  c.grad_clip_norm = ml_collections.config_dict.placeholder(float)  # None: no clipping.
+  c.ema_decay = ml_collections.config_dict.placeholder(float)  # None: no EMA of the parameters.
+  c.polyak = False  # Keep a Polyak (running mean) average of the parameters for evaluation.
+  c.seed = 0
+
+  # --- Loop, logging, checkpoints (incres.train, incres.checkpoint) ---
+  c.log_every_steps = 50
+  c.eval_every_steps = 500
+  c.checkpoint_every_steps = 500
+  c.keep_checkpoints = 3
+  c.best_metric = "eval/top1"  # Also keep the best checkpoint by this metric (higher is better).
+
+  # --- Fine-tuning (incres.finetune) ---
+  c.init_from = ml_collections.config_dict.placeholder(str)  # Workdir or checkpoint path.
+  c.init_from_step = ml_collections.config_dict.placeholder(int)  # None: latest.
+  c.freeze_backbone = False
+  c.head_learning_rate = ml_collections.config_dict.placeholder(float)  # None: same as the rest.
+
+  c.smoke = False
+  return c
+
+
+def parse_arg(arg: str | None, **defaults):
+  """Parses a config-file argument "key=value,key=value" into a ConfigDict over `defaults`.
+
+  Values are parsed as Python literals where possible ("56" -> 56, "True" -> True), otherwise kept
+  as strings. Unknown keys fail with the list of known ones.
+  """
+  import ast
+
+  parsed = ml_collections.ConfigDict(dict(defaults))
+  if not arg:
+    return parsed
+  for item in arg.split(","):
+    if not item.strip():
+      continue
+    if "=" not in item:
+      raise ValueError(f"Config argument {item!r} is not of the form key=value (in {arg!r}).")
+    key, value = (s.strip() for s in item.split("=", 1))
+    if key not in parsed:
+      raise ValueError(
+          f"Unknown config argument {key!r} in {arg!r}; known arguments: {sorted(parsed.keys())}."
+      )
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass
+    parsed[key] = value
+  return parsed

@@ -1,0 +1,70 @@
+"""Every network by name: `getattr(incres.models, NAME)(num_classes=N, dtype=...)`."""
+
+from incres.models.googlenet import (
+    GoogLeNet,
+    GoogLeNet32,
+    GoogLeNetBN,
+    GoogLeNetBN32,
+    InceptionModule,
+    InceptionRow,
+    TABLE1,
+)
+from incres.models.resnet import (
+    BasicBlock,
+    Bottleneck,
+    CifarPlain20,
+    CifarPlain32,
+    CifarPlain44,
+    CifarPlain56,
+    CifarPlain110,
+    CifarResNet20,
+    CifarResNet32,
+    CifarResNet44,
+    CifarResNet56,
+    CifarResNet110,
+    CifarResNet1202,
+    Plain18,
+    Plain34,
+    ResNet,
+    ResNet18,
+    ResNet34,
+    ResNet50,
+    ResNet101,
+    ResNet152,
+)
+
+# Named models and the input size each was designed for.
+MODELS = {
+    "GoogLeNet": 224,
+    "GoogLeNetBN": 224,
+    "GoogLeNet32": 32,
+    "GoogLeNetBN32": 32,
+    "ResNet18": 224,
+    "ResNet34": 224,
+    "ResNet50": 224,
+    "ResNet101": 224,
+    "ResNet152": 224,
+    "Plain18": 224,
+    "Plain34": 224,
+    "CifarResNet20": 32,
+    "CifarResNet32": 32,
+    "CifarResNet44": 32,
+    "CifarResNet56": 32,
+    "CifarResNet110": 32,
+    "CifarResNet1202": 32,
+    "CifarPlain20": 32,
+    "CifarPlain32": 32,
+    "CifarPlain44": 32,
+    "CifarPlain56": 32,
+    "CifarPlain110": 32,
+}
+
+
+def get_model(name: str, **kwargs):
+  """Builds a named model, with a clear error for an unknown name."""
+  if name not in MODELS:
+    raise ValueError(
+        f"Unknown model {name!r}. incres.models has: {', '.join(MODELS)}. Set config.model to one "
+        "of these (e.g. --config.model=CifarResNet20)."
+    )
+  return globals()[name](**kwargs)

@@ -1,0 +1,235 @@
+"""ResNet (He et al. 2015, arXiv 1512.03385): ImageNet and CIFAR networks and their plain twins.
+
+One `ResNet` class over a stage table; every named model is a `functools.partial` of it.
+
+Faithfulness notes:
+- BN after every convolution, before the nonlinearity; ReLU after the addition (Figure 2/5).
+- He initialisation (He et al. 2015b) as in the paper's Torch code: normal with std sqrt(2 / n),
+  n = k * k * output channels ("fan_out"), no truncation.
+- Bottleneck strides: the paper (and its Torch code, "v1") strides the block's first 1x1 conv.
+  torchvision and the Flax example stride the 3x3 ("v1.5"); `stride_in_1x1=False` gives that, and
+  is what weight import from torchvision uses.
+- Shortcuts (Section 3.3): "A" subsamples and pads the new channels with zeros (parameter-free; the
+  zeros are appended after the identity channels, as in the paper's Torch code); "B" uses a 1x1
+  projection (+BN) only where the shape changes; "C" projects in every block.
+- Every 3x3 conv's output after BN and before the nonlinearity (ReLU or the addition) is sown into
+  the `intermediates` collection as `<stage>_<block>/bn_out<i>` (Figure 7's "responses").
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+ModuleDef = Any
+
+he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def shortcut_a(x: jnp.ndarray, out_channels: int, stride: int) -> jnp.ndarray:
+  """Option A: identity, subsampled by `stride`, with zero channels appended up to out_channels."""
+  if stride > 1:
+    x = x[:, ::stride, ::stride, :]
+  extra = out_channels - x.shape[-1]
+  if extra > 0:
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
+  return x
+
+
+class _Block(nn.Module):
+  """Shared shortcut logic of the basic and bottleneck blocks."""
+
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  strides: int = 1
+  shortcut: str = "B"
+  residual: bool = True
+  zero_init_last_bn: bool = False
+  expansion: int = 1
+
+  def add_shortcut(self, x, y):
+    if not self.residual:  # The plain twin: no shortcut at all.
+      return nn.relu(y)
+    out_channels = self.filters * self.expansion
+    shape_changes = self.strides > 1 or x.shape[-1] != out_channels
+    if self.shortcut == "C" or (self.shortcut == "B" and shape_changes):
+      x = self.conv(out_channels, (1, 1), (self.strides, self.strides), name="proj_conv")(x)
+      x = self.norm(name="proj_bn")(x)
+    elif shape_changes:
+      if self.shortcut not in ("A", "B"):
+        raise ValueError(f"Unknown shortcut option {self.shortcut!r}; use 'A', 'B' or 'C'.")
+      x = shortcut_a(x, out_channels, self.strides)
+    return nn.relu(y + x)
+
+  def last_norm(self, name: str):
+    if self.zero_init_last_bn:
+      return self.norm(name=name, scale_init=nn.initializers.zeros)
+    return self.norm(name=name)
+
+
+class BasicBlock(_Block):
+  """Two 3x3 convs (Figure 5 left)."""
+
+  @nn.compact
+  def __call__(self, x):
+    s = (self.strides, self.strides)
+    y = self.conv(self.filters, (3, 3), s, name="conv1")(x)
+    y = self.norm(name="bn1")(y)
+    self.sow("intermediates", "bn_out1", y)
+    y = nn.relu(y)
+    y = self.conv(self.filters, (3, 3), name="conv2")(y)
+    y = self.last_norm("bn2")(y)
+    self.sow("intermediates", "bn_out2", y)
+    return self.add_shortcut(x, y)
+
+
+class Bottleneck(_Block):
+  """1x1 reduce, 3x3, 1x1 expand (x4) (Figure 5 right)."""
+
+  expansion: int = 4
+  stride_in_1x1: bool = True  # The paper's placement ("v1"); False: torchvision's "v1.5".
+
+  @nn.compact
+  def __call__(self, x):
+    s = (self.strides, self.strides)
+    s1, s3 = (s, (1, 1)) if self.stride_in_1x1 else ((1, 1), s)
+    y = self.conv(self.filters, (1, 1), s1, name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = self.conv(self.filters, (3, 3), s3, name="conv2")(y)
+    y = self.norm(name="bn2")(y)
+    self.sow("intermediates", "bn_out2", y)
+    y = nn.relu(y)
+    y = self.conv(self.filters * self.expansion, (1, 1), name="conv3")(y)
+    y = self.last_norm("bn3")(y)
+    return self.add_shortcut(x, y)
+
+
+class ResNet(nn.Module):
+  """A ResNet or plain net over a stage table.
+
+  `stem="imagenet"`: 7x7/2 conv 64, 3x3/2 max pool (Table 1). `stem="cifar"`: one 3x3 conv (4.2).
+  Stage i has `stage_sizes[i]` blocks of `width * 2**i` filters; stages after the first start with
+  stride 2. Returns `(logits, {'features', 'aux_logits': ()})` in every mode.
+  """
+
+  stage_sizes: Sequence[int]
+  block: ModuleDef
+  num_classes: int = 1000
+  width: int = 64
+  stem: str = "imagenet"
+  shortcut: str = "B"
+  residual: bool = True
+  stride_in_1x1: bool = True
+  zero_init_last_bn: bool = False
+  bn_momentum: float = 0.9  # Torch's 0.1 in Flax's convention.
+  bn_epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    conv = conv_factory(
+        use_bias=False, kernel_init=he_normal, dtype=self.dtype, param_dtype=jnp.float32
+    )
+    norm = functools.partial(
+        nn.BatchNorm,
+        use_running_average=not train,
+        momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+    )
+    block = self.block
+    if block is Bottleneck:
+      block = functools.partial(Bottleneck, stride_in_1x1=self.stride_in_1x1)
+
+    x = jnp.asarray(x, self.dtype)
+    if self.stem == "imagenet":
+      x = conv(self.width, (7, 7), (2, 2), name="stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    elif self.stem == "cifar":
+      x = conv(self.width, (3, 3), name="stem_conv")(x)
+      x = norm(name="stem_bn")(x)
+      self.sow("intermediates", "stem_bn_out", x)
+      x = nn.relu(x)
+    else:
+      raise ValueError(f"Unknown stem {self.stem!r}; use 'imagenet' or 'cifar'.")
+
+    for i, num_blocks in enumerate(self.stage_sizes):
+      for j in range(num_blocks):
+        x = block(
+            filters=self.width * 2**i,
+            conv=conv,
+            norm=norm,
+            strides=2 if i > 0 and j == 0 else 1,
+            shortcut=self.shortcut,
+            residual=self.residual,
+            zero_init_last_bn=self.zero_init_last_bn,
+            name=f"stage{i + 1}_block{j}",
+        )(x)
+
+    features = jnp.mean(x, axis=(1, 2))  # Global average pool.
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(
+        features
+    )
+    return jnp.asarray(logits, jnp.float32), {
+        "features": jnp.asarray(features, jnp.float32),
+        "aux_logits": (),
+    }
+
+
+def conv_factory(**defaults) -> Callable[..., nn.Conv]:
+  """Returns `conv(features, kernel_size, strides=(1, 1), **kw)` with symmetric k // 2 padding.
+
+  Torch and Caffe pad symmetrically; XLA's "SAME" pads asymmetrically under stride 2, which would
+  shift every strided window by a pixel relative to the papers' (and torchvision's) networks.
+  """
+
+  def conv(features, kernel_size, strides=(1, 1), **kw):
+    pads = tuple((k // 2, k // 2) for k in kernel_size)
+    return nn.Conv(features, kernel_size, strides, padding=pads, **{**defaults, **kw})
+
+  return conv
+
+
+# Torchvision's parameter counts hold for option B (projection shortcuts only where shapes change).
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock)
+ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=Bottleneck)
+ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block=Bottleneck)
+ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block=Bottleneck)
+Plain18 = functools.partial(ResNet18, residual=False)
+Plain34 = functools.partial(ResNet34, residual=False)
+
+
+def _cifar(depth: int, residual: bool) -> Callable[..., ResNet]:
+  """Section 4.2: 6n+2 layers, 16/32/64 filters on 32/16/8 maps, option A everywhere."""
+  assert (depth - 2) % 6 == 0, depth
+  n = (depth - 2) // 6
+  return functools.partial(
+      ResNet,
+      stage_sizes=(n, n, n),
+      block=BasicBlock,
+      num_classes=10,
+      width=16,
+      stem="cifar",
+      shortcut="A",
+      residual=residual,
+  )
+
+
+CifarResNet20 = _cifar(20, True)
+CifarResNet32 = _cifar(32, True)
+CifarResNet44 = _cifar(44, True)
+CifarResNet56 = _cifar(56, True)
+CifarResNet110 = _cifar(110, True)
+CifarResNet1202 = _cifar(1202, True)
+CifarPlain20 = _cifar(20, False)
+CifarPlain32 = _cifar(32, False)
+CifarPlain44 = _cifar(44, False)
+CifarPlain56 = _cifar(56, False)
+CifarPlain110 = _cifar(110, False)

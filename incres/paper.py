@@ -1,0 +1,68 @@
+"""The papers' published figures (from ../shared/PAPERS.md), for tests, the summary and reports."""
+
+# Parameters: exact counts where the figure is exact (torchvision's, or derived here and noted).
+# Multiply-adds: the papers' figures (ResNet Table 1; GoogLeNet's "1.5 billion"), or torchvision's
+# where the model is torchvision's structure.
+PARAMS = {
+    "GoogLeNet": 13_378_280,  # With auxiliary heads; 6,998,552 without (the paper's "about 7M").
+    "GoogLeNetBN": 13_004_888,  # torchvision: 6,624,904 without auxiliary heads.
+    "ResNet18": 11_689_512,
+    "ResNet34": 21_797_672,
+    "ResNet50": 25_557_032,
+    "ResNet101": 44_549_160,
+    "ResNet152": 60_192_808,
+    "CifarResNet20": 269_722,
+    "CifarResNet32": 464_154,
+    "CifarResNet44": 658_586,
+    "CifarResNet56": 853_018,
+    "CifarResNet110": 1_727_962,
+    "CifarResNet1202": 19_421_274,
+    "CifarPlain20": 269_722,
+    "CifarPlain32": 464_154,
+    "CifarPlain44": 658_586,
+    "CifarPlain56": 853_018,
+    "CifarPlain110": 1_727_962,
+}
+PARAMS_WITHOUT_AUX = {"GoogLeNet": 6_998_552, "GoogLeNetBN": 6_624_904}
+
+MACS = {
+    "GoogLeNet": 1.5e9,
+    "GoogLeNetBN": 1.498e9,  # torchvision's figure for its GoogLeNet.
+    "ResNet18": 1.8e9,
+    "ResNet34": 3.6e9,
+    "ResNet50": 3.8e9,
+    "ResNet101": 7.6e9,
+    "ResNet152": 11.3e9,
+    "Plain18": 1.8e9,
+    "Plain34": 3.6e9,
+}
+
+# GoogLeNet Table 1, "ops" column (millions of multiply-adds per layer).
+GOOGLENET_TABLE1_OPS = {
+    "conv1": 34e6,  # Inconsistent in the paper: a 7x7/2 conv 3->64 at 112x112 is 118M (see below).
+    "conv2": 360e6,  # The 1x1 reduce (conv2_reduce) and the 3x3 conv together.
+    "inception_3a": 128e6,
+    "inception_3b": 304e6,
+    "inception_4a": 73e6,
+    "inception_4b": 88e6,
+    "inception_4c": 100e6,
+    "inception_4d": 119e6,
+    "inception_4e": 170e6,
+    "inception_5a": 54e6,  # Inconsistent in the paper: its filter counts give 51M (and 1043K params).
+    "inception_5b": 71e6,
+    "head": 1e6,
+}
+
+# Test error (%) of the papers' single models (ResNet Table 3, 10-crop; Table 6, CIFAR-10).
+IMAGENET_TOP1_ERR_10CROP = {"ResNet34": 24.52, "ResNet50": 22.85, "ResNet101": 21.75, "ResNet152": 21.43}
+IMAGENET_TOP5_ERR_10CROP = {"ResNet34": 7.46, "ResNet50": 6.71, "ResNet101": 6.05, "ResNet152": 5.71, "Plain34": 10.02}
+CIFAR10_ERR = {
+    "CifarResNet20": 8.75,
+    "CifarResNet32": 7.51,
+    "CifarResNet44": 7.17,
+    "CifarResNet56": 6.97,
+    "CifarResNet110": 6.43,
+    "CifarResNet1202": 7.93,
+}
+# GoogLeNet Table 3 (ILSVRC 2014 validation, top-5 error %, one model).
+GOOGLENET_TOP5_ERR = {"1crop": 10.07, "10crop": 9.15, "144crop": 7.89}

@@ -1,0 +1,355 @@
+"""Checkpoints: a small wrapper around orbax's `CheckpointManager` (the `args=` API).
+
+Layout: `<workdir>/checkpoints/<step>/{state,meta}`. `state` is the whole `TrainState` (parameters,
+batch statistics, optimizer state, averaged parameters, step, RNG) saved with
+`ocp.args.StandardSave`; `meta` is JSON: the resolved config, the data iterator's position and the
+library version. Orbax writes each step into a temporary directory and renames it when complete,
+so a process killed at any moment (mid-save included) leaves the previous checkpoints intact and
+the half-written one invisible; leftovers are cleaned up by the next run.
+
+The input pipeline is deterministic in the step (`incres.data.create_train_iter(config,
+start_step=k)` yields the k-th batch first), so the iterator's position is the number of batches
+consumed, saved in `meta["data"]["next_step"]`.
+
+Resuming reads the newest complete checkpoint. If the workdir holds a checkpoint of another model
+or of an incompatible config, `IncompatibleCheckpointError` names the mismatch before anything in
+the workdir is touched.
+
+Later stages (evaluation, fine-tuning, prediction) load a trained model with `load_variables`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+
+import incres
+
+CHECKPOINT_DIR = "checkpoints"
+
+# Config keys that define what a checkpoint *is*: resuming with any of them changed is refused.
+# Other keys (learning rate, number of steps, ...) may change between runs; the change is logged.
+IDENTITY_KEYS = ("model", "model_kwargs", "num_classes", "dataset", "image_size")
+
+
+class IncompatibleCheckpointError(ValueError):
+  """The workdir holds a checkpoint this config cannot resume from."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def _config_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
+  """The config as plain JSON data (tuples become lists), for saving and comparing."""
+  if isinstance(config, ml_collections.ConfigDict):
+    return json.loads(config.to_json())
+  return json.loads(json.dumps(dict(config)))
+
+
+def _path_str(path: tuple[Any, ...]) -> str:
+  """`('opt_state', 0, 'trace', 'conv')` style key path -> `opt_state.0.trace.conv`."""
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return ".".join(parts)
+
+
+def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {_path_str(p): (tuple(x.shape), str(jax.numpy.dtype(x.dtype))) for p, x in leaves}
+
+
+def _describe_tree_mismatch(saved: Any, expected: Any, limit: int = 6) -> list[str]:
+  saved_shapes, expected_shapes = _shapes(saved), _shapes(expected)
+  problems = []
+  for name in sorted(set(saved_shapes) | set(expected_shapes)):
+    s, e = saved_shapes.get(name), expected_shapes.get(name)
+    if s == e:
+      continue
+    if s is None:
+      problems.append(f"{name} is not in the checkpoint")
+    elif e is None:
+      problems.append(f"{name} is in the checkpoint but not in this model/optimizer")
+    else:
+      problems.append(f"{name}: checkpoint {s[0]} {s[1]}, this config {e[0]} {e[1]}")
+  if len(problems) > limit:
+    problems = problems[:limit] + [f"... and {len(problems) - limit} more"]
+  return problems
+
+
+class Checkpointer:
+  """Saves and restores a run's `TrainState` in `<workdir>/checkpoints`.
+
+  Args:
+    workdir: the run's directory.
+    config: the resolved config (saved in every checkpoint, compared on resume).
+    save_every_steps: `should_save(step)` is true every this many steps.
+    keep: how many of the newest checkpoints to keep.
+    best_metric: also keep the checkpoint with the best value of this metric (the `metrics` passed
+      to `save`); higher is better unless the name ends in "loss".
+    async_save: save in a background thread (the arrays are copied to host memory first, so the
+      training step may reuse their buffers right away).
+  """
+
+  def __init__(
+      self,
+      workdir: str,
+      config: ml_collections.ConfigDict,
+      *,
+      save_every_steps: int,
+      keep: int,
+      best_metric: str | None = None,
+      async_save: bool = True,
+  ):
+    self.directory = checkpoint_dir(workdir)
+    self._config = config
+    self._save_every = save_every_steps
+    policies = [ocp.checkpoint_managers.LatestN(n=max(1, keep))]
+    if best_metric:
+      lower_is_better = best_metric.endswith("loss")
+      policies.append(
+          ocp.checkpoint_managers.BestN(
+              get_metric_fn=lambda m: m[best_metric],
+              reverse=lower_is_better,
+              n=1,
+              keep_checkpoints_without_metrics=False,
+          )
+      )
+    self._options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True,
+        create=True,
+    )
+    self._manager: ocp.CheckpointManager | None = None
+
+  # --- Reading (touches nothing) ---
+
+  def _reader(self) -> ocp.CheckpointManager | None:
+    if not os.path.isdir(self.directory):
+      return None
+    return ocp.CheckpointManager(
+        self.directory,
+        item_names=("state", "meta"),
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+    )
+
+  def latest_step(self) -> int | None:
+    reader = self._reader()
+    if reader is None:
+      return None
+    try:
+      return reader.latest_step()
+    finally:
+      reader.close()
+
+  def check_compatible(self, abstract_state: Any) -> int | None:
+    """Raises `IncompatibleCheckpointError` if the newest checkpoint can't be resumed; else its step.
+
+    Reads only: a refused workdir is left exactly as it was.
+    """
+    reader = self._reader()
+    if reader is None:
+      return None
+    try:
+      step = reader.latest_step()
+      if step is None:
+        return None
+      where = os.path.join(self.directory, str(step))
+      try:
+        meta = reader.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        saved_config = meta["config"]
+      except Exception as e:  # pylint: disable=broad-except
+        raise IncompatibleCheckpointError(
+            f"The checkpoint {where} has no readable incres metadata ({type(e).__name__}: {e}), so"
+            " it was not written by this library or is damaged. Nothing was changed. Use a new"
+            " --workdir, or move that directory away."
+        ) from e
+      current = _config_dict(self._config)
+      mismatched = [
+          f"{k}: checkpoint {saved_config.get(k)!r}, this config {current.get(k)!r}"
+          for k in IDENTITY_KEYS
+          if saved_config.get(k) != current.get(k)
+      ]
+      saved_tree = reader.item_metadata(step)["state"]
+      saved_tree = getattr(saved_tree, "tree", saved_tree)
+      tree_problems = _describe_tree_mismatch(saved_tree, abstract_state)
+      if mismatched or tree_problems:
+        other = [
+            f"{k}: checkpoint {saved_config.get(k)!r}, this config {current.get(k)!r}"
+            for k in sorted(set(saved_config) & set(current))
+            if k not in IDENTITY_KEYS and saved_config[k] != current[k]
+        ]
+        lines = mismatched + tree_problems + [f"(also differs) {o}" for o in other[:6]]
+        raise IncompatibleCheckpointError(
+            f"Cannot resume: the workdir's checkpoint {where} was written for a different model or"
+            " an incompatible config:\n  - "
+            + "\n  - ".join(lines)
+            + "\nNothing in the workdir was changed. Train this config in a new --workdir, or pass"
+            " the checkpoint's values (e.g. --config.model=...) to resume the old run."
+        )
+      changed = [
+          f"{k}: {saved_config[k]!r} -> {current[k]!r}"
+          for k in sorted(set(saved_config) & set(current))
+          if saved_config[k] != current[k]
+      ]
+      if changed:
+        logging.warning("Resuming step %d with a changed config: %s", step, "; ".join(changed))
+      return step
+    finally:
+      reader.close()
+
+  # --- Writing ---
+
+  @property
+  def manager(self) -> ocp.CheckpointManager:
+    if self._manager is None:
+      self._manager = ocp.CheckpointManager(
+          self.directory, item_names=("state", "meta"), options=self._options
+      )
+    return self._manager
+
+  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """Restores `(state, meta)` at `step` (default: newest) with `abstract_state`'s shardings."""
+    if step is None:
+      step = self.manager.latest_step()
+    restored = self.manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+        ),
+    )
+    return restored.state, restored.meta
+
+  def should_save(self, step: int) -> bool:
+    return step % self._save_every == 0
+
+  def save(self, step: int, state: Any, *, metrics: Mapping[str, float] | None = None) -> bool:
+    """Starts saving `state` as checkpoint `step` (asynchronously); returns whether it saved."""
+    if step in self.manager.all_steps():
+      return False  # Already saved (e.g. the final step coincides with a periodic save).
+    meta = {
+        "config": _config_dict(self._config),
+        "data": {"next_step": int(step)},
+        "incres_version": incres.__version__,
+    }
+    return self.manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
+        force=True,
+    )
+
+  def wait(self) -> None:
+    if self._manager is not None:
+      self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves to finish and releases the manager."""
+    if self._manager is not None:
+      self._manager.wait_until_finished()
+      self._manager.close()
+      self._manager = None
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
+
+
+def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
+  """Returns the resolved config saved with a workdir's checkpoint (default: newest)."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"No checkpoints in {directory}: train there first (launch.py).")
+  reader = ocp.CheckpointManager(
+      directory,
+      item_names=("state", "meta"),
+      options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+  )
+  try:
+    step = reader.latest_step() if step is None else step
+    if step is None or step not in reader.all_steps():
+      raise FileNotFoundError(
+          f"No checkpoint {'' if step is None else step} in {directory}; available steps:"
+          f" {list(reader.all_steps())}."
+      )
+    meta = reader.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  finally:
+    reader.close()
+  config = ml_collections.ConfigDict(meta["config"])
+  for key in ("lr_boundaries",):  # JSON turned tuples into lists.
+    if key in config and isinstance(config[key], list):
+      config[key] = tuple(config[key])
+  return config
+
+
+def load_variables(
+    workdir: str,
+    step: int | None = None,
+    averaged: bool | str = False,
+    mesh: jax.sharding.Mesh | None = None,
+) -> tuple[ml_collections.ConfigDict, Any, dict[str, Any]]:
+  """Loads a trained model from a workdir: `(config, model, variables)`.
+
+  `variables` is what `model.apply` takes: `{"params": ..., "batch_stats": ...}` (no
+  `"batch_stats"` for models without batch norm). `averaged` picks the parameters: False for the
+  raw ones, "ema" or "polyak" for an average kept during training, True for whichever average the
+  run kept (EMA first). Batch statistics are always the training run's running averages.
+  The arrays are replicated over `mesh` (default: all devices).
+
+  Example:
+    config, model, variables = load_variables("runs/quickstart")
+    logits, extras = model.apply(variables, images, train=False)
+  """
+  from incres import train  # pylint: disable=g-import-not-at-top  (train imports this module)
+
+  config = load_config(workdir, step)
+  model = train.create_model(config)
+  mesh = mesh if mesh is not None else train.create_mesh()
+  tx = train.create_optimizer(config, train.create_learning_rate_fn(config))
+  abstract_state = train.abstract_train_state(config, model, tx, mesh)
+  reader = ocp.CheckpointManager(
+      checkpoint_dir(workdir),
+      item_names=("state", "meta"),
+      options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+  )
+  try:
+    step = reader.latest_step() if step is None else step
+    state = reader.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    ).state
+  finally:
+    reader.close()
+  params = state.params
+  if averaged:
+    kinds = ("ema", "polyak") if averaged is True else (averaged,)
+    for kind in kinds:
+      if kind not in ("ema", "polyak"):
+        raise ValueError(f"averaged={averaged!r}: use False, True, 'ema' or 'polyak'.")
+      if getattr(state, f"{kind}_params") is not None:
+        params = getattr(state, f"{kind}_params")
+        break
+    else:
+      raise ValueError(
+          f"The run in {workdir} kept no {' or '.join(kinds)} average of the parameters (config"
+          " ema_decay / polyak); load with averaged=False."
+      )
+  variables = {"params": params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  return config, model, variables

@@ -1,0 +1,233 @@
+"""The papers' augmentations and test views, as seeded, stateless TensorFlow functions.
+
+Every function maps one uint8 image `[H, W, 3]` and a `[2]` integer seed to a float32 image. Only
+stateless random ops are used, so the output is a pure function of (image, seed): the same eagerly
+and inside `tf.data`, whatever the parallelism, which is what makes resumed training exact
+(`incres.data` seeds each example by its position in the training stream).
+
+Pixel values are scaled to [0, 1] before the mean is subtracted. The papers' Caffe-era pipelines
+worked on raw 0–255 values; the scale is absorbed by the BatchNorm after the first convolution and
+[0, 1] keeps every input O(1) for the models without BatchNorm (GoogLeNet with LRN).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import tensorflow as tf
+
+# Per-channel RGB mean of ImageNet on the [0, 1] scale (the values torchvision and the Flax example
+# use). The ResNet paper subtracts a per-pixel mean; over random scales and crops of ImageNet that
+# mean image is spatially flat, so a per-channel mean is the same thing in practice.
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+
+# AlexNet's PCA colour augmentation (Krizhevsky et al. 2012, §4.1): eigenvalues and eigenvectors
+# (columns) of the 3×3 covariance of ImageNet RGB pixels on the [0, 1] scale, as published with
+# fb.resnet.torch (55.46, 4.794, 1.148 on the 0–255 scale).
+PCA_EIGENVALUES = (0.2175, 0.0188, 0.0045)
+PCA_EIGENVECTORS = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+
+# ResNet §3.4 scale augmentation and test view, for a 224 crop; other crop sizes scale them.
+RESNET_SCALE_RANGE = (256, 480)
+EVAL_RESIZE_RATIO = 256 / 224
+
+# GoogLeNet §6: crop area and aspect ratio.
+GOOGLENET_AREA_RANGE = (0.08, 1.0)
+GOOGLENET_ASPECT_RANGE = (3 / 4, 4 / 3)
+# The paper cites Howard's photometric distortions without magnitudes; these are the ones of the
+# Inception reference preprocessing (TF-slim `inception_preprocessing.distort_color`).
+BRIGHTNESS_DELTA = 32 / 255
+SATURATION_RANGE = (0.5, 1.5)
+HUE_DELTA = 0.2
+CONTRAST_RANGE = (0.5, 1.5)
+INTERPOLATIONS = ("bilinear", "area", "nearest", "bicubic")
+
+
+def _seeds(seed: tf.Tensor, n: int) -> list[tf.Tensor]:
+  """Splits one stateless seed into `n` independent ones."""
+  return tf.unstack(tf.random.experimental.stateless_split(seed, n))
+
+
+def _to_float(image: tf.Tensor) -> tf.Tensor:
+  """uint8 [0, 255] -> float32 [0, 1]."""
+  return tf.cast(image, tf.float32) / 255.0
+
+
+def resize_shorter_side(image: tf.Tensor, size: tf.Tensor | int) -> tf.Tensor:
+  """Resizes (bilinear, antialiased) so that the shorter side is `size`, keeping the aspect."""
+  shape = tf.shape(image)
+  h = tf.cast(shape[0], tf.float32)
+  w = tf.cast(shape[1], tf.float32)
+  size = tf.cast(size, tf.float32)
+  scale = size / tf.minimum(h, w)
+  # Rounding the longer side only: the shorter one must be exactly `size`.
+  new_h = tf.where(h <= w, size, tf.round(h * scale))
+  new_w = tf.where(h <= w, tf.round(w * scale), size)
+  new_shape = tf.cast(tf.stack([new_h, new_w]), tf.int32)
+  return tf.image.resize(image, new_shape, method="bilinear", antialias=True)
+
+
+def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+  """The central `size`×`size` square."""
+  shape = tf.shape(image)
+  top = (shape[0] - size) // 2
+  left = (shape[1] - size) // 2
+  return tf.image.crop_to_bounding_box(image, top, left, size, size)
+
+
+def cifar_train(image: tf.Tensor, seed: tf.Tensor, *, mean: tf.Tensor, pad: int = 4) -> tf.Tensor:
+  """ResNet §4.2: per-pixel mean subtraction, `pad` zero pixels each side, random crop, flip.
+
+  The mean image is subtracted before padding: it is a per-pixel mean of the unshifted images, so it
+  must be aligned with them, and the zero padding is then the mean colour, as in fb.resnet.torch.
+  The crop has the input's size (32×32 on CIFAR).
+  """
+  crop_seed, flip_seed = _seeds(seed, 2)
+  x = _to_float(image) - mean
+  shape = tf.shape(x)
+  x = tf.pad(x, [[pad, pad], [pad, pad], [0, 0]])
+  x = tf.image.stateless_random_crop(x, shape, seed=crop_seed)
+  return tf.image.stateless_random_flip_left_right(x, seed=flip_seed)
+
+
+def pca_lighting(image: tf.Tensor, seed: tf.Tensor, std: float = 0.1) -> tf.Tensor:
+  """AlexNet colour augmentation: adds sum_i alpha_i * lambda_i * v_i, alpha_i ~ N(0, std²)."""
+  alpha = tf.random.stateless_normal([3], seed=seed, stddev=std)
+  eigvec = tf.constant(PCA_EIGENVECTORS, tf.float32)
+  rgb = tf.linalg.matvec(eigvec, alpha * tf.constant(PCA_EIGENVALUES, tf.float32))
+  return image + rgb
+
+
+def resnet_imagenet_train(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    size: int,
+    mean: tf.Tensor,
+    scale_range: tuple[int, int] = RESNET_SCALE_RANGE,
+    pca_std: float = 0.1,
+) -> tf.Tensor:
+  """ResNet §3.4: shorter side uniform in [256, 480], random 224 crop, flip, mean, PCA colour.
+
+  `scale_range` is given for a 224 crop and scaled by `size / 224`, so smaller inputs (e.g. 32×32
+  digits) get the same relative augmentation.
+  """
+  scale_seed, crop_seed, flip_seed, pca_seed = _seeds(seed, 4)
+  lo = round(scale_range[0] * size / 224)
+  hi = round(scale_range[1] * size / 224)
+  shorter = tf.random.stateless_uniform([], scale_seed, minval=lo, maxval=hi + 1, dtype=tf.int32)
+  x = resize_shorter_side(_to_float(image), shorter)
+  x = tf.image.stateless_random_crop(x, [size, size, 3], seed=crop_seed)
+  x = tf.image.stateless_random_flip_left_right(x, seed=flip_seed)
+  return pca_lighting(x - mean, pca_seed, pca_std)
+
+
+def sample_crop_window(
+    height: tf.Tensor,
+    width: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    area_range: Sequence[float] = GOOGLENET_AREA_RANGE,
+    aspect_range: Sequence[float] = GOOGLENET_ASPECT_RANGE,
+    attempts: int = 10,
+) -> tf.Tensor:
+  """A random window `[top, left, h, w]` with area fraction and aspect (w/h) in the ranges.
+
+  Area is uniform in `area_range` ("distributed evenly between 8% and 100%", GoogLeNet §6) and the
+  aspect ratio log-uniform. Windows that do not fit are redrawn (`attempts` draws at once, the first
+  that fits wins); if none fits, the largest centred window with an allowed aspect ratio is used.
+  """
+  draw_seed, offset_seed = _seeds(seed, 2)
+  u = tf.random.stateless_uniform([attempts, 2], draw_seed, dtype=tf.float32)
+  h_img = tf.cast(height, tf.float32)
+  w_img = tf.cast(width, tf.float32)
+  area = h_img * w_img * (area_range[0] + (area_range[1] - area_range[0]) * u[:, 0])
+  log_lo, log_hi = math.log(aspect_range[0]), math.log(aspect_range[1])
+  aspect = tf.exp(log_lo + (log_hi - log_lo) * u[:, 1])
+  w = tf.round(tf.sqrt(area * aspect))
+  h = tf.round(tf.sqrt(area / aspect))
+  fits = (w <= w_img) & (h <= h_img) & (w >= 1) & (h >= 1)
+  first = tf.argmax(tf.cast(fits, tf.int32))
+  # Fallback: the whole image with its aspect clamped into range, centred.
+  image_aspect = w_img / h_img
+  fb_w = tf.where(image_aspect > aspect_range[1], tf.round(h_img * aspect_range[1]), w_img)
+  fb_h = tf.where(image_aspect < aspect_range[0], tf.round(w_img / aspect_range[0]), h_img)
+  any_fits = tf.reduce_any(fits)
+  crop_h = tf.cast(tf.where(any_fits, h[first], fb_h), tf.int32)
+  crop_w = tf.cast(tf.where(any_fits, w[first], fb_w), tf.int32)
+  offsets = tf.random.stateless_uniform([2], offset_seed, dtype=tf.float32)
+  top = tf.cast(offsets[0] * tf.cast(height - crop_h + 1, tf.float32), tf.int32)
+  left = tf.cast(offsets[1] * tf.cast(width - crop_w + 1, tf.float32), tf.int32)
+  top = tf.where(any_fits, tf.minimum(top, height - crop_h), (height - crop_h) // 2)
+  left = tf.where(any_fits, tf.minimum(left, width - crop_w), (width - crop_w) // 2)
+  return tf.stack([top, left, crop_h, crop_w])
+
+
+def photometric_distortions(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """Brightness, contrast, saturation and hue, applied in a random order; input/output in [0, 1]."""
+  order_seed, b_seed, c_seed, s_seed, h_seed = _seeds(seed, 5)
+  ops = (
+      lambda x: tf.image.stateless_random_brightness(x, BRIGHTNESS_DELTA, b_seed),
+      lambda x: tf.image.stateless_random_contrast(x, *CONTRAST_RANGE, c_seed),
+      lambda x: tf.image.stateless_random_saturation(x, *SATURATION_RANGE, s_seed),
+      lambda x: tf.image.stateless_random_hue(x, HUE_DELTA, h_seed),
+  )
+  order = tf.argsort(tf.random.stateless_uniform([len(ops)], order_seed))
+  x = image
+  for position in range(len(ops)):
+    # Bind the current `x` now: the branches are traced inside this iteration.
+    x = tf.switch_case(order[position], [lambda op=op, x=x: op(x) for op in ops])
+    x = tf.clip_by_value(x, 0.0, 1.0)
+  return x
+
+
+def random_resize(image: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
+  """Resizes to `size`×`size` with an interpolation drawn uniformly from `INTERPOLATIONS`."""
+  which = tf.random.stateless_uniform([], seed, maxval=len(INTERPOLATIONS), dtype=tf.int32)
+  branches = [
+      lambda m=m: tf.image.resize(image, [size, size], method=m) for m in INTERPOLATIONS
+  ]
+  return tf.clip_by_value(tf.switch_case(which, branches), 0.0, 1.0)  # Bicubic overshoots.
+
+
+def googlenet_train(
+    image: tf.Tensor, seed: tf.Tensor, *, size: int, mean: tf.Tensor, flip: bool = True
+) -> tf.Tensor:
+  """GoogLeNet §6: 8%–100% area crop, aspect in [3/4, 4/3], photometric distortions, random
+  interpolation, then mean subtraction.
+
+  The paper does not mention flips; `flip=True` adds the horizontal flip every ImageNet recipe since
+  AlexNet uses (and the Inception reference preprocessing does).
+  """
+  crop_seed, resize_seed, flip_seed, color_seed = _seeds(seed, 4)
+  shape = tf.shape(image)
+  window = sample_crop_window(shape[0], shape[1], crop_seed)
+  x = tf.image.crop_to_bounding_box(image, window[0], window[1], window[2], window[3])
+  x = random_resize(_to_float(x), size, resize_seed)
+  if flip:
+    x = tf.image.stateless_random_flip_left_right(x, seed=flip_seed)
+  x = photometric_distortions(x, color_seed)
+  return x - mean
+
+
+def eval_single(image: tf.Tensor, *, size: int, mean: tf.Tensor) -> tf.Tensor:
+  """The single original view (ResNet §4.2), resized to `size`×`size` only if it is not already."""
+  x = _to_float(image)
+  shape = tf.shape(x)
+  x = tf.cond(
+      (shape[0] == size) & (shape[1] == size),
+      lambda: x,
+      lambda: tf.image.resize(x, [size, size], method="bilinear", antialias=True),
+  )
+  return tf.ensure_shape(x, [size, size, 3]) - mean
+
+
+def eval_center(image: tf.Tensor, *, size: int, mean: tf.Tensor) -> tf.Tensor:
+  """Shorter side 256, centre 224 crop (scaled by `size / 224` for other crop sizes)."""
+  x = resize_shorter_side(_to_float(image), round(size * EVAL_RESIZE_RATIO))
+  return tf.ensure_shape(center_crop(x, size), [size, size, 3]) - mean

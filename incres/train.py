@@ -92,14 +92,12 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int | None = No
     )
   if config.dtype not in _DTYPES:
     raise ValueError(f"Unknown dtype {config.dtype!r} in the config; use one of {list(_DTYPES)}.")
-  model_cls = getattr(models, config.model, None)
-  if model_cls is None or not callable(model_cls) or config.model.startswith("_"):
-    known = sorted(
-        n for n in dir(models) if n[:1].isupper() and callable(getattr(models, n, None))
-    )
+  known = list(getattr(models, "MODELS", ()))
+  model_cls = getattr(models, config.model, None) if config.model in known else None
+  if model_cls is None:
     raise ValueError(
-        f"Unknown model {config.model!r} (config key `model`). Choose one of: {', '.join(known)}."
-        " For example --config.model=CifarResNet20."
+        f"Unknown model {config.model!r} (config key `model`). Choose one of: {', '.join(known)};"
+        " for example --config.model=CifarResNet20."
     )
   return model_cls(num_classes=num_classes, dtype=_DTYPES[config.dtype], **config.model_kwargs)
 
@@ -305,6 +303,7 @@ def train_step(
       "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
       "learning_rate": learning_rate_fn(state.step),
       "grad_norm": optax.global_norm(grads),
+      "param_norm": optax.global_norm(params),  # Non-finite params are caught before a save.
   }
   return new_state, metrics
 
@@ -409,7 +408,7 @@ class _StopRequest:
 
 
 def _check_finite(step: int, metrics: Mapping[str, float], last_checkpoint: int | None) -> None:
-  bad = {k: v for k, v in metrics.items() if k in ("loss", "grad_norm") and not math.isfinite(v)}
+  bad = {k: v for k, v in metrics.items() if k in ("loss", "grad_norm", "param_norm") and not math.isfinite(v)}
   if bad:
     where = (
         f"the last good checkpoint, step {last_checkpoint}, is kept and the next run resumes from it"
@@ -646,7 +645,6 @@ def train_and_evaluate(
     )
   else:
     message = f"Finished {total} steps in {progress_lib.format_duration(elapsed)}; workdir: {workdir}"
-  logging.info(message)
   if is_chief:
     progress.message(message)
   return {"step": step, "preempted": preempted, **last_train, **last_eval}

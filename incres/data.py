@@ -51,6 +51,14 @@ DIGITS_SPLIT_SEED = 0
 DIGITS_NUM_TEST = 300
 # fake: number of distinct synthetic images encoded once and reused (cycled over the examples).
 FAKE_POOL_SIZE = 32
+# Training-split sizes the experiment configs size their schedules by (no data is read for them).
+NUM_TRAIN_EXAMPLES = {
+    "cifar10": 50_000,
+    "cifar100": 50_000,
+    "imagenet2012": 1_281_167,
+    "imagenette": 9_469,
+    "digits": 1_497,
+}
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
@@ -274,11 +282,13 @@ def _tfds_source(config, split: str) -> _Source:
   n = _tfds_split_size(builder, split)
   fixed = all(d is not None for d in shape)
   if fixed and (n is None or n * math.prod(shape) <= IN_MEMORY_MAX_BYTES):
-    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-    images = data["image"]
+    # Chunks rather than batch_size=-1, which aborts the process on mocked (infinite) datasets.
+    chunks = list(tfds.as_numpy(builder.as_dataset(split=split).batch(4096)))
+    images = np.concatenate([c["image"] for c in chunks])
+    labels = np.concatenate([c["label"] for c in chunks]).astype(np.int32)
     if images.shape[-1] == 1:
       images = np.repeat(images, 3, axis=-1)
-    return _ArraySource("array", images, data["label"].astype(np.int32))
+    return _ArraySource("array", images, labels)
   return _StreamSource(builder, split)
 
 

@@ -221,6 +221,8 @@ class GoogLeNet(nn.Module):
   dropout_rate: float = 0.4
   aux_heads: bool = True
   aux_adaptive_pool: bool = False
+  # torchvision's `transform_input` (its pretrained GoogLeNet expects it; see convert_torch.py).
+  transform_input: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -231,6 +233,9 @@ class GoogLeNet(nn.Module):
     c = functools.partial(_scaled, width=self.width)
     maybe_lrn = local_response_norm if self.lrn else (lambda y: y)
 
+    if self.transform_input:  # ImageNet mean/std normalisation -> the TF weights' [-1, 1] scale.
+      mean, std = jnp.array([0.485, 0.456, 0.406]), jnp.array([0.229, 0.224, 0.225])
+      x = x * (std / 0.5) + (mean - 0.5) / 0.5
     x = jnp.asarray(x, self.dtype)
     if self.stem == "imagenet":
       x = unit(c(64), 7, stride=2, name="conv1")(x)  # 112x112

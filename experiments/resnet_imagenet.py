@@ -77,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.fake_image_shape = (375, 500, 3)  # A typical ImageNet photo.
     c.num_classes = 1000
   if a.smoke:
-    c.image_size, c.batch_size, c.eval_batch_size = 64, 8, 8
+    c.image_size, c.batch_size, c.eval_batch_size = min(c.image_size, 64), 8, 8
     c.fake_image_shape, c.fake_num_train, c.fake_num_eval = (80, 96, 3), 64, 16
     c.num_classes = 10 if c.dataset == "fake" else c.num_classes
   num_train = NUM_TRAIN_EXAMPLES.get(c.dataset, c.fake_num_train if c.dataset == "fake" else None)

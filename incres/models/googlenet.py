@@ -223,12 +223,13 @@ class GoogLeNet(nn.Module):
   aux_adaptive_pool: bool = False
   # torchvision's `transform_input` (its pretrained GoogLeNet expects it; see convert_torch.py).
   transform_input: bool = False
+  frozen_bn: bool = False  # Always normalise with the running statistics (frozen fine-tuning).
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     unit = functools.partial(
-        ConvUnit, batch_norm=self.batch_norm, train=train, dtype=self.dtype
+        ConvUnit, batch_norm=self.batch_norm, train=train and not self.frozen_bn, dtype=self.dtype
     )
     c = functools.partial(_scaled, width=self.width)
     maybe_lrn = local_response_norm if self.lrn else (lambda y: y)

@@ -127,6 +127,7 @@ class ResNet(nn.Module):
   zero_init_last_bn: bool = False
   bn_momentum: float = 0.9  # Torch's 0.1 in Flax's convention.
   bn_epsilon: float = 1e-5
+  frozen_bn: bool = False  # Always normalise with the running statistics (frozen fine-tuning).
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -136,7 +137,7 @@ class ResNet(nn.Module):
     )
     norm = functools.partial(
         nn.BatchNorm,
-        use_running_average=not train,
+        use_running_average=not train or self.frozen_bn,
         momentum=self.bn_momentum,
         epsilon=self.bn_epsilon,
         dtype=self.dtype,

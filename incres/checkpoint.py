@@ -39,6 +39,26 @@ CHECKPOINT_DIR = "checkpoints"
 IDENTITY_KEYS = ("model", "model_kwargs", "num_classes", "dataset", "image_size")
 
 
+class _DropReadOnlyNotices:
+  """Orbax warns each time a read-only manager is opened, which is exactly what we ask for."""
+
+  def filter(self, record: Any) -> bool:
+    message = str(record.msg)
+    return not ("read_only=True" in message or "directory is read only" in message)
+
+
+logging.get_absl_logger().addFilter(_DropReadOnlyNotices())
+
+
+def _reader_manager(directory: str) -> ocp.CheckpointManager:
+  """A manager that only reads: no directory creation, no cleanup, no saving."""
+  return ocp.CheckpointManager(
+      directory,
+      item_names=("state", "meta"),
+      options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0),
+  )
+
+
 class IncompatibleCheckpointError(ValueError):
   """The workdir holds a checkpoint this config cannot resume from."""
 
@@ -141,11 +161,7 @@ class Checkpointer:
   def _reader(self) -> ocp.CheckpointManager | None:
     if not os.path.isdir(self.directory):
       return None
-    return ocp.CheckpointManager(
-        self.directory,
-        item_names=("state", "meta"),
-        options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-    )
+    return _reader_manager(self.directory)
 
   def latest_step(self) -> int | None:
     reader = self._reader()
@@ -276,11 +292,7 @@ def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigD
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"No checkpoints in {directory}: train there first (launch.py).")
-  reader = ocp.CheckpointManager(
-      directory,
-      item_names=("state", "meta"),
-      options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-  )
+  reader = _reader_manager(directory)
   try:
     step = reader.latest_step() if step is None else step
     if step is None or step not in reader.all_steps():
@@ -323,11 +335,7 @@ def load_variables(
   mesh = mesh if mesh is not None else train.create_mesh()
   tx = train.create_optimizer(config, train.create_learning_rate_fn(config))
   abstract_state = train.abstract_train_state(config, model, tx, mesh)
-  reader = ocp.CheckpointManager(
-      checkpoint_dir(workdir),
-      item_names=("state", "meta"),
-      options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-  )
+  reader = _reader_manager(checkpoint_dir(workdir))
   try:
     step = reader.latest_step() if step is None else step
     state = reader.restore(

@@ -136,7 +136,7 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict) -> optax.Schedule
     )
   if warmup <= 0:
     return main
-  shape = config.get("warmup_shape", "constant")
+  shape = config.warmup_shape
   if shape == "constant":
     ramp = optax.constant_schedule(config.warmup_learning_rate)
   elif shape == "linear":

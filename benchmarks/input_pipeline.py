@@ -23,15 +23,27 @@ ROWS = (
     ("resnet_imagenet train", dict(augment="resnet_imagenet", image_size=224), False),
     ("googlenet train", dict(augment="googlenet", image_size=224), False),
     ("none (decode+resize)", dict(augment="none", image_size=224), False),
-    ("center eval 256/224", dict(augment="resnet_imagenet", eval_preprocess="center", image_size=224), True),
-    ("cifar train (fake JPEG)", dict(augment="cifar", image_size=32, fake_image_shape=(32, 32, 3)), False),
+    (
+        "center eval 256/224",
+        dict(augment="resnet_imagenet", eval_preprocess="center", image_size=224),
+        True,
+    ),
+    (
+        "cifar train (fake JPEG)",
+        dict(augment="cifar", image_size=32, fake_image_shape=(32, 32, 3)),
+        False,
+    ),
     ("cifar train (digits)", dict(dataset="digits", augment="cifar", image_size=32), False),
 )
 
 
 def _rate(config, evaluate: bool, seconds: float) -> float:
   """Images per second after a warm-up, over about `seconds`."""
-  make = (lambda: data.create_eval_iter(config)) if evaluate else (lambda: data.create_train_iter(config))
+  make = (
+      (lambda: data.create_eval_iter(config))
+      if evaluate
+      else (lambda: data.create_train_iter(config))
+  )
   it = make()
   for _ in range(3):  # Warm-up: graph tracing, thread pools, the prefetch buffer.
     next(it)
@@ -53,7 +65,10 @@ def main() -> None:
   parser.add_argument("--batch_size", type=int, default=64)
   args = parser.parse_args()
 
-  print(f"Input pipeline on {os.cpu_count()} CPU cores, batch {args.batch_size}, {args.seconds:g} s per row.")
+  print(
+      f"Input pipeline on {os.cpu_count()} CPU cores, batch {args.batch_size}, "
+      f"{args.seconds:g} s per row."
+  )
   print(f"{'pipeline':<26} {'input':>11} {'output':>9} {'images/s':>9}")
   for name, overrides, evaluate in ROWS:
     c = configs.base_config()

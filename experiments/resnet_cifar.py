@@ -40,7 +40,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The CIFAR ResNet / plain net of `depth` with the paper's recipe."""
   a = configs.parse_arg(arg, depth=20, plain=False, dataset="", val_split=False, smoke=False)
   if a.depth not in (20, 32, 44, 56, 110, 1202) or (a.plain and a.depth == 1202):
-    raise ValueError(f"depth must be 20, 32, 44, 56, 110 or 1202 (plain: up to 110), not {a.depth}.")
+    raise ValueError(
+        f"depth must be 20, 32, 44, 56, 110 or 1202 (plain: up to 110), not {a.depth}."
+    )
   c = configs.base_config()
   c.model = f"CifarPlain{a.depth}" if a.plain else f"CifarResNet{a.depth}"
   c.dataset = a.dataset or ("digits" if a.smoke else "cifar10")

@@ -189,9 +189,7 @@ def photometric_distortions(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 def random_resize(image: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
   """Resizes to `size`×`size` with an interpolation drawn uniformly from `INTERPOLATIONS`."""
   which = tf.random.stateless_uniform([], seed, maxval=len(INTERPOLATIONS), dtype=tf.int32)
-  branches = [
-      lambda m=m: tf.image.resize(image, [size, size], method=m) for m in INTERPOLATIONS
-  ]
+  branches = [lambda m=m: tf.image.resize(image, [size, size], method=m) for m in INTERPOLATIONS]
   return tf.clip_by_value(tf.switch_case(which, branches), 0.0, 1.0)  # Bicubic overshoots.
 
 
@@ -216,7 +214,7 @@ def googlenet_train(
 
 
 def eval_single(image: tf.Tensor, *, size: int, mean: tf.Tensor) -> tf.Tensor:
-  """The single original view (ResNet §4.2), resized to `size`×`size` only if it is not already."""
+  """The single original view (ResNet §4.2), resized to `size`×`size` only if it is not so."""
   x = _to_float(image)
   shape = tf.shape(x)
   x = tf.cond(

@@ -64,7 +64,7 @@ _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
 class DatasetError(Exception):
-  """A dataset is missing or unusable; the message says what to fetch, where, and what else works."""
+  """A missing or unusable dataset; the message says what to fetch, where, and what else to use."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,13 +196,19 @@ def _folder_files(root: str, split: str) -> tuple[tuple[str, ...], np.ndarray, t
   split_layout = os.path.isdir(os.path.join(root, "train"))
   tree = os.path.join(root, base) if split_layout else root
   class_root = os.path.join(root, "train") if split_layout else root
-  classes = tuple(sorted(d for d in os.listdir(class_root) if os.path.isdir(os.path.join(class_root, d))))
+  classes = tuple(
+      sorted(d for d in os.listdir(class_root) if os.path.isdir(os.path.join(class_root, d)))
+  )
   if split_layout and not os.path.isdir(tree):
     raise DatasetError(f"Folder dataset {root!r} has no {base!r} split directory ({tree}).")
   paths, labels = [], []
   for label, name in enumerate(classes):
     folder = os.path.join(tree, name)
-    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(_IMAGE_EXTENSIONS)) if os.path.isdir(folder) else []
+    files = (
+        sorted(f for f in os.listdir(folder) if f.lower().endswith(_IMAGE_EXTENSIONS))
+        if os.path.isdir(folder)
+        else []
+    )
     for i, f in enumerate(files):
       # Single tree: every 10th image of each class (in name order) is held out for evaluation.
       if not split_layout and (i % 10 == 0) != (base != "train"):
@@ -309,7 +315,9 @@ def _read_tfds_arrays(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_tfds_arrays(name: str, data_dir: str | None, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _cached_tfds_arrays(
+    name: str, data_dir: str | None, split: str
+) -> tuple[np.ndarray, np.ndarray]:
   """`_read_tfds_arrays` of a prepared dataset, read once per process (CIFAR: ~2 s, 150 MB)."""
   return _read_tfds_arrays(tfds.builder(name, data_dir=data_dir), split)
 
@@ -365,7 +373,9 @@ def _source_size(source: _Source) -> int:
     return len(source)
   n = _tfds_split_size(source.builder, source.split)
   if n is None:
-    ds = source.builder.as_dataset(split=source.split, decoders={"image": tfds.decode.SkipDecoding()})
+    ds = source.builder.as_dataset(
+        split=source.split, decoders={"image": tfds.decode.SkipDecoding()}
+    )
     n = int(ds.reduce(np.int64(0), lambda c, _: c + 1))
   return n
 
@@ -402,7 +412,9 @@ def _normalization(config) -> str:
 def _mean_cache_path(config) -> str:
   """Where the per-pixel mean of a streamed dataset is cached."""
   root = config.data_dir or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
-  key = hashlib.sha1(f"{config.dataset}|{config.train_split}|{config.image_size}".encode()).hexdigest()
+  key = hashlib.sha1(
+      f"{config.dataset}|{config.train_split}|{config.image_size}".encode()
+  ).hexdigest()
   return os.path.join(root, "incres_mean", f"{key[:16]}.npy")
 
 
@@ -426,7 +438,10 @@ def _pixel_mean(config_items: tuple) -> np.ndarray:
   )
   total = ds.batch(256).reduce(
       (tf.zeros([s, s, 3], tf.float64), tf.constant(0, tf.int64)),
-      lambda acc, x: (acc[0] + tf.reduce_sum(tf.cast(x, tf.float64), 0), acc[1] + tf.shape(x, tf.int64)[0]),
+      lambda acc, x: (
+          acc[0] + tf.reduce_sum(tf.cast(x, tf.float64), 0),
+          acc[1] + tf.shape(x, tf.int64)[0],
+      ),
   )
   mean = (total[0] / tf.cast(total[1], tf.float64)).numpy().astype(np.float32)
   if path:
@@ -435,7 +450,16 @@ def _pixel_mean(config_items: tuple) -> np.ndarray:
   return mean
 
 
-_MEAN_KEYS = ("dataset", "data_dir", "train_split", "image_size", "num_classes", "fake_image_shape", "fake_num_train", "fake_num_eval")
+_MEAN_KEYS = (
+    "dataset",
+    "data_dir",
+    "train_split",
+    "image_size",
+    "num_classes",
+    "fake_image_shape",
+    "fake_num_train",
+    "fake_num_eval",
+)
 
 
 def _mean(config) -> tf.Tensor | float:
@@ -458,14 +482,18 @@ def _train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
   """(uint8 image, seed) -> float32 [S, S, 3] for `config.augment`."""
   s, mean = config.image_size, _mean(config)
   if config.augment == "cifar":
-    return lambda image, seed: tf.ensure_shape(augment.cifar_train(image, seed, mean=mean), [s, s, 3])
+    return lambda image, seed: tf.ensure_shape(
+        augment.cifar_train(image, seed, mean=mean), [s, s, 3]
+    )
   if config.augment == "resnet_imagenet":
     return functools.partial(augment.resnet_imagenet_train, size=s, mean=mean)
   if config.augment == "googlenet":
     return functools.partial(augment.googlenet_train, size=s, mean=mean)
   if config.augment == "none":
     return lambda image, seed: augment.eval_single(image, size=s, mean=mean)
-  raise ValueError(f"augment must be cifar, resnet_imagenet, googlenet or none, not {config.augment!r}.")
+  raise ValueError(
+      f"augment must be cifar, resnet_imagenet, googlenet or none, not {config.augment!r}."
+  )
 
 
 def _eval_fn(config) -> Callable[[tf.Tensor], tf.Tensor]:
@@ -504,7 +532,9 @@ def _index_dataset(source: _Source) -> tf.data.Dataset:
   """(index, image) over a whole split in order; used for the pixel mean."""
   if isinstance(source, _ArraySource):
     load = _loader(source)
-    return tf.data.Dataset.range(len(source)).map(lambda i: (i, load(i)[0]), num_parallel_calls=AUTOTUNE)
+    return tf.data.Dataset.range(len(source)).map(
+        lambda i: (i, load(i)[0]), num_parallel_calls=AUTOTUNE
+    )
   ds = source.builder.as_dataset(split=source.split, decoders={"image": tfds.decode.SkipDecoding()})
   return ds.enumerate().map(lambda i, ex: (i, _decode(ex["image"])), num_parallel_calls=AUTOTUNE)
 
@@ -592,8 +622,12 @@ def _stream_train_iter(config, source: _StreamSource, train_fn, local: int, star
     split, n = source.split, _source_size(source)
   steps_per_epoch = n // local
   if steps_per_epoch == 0:
-    raise DatasetError(f"{config.dataset!r} {config.train_split!r} has fewer examples than a batch.")
-  aug_seed = tf.random.experimental.stateless_fold_in(_base_seed(config, _STREAM), jax.process_index())
+    raise DatasetError(
+        f"{config.dataset!r} {config.train_split!r} has fewer examples than a batch."
+    )
+  aug_seed = tf.random.experimental.stateless_fold_in(
+      _base_seed(config, _STREAM), jax.process_index()
+  )
 
   def epoch_batches(e, skip_steps):
     seed = int(tf.random.experimental.stateless_fold_in(aug_seed, e).numpy()[0]) & 0x7FFFFFFF
@@ -608,7 +642,9 @@ def _stream_train_iter(config, source: _StreamSource, train_fn, local: int, star
     ds = ds.take(steps_per_epoch * local).enumerate().skip(skip_steps * local)
 
     def example(i, ex):
-      image = train_fn(_decode(ex["image"]), tf.random.experimental.stateless_fold_in(aug_seed, e * n + i))
+      image = train_fn(
+          _decode(ex["image"]), tf.random.experimental.stateless_fold_in(aug_seed, e * n + i)
+      )
       return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
 
     ds = ds.map(example, num_parallel_calls=AUTOTUNE).batch(local, drop_remainder=True)

@@ -21,7 +21,10 @@ def _seed(i):
 
 TRAIN_FNS = {
     "cifar": (lambda x, s: augment.cifar_train(x, s, mean=0.5), (32, 32)),
-    "resnet_imagenet": (lambda x, s: augment.resnet_imagenet_train(x, s, size=224, mean=MEAN), (300, 400)),
+    "resnet_imagenet": (
+        lambda x, s: augment.resnet_imagenet_train(x, s, size=224, mean=MEAN),
+        (300, 400),
+    ),
     "googlenet": (lambda x, s: augment.googlenet_train(x, s, size=224, mean=MEAN), (300, 400)),
 }
 
@@ -63,7 +66,9 @@ def test_cifar_is_a_shifted_possibly_flipped_window_of_the_padded_image():
         for dy in range(9)
         for dx in range(9)
         for flip in (False, True)
-        if np.allclose((padded[dy : dy + 32, dx : dx + 32, :])[:, :: -1 if flip else 1], out, atol=1e-6)
+        if np.allclose(
+            (padded[dy : dy + 32, dx : dx + 32, :])[:, :: -1 if flip else 1], out, atol=1e-6
+        )
     ]
     assert matches, "output is not a window of the zero-padded, mean-subtracted image"
     seen.update(matches)
@@ -109,7 +114,10 @@ def test_googlenet_crop_falls_back_to_an_allowed_aspect_for_extreme_images():
 
 def test_random_resize_uses_every_interpolation():
   image = tf.constant(np.random.default_rng(0).uniform(0, 1, (37, 53, 3)), tf.float32)
-  refs = [tf.clip_by_value(tf.image.resize(image, [24, 24], method=m), 0, 1).numpy() for m in augment.INTERPOLATIONS]
+  refs = [
+      tf.clip_by_value(tf.image.resize(image, [24, 24], method=m), 0, 1).numpy()
+      for m in augment.INTERPOLATIONS
+  ]
   used = []
   for i in range(40):
     out = augment.random_resize(image, 24, _seed(i)).numpy()

@@ -57,7 +57,7 @@ def test_digits_are_the_real_sklearn_images():
 
 
 def test_cifar_recipe_subtracts_the_training_per_pixel_mean():
-  c = _config(augment="none", batch_size=1497 * 0 + 8)
+  c = _config(augment="none")
   mean = data._pixel_mean(tuple((k, data._hashable(c.get(k))) for k in data._MEAN_KEYS))
   images, _ = data._digits_arrays()
   np.testing.assert_allclose(mean, images[:1497].mean(0) / 255, atol=1e-6)
@@ -77,7 +77,9 @@ def test_train_epoch_is_a_permutation_and_epochs_differ(indexed_digits):
   np.testing.assert_array_equal(np.sort(order[n : 2 * n]), np.arange(n))
   assert not np.array_equal(order[:n], order[n : 2 * n])
   # Another seed, another order.
-  other = next(data.create_train_iter(_config(augment="none", normalize="none", batch_size=8, seed=1)))
+  other = next(
+      data.create_train_iter(_config(augment="none", normalize="none", batch_size=8, seed=1))
+  )
   assert not np.array_equal(decode(other), order[:8])
 
 
@@ -98,7 +100,9 @@ def test_eval_covers_every_example_exactly_once(indexed_digits):
   c = _config(normalize="none", eval_batch_size=128)  # 300 eval examples: 128 + 128 + 44 (+84 pad).
   batches = list(data.create_eval_iter(c))
   assert len(batches) == 3
-  assert all(b["image"].shape == (128, 32, 32, 3) and b["mask"].dtype == np.float32 for b in batches)
+  assert all(
+      b["image"].shape == (128, 32, 32, 3) and b["mask"].dtype == np.float32 for b in batches
+  )
   mask = np.concatenate([b["mask"] for b in batches])
   assert mask.sum() == 300 and np.all(mask[:300] == 1) and np.all(mask[300:] == 0)
   seen = np.concatenate([decode(b) for b in batches])[mask == 1]
@@ -119,10 +123,14 @@ def test_processes_get_disjoint_slices_of_the_same_global_batch(indexed_digits, 
     per_process.append([decode(b) for b in batches])
     per_process_eval.append([(decode(b), b["mask"]) for b in data.create_eval_iter(c)])
   for step in range(2):
-    np.testing.assert_array_equal(np.concatenate([per_process[0][step], per_process[1][step]]), single[step])
+    np.testing.assert_array_equal(
+        np.concatenate([per_process[0][step], per_process[1][step]]), single[step]
+    )
   assert len(per_process_eval[0]) == len(per_process_eval[1]) == len(single_eval)
   for (i0, m0), (i1, m1), (i, m) in zip(*per_process_eval, single_eval):
-    np.testing.assert_array_equal(np.concatenate([i0, i1])[np.concatenate([m0, m1]) == 1], i[m == 1])
+    np.testing.assert_array_equal(
+        np.concatenate([i0, i1])[np.concatenate([m0, m1]) == 1], i[m == 1]
+    )
 
 
 def test_batch_must_split_over_devices(monkeypatch):
@@ -131,12 +139,22 @@ def test_batch_must_split_over_devices(monkeypatch):
     data.create_train_iter(_config(batch_size=128))
 
 
-@pytest.mark.parametrize("augment,eval_preprocess", [("googlenet", "center"), ("resnet_imagenet", "center"), ("none", "single")])
+@pytest.mark.parametrize(
+    "augment,eval_preprocess",
+    [("googlenet", "center"), ("resnet_imagenet", "center"), ("none", "single")],
+)
 def test_fake_goes_through_jpeg_decode_at_any_size(augment, eval_preprocess):
   c = _config(
-      dataset="fake", augment=augment, eval_preprocess=eval_preprocess, image_size=48,
-      fake_image_shape=(60, 80, 3), num_classes=7, batch_size=8, eval_batch_size=32,
-      fake_num_train=40, fake_num_eval=50,
+      dataset="fake",
+      augment=augment,
+      eval_preprocess=eval_preprocess,
+      image_size=48,
+      fake_image_shape=(60, 80, 3),
+      num_classes=7,
+      batch_size=8,
+      eval_batch_size=32,
+      fake_num_train=40,
+      fake_num_eval=50,
   )
   info = data.dataset_info(c)
   assert (info.num_classes, info.num_train, info.num_eval) == (7, 40, 50)

@@ -13,7 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments", f"{name}.py"))
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(ROOT, "experiments", f"{name}.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -24,8 +26,14 @@ def _get(name, arg=None):
 
 
 DATASETS = ("digits", "fake", "smoke=True", "dataset=digits,smoke=True")
-CIFAR_ARGS = [f"depth={d},plain={p}" for d, p in itertools.product((20, 32, 44, 56, 110, 1202), (False, True)) if not (p and d == 1202)]
-IMAGENET_ARGS = [f"depth={d},shortcut={s}" for d, s in itertools.product((18, 34, 50, 101, 152), "ABC")] + [
+CIFAR_ARGS = [
+    f"depth={d},plain={p}"
+    for d, p in itertools.product((20, 32, 44, 56, 110, 1202), (False, True))
+    if not (p and d == 1202)
+]
+IMAGENET_ARGS = [
+    f"depth={d},shortcut={s}" for d, s in itertools.product((18, 34, 50, 101, 152), "ABC")
+] + [
     "depth=18,plain=True",
     "depth=34,plain=True",
 ]
@@ -33,7 +41,11 @@ ALL = (
     [("resnet_cifar", a) for a in CIFAR_ARGS + ["val_split=True", "dataset=cifar100"]]
     + [("resnet_imagenet", a) for a in IMAGENET_ARGS + ["dataset=imagenette"]]
     + [("googlenet", a) for a in ("bn=False", "bn=True", "dataset=imagenette")]
-    + [(f, d if "=" in d else f"dataset={d}") for f in ("resnet_cifar", "resnet_imagenet", "googlenet") for d in DATASETS]
+    + [
+        (f, d if "=" in d else f"dataset={d}")
+        for f in ("resnet_cifar", "resnet_imagenet", "googlenet")
+        for d in DATASETS
+    ]
     + [(f, None) for f in ("resnet_cifar", "resnet_imagenet", "googlenet")]
 )
 
@@ -66,10 +78,20 @@ def test_docstring_starts_with_the_command_hardware_time_and_paper_number(name):
 
 def test_resnet_cifar_paper_values():
   c = _get("resnet_cifar")
-  assert (c.model, c.dataset, c.batch_size, c.num_train_steps) == ("CifarResNet20", "cifar10", 128, 64_000)
+  assert (c.model, c.dataset, c.batch_size, c.num_train_steps) == (
+      "CifarResNet20",
+      "cifar10",
+      128,
+      64_000,
+  )
   assert tuple(c.lr_boundaries) == (32_000, 48_000) and c.lr_decay_factor == 0.1
   assert (c.learning_rate, c.momentum, c.weight_decay) == (0.1, 0.9, 1e-4)
-  assert (c.augment, c.eval_preprocess, c.normalize, c.image_size) == ("cifar", "single", "pixel_mean", 32)
+  assert (c.augment, c.eval_preprocess, c.normalize, c.image_size) == (
+      "cifar",
+      "single",
+      "pixel_mean",
+      32,
+  )
   assert c.warmup_steps == 0 and (c.train_split, c.eval_split) == ("train", "test")
   assert _get("resnet_cifar", "depth=56,plain=True").model == "CifarPlain56"
   c110 = _get("resnet_cifar", "depth=110")
@@ -112,9 +134,19 @@ def test_resnet_imagenet_paper_values():
 def test_googlenet_paper_and_chosen_values():
   c = _get("googlenet")
   assert (c.model, c.dataset, c.image_size, c.augment, c.eval_preprocess) == (
-      "GoogLeNet", "imagenet2012", 224, "googlenet", "center"
+      "GoogLeNet",
+      "imagenet2012",
+      224,
+      "googlenet",
+      "center",
   )
-  assert (c.momentum, c.schedule, c.lr_decay_rate, c.polyak, c.aux_loss_weight) == (0.9, "exponential", 0.96, True, 0.3)
+  assert (c.momentum, c.schedule, c.lr_decay_rate, c.polyak, c.aux_loss_weight) == (
+      0.9,
+      "exponential",
+      0.96,
+      True,
+      0.3,
+  )
   assert c.lr_decay_steps == round(8 * 1_281_167 / 32)  # 4% every 8 epochs.
   # Not in the paper: the public Caffe replication's values (PAPERS.md).
   assert (c.learning_rate, c.batch_size, c.weight_decay) == (0.01, 32, 2e-4)
@@ -130,7 +162,14 @@ def test_unknown_argument_fails():
 
 
 @pytest.mark.parametrize(
-    "name,arg", [("resnet_cifar", "dataset=digits"), ("resnet_imagenet", "dataset=digits"), ("googlenet", "dataset=digits"), ("resnet_imagenet", "smoke=True"), ("googlenet", "smoke=True")]
+    "name,arg",
+    [
+        ("resnet_cifar", "dataset=digits"),
+        ("resnet_imagenet", "dataset=digits"),
+        ("googlenet", "dataset=digits"),
+        ("resnet_imagenet", "smoke=True"),
+        ("googlenet", "smoke=True"),
+    ],
 )
 def test_configs_drive_the_input_pipeline(name, arg):
   c = _get(name, arg)

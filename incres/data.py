@@ -275,7 +275,7 @@ def _tfds_split_size(builder, split: str) -> int | None:
   """Examples in a (sub-)split from the metadata, or None when unknown (mocked data)."""
   try:
     return builder.info.splits[split].num_examples
-  except (KeyError, ValueError):
+  except Exception:  # Unknown split or no metadata (mocked): count instead.
     return None
 
 
@@ -615,11 +615,11 @@ def create_train_iter(config, *, start_step: int = 0) -> Iterator[dict[str, np.n
 
 def _stream_train_iter(config, source: _StreamSource, train_fn, local: int, start_step: int):
   """Streamed tfds training data: per-process sub-splits, epochs of whole batches."""
-  if jax.process_count() > 1:
+  processes = jax.process_count()
+  split = source.split
+  if processes > 1:  # Equal shares (the remainder is dropped): every process has n // P examples.
     split = tfds.split_for_jax_process(source.split, drop_remainder=True)
-    n = _source_size(_StreamSource(source.builder, split))
-  else:
-    split, n = source.split, _source_size(source)
+  n = _source_size(source) // processes
   steps_per_epoch = n // local
   if steps_per_epoch == 0:
     raise DatasetError(
@@ -694,10 +694,9 @@ def _stream_eval_iter(config, source: _StreamSource, eval_fn, local: int):
   """Streamed eval: this process's even share, padded to the batch count all processes share."""
   processes = jax.process_count()
   split = tfds.split_for_jax_process(source.split) if processes > 1 else source.split
-  n_total = _source_size(source)
-  n_local = _source_size(_StreamSource(source.builder, split)) if processes > 1 else n_total
-  # tfds' even splits differ by at most one example; every process pads to the largest.
-  num_batches = -(-(-(-n_total // processes)) // local)
+  # tfds' even splits differ by at most one example: every process pads to the largest share,
+  # ceil(n / P), taking exactly num_batches * local rows of (its examples + padding).
+  num_batches = -(-(-(-_source_size(source) // processes)) // local)
   s = config.image_size
   ds = source.builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
   ds = ds.map(
@@ -709,5 +708,5 @@ def _stream_eval_iter(config, source: _StreamSource, eval_fn, local: int):
       num_parallel_calls=AUTOTUNE,
   )
   pad = {"image": tf.zeros([s, s, 3]), "label": tf.constant(0), "mask": tf.constant(0.0)}
-  ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(num_batches * local - n_local))
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat()).take(num_batches * local)
   return _options(ds.batch(local).prefetch(AUTOTUNE)).as_numpy_iterator()

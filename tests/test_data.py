@@ -234,3 +234,15 @@ def test_failed_download_fails_with_a_short_message(tmp_path, monkeypatch):
 def test_unknown_dataset_name():
   with pytest.raises(data.DatasetError, match="Unknown dataset 'no_such_set'.*digits"):
     data.dataset_info(_config(dataset="no_such_set"))
+
+
+def test_streamed_eval_gives_every_process_the_same_batch_count(monkeypatch):
+  # Mocked tfds ignores sub-splits, so this checks the padding arithmetic only: 37 examples over
+  # 2 processes is at most 19 each, i.e. 3 batches of 8 on every process.
+  with tfds.testing.mock_data(num_examples=37):
+    c = _config(dataset="imagenette", eval_split="validation", eval_batch_size=16, image_size=32)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    for p in (0, 1):
+      monkeypatch.setattr(jax, "process_index", lambda p=p: p)
+      batches = list(data.create_eval_iter(c))
+      assert len(batches) == 3 and all(b["mask"].shape == (8,) for b in batches)

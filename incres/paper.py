@@ -66,3 +66,9 @@ CIFAR10_ERR = {
 }
 # GoogLeNet Table 3 (ILSVRC 2014 validation, top-5 error %, one model).
 GOOGLENET_TOP5_ERR = {"1crop": 10.07, "10crop": 9.15, "144crop": 7.89}
+# ResNet Table 2 (ImageNet val, 10-crop top-1 error %): the 18/34-layer plain nets and ResNets
+# (ResNet-34 there has option A shortcuts; Table 3's B value is in IMAGENET_TOP1_ERR_10CROP).
+IMAGENET_TOP1_ERR_10CROP_TABLE2 = {"Plain18": 27.94, "Plain34": 28.54, "ResNet18": 27.88}
+# ResNet Table 4 (ImageNet val, single model, fully-convolutional multi-scale test; ResNet-34 B).
+IMAGENET_TOP1_ERR_MULTISCALE = {"ResNet34": 21.84, "ResNet50": 20.74, "ResNet101": 19.87, "ResNet152": 19.38}
+IMAGENET_TOP5_ERR_MULTISCALE = {"ResNet34": 5.71, "ResNet50": 5.25, "ResNet101": 4.60, "ResNet152": 4.49}

@@ -1,0 +1,148 @@
+r"""python experiments/degradation.py --outdir=runs/degradation
+
+Hardware: sized for 2 shared CPU cores (no accelerator). Expected time: about 40 minutes for the
+four runs together (two processes in parallel), plus a few minutes for the figures and the report.
+Reproduces, in miniature, the ResNet paper's Figure 6 (plain-56 trains and tests worse than
+plain-20, ResNet-56 does not) and Figure 7 (the 3×3 layers of ResNets respond less than those of
+plain nets) on scikit-learn's bundled `digits` (1,497 training and 300 test images, 32×32).
+
+Each net is also an ordinary experiment config:
+
+  python launch.py --config=experiments/degradation.py:depth=56,plain=True --workdir=runs/degradation/plain56
+
+Arguments (`:depth=20,plain=False,steps=...,batch=...`):
+  depth: 20 | 32 | 44 | 56 | 110 (the paper's CIFAR depths).
+  plain: True for the plain twin (same layers, no shortcuts).
+  steps, batch: the one budget every net gets (defaults below, chosen for the CPU).
+
+Recipe: the paper's CIFAR recipe (resnet_cifar.py: SGD momentum 0.9, weight decay 1e-4, lr 0.1
+divided by 10 at 50% and 75% of the steps, pad 4 + random crop + flip, per-pixel mean, single
+original view at test) with a smaller batch and a shorter schedule, identical for all four nets so
+that only depth and shortcuts differ. Evaluated on the test digits 10 times per run, so Figure 6
+has test curves as well as training curves.
+
+Run as a script, this file trains the four nets (resuming any that were interrupted), then writes
+`fig6.png`, `fig7.png`, `responses.csv` and `report.md` in `--outdir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+import ml_collections
+
+if __package__ in (None, "") and __name__ == "__main__":  # `python experiments/degradation.py`.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from incres import configs  # pylint: disable=g-import-not-at-top
+
+# The fixed budget, the same for every net: 300 steps of 64 = about 13 epochs of the 1,497 digits.
+# Measured on 2 CPU cores shared with other jobs (load ~10): about 7 s / 2 s per step for depth 56 /
+# 20 with two runs in parallel, so about 45 minutes in all. Idle cores are several times faster.
+STEPS = 300
+BATCH = 64
+NUM_EVALS = 10
+RUNS = (("plain20", 20, True), ("plain56", 56, True), ("resnet20", 20, False), ("resnet56", 56, False))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The CIFAR ResNet / plain net of `depth` on digits with the fixed CPU budget."""
+  a = configs.parse_arg(arg, depth=20, plain=False, steps=STEPS, batch=BATCH)
+  if a.depth not in (20, 32, 44, 56, 110):
+    raise ValueError(f"depth must be 20, 32, 44, 56 or 110, not {a.depth}.")
+  c = configs.base_config()
+  c.model = f"CifarPlain{a.depth}" if a.plain else f"CifarResNet{a.depth}"
+  c.dataset = "digits"
+  c.train_split, c.eval_split = "train", "test"
+  c.image_size = 32
+  c.augment = "cifar"
+  c.eval_preprocess = "single"
+  c.normalize = "pixel_mean"
+  c.batch_size = a.batch
+  c.eval_batch_size = 300  # The whole test split in one batch.
+  c.optimizer = "sgd"
+  c.learning_rate = 0.1
+  c.momentum = 0.9
+  c.weight_decay = 1e-4
+  c.schedule = "piecewise"
+  c.lr_decay_factor = 0.1
+  c.num_train_steps = a.steps
+  c.lr_boundaries = (round(a.steps * 0.5), round(a.steps * 0.75))  # The paper's 32k/64k, 48k/64k.
+  c.log_every_steps = max(1, a.steps // 60)
+  c.eval_every_steps = max(1, a.steps // NUM_EVALS)
+  c.checkpoint_every_steps = max(1, a.steps // NUM_EVALS)
+  c.keep_checkpoints = 1
+  return c
+
+
+def _train(outdir: str, names: list[str], steps: int, batch: int) -> None:
+  """Trains the named runs one after the other, each in its own launch.py process."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for name in names:
+    _, depth, plain = next(r for r in RUNS if r[0] == name)
+    arg = f"depth={depth},plain={plain},steps={steps},batch={batch}"
+    cmd = [
+        sys.executable,
+        os.path.join(root, "launch.py"),
+        f"--config={os.path.abspath(__file__)}:{arg}",
+        f"--workdir={os.path.join(outdir, name)}",
+    ]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=root)
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--outdir", default="runs/degradation")
+  parser.add_argument("--steps", type=int, default=STEPS)
+  parser.add_argument("--batch", type=int, default=BATCH)
+  parser.add_argument(
+      "--parallel", type=int, default=2, help="Training processes at once (each runs its share)."
+  )
+  parser.add_argument("--only", nargs="*", help="Train only these runs (e.g. plain56); no figures.")
+  parser.add_argument("--skip_training", action="store_true", help="Figures and report only.")
+  args = parser.parse_args(argv)
+
+  names = [r[0] for r in RUNS]
+  if not args.skip_training:
+    todo = args.only or names
+    # Deepest first, so that the two processes finish together: (plain56, plain20), (resnet56, ...).
+    if args.parallel > 1:
+      order = sorted(todo, key=lambda n: -int(n[-2:]))
+      shares = [order[i :: args.parallel] for i in range(args.parallel)]
+      procs = [
+          subprocess.Popen(
+              [sys.executable, os.path.abspath(__file__), f"--outdir={args.outdir}",
+               f"--steps={args.steps}", f"--batch={args.batch}", "--parallel=1", "--only", *share]
+          )
+          for share in shares
+          if share
+      ]
+      if any(p.wait() for p in procs):
+        sys.exit("A training process failed; see its output above.")
+    else:
+      _train(args.outdir, todo, args.steps, args.batch)
+    if args.only:
+      return
+
+  from incres import analysis, report  # pylint: disable=g-import-not-at-top  (heavy imports)
+
+  workdirs = [os.path.join(args.outdir, n) for n in names]
+  analysis.main(["curves", *[f"--workdir={w}" for w in workdirs], f"--out={args.outdir}/fig6.png"])
+  analysis.main(
+      ["responses", *[f"--workdir={w}" for w in workdirs], f"--out={args.outdir}/fig7.png",
+       f"--csv={args.outdir}/responses.csv"]
+  )
+  text = report.build_report(
+      workdirs, protocol="single", fig6=f"{args.outdir}/fig6.png", fig7=f"{args.outdir}/fig7.png"
+  )
+  with open(os.path.join(args.outdir, "report.md"), "w") as f:
+    f.write(text)
+  print(text)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,497 @@
+r"""The papers' test protocols, for one trained run or an ensemble of several.
+
+  python -m incres.evaluate --workdir=runs/resnet50 --protocol=10crop
+  python -m incres.evaluate --workdir=runs/a --workdir=runs/b --protocol=144crop --dataset=imagenet2012
+
+Protocols (sizes are for a 224 crop; for other `config.image_size` S every length is scaled by
+S / 224 and rounded, as `incres.augment` does for training):
+
+- `single`: the single original view (ResNet §4.2, CIFAR): the image, resized to S×S if it is not
+  already (`augment.eval_single`, the training loop's eval for `eval_preprocess="single"`).
+- `center`: shorter side 256, the central 224 crop (`augment.eval_center`, the training loop's eval
+  for `eval_preprocess="center"`; the two give the same numbers on the same checkpoint, tested).
+- `10crop`: shorter side 256; the four corner and the central 224 crops, and their mirrors
+  (ResNet Table 3, "standard 10-crop testing").
+- `144crop`: GoogLeNet §7: shorter side 256, 288, 320, 352; three squares of side the shorter side
+  (left/centre/right for landscape images, top/centre/bottom for portrait ones); in each square the
+  four corner and the central 224 crops and the square resized to 224; each with its mirror.
+  4 × 3 × 6 × 2 = 144 views.
+- `multiscale`: ResNet §3.4/Table 4's fully-convolutional test: the whole image with its shorter side
+  at 224, 256, 384, 480, 640, scored by the network as is (its global average pool takes any size),
+  averaged over the scales. The paper's text mentions no flips here, so there are none.
+
+Every view goes through the same operations as the training loop's eval (uint8 -> [0, 1] floats,
+`augment.resize_shorter_side`'s antialiased bilinear resize, crop, the run's mean subtracted), and
+the softmax outputs of all views of an image are averaged; several workdirs average the softmax of
+their models (the papers' ensembles, each model with its own preprocessing). Every example of the
+split is scored exactly once.
+
+The geometry of each protocol is a pure function of the image's shape (`views`), which the tests pin
+box by box; the TensorFlow input pipeline asks it for the boxes of every image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+PROTOCOLS = ("single", "center", "10crop", "144crop", "multiscale")
+# Lengths for a 224 crop.
+CROP = 224
+CENTER_SHORTER = 256  # `center` and `10crop` (ResNet; `augment.EVAL_RESIZE_RATIO`).
+GOOGLENET_SHORTER = (256, 288, 320, 352)  # `144crop`.
+MULTISCALE_SHORTER = (224, 256, 384, 480, 640)  # `multiscale` (ResNet Table 4).
+
+
+class View(NamedTuple):
+  """One test view: resize, crop a box, optionally resize the box, optionally mirror.
+
+  shorter: resize the image so that its shorter side is this (`augment.resize_shorter_side`);
+    None keeps the original image.
+  box: (top, left, height, width) in the resized image.
+  out: resize the box to out × out; None keeps the box's size.
+  flip: mirror the view left-right.
+  """
+
+  shorter: int | None
+  box: tuple[int, int, int, int]
+  out: int | None
+  flip: bool
+
+
+def scaled(length: int, size: int) -> int:
+  """A length given for a 224 crop, for a crop of `size` (round(length * size / 224))."""
+  return round(length * size / CROP)
+
+
+def resized_shape(height: int, width: int, shorter: int) -> tuple[int, int]:
+  """The shape `augment.resize_shorter_side` gives: the shorter side exactly `shorter`, the longer
+  side rounded (half to even) from float32 arithmetic, as TensorFlow computes it."""
+  h, w, s = np.float32(height), np.float32(width), np.float32(shorter)
+  scale = s / min(h, w)
+  if height <= width:
+    return shorter, int(np.round(w * scale))
+  return int(np.round(h * scale)), shorter
+
+
+def _corners_and_center(top: int, left: int, height: int, width: int, size: int) -> list[tuple]:
+  """Boxes of side `size` in the region (top, left, height, width): TL, TR, BL, BR, centre."""
+  b, r = top + height - size, left + width - size
+  if b < top or r < left:
+    raise ValueError(f"A {size}×{size} crop does not fit in a {height}×{width} region.")
+  return [
+      (top, left, size, size),
+      (top, r, size, size),
+      (b, left, size, size),
+      (b, r, size, size),
+      (top + (height - size) // 2, left + (width - size) // 2, size, size),
+  ]
+
+
+def _with_mirrors(views: list[View]) -> list[View]:
+  return views + [v._replace(flip=True) for v in views]
+
+
+def single_views(height: int, width: int, size: int = CROP) -> list[View]:
+  """The original view, resized to size × size unless it already is."""
+  return [View(None, (0, 0, height, width), None if (height, width) == (size, size) else size, False)]
+
+
+def center_views(height: int, width: int, size: int = CROP) -> list[View]:
+  """Shorter side 256, central 224 crop (`augment.eval_center`)."""
+  shorter = scaled(CENTER_SHORTER, size)
+  h, w = resized_shape(height, width, shorter)
+  return [View(shorter, ((h - size) // 2, (w - size) // 2, size, size), None, False)]
+
+
+def ten_crop_views(height: int, width: int, size: int = CROP) -> list[View]:
+  """Shorter side 256; corners TL, TR, BL, BR and centre at 224; then the same five mirrored."""
+  shorter = scaled(CENTER_SHORTER, size)
+  h, w = resized_shape(height, width, shorter)
+  return _with_mirrors([View(shorter, b, None, False) for b in _corners_and_center(0, 0, h, w, size)])
+
+
+def googlenet_144_views(height: int, width: int, size: int = CROP) -> list[View]:
+  """GoogLeNet's 144 crops, by scale (256, 288, 320, 352), then square (left/top, centre,
+  right/bottom), then crop (TL, TR, BL, BR, centre, whole square resized to 224), then mirror."""
+  views = []
+  for shorter in (scaled(s, size) for s in GOOGLENET_SHORTER):
+    h, w = resized_shape(height, width, shorter)
+    side = min(h, w)
+    offsets = (0, (max(h, w) - side) // 2, max(h, w) - side)
+    for offset in offsets:
+      top, left = (0, offset) if w >= h else (offset, 0)
+      crops = [View(shorter, b, None, False) for b in _corners_and_center(top, left, side, side, size)]
+      crops.append(View(shorter, (top, left, side, side), size, False))
+      views += _with_mirrors(crops)
+  return views
+
+
+def multiscale_views(height: int, width: int, size: int = CROP) -> list[View]:
+  """The whole image at shorter sides 224, 256, 384, 480, 640 (fully convolutional)."""
+  views = []
+  for shorter in (scaled(s, size) for s in MULTISCALE_SHORTER):
+    h, w = resized_shape(height, width, shorter)
+    views.append(View(shorter, (0, 0, h, w), None, False))
+  return views
+
+
+_VIEW_FNS = {
+    "single": single_views,
+    "center": center_views,
+    "10crop": ten_crop_views,
+    "144crop": googlenet_144_views,
+    "multiscale": multiscale_views,
+}
+NUM_VIEWS = {"single": 1, "center": 1, "10crop": 10, "144crop": 144, "multiscale": 5}
+
+
+def views(protocol: str, height: int, width: int, size: int = CROP) -> list[View]:
+  """The views `protocol` takes of a `height` × `width` image, for a model trained on `size` crops."""
+  if protocol not in _VIEW_FNS:
+    raise ValueError(f"Unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}.")
+  return _VIEW_FNS[protocol](int(height), int(width), size)
+
+
+def _scales(protocol: str, size: int) -> tuple[int | None, ...]:
+  """The distinct `shorter` values of a protocol's views, in the order `views` lists them."""
+  return {
+      "single": (None,),
+      "center": (scaled(CENTER_SHORTER, size),),
+      "10crop": (scaled(CENTER_SHORTER, size),),
+      "144crop": tuple(scaled(s, size) for s in GOOGLENET_SHORTER),
+      "multiscale": tuple(scaled(s, size) for s in MULTISCALE_SHORTER),
+  }[protocol]
+
+
+# ---------------------------------------------------------------------------------------------
+# Applying views (TensorFlow, inside the input pipeline)
+# ---------------------------------------------------------------------------------------------
+
+
+def _view_table(protocol: str, size: int, shape) -> np.ndarray:
+  """int32 [V, 7]: shorter (0: none), top, left, height, width, out (0: none), flip."""
+  rows = [
+      (v.shorter or 0, *v.box, v.out or 0, int(v.flip))
+      for v in views(protocol, int(shape[0]), int(shape[1]), size)
+  ]
+  return np.asarray(rows, np.int32)
+
+
+def _spatial_mean(mean, shape):
+  """The mean to subtract from a view of `shape`: a per-pixel mean image only fits S×S views;
+  larger or smaller views get its per-channel average."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  mean = tf.convert_to_tensor(mean, tf.float32)
+  if mean.shape.rank == 3:
+    fits = tf.reduce_all(tf.equal(tf.shape(mean)[:2], shape[:2]))
+    return tf.cond(fits, lambda: mean, lambda: tf.reduce_mean(mean, axis=(0, 1)) + tf.zeros(shape))
+  return mean
+
+
+def apply_view(resized, row, mean):
+  """One view (a row of the view table) of an image already resized to the view's scale (float32
+  on [0, 1]): crop the box, resize it to `out` if asked, subtract the mean, mirror if asked."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  x = tf.image.crop_to_bounding_box(resized, row[1], row[2], row[3], row[4])
+  out = row[5]
+  x = tf.cond(
+      (out > 0) & ((row[3] != out) | (row[4] != out)),
+      # The antialiased bilinear resize of `augment.resize_shorter_side` and `eval_single`.
+      lambda: tf.image.resize(x, tf.stack([out, out]), method="bilinear", antialias=True),
+      lambda: x,
+  )
+  x = x - _spatial_mean(mean, tf.shape(x))
+  return tf.cond(row[6] > 0, lambda: tf.image.flip_left_right(x), lambda: x)
+
+
+def make_view_fn(protocol: str, size: int, mean):
+  """uint8 image [H, W, 3] -> float32 views [V, size, size, 3] (fixed-size protocols), or a tuple
+  with one [1, h_i, w_i, 3] view per scale (`multiscale`)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  from incres import augment  # pylint: disable=g-import-not-at-top
+
+  scales = _scales(protocol, size)
+
+  def fn(image):
+    if protocol == "single":  # Exactly the training loop's eval for `eval_preprocess="single"`.
+      return augment.eval_single(image, size=size, mean=mean)[None]
+    x = tf.cast(image, tf.float32) / 255.0
+    table = tf.numpy_function(
+        functools.partial(_view_table, protocol, size), [tf.shape(image)], tf.int32, stateful=False
+    )
+    table = tf.ensure_shape(table, [NUM_VIEWS[protocol], 7])
+    per_scale = []
+    for shorter in scales:
+      resized = augment.resize_shorter_side(x, shorter)
+      rows = tf.boolean_mask(table, table[:, 0] == shorter)
+      if protocol == "multiscale":
+        per_scale.append(apply_view(resized, rows[0], mean)[None])
+        continue
+      crops = tf.map_fn(
+          lambda row, r=resized: tf.ensure_shape(apply_view(r, row, mean), [size, size, 3]),
+          rows,
+          fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+      )
+      per_scale.append(crops)
+    if protocol == "multiscale":
+      return tuple(per_scale)
+    return tf.ensure_shape(tf.concat(per_scale, 0), [NUM_VIEWS[protocol], size, size, 3])
+
+  return fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: the raw (undecoded-size) eval images
+# ---------------------------------------------------------------------------------------------
+
+
+def raw_eval_dataset(config):
+  """(uint8 image [H, W, 3], int32 label) for every example of `config.eval_split`, in order,
+  with the number of examples.
+
+  `incres.data` has no public accessor for raw (unpreprocessed) eval images, so this uses its
+  source helpers (`_source`, `_loader`, `_decode`); keep it in step with that module.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  from incres import data  # pylint: disable=g-import-not-at-top
+
+  source = data._source(config, config.eval_split)  # pylint: disable=protected-access
+  n = data._source_size(source)  # pylint: disable=protected-access
+  if isinstance(source, data._ArraySource):  # pylint: disable=protected-access
+    load = data._loader(source)  # pylint: disable=protected-access
+    ds = tf.data.Dataset.range(n).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+  else:
+    ds = source.builder.as_dataset(split=source.split, decoders={"image": tfds.decode.SkipDecoding()})
+    ds = ds.map(
+        lambda ex: (data._decode(ex["image"]), tf.cast(ex["label"], tf.int32)),  # pylint: disable=protected-access
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options), n
+
+
+def _mean(config):
+  """The mean the run's images are normalised by (per-pixel image or per-channel)."""
+  from incres import data  # pylint: disable=g-import-not-at-top
+
+  return data._mean(config)  # pylint: disable=protected-access
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Predictions:
+  """Softmax probabilities averaged over a protocol's views (and models), one row per example."""
+
+  probs: np.ndarray  # float32 [N, C].
+  labels: np.ndarray  # int32 [N].
+  protocol: str
+  num_views: int  # Views per example (crops × scales × mirrors).
+  num_models: int = 1
+  names: tuple[str, ...] = ()
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.labels)
+
+
+def errors(probs: np.ndarray, labels: np.ndarray, k: int = 5) -> tuple[float, float]:
+  """(top-1 error, top-k error) in %, from class scores [N, C] and labels [N]."""
+  probs, labels = np.asarray(probs), np.asarray(labels)
+  k = min(k, probs.shape[1])
+  # Stable order for ties: lower class index first (as `jax.lax.top_k` in the training loop).
+  order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+  hit1 = order[:, 0] == labels
+  hitk = np.any(order == labels[:, None], axis=1)
+  return 100.0 * (1.0 - hit1.mean()), 100.0 * (1.0 - hitk.mean())
+
+
+def _input_sharding(mesh, rows: int):
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+
+  return NamedSharding(mesh, P("data") if rows % mesh.size == 0 else P())
+
+
+def predict(
+    workdir: str,
+    protocol: str,
+    *,
+    dataset: str | None = None,
+    eval_split: str | None = None,
+    data_dir: str | None = None,
+    step: int | None = None,
+    averaged: bool | str = False,
+    batch_size: int | None = None,
+    max_examples: int | None = None,
+) -> Predictions:
+  """Scores every example of the eval split with `protocol` on the run in `workdir`.
+
+  `dataset`, `eval_split` and `data_dir` override the run's; `batch_size` is in examples (each
+  expands to its views; default: the run's eval batch divided by the number of views).
+  `max_examples` scores only the first examples (for quick looks; reported counts say so).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  from incres import checkpoint, train  # pylint: disable=g-import-not-at-top
+
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"Unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}.")
+  run_config, model, variables = checkpoint.load_variables(workdir, step=step, averaged=averaged)
+  config = ml_collections.ConfigDict(run_config.to_dict())
+  for key, value in (("dataset", dataset), ("eval_split", eval_split), ("data_dir", data_dir)):
+    if value is not None:
+      config[key] = value
+  size = config.image_size
+  mesh = train.create_mesh()
+  num_views = NUM_VIEWS[protocol]
+  ds, n = raw_eval_dataset(config)
+  if max_examples is not None:
+    n = min(n, max_examples)
+    ds = ds.take(n)
+  # The softmax is averaged over views with the mean of the *training* images (the run's config).
+  mean = _mean(run_config)
+  view_fn = make_view_fn(protocol, size, mean)
+  ds = ds.map(lambda image, label: (view_fn(image), label), num_parallel_calls=tf.data.AUTOTUNE)
+
+  @jax.jit
+  def softmax(variables, x):
+    logits, _ = model.apply(variables, x, train=False)
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+  probs, labels = [], []
+  if protocol == "multiscale":
+    # Every image and scale has its own shape: one image at a time (a compile per distinct shape).
+    for per_scale, label in ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+      p = [np.asarray(softmax(variables, jax.device_put(v, _input_sharding(mesh, 1)))) for v in per_scale]
+      probs.append(np.mean(np.concatenate(p), axis=0, keepdims=True))
+      labels.append(np.asarray(label)[None])
+  else:
+    per_batch = batch_size or max(1, config.eval_batch_size // num_views)
+    for batch, label in ds.batch(per_batch).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+      b = len(label)
+      if b < per_batch:  # Pad the last batch to the compiled shape; padded rows are dropped.
+        batch = np.concatenate([batch, np.zeros((per_batch - b, *batch.shape[1:]), batch.dtype)])
+      x = batch.reshape(per_batch * num_views, *batch.shape[2:])
+      p = np.asarray(softmax(variables, jax.device_put(x, _input_sharding(mesh, len(x)))))
+      probs.append(p.reshape(per_batch, num_views, -1).mean(axis=1)[:b])
+      labels.append(label)
+  probs, labels = np.concatenate(probs), np.concatenate(labels).astype(np.int32)
+  if len(labels) != n:
+    raise RuntimeError(f"Scored {len(labels)} examples of {n}: the eval pipeline lost some.")
+  return Predictions(probs, labels, protocol, num_views, 1, (workdir,))
+
+
+def ensemble(predictions: Sequence[Predictions]) -> Predictions:
+  """Averages the softmax outputs of several models over the same examples."""
+  first = predictions[0]
+  for p in predictions[1:]:
+    if p.labels.shape != first.labels.shape or np.any(p.labels != first.labels):
+      raise ValueError("Ensembled runs must be evaluated on the same examples in the same order.")
+    if p.probs.shape != first.probs.shape:
+      raise ValueError(f"Ensembled runs disagree on the classes: {p.probs.shape} vs {first.probs.shape}.")
+  return Predictions(
+      probs=np.mean([p.probs for p in predictions], axis=0),
+      labels=first.labels,
+      protocol=first.protocol,
+      num_views=first.num_views,
+      num_models=sum(p.num_models for p in predictions),
+      names=tuple(n for p in predictions for n in p.names),
+  )
+
+
+def summarize(p: Predictions) -> dict[str, Any]:
+  """Top-1/top-5 error (%), examples, views per example and models, as a flat dict."""
+  top1, top5 = errors(p.probs, p.labels)
+  return {
+      "protocol": p.protocol,
+      "models": p.num_models,
+      "top1_err": top1,
+      "top5_err": top5,
+      "examples": p.num_examples,
+      "views_per_example": p.num_views,
+      "crops": p.num_examples * p.num_views * p.num_models,
+      "workdirs": list(p.names),
+  }
+
+
+def evaluate_workdirs(workdirs: Sequence[str], protocol: str, **kwargs) -> list[dict[str, Any]]:
+  """One summary per workdir, and for several workdirs one more for their ensemble (last)."""
+  predictions = [predict(w, protocol, **kwargs) for w in workdirs]
+  rows = [summarize(p) for p in predictions]
+  if len(predictions) > 1:
+    rows.append(summarize(ensemble(predictions)))
+  return rows
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+  """A Markdown table of `summarize` rows."""
+  lines = [
+      "| run | protocol | top-1 err % | top-5 err % | examples | views/example | models |",
+      "|---|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    name = r["workdirs"][0] if r["models"] == 1 else f"ensemble of {r['models']}"
+    lines.append(
+        f"| {name} | {r['protocol']} | {r['top1_err']:.2f} | {r['top5_err']:.2f} | {r['examples']} |"
+        f" {r['views_per_example']} | {r['models']} |"
+    )
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+  parser = argparse.ArgumentParser(
+      prog="python -m incres.evaluate", description="The papers' test protocols (and ensembles)."
+  )
+  parser.add_argument("--workdir", action="append", required=True, help="A run; repeat for an ensemble.")
+  parser.add_argument("--protocol", choices=PROTOCOLS, default="center")
+  parser.add_argument("--dataset", default=None, help="Override the run's dataset.")
+  parser.add_argument("--eval_split", default=None, help="Override the run's eval split.")
+  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--step", type=int, default=None, help="Checkpoint step (default: newest).")
+  parser.add_argument("--averaged", default="false", help="false, true, ema or polyak parameters.")
+  parser.add_argument("--batch_size", type=int, default=None, help="Examples per batch.")
+  parser.add_argument("--max_examples", type=int, default=None)
+  parser.add_argument("--json", default=None, help="Also write the results here.")
+  args = parser.parse_args(argv)
+  averaged = {"false": False, "true": True}.get(args.averaged.lower(), args.averaged)
+  rows = evaluate_workdirs(
+      args.workdir,
+      args.protocol,
+      dataset=args.dataset,
+      eval_split=args.eval_split,
+      data_dir=args.data_dir,
+      step=args.step,
+      averaged=averaged,
+      batch_size=args.batch_size,
+      max_examples=args.max_examples,
+  )
+  print(format_table(rows))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(rows, f, indent=2)
+  return rows
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -21,6 +21,8 @@ import tensorflow as tf
 # use). The ResNet paper subtracts a per-pixel mean; over random scales and crops of ImageNet that
 # mean image is spatially flat, so a per-channel mean is the same thing in practice.
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+# torchvision's normalisation divides by these too (normalize="mean_std", for imported weights).
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 
 # AlexNet's PCA colour augmentation (Krizhevsky et al. 2012, §4.1): eigenvalues and eigenvectors
 # (columns) of the 3×3 covariance of ImageNet RGB pixels on the [0, 1] scale, as published with

@@ -31,7 +31,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_size = 128  # Global batch size, split across all devices and hosts.
   c.eval_batch_size = 256  # Global evaluation batch size (the last batch is padded and masked).
   c.normalize = "auto"  # "auto" (cifar: per-pixel mean, else ImageNet channel mean), "pixel_mean",
-  # "channel_mean" or "none"; images are on the [0, 1] scale before the mean is subtracted.
+  # "channel_mean", "mean_std" (torchvision's: minus the ImageNet channel mean, divided by its
+  # std; for imported weights) or "none"; images are on the [0, 1] scale before normalisation.
   c.fake_image_shape = ml_collections.config_dict.placeholder(tuple)  # fake: None = (S, S, 3).
   c.fake_num_train = 1024  # fake: examples in the "train" split ...
   c.fake_num_eval = 256  # ... and in every other split.

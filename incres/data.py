@@ -400,12 +400,14 @@ def dataset_info(config) -> DatasetInfo:
 
 
 def _normalization(config) -> str:
-  """'pixel_mean' (CIFAR recipe), 'channel_mean' (ImageNet recipes) or 'none'."""
+  """'pixel_mean' (CIFAR), 'channel_mean' (ImageNet recipes), 'mean_std' (torchvision) or 'none'."""
   mode = config.get("normalize", "auto")
   if mode == "auto":
     return "pixel_mean" if config.augment == "cifar" else "channel_mean"
-  if mode not in ("pixel_mean", "channel_mean", "none"):
-    raise ValueError(f"normalize must be auto, pixel_mean, channel_mean or none, not {mode!r}.")
+  if mode not in ("pixel_mean", "channel_mean", "mean_std", "none"):
+    raise ValueError(
+        f"normalize must be auto, pixel_mean, channel_mean, mean_std or none, not {mode!r}."
+    )
   return mode
 
 
@@ -467,7 +469,7 @@ def _mean(config) -> tf.Tensor | float:
   mode = _normalization(config)
   if mode == "none":
     return 0.0
-  if mode == "channel_mean":
+  if mode in ("channel_mean", "mean_std"):
     return tf.constant(augment.IMAGENET_MEAN_RGB, tf.float32)
   key = tuple((k, _hashable(config.get(k))) for k in _MEAN_KEYS)
   return tf.constant(_pixel_mean(key))
@@ -478,8 +480,20 @@ def _hashable(value):
   return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
+def _scaled_by_std(config, fn: Callable[..., tf.Tensor]) -> Callable[..., tf.Tensor]:
+  """Divides `fn`'s mean-subtracted output by the ImageNet channel std (normalize="mean_std")."""
+  if _normalization(config) != "mean_std":
+    return fn
+  std = tf.constant(augment.IMAGENET_STD_RGB, tf.float32)
+  return lambda *args: fn(*args) / std
+
+
 def _train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
   """(uint8 image, seed) -> float32 [S, S, 3] for `config.augment`."""
+  return _scaled_by_std(config, _unscaled_train_fn(config))
+
+
+def _unscaled_train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
   s, mean = config.image_size, _mean(config)
   if config.augment == "cifar":
     return lambda image, seed: tf.ensure_shape(
@@ -496,8 +510,17 @@ def _train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
   )
 
 
+def preprocess_for_eval(image: np.ndarray, config) -> np.ndarray:
+  """One decoded uint8 [H, W, 3] image -> the float32 [S, S, 3] view the evaluation uses."""
+  return _eval_fn(config)(tf.convert_to_tensor(image, tf.uint8)).numpy()
+
+
 def _eval_fn(config) -> Callable[[tf.Tensor], tf.Tensor]:
-  """uint8 image -> float32 [S, S, 3] for `config.eval_preprocess`."""
+  """uint8 image -> float32 [S, S, 3] for `config.eval_preprocess` (and `config.normalize`)."""
+  return _scaled_by_std(config, _unscaled_eval_fn(config))
+
+
+def _unscaled_eval_fn(config) -> Callable[[tf.Tensor], tf.Tensor]:
   s, mean = config.image_size, _mean(config)
   if config.eval_preprocess == "single":
     return functools.partial(augment.eval_single, size=s, mean=mean)

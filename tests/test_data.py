@@ -246,3 +246,13 @@ def test_streamed_eval_gives_every_process_the_same_batch_count(monkeypatch):
       monkeypatch.setattr(jax, "process_index", lambda p=p: p)
       batches = list(data.create_eval_iter(c))
       assert len(batches) == 3 and all(b["mask"].shape == (8,) for b in batches)
+
+
+def test_mean_std_normalisation_is_torchvisions():
+  config = configs.base_config()
+  config.update(dataset="fake", image_size=32, augment="none", eval_preprocess="single",
+                normalize="mean_std", num_classes=3)
+  image = np.full((32, 32, 3), 255, np.uint8)
+  out = data.preprocess_for_eval(image, config)
+  expected = (1.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+  np.testing.assert_allclose(out, np.broadcast_to(expected, out.shape), rtol=1e-5)

@@ -50,11 +50,16 @@ class _DropReadOnlyNotices:
 logging.get_absl_logger().addFilter(_DropReadOnlyNotices())
 
 
+def _item_handlers() -> dict[str, Any]:
+  # Named up front so that a fresh manager can read the items' metadata before any restore.
+  return {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+
+
 def _reader_manager(directory: str) -> ocp.CheckpointManager:
   """A manager that only reads: no directory creation, no cleanup, no saving."""
   return ocp.CheckpointManager(
       directory,
-      item_names=("state", "meta"),
+      item_handlers=_item_handlers(),
       options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0),
   )
 
@@ -234,7 +239,7 @@ class Checkpointer:
   def manager(self) -> ocp.CheckpointManager:
     if self._manager is None:
       self._manager = ocp.CheckpointManager(
-          self.directory, item_names=("state", "meta"), options=self._options
+          self.directory, item_handlers=_item_handlers(), options=self._options
       )
     return self._manager
 

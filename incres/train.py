@@ -302,8 +302,8 @@ def train_step(
       "total_loss": loss + aux_loss_weight * aux_loss,
       "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
       "learning_rate": learning_rate_fn(state.step),
-      "grad_norm": optax.global_norm(grads),
-      "param_norm": optax.global_norm(params),  # Non-finite params are caught before a save.
+      "grad_norm": optax.tree.norm(grads),
+      "param_norm": optax.tree.norm(params),  # Non-finite params are caught before a save.
   }
   return new_state, metrics
 

@@ -1,0 +1,325 @@
+"""The training loop: schedules, optimizer, steps, outputs, exact resume, NaN stop, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from incres import checkpoint, configs, metrics, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _compilation_cache(tmp_path_factory):
+  """Each `train_and_evaluate` jits fresh functions; the persistent cache makes repeats cheap."""
+  old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  yield
+  jax.config.update("jax_compilation_cache_dir", old[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+
+
+def tiny_config(steps: int = 6, **overrides):
+  config = configs.base_config()
+  config.model_kwargs.width = 4
+  config.dataset = "digits"
+  config.image_size = 16
+  config.augment = "none"
+  config.batch_size = 16
+  config.eval_batch_size = 64
+  config.eval_split = "test[:128]"
+  config.num_train_steps = steps
+  config.log_every_steps = 2
+  config.eval_every_steps = steps
+  config.checkpoint_every_steps = 2
+  config.lr_boundaries = (4,)
+  config.learning_rate = 0.05
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def params_of(workdir: str, **kw):
+  return jax.device_get(checkpoint.load_variables(workdir, **kw)[2])
+
+
+def assert_trees_equal(a, b):
+  la, lb = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]
+  assert [p for p, _ in la] == [p for p, _ in lb]
+  for (path, x), (_, y) in zip(la, lb):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+
+
+# --- Schedules and optimizer ---------------------------------------------------------------------
+
+
+def test_piecewise_schedule_with_constant_warmup_keeps_absolute_boundaries():
+  # ResNet-110: 0.01 for the first 400 steps, then 0.1, divided by 10 at 32k and 48k.
+  config = tiny_config(
+      learning_rate=0.1, lr_boundaries=(32000, 48000), warmup_steps=400, warmup_learning_rate=0.01
+  )
+  lr = train.create_learning_rate_fn(config)
+  expected = {0: 0.01, 399: 0.01, 400: 0.1, 31999: 0.1, 32000: 0.01, 48000: 0.001, 63999: 0.001}
+  for step, value in expected.items():
+    assert float(lr(step)) == pytest.approx(value, rel=1e-6), step
+
+
+def test_exponential_schedule_is_a_staircase():
+  # GoogLeNet: 4% lower every 8 epochs.
+  config = tiny_config(schedule="exponential", learning_rate=0.01, lr_decay_steps=80,
+                       lr_decay_rate=0.96)
+  lr = train.create_learning_rate_fn(config)
+  assert float(lr(79)) == pytest.approx(0.01)
+  assert float(lr(80)) == pytest.approx(0.0096)
+  assert float(lr(239)) == pytest.approx(0.01 * 0.96**2)
+
+
+def test_cosine_schedule_with_linear_warmup():
+  config = tiny_config(
+      steps=110, schedule="cosine", learning_rate=1.0, warmup_steps=10, warmup_shape="linear"
+  )
+  lr = train.create_learning_rate_fn(config)
+  assert float(lr(0)) == pytest.approx(0.0)
+  assert float(lr(5)) == pytest.approx(0.5)
+  assert float(lr(10)) == pytest.approx(1.0)
+  assert float(lr(60)) == pytest.approx(0.5, abs=1e-6)
+  assert float(lr(110)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_weight_decay_only_touches_kernels():
+  config = tiny_config(weight_decay=0.5, momentum=0.0, learning_rate=1.0)
+  tx = train.create_optimizer(config, train.create_learning_rate_fn(config))
+  params = {"conv": {"kernel": jnp.ones((3, 3, 2, 2)), "bias": jnp.ones((2,))},
+            "bn": {"scale": jnp.ones((2,))}}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(new["conv"]["kernel"], 0.5)  # 1 - lr * wd * 1
+  np.testing.assert_array_equal(new["conv"]["bias"], 1.0)
+  np.testing.assert_array_equal(new["bn"]["scale"], 1.0)
+
+
+def test_gradient_clipping_and_nesterov():
+  config = tiny_config(weight_decay=0.0, learning_rate=1.0, grad_clip_norm=1.0, nesterov=True)
+  tx = train.create_optimizer(config, train.create_learning_rate_fn(config))
+  params = {"w": jnp.zeros((2, 2))}
+  grads = {"w": jnp.full((2, 2), 100.0)}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # Clipped to norm 1, then Nesterov's first step is g + momentum * g = 1.9 g.
+  assert float(optax.tree.norm(updates)) == pytest.approx(1.9, rel=1e-5)
+
+
+# --- Steps ---------------------------------------------------------------------------------------
+
+
+class _LogitsAreInputs(nn.Module):
+  """A stand-in model whose logits are its inputs, to test eval_step's arithmetic exactly."""
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    return x, {"features": x, "aux_logits": ()}
+
+
+def test_eval_step_counts_top1_top5_and_ignores_padding():
+  logits = jnp.array([
+      [9, 1, 2, 3, 4, 5, 0],  # label 0: top-1 hit
+      [9, 8, 7, 6, 5, 0, 1],  # label 4: top-5 hit only
+      [9, 8, 7, 6, 5, 4, 3],  # label 6: miss
+      [0, 0, 0, 0, 0, 0, 9],  # padding (label 6 would be a hit)
+  ], jnp.float32)
+  batch = {"image": logits, "label": jnp.array([0, 4, 6, 6]), "mask": jnp.array([1, 1, 1, 0.0])}
+  sums = train.eval_step({}, batch, model=_LogitsAreInputs())
+  assert (float(sums["top1"]), float(sums["top5"]), float(sums["count"])) == (1.0, 2.0, 3.0)
+
+
+class _TinyNetWithAux(nn.Module):
+  """GoogLeNet's interface in miniature: two auxiliary heads in training, dropout, a dtype."""
+
+  num_classes: int = 10
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.relu(nn.Conv(4, (3, 3), strides=2, dtype=self.dtype)(x))
+    # Like GoogLeNet, the heads exist (are initialised) in both modes and are returned in training.
+    aux = (nn.Dense(self.num_classes, name="aux1")(x.mean((1, 2))),
+           nn.Dense(self.num_classes, name="aux2")(x.max((1, 2))))
+    aux = aux if train else ()
+    features = nn.Dropout(0.4, deterministic=not train)(x.mean((1, 2)))
+    logits = nn.Dense(self.num_classes, dtype=self.dtype)(features).astype(jnp.float32)
+    return logits, {"features": features, "aux_logits": aux}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_train_step_adds_weighted_aux_losses_and_updates_every_parameter(dtype):
+  config = tiny_config(dtype=dtype, aux_loss_weight=0.3, label_smoothing=0.1)
+  model = _TinyNetWithAux(dtype=jnp.dtype(dtype))
+  lr_fn = train.create_learning_rate_fn(config)
+  tx = train.create_optimizer(config, lr_fn)
+  state = train.create_train_state(config, model, tx, train.create_mesh())
+  step = jax.jit(
+      lambda s, b: train.train_step(
+          s, b, model=model, tx=tx, learning_rate_fn=lr_fn, aux_loss_weight=0.3,
+          label_smoothing=0.1, ema_decay=None,
+      )
+  )
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(8, 16, 16, 3)).astype(np.float32),
+           "label": rng.integers(0, 10, 8).astype(np.int32)}
+  new_state, m = step(state, batch)
+  m = jax.device_get(m)
+  assert m["aux_loss"] > 0 and all(math.isfinite(float(v)) for v in m.values())
+  assert m["total_loss"] == pytest.approx(m["loss"] + 0.3 * m["aux_loss"], rel=1e-5)
+  assert m["loss"] > 2.0  # Plain cross-entropy of the main head, about log(10) at init.
+  assert int(new_state.step) == 1
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params, new_state.params)
+  assert all(jax.tree.leaves(changed)), changed
+
+
+# --- The loop ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """6 uninterrupted steps with EMA and Polyak averaging; checkpoints at 2, 4, 6."""
+  workdir = str(tmp_path_factory.mktemp("run") / "uninterrupted")
+  config = tiny_config(ema_decay=0.9, polyak=True, keep_checkpoints=2)
+  result = train.train_and_evaluate(config, workdir)
+  return config, workdir, result
+
+
+def test_run_writes_metrics_tensorboard_config_and_checkpoints(finished_run):
+  config, workdir, result = finished_run
+  assert result["step"] == 6 and not result["preempted"]
+  for key in ("eval/top1", "eval/top5", "eval_ema/top1", "eval_polyak/top5", "train/loss"):
+    assert key in result and math.isfinite(result[key]), key
+  assert 0.0 <= result["eval/top1"] <= result["eval/top5"] <= 1.0
+
+  records = metrics.read_metrics(workdir)
+  assert [r["step"] for r in records if "train/loss" in r] == [2, 4, 6]
+  assert {"train/loss", "train/accuracy", "train/learning_rate", "train/images_per_sec"} <= set(
+      records[-2]
+  )
+  assert records[-1]["step"] == 6 and records[-1]["eval/top1"] == result["eval/top1"]
+
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  tags = set()
+  for name in os.listdir(workdir):
+    if "tfevents" in name:
+      for raw in tf.data.TFRecordDataset(os.path.join(workdir, name)):
+        event = tf.compat.v1.Event.FromString(raw.numpy())
+        tags |= {v.tag for v in event.summary.value}
+  assert {"train/loss", "train/learning_rate", "train/images_per_sec", "eval/top1",
+          "eval/top5"} <= tags
+
+  with open(os.path.join(workdir, "config.json")) as f:
+    saved = json.load(f)
+  assert saved["num_classes"] == 10 and saved["model"] == "CifarResNet20"  # Resolved from -1.
+  assert os.path.exists(os.path.join(workdir, "config.yaml"))
+  # keep_checkpoints=2 keeps the last two; the best by eval/top1 (only step 6 was evaluated).
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [4, 6]
+
+
+def test_load_variables_raw_and_averaged(finished_run):
+  config, workdir, _ = finished_run
+  cfg, model, raw = checkpoint.load_variables(workdir)
+  _, _, ema = checkpoint.load_variables(workdir, averaged="ema")
+  _, _, polyak = checkpoint.load_variables(workdir, averaged="polyak")
+  assert cfg.model == config.model and set(raw) == {"params", "batch_stats"}
+  x = jnp.zeros((2, 16, 16, 3))
+  logits, _ = model.apply(raw, x, train=False)
+  assert logits.shape == (2, 10)
+  leaf = lambda v: jax.tree.leaves(v["params"])[0]
+  assert not np.array_equal(leaf(raw), leaf(ema)) and not np.array_equal(leaf(ema), leaf(polyak))
+  with pytest.raises(FileNotFoundError, match="available steps"):
+    checkpoint.load_variables(workdir, step=1)
+
+
+def test_resume_is_bitwise_exact(finished_run, tmp_path):
+  """3 steps, then a new run of the same config to 6: the same bits as 6 uninterrupted steps."""
+  config, reference, _ = finished_run
+  workdir = str(tmp_path / "resumed")
+  first = config.copy_and_resolve_references()
+  first.num_train_steps = 3
+  assert train.train_and_evaluate(first, workdir)["step"] == 3
+  assert train.train_and_evaluate(config, workdir)["step"] == 6
+  for averaged in (False, "ema", "polyak"):
+    assert_trees_equal(params_of(workdir, averaged=averaged), params_of(reference, averaged=averaged))
+  # One record per logged step, none duplicated by the restart.
+  steps = [r["step"] for r in metrics.read_metrics(workdir) if "train/loss" in r]
+  assert steps == sorted(set(steps)) and steps[-1] == 6
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    tmp_path, monkeypatch
+):
+  from incres import data  # pylint: disable=g-import-not-at-top
+
+  real_iter = data.create_train_iter
+
+  def poisoned_iter(config, *, start_step=0):  # The 5th batch (step 5) carries a NaN pixel.
+    for k, batch in enumerate(real_iter(config, start_step=start_step), start=start_step):
+      if k == 4:
+        batch = dict(batch, image=batch["image"].copy())
+        batch["image"][0, 0, 0, 0] = np.nan
+      yield batch
+
+  monkeypatch.setattr(data, "create_train_iter", poisoned_iter)
+  workdir = str(tmp_path / "nan")
+  with pytest.raises(train.NonFiniteLossError, match=r"diverged at step 5: .*nan.*step 4, is kept"):
+    train.train_and_evaluate(tiny_config(steps=8, ema_decay=0.9, polyak=True), workdir)
+  config, _, variables = checkpoint.load_variables(workdir)
+  assert checkpoint.Checkpointer(workdir, config, save_every_steps=1, keep=1).latest_step() == 4
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(variables))
+
+
+def snapshot(directory: str) -> dict[str, tuple[int, float]]:
+  out = {}
+  for root, dirs, files in os.walk(directory):
+    for name in dirs + files:
+      path = os.path.join(root, name)
+      out[path] = (os.path.getsize(path), os.path.getmtime(path))
+  return out
+
+
+@pytest.mark.parametrize(
+    "override, names",
+    [({"model_kwargs": {"width": 8}}, ["model_kwargs", "params."]),
+     ({"model": "CifarPlain20"}, ["model: checkpoint 'CifarResNet20', this config 'CifarPlain20'"]),
+     ({"polyak": False}, ["polyak_params"])],
+    ids=["width", "model", "averaging"],
+)
+def test_incompatible_workdir_is_refused_and_untouched(finished_run, override, names):
+  config, workdir, _ = finished_run
+  other = config.copy_and_resolve_references()
+  other.num_train_steps = 8
+  for key, value in override.items():
+    other[key] = value
+  before = snapshot(workdir)
+  with pytest.raises(checkpoint.IncompatibleCheckpointError) as e:
+    train.train_and_evaluate(other, workdir)
+  for name in names:
+    assert name in str(e.value)
+  assert "Nothing in the workdir was changed" in str(e.value)
+  assert snapshot(workdir) == before
+
+
+def test_unknown_model_lists_the_known_ones():
+  config = tiny_config(model="ResNet19")
+  with pytest.raises(ValueError, match=r"Unknown model 'ResNet19'.*CifarResNet20"):
+    train.create_model(config, num_classes=10)
+
+
+def test_batch_size_must_split_over_devices():
+  config = tiny_config(batch_size=10)
+  with pytest.raises(ValueError, match="batch_size=10 is not divisible"):
+    train._validate(config, num_devices=4)  # pylint: disable=protected-access

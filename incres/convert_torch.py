@@ -176,3 +176,94 @@ def _check_structure(model, variables, name) -> None:
         + "; ".join(problems[:5])
         + "). Check --model matches the weights file."
     )
+
+
+def import_config(name: str, num_classes: int = 1000, transform_input: bool = True):
+  """The incres config of an imported torchvision model (ImageNet data, torchvision's eval view)."""
+  from incres import configs
+
+  config = configs.base_config()
+  config.model = TORCHVISION_MODELS[name]
+  config.num_classes = num_classes
+  config.dataset = "imagenet2012"
+  config.image_size = 224
+  config.eval_preprocess = "center"
+  config.normalize = "mean_std"  # torchvision's input normalisation.
+  if name == "googlenet":
+    config.augment = "googlenet"
+    config.model_kwargs.transform_input = transform_input
+  else:
+    config.augment = "resnet_imagenet"
+    config.model_kwargs.stride_in_1x1 = False
+  return config
+
+
+def save(model_name: str, variables, out: str, *, transform_input: bool = True) -> str:
+  """Writes converted variables as an incres checkpoint (step 0) in workdir `out`."""
+  from incres import checkpoint, train
+
+  params = variables["params"]
+  num_classes = int(params["head"]["kernel"].shape[-1])
+  config = import_config(model_name, num_classes, transform_input)
+  if model_name == "googlenet" and "aux_4a" not in params:
+    config.model_kwargs.aux_heads = False
+  model = train.create_model(config)
+  tx = train.create_optimizer(config, train.create_learning_rate_fn(config))
+  mesh = train.create_mesh()
+  state = train.create_train_state(config, model, tx, mesh)
+  state = state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
+  ckpt = checkpoint.Checkpointer(out, config, save_every_steps=1, keep=1, async_save=False)
+  try:
+    ckpt.save(0, state)
+    ckpt.wait()
+  finally:
+    ckpt.close()
+  train.save_config(config, out)
+  return checkpoint.checkpoint_dir(out)
+
+
+def load_state_dict(path: str):
+  """Reads a torchvision `.pth` state dict (needs torch; weights only, no code is unpickled)."""
+  try:
+    import torch
+  except ImportError as e:
+    raise SystemExit(
+        "Reading a .pth file needs PyTorch: pip install torch (CPU build is enough)."
+    ) from e
+  state_dict = torch.load(path, map_location="cpu", weights_only=True)
+  if isinstance(state_dict, dict) and "state_dict" in state_dict:
+    state_dict = state_dict["state_dict"]
+  return state_dict
+
+
+def main(argv=None) -> int:
+  import argparse
+
+  parser = argparse.ArgumentParser(
+      prog="python -m incres.convert_torch",
+      description="Convert a torchvision state_dict file into an incres checkpoint.",
+  )
+  parser.add_argument("--model", required=True, choices=sorted(TORCHVISION_MODELS))
+  parser.add_argument("--weights", required=True, help="A torchvision .pth state_dict file.")
+  parser.add_argument("--out", required=True, help="Output workdir (usable as config.init_from).")
+  parser.add_argument(
+      "--no_transform_input",
+      action="store_true",
+      help="googlenet: the weights were trained without torchvision's transform_input step.",
+  )
+  args = parser.parse_args(argv)
+  transform_input = not args.no_transform_input
+  model, variables = convert(
+      load_state_dict(args.weights), args.model, transform_input=transform_input
+  )
+  where = save(args.model, variables, args.out, transform_input=transform_input)
+  print(
+      f"Wrote {TORCHVISION_MODELS[args.model]} ({args.model}) to {where}.\n"
+      f"Fine-tune: python launch.py --config=experiments/finetune.py --config.init_from={args.out}\n"
+      f"Classify:  python -m incres.predict --checkpoint={args.out} image.jpg"
+  )
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

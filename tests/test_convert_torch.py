@@ -81,3 +81,43 @@ def test_mismatched_weights_fail_clearly():
     convert_torch.convert(sd, "resnet34")
   with pytest.raises(convert_torch.ConversionError, match="Unknown torchvision model"):
     convert_torch.convert(sd, "vgg16")
+
+
+def test_cli_round_trip_and_predict(tmp_path, capsys):
+  from PIL import Image
+
+  from incres import checkpoint, predict
+
+  tv = _torchvision_model("resnet18")
+  weights = tmp_path / "resnet18.pth"
+  torch.save(tv.state_dict(), weights)
+  out = tmp_path / "imported"
+  assert convert_torch.main(["--model=resnet18", f"--weights={weights}", f"--out={out}"]) == 0
+  assert "init_from" in capsys.readouterr().out
+
+  config, model, variables = checkpoint.load_variables(str(out))
+  assert config.model == "ResNet18" and config.num_classes == 10
+  x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
+  with torch.no_grad():
+    expected = tv(torch.from_numpy(x)).numpy()
+  got = model.apply(variables, x.transpose(0, 2, 3, 1), train=False)[0]
+  assert np.abs(np.asarray(got) - expected).max() <= 1e-4
+
+  image = tmp_path / "cat.png"
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), np.uint8)).save(image)
+  broken = tmp_path / "broken.jpg"
+  broken.write_text("not an image")
+  results, failed = predict.predict(str(out), [str(broken), str(image)], top_k=3)
+  assert [p for p, _ in results] == [str(image)]
+  assert len(results[0][1]) == 3 and abs(sum(p for _, p in results[0][1])) <= 1.0
+  assert results[0][1][0][1] >= results[0][1][1][1]
+  assert failed[0][0] == str(broken) and "UnidentifiedImageError" in failed[0][1]
+  # 10 classes of an ImageNet run that isn't 1000-way: names fall back to numbers.
+  assert results[0][1][0][0].startswith("class ")
+
+
+def test_imagenet_class_names_ship_with_the_package():
+  from incres import predict
+
+  names = predict.imagenet_class_names()
+  assert len(names) == 1000 and names[0] == "tench" and names[207] == "golden retriever"

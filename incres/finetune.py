@@ -1,0 +1,150 @@
+"""Fine-tuning: start a run from another run's (or converted torchvision) weights.
+
+`config.init_from` names a workdir (its newest checkpoint, or `config.init_from_step`) or a
+checkpoint step directory (`.../checkpoints/<step>`). The new run's variables are initialised as
+usual, then every parameter and batch statistic whose path and shape match the source is copied.
+Heads — the classifier `head` and GoogLeNet's auxiliary heads `aux_*` — are re-initialised when
+their shapes differ (a new number of classes) or when the source lacks them. Anything else that does
+not match (another model, depth or width) is a backbone mismatch and fails with the first paths.
+
+`config.freeze_backbone` trains only the heads: the backbone gets `optax.set_to_zero()` updates (so
+it stays bitwise unchanged) and its BatchNorm layers use their running statistics (the models'
+`frozen_bn`), so those stay unchanged too. `config.head_learning_rate` gives the heads their own
+learning rate (the same schedule shape, scaled).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+PyTree = Any
+
+
+class BackboneMismatchError(ValueError):
+  """The source checkpoint's backbone does not fit the new model."""
+
+
+def is_head(path: str) -> bool:
+  """Whether a parameter path ("head/kernel", "aux_4a/fc1/bias") belongs to a classifier head."""
+  top = path.split("/")[0]
+  return top == "head" or top.startswith("aux_")
+
+
+def _flat(tree: PyTree) -> dict[str, Any]:
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    out["/".join(str(getattr(k, "key", k)) for k in path)] = leaf
+  return out
+
+
+def _unflatten_like(reference: PyTree, flat: dict[str, Any]) -> PyTree:
+  paths = jax.tree_util.tree_flatten_with_path(reference)[0]
+  leaves = [flat["/".join(str(getattr(k, "key", k)) for k in p)] for p, _ in paths]
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(reference), leaves)
+
+
+@dataclasses.dataclass
+class MergeLog:
+  """Which variable paths were loaded from the source, re-initialised, or skipped (unused)."""
+
+  loaded: list[str] = dataclasses.field(default_factory=list)
+  reinitialized: list[str] = dataclasses.field(default_factory=list)
+  skipped: list[str] = dataclasses.field(default_factory=list)
+
+  def summary(self) -> str:
+    def block(title, items):
+      return f"{title} ({len(items)}):" + "".join(f"\n  {p}" for p in items)
+
+    return "\n".join(
+        [
+            f"loaded {len(self.loaded)} arrays from the source checkpoint",
+            block("re-initialised", self.reinitialized),
+            block("skipped (in the source, not in this model)", self.skipped),
+        ]
+    )
+
+
+def merge(init_variables: PyTree, source_variables: PyTree) -> tuple[PyTree, MergeLog]:
+  """Copies matching arrays of `source_variables` into `init_variables` (see module docstring)."""
+  log = MergeLog()
+  merged = {}
+  mismatches = []
+  for collection, init_tree in init_variables.items():
+    init_flat = _flat(init_tree)
+    source_flat = _flat(source_variables.get(collection, {}))
+    out = {}
+    for path, init_leaf in init_flat.items():
+      full = f"{collection}/{path}"
+      src = source_flat.get(path)
+      if src is not None and tuple(np.shape(src)) == tuple(init_leaf.shape):
+        out[path] = src
+        log.loaded.append(full)
+      elif is_head(path):
+        out[path] = init_leaf
+        log.reinitialized.append(full)
+      else:
+        got = "missing" if src is None else tuple(np.shape(src))
+        mismatches.append(f"{full}: source {got}, model {tuple(init_leaf.shape)}")
+        out[path] = init_leaf
+    log.skipped += [f"{collection}/{p}" for p in source_flat if p not in init_flat]
+    merged[collection] = _unflatten_like(init_tree, out)
+  backbone_skipped = [p for p in log.skipped if not is_head(p.split("/", 1)[1])]
+  if mismatches or backbone_skipped:
+    problems = mismatches + [f"{p}: in the source, not in the model" for p in backbone_skipped]
+    raise BackboneMismatchError(
+        f"The checkpoint's backbone does not fit this model ({len(problems)} mismatched arrays;"
+        f" first: {'; '.join(problems[:5])}). init_from must come from the same model, depth and"
+        " width (only the heads may differ): check config.model and config.model_kwargs."
+    )
+  return merged, log
+
+
+def resolve_source(init_from: str, step: int | None = None) -> tuple[str, int | None]:
+  """`init_from` -> (workdir, step): accepts a workdir or a `<workdir>/checkpoints/<step>` dir."""
+  path = os.path.abspath(os.path.expanduser(init_from))
+  m = re.fullmatch(r"(.*)/checkpoints/(\d+)/?", path)
+  if m:
+    return m.group(1), int(m.group(2)) if step is None else step
+  if not os.path.isdir(os.path.join(path, "checkpoints")):
+    raise FileNotFoundError(
+        f"config.init_from={init_from!r} is neither a workdir with a checkpoints/ folder nor a"
+        " checkpoint step folder (<workdir>/checkpoints/<step>). Point it at a training run's"
+        " workdir or at the --out folder of `python -m incres.convert_torch`."
+    )
+  return path, step
+
+
+def param_labels(params: PyTree) -> PyTree:
+  """'head' or 'backbone' for every parameter leaf (for optax.multi_transform)."""
+  flat = _flat(params)
+  return _unflatten_like(params, {p: "head" if is_head(p) else "backbone" for p in flat})
+
+
+def wrap_optimizer(
+    make_tx, learning_rate_fn, config, params_for_labels: PyTree | None = None
+) -> optax.GradientTransformation:
+  """The fine-tuning optimizer: frozen backbone and/or a separate head learning rate.
+
+  `make_tx(learning_rate_fn)` builds the usual optimizer. Without `freeze_backbone` or
+  `head_learning_rate` it is returned unchanged.
+  """
+  freeze = bool(config.get("freeze_backbone", False))
+  head_lr = config.get("head_learning_rate", None)
+  if not freeze and head_lr is None:
+    return make_tx(learning_rate_fn)
+  head_fn = learning_rate_fn
+  if head_lr is not None:
+    scale = head_lr / config.learning_rate
+    head_fn = lambda step: learning_rate_fn(step) * scale  # noqa: E731
+  transforms = {
+      "head": make_tx(head_fn),
+      "backbone": optax.set_to_zero() if freeze else make_tx(learning_rate_fn),
+  }
+  return optax.multi_transform(transforms, param_labels)

@@ -24,6 +24,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from incres import ops
+
 ModuleDef = Any
 
 he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -183,7 +185,7 @@ class ResNet(nn.Module):
     }
 
 
-def conv_factory(**defaults) -> Callable[..., nn.Conv]:
+def conv_factory(**defaults) -> Callable[..., ops.Conv]:
   """Returns `conv(features, kernel_size, strides=(1, 1), **kw)` with symmetric k // 2 padding.
 
   Torch and Caffe pad symmetrically; XLA's "SAME" pads asymmetrically under stride 2, which would
@@ -192,7 +194,8 @@ def conv_factory(**defaults) -> Callable[..., nn.Conv]:
 
   def conv(features, kernel_size, strides=(1, 1), **kw):
     pads = tuple((k // 2, k // 2) for k in kernel_size)
-    return nn.Conv(features, kernel_size, strides, padding=pads, **{**defaults, **kw})
+    # `ops.Conv` is `nn.Conv` (same parameters) with a fast weight gradient on XLA:CPU.
+    return ops.Conv(features, kernel_size, strides, padding=pads, **{**defaults, **kw})
 
   return conv
 

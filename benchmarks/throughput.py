@@ -1,0 +1,300 @@
+"""Training and inference throughput of an incres model, optionally against its PyTorch twin.
+
+  python benchmarks/throughput.py --model=ResNet50 --batch=32 --vs_torch
+  python benchmarks/throughput.py --model=CifarResNet20 --batch=128 --vs_torch --json
+
+Prints images/s for one SGD-with-momentum training step (forward, backward, BN statistics, weight
+decay, the update; GoogLeNet's auxiliary losses weighted 0.3) and for inference, each the median of
+`--steps` timed steps after `--warmup` untimed ones; the compile time of each jitted function; peak
+host memory (and device memory on an accelerator); and the achieved FLOP/s (XLA's cost analysis of
+the compiled step over the median step time) as a fraction of a large float32 matmul timed in the
+same run. Each step's batch is copied from host memory, as an input pipeline would feed it.
+
+`--vs_torch` then runs the torch twin of the same architecture (benchmarks/torch_twins.py) through
+the same steps in the same process and prints JAX/torch ratios: on a shared machine only ratios
+measured side by side mean anything. `--no_cpu_conv_vjp` measures XLA's own convolution gradients
+(incres.ops documents the custom one). `--cache_dir` turns on JAX's persistent compilation cache:
+run twice to measure a second launch's compile time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from incres import models, ops
+
+GiB = 2.0**30
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--model", default="CifarResNet20", choices=sorted(models.MODELS))
+  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--image_size", type=int, default=None, help="default: the model's design size")
+  p.add_argument("--num_classes", type=int, default=None, help="default: 10 at 32 px, else 1000")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
+  p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+  p.add_argument("--vs_torch", action="store_true", help="also time the torch twin, print ratios")
+  p.add_argument("--skip_infer", action="store_true")
+  p.add_argument("--no_cpu_conv_vjp", action="store_true", help="XLA's own conv gradients")
+  p.add_argument("--cache_dir", default=None, help="JAX persistent compilation cache directory")
+  p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+  p.add_argument("--width", type=float, default=None, help="GoogLeNet width (tiny smoke runs)")
+  return p.parse_args(argv)
+
+
+def matmul_peak_flops(n: int = 2048, steps: int = 5) -> float:
+  """FLOP/s of an n x n float32 matmul on JAX's default device (the machine's practical peak)."""
+  a = jax.device_put(np.random.default_rng(0).standard_normal((n, n), np.float32))
+  f = jax.jit(jnp.dot)
+  f(a, a).block_until_ready()
+  t = min(_timed(lambda: f(a, a).block_until_ready()) for _ in range(steps))
+  return 2 * n**3 / t
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+  t0 = time.perf_counter()
+  fn()
+  return time.perf_counter() - t0
+
+
+def _flops(compiled) -> float | None:
+  try:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0]
+    return float(cost["flops"]) or None
+  except Exception:  # Not every backend reports a cost analysis.
+    return None
+
+
+def _max_rss_gib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB  # Linux: KiB.
+
+
+def _cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def setup_jax(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray):
+  """Compiles and warms up the JAX train step and inference.
+
+  Returns (measurements so far, {"train"/"infer": (step function, XLA's FLOPs per step)}).
+  """
+  dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+  kwargs = {"num_classes": args.num_classes, "dtype": dtype}
+  if args.width is not None:
+    kwargs["width"] = args.width
+  model = models.get_model(args.model, **kwargs)
+  variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.asarray(images[:1]), train=False))()
+  params = variables["params"]
+  batch_stats = variables.get("batch_stats", {})
+  tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
+  state = (params, batch_stats, tx.init(params))
+
+  def train_step(state, x, y, key):
+    params, batch_stats, opt_state = state
+
+    def loss_fn(params):
+      (logits, extras), new_vars = model.apply(
+          {"params": params, "batch_stats": batch_stats},
+          x,
+          train=True,
+          mutable=["batch_stats"],
+          rngs={"dropout": key},
+      )
+      loss = _cross_entropy(logits, y)
+      for aux in extras["aux_logits"]:
+        loss += 0.3 * _cross_entropy(aux, y)
+      return loss, new_vars.get("batch_stats", {})
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
+
+  def infer(variables, x):
+    return model.apply(variables, x, train=False)[0]
+
+  out: dict[str, Any] = {"params": int(sum(p.size for p in jax.tree.leaves(params)))}
+  x, y, key = jnp.asarray(images), jnp.asarray(labels), jax.random.key(1)
+  t0 = time.perf_counter()
+  train = jax.jit(train_step, donate_argnums=0).lower(state, x, y, key).compile()
+  out["compile_s"] = time.perf_counter() - t0
+  train_flops = _flops(train)
+
+  def step():
+    nonlocal state
+    xb, yb = jax.device_put(images), jax.device_put(labels)  # Fed from host memory.
+    state, loss = train(state, xb, yb, key)
+    loss.block_until_ready()
+
+  steps = {"train": (step, train_flops)}
+  if not args.skip_infer:
+    params, batch_stats, _ = state
+    variables = {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+    variables = jax.tree.map(jnp.copy, variables)  # The train step donates (deletes) `state`.
+    t0 = time.perf_counter()
+    infer_c = jax.jit(infer).lower(variables, x).compile()
+    out["infer_compile_s"] = time.perf_counter() - t0
+    steps["infer"] = (
+        lambda: infer_c(variables, jax.device_put(images)).block_until_ready(),
+        _flops(infer_c),
+    )
+  for _ in range(args.warmup):
+    for fn, _ in steps.values():
+      fn()
+  out["peak_host_gib"] = _max_rss_gib()
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    out["peak_device_gib"] = stats["peak_bytes_in_use"] / GiB
+  return out, steps
+
+
+def setup_torch(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray):
+  """The torch twin's train step and inference, warmed up, as `setup_jax` returns them."""
+  import torch  # Only --vs_torch needs torch.
+
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import torch_twins
+
+  device = torch.device("cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu")
+  model = torch_twins.torch_twin(args.model, args.num_classes).to(device)
+  if device.type == "cuda":
+    model = model.to(memory_format=torch.channels_last)
+  autocast = torch.autocast(device.type, torch.bfloat16, enabled=args.dtype == "bfloat16")
+  opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+  images_nchw = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+  sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+  def batch():
+    return (
+        torch.from_numpy(images_nchw).to(device, non_blocking=True),
+        torch.from_numpy(labels).long().to(device, non_blocking=True),
+    )
+
+  def step():
+    x, y = batch()
+    opt.zero_grad(set_to_none=True)
+    with autocast:
+      logits, aux = torch_twins.split_outputs(model(x))
+      loss = torch.nn.functional.cross_entropy(logits.float(), y)
+      for a in aux:
+        loss = loss + 0.3 * torch.nn.functional.cross_entropy(a.float(), y)
+    loss.backward()
+    opt.step()
+    sync()
+
+  def infer():
+    with torch.inference_mode(), autocast:
+      model(batch()[0])
+    sync()
+
+  def train_mode(fn, training):
+    def run():
+      model.train(training)
+      fn()
+
+    return run
+
+  steps = {"train": (train_mode(step, True), None)}
+  if not args.skip_infer:
+    steps["infer"] = (train_mode(infer, False), None)
+  for _ in range(args.warmup):
+    for fn, _ in steps.values():
+      fn()
+  out = {
+      "torch_params": torch_twins.num_params(model),
+      "torch_version": torch.__version__,
+      "torch_threads": torch.get_num_threads(),
+  }
+  return out, steps
+
+
+def run(args: argparse.Namespace) -> dict:
+  """The whole benchmark; returns the result dict printed by `main`."""
+  if args.cache_dir:
+    jax.config.update("jax_compilation_cache_dir", args.cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+  if args.no_cpu_conv_vjp:
+    ops.set_cpu_conv_vjp(False)
+  size = args.image_size or models.MODELS[args.model]
+  args.num_classes = args.num_classes or (10 if size <= 64 else 1000)
+  rng = np.random.default_rng(0)
+  images = rng.standard_normal((args.batch, size, size, 3), np.float32)
+  labels = rng.integers(0, args.num_classes, args.batch).astype(np.int32)
+
+  dev = jax.devices()[0]
+  result: dict[str, Any] = {
+      "model": args.model,
+      "batch": args.batch,
+      "image_size": size,
+      "dtype": args.dtype,
+      "backend": jax.default_backend(),
+      "device": dev.device_kind,
+      "cpu_conv_vjp": ops.cpu_conv_vjp_enabled(),
+      "jax_version": jax.__version__,
+      "cpu": platform.processor() or platform.machine(),
+      "cpu_count": os.cpu_count(),
+  }
+  peak = matmul_peak_flops()
+  result["matmul_peak_tflop_per_s"] = peak / 1e12
+  measured, jax_steps = setup_jax(args, images, labels)
+  result.update(measured)
+  torch_steps = {}
+  if args.vs_torch:
+    measured, torch_steps = setup_torch(args, images, labels)
+    result.update(measured)
+  # Timed steps alternate between the frameworks, so that both see the same machine load.
+  times: dict[str, list[float]] = {}
+  for _ in range(args.steps):
+    for prefix, steps in (("", jax_steps), ("torch_", torch_steps)):
+      for kind, (fn, _) in steps.items():
+        times.setdefault(prefix + kind, []).append(_timed(fn))
+  for kind, (_, flops) in jax_steps.items():
+    t = statistics.median(times[kind])
+    result[f"{kind}_img_per_s"] = args.batch / t
+    result[f"{kind}_step_s"] = t
+    if flops:
+      result[f"{kind}_tflop_per_s"] = flops / t / 1e12
+      result[f"{kind}_fraction_of_matmul_peak"] = flops / t / peak
+  for kind in torch_steps:
+    t = statistics.median(times["torch_" + kind])
+    result[f"torch_{kind}_img_per_s"] = args.batch / t
+    result[f"{kind}_ratio_vs_torch"] = result[f"{kind}_img_per_s"] / result[f"torch_{kind}_img_per_s"]
+  result["peak_host_gib_total"] = _max_rss_gib()
+  result["load_avg_1min"] = os.getloadavg()[0]
+  return result
+
+
+def _fmt(v: Any) -> str:
+  return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def main(argv: list[str] | None = None) -> None:
+  args = parse_args(argv)
+  result = run(args)
+  if args.json:
+    print(json.dumps(result))
+  else:
+    width = max(map(len, result))
+    for k, v in result.items():
+      print(f"{k:<{width}}  {_fmt(v)}")
+
+
+if __name__ == "__main__":
+  main()

@@ -100,7 +100,8 @@ def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
 def _describe_tree_mismatch(saved: Any, expected: Any, limit: int = 6) -> list[str]:
   saved_shapes, expected_shapes = _shapes(saved), _shapes(expected)
   problems = []
-  for name in sorted(set(saved_shapes) | set(expected_shapes)):
+  # Parameters first: they say most about what differs.
+  for name in sorted(set(saved_shapes) | set(expected_shapes), key=lambda n: (n[:7] != "params.", n)):
     s, e = saved_shapes.get(name), expected_shapes.get(name)
     if s == e:
       continue

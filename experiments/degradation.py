@@ -14,6 +14,7 @@ Arguments (`:depth=20,plain=False,steps=...,batch=...`):
   depth: 20 | 32 | 44 | 56 | 110 (the paper's CIFAR depths).
   plain: True for the plain twin (same layers, no shortcuts).
   steps, batch: the one budget every net gets (defaults below, chosen for the CPU).
+  smoke: True shrinks the budget to a few steps (a check that everything runs).
 
 Recipe: the paper's CIFAR recipe (resnet_cifar.py: SGD momentum 0.9, weight decay 1e-4, lr 0.1
 divided by 10 at 50% and 75% of the steps, pad 4 + random crop + flip, per-pixel mean, single
@@ -50,7 +51,9 @@ RUNS = (("plain20", 20, True), ("plain56", 56, True), ("resnet20", 20, False), (
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The CIFAR ResNet / plain net of `depth` on digits with the fixed CPU budget."""
-  a = configs.parse_arg(arg, depth=20, plain=False, steps=STEPS, batch=BATCH)
+  a = configs.parse_arg(arg, depth=20, plain=False, steps=STEPS, batch=BATCH, smoke=False)
+  if a.smoke:
+    a.steps, a.batch = 4, 16
   if a.depth not in (20, 32, 44, 56, 110):
     raise ValueError(f"depth must be 20, 32, 44, 56 or 110, not {a.depth}.")
   c = configs.base_config()
@@ -75,6 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_every_steps = max(1, a.steps // NUM_EVALS)
   c.checkpoint_every_steps = max(1, a.steps // NUM_EVALS)
   c.keep_checkpoints = 1
+  c.smoke = a.smoke
   return c
 
 

@@ -221,7 +221,7 @@ def make_view_fn(protocol: str, size: int, mean):
 
   from incres import augment  # pylint: disable=g-import-not-at-top
 
-  scales = _scales(protocol, size)
+  scales = tuple(dict.fromkeys(_scales(protocol, size)))  # Tiny sizes can round two scales together.
 
   def fn(image):
     if protocol == "single":  # Exactly the training loop's eval for `eval_preprocess="single"`.
@@ -324,7 +324,7 @@ def errors(probs: np.ndarray, labels: np.ndarray, k: int = 5) -> tuple[float, fl
 
 
 def _input_sharding(mesh, rows: int):
-  import jax  # pylint: disable=g-import-not-at-top
+  """Rows split over the mesh's devices when they divide evenly, else replicated."""
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
 
   return NamedSharding(mesh, P("data") if rows % mesh.size == 0 else P())
@@ -357,6 +357,10 @@ def predict(
 
   if protocol not in PROTOCOLS:
     raise ValueError(f"Unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}.")
+  if jax.process_count() > 1:
+    raise NotImplementedError(
+        "incres.evaluate scores the whole split in one process; run it on a single host."
+    )
   run_config, model, variables = checkpoint.load_variables(workdir, step=step, averaged=averaged)
   config = ml_collections.ConfigDict(run_config.to_dict())
   for key, value in (("dataset", dataset), ("eval_split", eval_split), ("data_dir", data_dir)):

@@ -75,3 +75,22 @@ def test_command_line_prints_markdown(run, capsys):
   report.main([f"--workdir={run}"])
   out = capsys.readouterr().out
   assert out.startswith("# incres report") and "training loop's last eval" in out
+
+
+def test_degradation_experiment_gives_all_four_nets_one_budget():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+
+  from incres import configs  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "degradation.py")
+  spec = importlib.util.spec_from_file_location("degradation", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cs = {name: module.get_config(f"depth={d},plain={p}") for name, d, p in module.RUNS}
+  assert [c.model for c in cs.values()] == ["CifarPlain20", "CifarPlain56", "CifarResNet20", "CifarResNet56"]
+  for c in cs.values():
+    assert set(c.keys()) == set(configs.base_config().keys())
+    budget = (c.num_train_steps, c.batch_size, c.lr_boundaries, c.learning_rate, c.dataset, c.augment)
+    halves = (round(module.STEPS * 0.5), round(module.STEPS * 0.75))
+    assert budget == (module.STEPS, module.BATCH, halves, 0.1, "digits", "cifar")
+  assert module.get_config("smoke=True").num_train_steps == 4

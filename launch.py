@@ -190,7 +190,7 @@ def main(argv: list[str]) -> None:
 
   from incres import checkpoint, data, train  # pylint: disable=g-import-not-at-top
 
-  workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename_with_arg())
+  workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"]))
   if jax.process_index() == 0:
     logging.info("Workdir: %s", os.path.abspath(workdir))
   try:

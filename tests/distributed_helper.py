@@ -2,8 +2,6 @@
 
   python tests/distributed_helper.py mesh OUT.json WORKDIR
       8 forced host devices: trains once on all 8 and once on 1, writes both loss trajectories.
-  python tests/distributed_helper.py process OUT.npz WORKDIR [COORDINATOR NUM_PROCESSES PROCESS_ID]
-      trains (as one process of a jax.distributed job if given) and writes the final parameters.
 """
 
 from __future__ import annotations
@@ -40,11 +38,6 @@ def tiny_config(steps: int):
 
 def main(argv: list[str]) -> None:
   mode, out, workdir = argv[1:4]
-  if mode == "process" and len(argv) > 4:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=argv[4], num_processes=int(argv[5]), process_id=int(argv[6])
-    )
   from incres import checkpoint, metrics, train  # pylint: disable=g-import-not-at-top
 
   if mode == "mesh":
@@ -58,12 +51,6 @@ def main(argv: list[str]) -> None:
       result[f"params{n}"] = [np.asarray(x).tolist() for x in jax.tree.leaves(variables)]
     with open(out, "w") as f:
       json.dump(result, f)
-  elif mode == "process":
-    train.train_and_evaluate(tiny_config(4), workdir)
-    _, _, variables = checkpoint.load_variables(workdir)
-    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(variables))[0]
-    if jax.process_index() == 0:
-      np.savez(out, **{jax.tree_util.keystr(p): np.asarray(x) for p, x in leaves})
   else:
     raise ValueError(mode)
 

@@ -1,0 +1,156 @@
+"""Checkpoints: retention, and real processes stopped by SIGTERM/SIGINT or killed with `kill -9`.
+
+The subprocess tests run `launch.py` on `tests/tiny_config.py` and compare the final parameters
+with an uninterrupted run's, bit for bit (same program on the same CPU: no tolerance needed).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from incres import checkpoint, metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = os.path.join(ROOT, "launch.py")
+CONFIG = os.path.join(ROOT, "tests", "tiny_config.py") + ":steps=60,every=3"
+TIMEOUT = 240
+
+
+@pytest.fixture(scope="module")
+def jax_cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def launch(workdir: str, jax_cache: str, config: str = CONFIG) -> subprocess.Popen:
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  return subprocess.Popen(
+      [sys.executable, LAUNCH, f"--config={config}", f"--workdir={workdir}",
+       f"--jax_cache_dir={jax_cache}"],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=env,
+      cwd=ROOT,
+  )
+
+
+def run_to_end(workdir: str, jax_cache: str) -> tuple[str, str]:
+  p = launch(workdir, jax_cache)
+  out, err = p.communicate(timeout=TIMEOUT)
+  assert p.returncode == 0, err[-3000:]
+  return out, err
+
+
+def wait_for(predicate, what: str, timeout: float = TIMEOUT, poll: float = 0.005):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    value = predicate()
+    if value:
+      return value
+    time.sleep(poll)
+  raise AssertionError(f"Timed out waiting for {what}.")
+
+
+def complete_steps(workdir: str) -> list[int]:
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+
+
+def saving_now(workdir: str) -> bool:
+  directory = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(directory) and any("tmp" in n for n in os.listdir(directory))
+
+
+def final_params(workdir: str):
+  return jax.device_get(checkpoint.load_variables(workdir)[2])
+
+
+def assert_same_bits(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, jax_cache):
+  workdir = str(tmp_path_factory.mktemp("reference") / "run")
+  out, _ = run_to_end(workdir, jax_cache)
+  assert "\r" not in out  # stdout is a pipe: no redrawn progress line.
+  return final_params(workdir)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_finishes_the_step_saves_and_exits_zero(reference, jax_cache, tmp_path, sig):
+  workdir = str(tmp_path / "run")
+  p = launch(workdir, jax_cache)
+  wait_for(lambda: any("train/loss" in r for r in metrics.read_metrics(workdir)), "training")
+  p.send_signal(sig)
+  out, err = p.communicate(timeout=TIMEOUT)
+  assert p.returncode == 0, err[-3000:]
+  match = re.search(r"Preempted at step (\d+); to resume, run:\n  (.*)\n", out)
+  assert match, out[-2000:]
+  step = int(match.group(1))
+  assert 0 < step < 60 and complete_steps(workdir)[-1] == step
+  assert f"--workdir={workdir}" in match.group(2)
+  if sig == signal.SIGTERM:  # Resuming gives the uninterrupted run's parameters.
+    _, err = run_to_end(workdir, jax_cache)
+    assert f"at step {step}." in err  # "Resumed from ... at step N."
+    assert_same_bits(final_params(workdir), reference)
+
+
+def test_kill_9_at_any_moment_resumes_from_the_newest_complete_checkpoint(
+    reference, jax_cache, tmp_path
+):
+  workdir = str(tmp_path / "run")
+  killed_mid_save = 0
+  for delay in (None, 0.0, 0.3):  # None: kill as soon as a save is in progress.
+    before = complete_steps(workdir)
+    p = launch(workdir, jax_cache)
+    if delay is None:
+      wait_for(lambda: complete_steps(workdir) and saving_now(workdir), "a save in progress")
+    else:
+      wait_for(lambda: complete_steps(workdir)[-1:] > before[-1:], "a new checkpoint")
+      time.sleep(delay)
+    killed_mid_save += saving_now(workdir)
+    p.kill()  # SIGKILL: no handler, no cleanup.
+    p.communicate(timeout=TIMEOUT)
+    assert p.returncode == -signal.SIGKILL
+    latest = complete_steps(workdir)[-1]
+    assert latest < 60, "the run finished before it could be killed; make it longer"
+    _, _, variables = checkpoint.load_variables(workdir)  # The newest complete one restores.
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
+  assert killed_mid_save >= 1
+  _, err = run_to_end(workdir, jax_cache)
+  assert f"at step {latest}." in err
+  assert not any("tmp" in n for n in os.listdir(os.path.join(workdir, "checkpoints")))
+  assert_same_bits(final_params(workdir), reference)
+
+
+def test_checkpointer_keeps_the_last_k_and_the_best(tmp_path):
+  config = ml_collections.ConfigDict({"model": "x", "num_classes": 3})
+  state = {"w": jnp.arange(3.0)}
+  ckpt = checkpoint.Checkpointer(
+      str(tmp_path), config, save_every_steps=1, keep=2, best_metric="eval/top1", async_save=False
+  )
+  top1 = {1: 0.5, 2: 0.9, 3: 0.6, 4: None, 5: 0.7, 6: None}
+  with ckpt:
+    for step, value in top1.items():
+      ckpt.save(step, {"w": state["w"] + step}, metrics=None if value is None else {"eval/top1": value})
+  assert complete_steps(str(tmp_path)) == [2, 5, 6]  # Best (2) and the last two.
+  restored, meta = checkpoint.Checkpointer(
+      str(tmp_path), config, save_every_steps=1, keep=2
+  ).restore(jax.eval_shape(lambda: state), step=2)
+  np.testing.assert_array_equal(restored["w"], [2.0, 3.0, 4.0])
+  assert meta["data"] == {"next_step": 2} and meta["config"]["model"] == "x"

@@ -1,0 +1,134 @@
+"""incres.ops: the CPU convolution paths give XLA's own gradients, to float32 rounding."""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from incres import models, ops
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.fixture
+def xla_then_custom():
+  """Yields a function that evaluates `fn` with the custom path off, then on."""
+
+  def both(fn, *args):
+    outs = []
+    for enabled in (False, True):
+      ops.set_cpu_conv_vjp(enabled)
+      outs.append(jax.jit(fn)(*args))  # A fresh jit: the switch is read at trace time.
+    return outs
+
+  yield both
+  ops.set_cpu_conv_vjp(None)
+
+
+def _assert_close(got, want, rtol=2e-6):
+  """Equal to float32 rounding, relative to the largest entry (sums run in another order)."""
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  np.testing.assert_allclose(got, want, rtol=0, atol=rtol * max(np.abs(want).max(), 1e-30))
+
+
+# The kernels, strides and symmetric k // 2 padding the models use. 1x1 convs always take the GEMM
+# path; larger kernels take the shifted-GEMM weight gradient at >= SHIFTED_GEMM_MIN_CHANNELS and
+# XLA's own below it (one case checks that fallback).
+_WIDE = ops.SHIFTED_GEMM_MIN_CHANNELS
+CASES = [(1, s, 24, 40) for s in (1, 2)]
+CASES += [(k, s, _WIDE, _WIDE) for k in (3, 5, 7) for s in (1, 2)]
+CASES += [(3, 1, 3, 8)]
+
+
+@pytest.mark.parametrize("kernel,stride,cin,cout", CASES)
+def test_conv_gradients_equal_xla(xla_then_custom, kernel, stride, cin, cout):
+  rng = np.random.default_rng(kernel * 10 + stride)
+  size = 9  # Odd, so stride 2 leaves a remainder that the custom paths must handle.
+  x = jnp.asarray(rng.standard_normal((2, size, size, cin)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, cin, cout)) / kernel, jnp.float32)
+  pad = ((kernel // 2, kernel // 2),) * 2
+
+  def loss_and_grads(x, w):
+    def loss(x, w):
+      y = ops.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=_DN)
+      return jnp.sum(jnp.sin(y)), y
+
+    (_, y), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(x, w)
+    return y, grads
+
+  (y0, (dx0, dw0)), (y1, (dx1, dw1)) = xla_then_custom(loss_and_grads, x, w)
+  _assert_close(y1, y0)
+  _assert_close(dx1, dx0)
+  _assert_close(dw1, dw0)
+
+
+def test_same_padding_string(xla_then_custom):
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 128)), jnp.float32)
+  w = jnp.ones((3, 3, 128, 128), jnp.float32) / 100
+  grad = jax.grad(
+      lambda w: jnp.sum(ops.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=_DN) ** 2)
+  )
+  g0, g1 = xla_then_custom(grad, w)
+  _assert_close(g1, g0)
+
+
+def test_conv_module_matches_nn_conv_parameters():
+  x = jnp.ones((1, 8, 8, 3))
+  kw = dict(features=4, kernel_size=(3, 3), padding=((1, 1), (1, 1)))
+  ours = ops.Conv(**kw).init(jax.random.key(0), x)
+  flax_ = nn.Conv(**kw).init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, flax_)
+  np.testing.assert_array_equal(ours["params"]["kernel"], flax_["params"]["kernel"])
+
+
+def test_switch_off_uses_lax(monkeypatch):
+  monkeypatch.setenv("INCRES_CPU_CONV_VJP", "0")
+  assert not ops.cpu_conv_vjp_enabled()
+  monkeypatch.setenv("INCRES_CPU_CONV_VJP", "1")
+  assert ops.cpu_conv_vjp_enabled() == (jax.default_backend() == "cpu")
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,size",
+    [
+        # A bottleneck ResNet: strided 1x1s, a 7x7/2 stem, projection shortcuts, 3x3s at 128.
+        ("ResNet", dict(stage_sizes=(1, 1), block=models.Bottleneck, width=32), 32),
+        # The paper's GoogLeNet at 1/8 width: 5x5s, LRN, biases, the auxiliary heads.
+        ("GoogLeNet32", dict(width=0.125), 32),
+    ],
+)
+def test_whole_model_gradients_equal_xla(xla_then_custom, name, kwargs, size):
+  model = getattr(models, name)(num_classes=10, **kwargs)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, size, size, 3)), jnp.float32)
+  labels = jnp.array([1, 7])
+  variables = model.init(jax.random.key(0), x, train=False)
+
+  def grads(variables):
+    def loss(params):
+      (logits, extras), _ = model.apply(
+          {**variables, "params": params},
+          x,
+          train=True,
+          mutable=["batch_stats"],
+          rngs={"dropout": jax.random.key(1)},
+      )
+      ce = functools.partial(jax.nn.log_softmax, axis=-1)
+      total = -jnp.take_along_axis(ce(logits), labels[:, None], 1).mean()
+      for aux in extras["aux_logits"]:
+        total += -0.3 * jnp.take_along_axis(ce(aux), labels[:, None], 1).mean()
+      return total
+
+    return jax.grad(loss)(variables["params"])
+
+  g0, g1 = xla_then_custom(grads, variables)
+  flat0, flat1 = jax.tree.leaves_with_path(g0), jax.tree.leaves(g1)
+  assert len(flat0) == len(flat1)
+  for (path, a), b in zip(flat0, flat1):
+    # Whole-network gradients compound rounding through many layers: allow a little more.
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-4 * float(np.abs(a).max()) + 1e-7,
+                               err_msg=jax.tree_util.keystr(path))

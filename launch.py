@@ -164,7 +164,7 @@ def _hide_gpus_from_tensorflow() -> None:
 
 
 class _QuietLibraries:
-  """A logging filter: orbax and JAX log every checkpoint phase at INFO; keep their warnings only."""
+  """Logging filter: orbax and JAX log every checkpoint phase at INFO; keep their warnings."""
 
   _PATHS = (os.sep + "orbax" + os.sep, os.sep + "jax" + os.sep, os.sep + "jaxlib" + os.sep)
 

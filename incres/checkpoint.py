@@ -101,7 +101,8 @@ def _describe_tree_mismatch(saved: Any, expected: Any, limit: int = 6) -> list[s
   saved_shapes, expected_shapes = _shapes(saved), _shapes(expected)
   problems = []
   # Parameters first: they say most about what differs.
-  for name in sorted(set(saved_shapes) | set(expected_shapes), key=lambda n: (n[:7] != "params.", n)):
+  names = sorted(set(saved_shapes) | set(expected_shapes), key=lambda n: (n[:7] != "params.", n))
+  for name in names:
     s, e = saved_shapes.get(name), expected_shapes.get(name)
     if s == e:
       continue
@@ -179,9 +180,9 @@ class Checkpointer:
       reader.close()
 
   def check_compatible(self, abstract_state: Any) -> int | None:
-    """Raises `IncompatibleCheckpointError` if the newest checkpoint can't be resumed; else its step.
+    """Raises `IncompatibleCheckpointError` unless the newest checkpoint can be resumed.
 
-    Reads only: a refused workdir is left exactly as it was.
+    Returns its step (None if there is none). Reads only: a refused workdir is left as it was.
     """
     reader = self._reader()
     if reader is None:

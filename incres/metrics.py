@@ -73,7 +73,7 @@ class MetricWriter:
     self._jsonl = open(path, "a")
     try:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    except ImportError:  # pragma: no cover - TensorFlow is a dependency, but keep training without it.
+    except ImportError:  # pragma: no cover - a dependency, but training goes on without it.
       logging.warning("TensorFlow is not importable: no TensorBoard event files will be written.")
       return
     self._tf = tf

@@ -365,7 +365,7 @@ def evaluate(
 
 
 class _StopRequest:
-  """Turns SIGTERM/SIGINT into "finish this step, save, exit"; a second SIGINT interrupts at once."""
+  """Turns SIGTERM/SIGINT into "finish this step, save, exit"; a second SIGINT interrupts now."""
 
   def __init__(self):
     self.signal_name: str | None = None
@@ -408,10 +408,12 @@ class _StopRequest:
 
 
 def _check_finite(step: int, metrics: Mapping[str, float], last_checkpoint: int | None) -> None:
-  bad = {k: v for k, v in metrics.items() if k in ("loss", "grad_norm", "param_norm") and not math.isfinite(v)}
+  watched = ("loss", "grad_norm", "param_norm")
+  bad = {k: v for k, v in metrics.items() if k in watched and not math.isfinite(v)}
   if bad:
     where = (
-        f"the last good checkpoint, step {last_checkpoint}, is kept and the next run resumes from it"
+        f"the last good checkpoint, step {last_checkpoint}, is kept and the next run resumes"
+        " from it"
         if last_checkpoint is not None
         else "no checkpoint had been saved yet"
     )
@@ -644,7 +646,8 @@ def train_and_evaluate(
         f" {ckpt.directory}. Run the same command (same --workdir) to resume from step {step}."
     )
   else:
-    message = f"Finished {total} steps in {progress_lib.format_duration(elapsed)}; workdir: {workdir}"
+    duration = progress_lib.format_duration(elapsed)
+    message = f"Finished {total} steps in {duration}; workdir: {workdir}"
   if is_chief:
     progress.message(message)
   return {"step": step, "preempted": preempted, **last_train, **last_eval}

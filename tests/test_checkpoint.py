@@ -147,7 +147,8 @@ def test_checkpointer_keeps_the_last_k_and_the_best(tmp_path):
   top1 = {1: 0.5, 2: 0.9, 3: 0.6, 4: None, 5: 0.7, 6: None}
   with ckpt:
     for step, value in top1.items():
-      ckpt.save(step, {"w": state["w"] + step}, metrics=None if value is None else {"eval/top1": value})
+      best = None if value is None else {"eval/top1": value}
+      ckpt.save(step, {"w": state["w"] + step}, metrics=best)
   assert complete_steps(str(tmp_path)) == [2, 5, 6]  # Best (2) and the last two.
   restored, meta = checkpoint.Checkpointer(
       str(tmp_path), config, save_every_steps=1, keep=2

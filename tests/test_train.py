@@ -19,7 +19,10 @@ from incres import checkpoint, configs, metrics, train
 @pytest.fixture(autouse=True, scope="module")
 def _compilation_cache(tmp_path_factory):
   """Each `train_and_evaluate` jits fresh functions; the persistent cache makes repeats cheap."""
-  old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+  old = (
+      jax.config.jax_compilation_cache_dir,
+      jax.config.jax_persistent_cache_min_compile_time_secs,
+  )
   jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   yield
@@ -253,7 +256,9 @@ def test_resume_is_bitwise_exact(finished_run, tmp_path):
   assert train.train_and_evaluate(first, workdir)["step"] == 3
   assert train.train_and_evaluate(config, workdir)["step"] == 6
   for averaged in (False, "ema", "polyak"):
-    assert_trees_equal(params_of(workdir, averaged=averaged), params_of(reference, averaged=averaged))
+    assert_trees_equal(
+        params_of(workdir, averaged=averaged), params_of(reference, averaged=averaged)
+    )
   # One record per logged step, none duplicated by the restart.
   steps = [r["step"] for r in metrics.read_metrics(workdir) if "train/loss" in r]
   assert steps == sorted(set(steps)) and steps[-1] == 6

@@ -14,7 +14,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = configs.parse_arg(arg, steps=12, every=4, model="CifarResNet20")
   config = configs.base_config()
   config.model = args.model
-  config.model_kwargs = ml_collections.ConfigDict({"width": 4} if args.model == "CifarResNet20" else {})
+  width = {"width": 4} if args.model == "CifarResNet20" else {}
+  config.model_kwargs = ml_collections.ConfigDict(width)
   config.dataset = "digits"
   config.image_size = 16
   config.augment = "none"

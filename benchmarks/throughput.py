@@ -19,9 +19,17 @@ run twice to measure a second launch's compile time.
 
 from __future__ import annotations
 
+import os
+
+# OpenMP's default (GNU: spin before sleeping) makes torch's threads burn their time slices
+# spinning whenever other processes share the cores; on a loaded 2-core machine it cut torch's
+# CIFAR ResNet-20 training 4-8x (RESULTS.md). Passive waiting is torch's best setting there and
+# changes nothing on an idle machine; XLA's thread pool does not use OpenMP. Set it before torch
+# loads; an OMP_WAIT_POLICY already in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
-import os
 import platform
 import resource
 import statistics
@@ -231,6 +239,7 @@ def setup_torch(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray
       "torch_params": torch_twins.num_params(model),
       "torch_version": torch.__version__,
       "torch_threads": torch.get_num_threads(),
+      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
   }
   return out, steps
 

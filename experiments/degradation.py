@@ -141,7 +141,11 @@ def main(argv: list[str] | None = None) -> None:
        f"--csv={args.outdir}/responses.csv"]
   )
   text = report.build_report(
-      workdirs, protocol="single", fig6=f"{args.outdir}/fig6.png", fig7=f"{args.outdir}/fig7.png"
+      workdirs,
+      protocol="single",
+      fig6=f"{args.outdir}/fig6.png",
+      fig7=f"{args.outdir}/fig7.png",
+      responses_csv=f"{args.outdir}/responses.csv",
   )
   with open(os.path.join(args.outdir, "report.md"), "w") as f:
     f.write(text)

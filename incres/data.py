@@ -399,7 +399,7 @@ def dataset_info(config) -> DatasetInfo:
 # ---------------------------------------------------------------------------------------------
 
 
-def _normalization(config) -> str:
+def normalization(config) -> str:
   """'pixel_mean' (CIFAR), 'channel_mean' (ImageNet recipes), 'mean_std' (torchvision) or 'none'."""
   mode = config.get("normalize", "auto")
   if mode == "auto":
@@ -466,7 +466,7 @@ _MEAN_KEYS = (
 
 def _mean(config) -> tf.Tensor | float:
   """The mean the images are normalised by (broadcastable to [S, S, 3])."""
-  mode = _normalization(config)
+  mode = normalization(config)
   if mode == "none":
     return 0.0
   if mode in ("channel_mean", "mean_std"):
@@ -482,7 +482,7 @@ def _hashable(value):
 
 def _scaled_by_std(config, fn: Callable[..., tf.Tensor]) -> Callable[..., tf.Tensor]:
   """Divides `fn`'s mean-subtracted output by the ImageNet channel std (normalize="mean_std")."""
-  if _normalization(config) != "mean_std":
+  if normalization(config) != "mean_std":
     return fn
   std = tf.constant(augment.IMAGENET_STD_RGB, tf.float32)
   return lambda *args: fn(*args) / std

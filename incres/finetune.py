@@ -121,15 +121,51 @@ def resolve_source(init_from: str, step: int | None = None) -> tuple[str, int | 
   return path, step
 
 
+# model_kwargs that only shape the heads or the training mode, not the backbone's arrays.
+_NON_BACKBONE_KWARGS = ("aux_heads", "frozen_bn", "dropout_rate")
+
+
+def inherit_architecture(config, source_config) -> list[str]:
+  """Makes `config`'s backbone the source run's (in place); returns the keys it filled in.
+
+  The model name must match. Backbone `model_kwargs` the new config leaves unset are copied from
+  the source (e.g. the v1.5 strides of converted torchvision ResNets, which no parameter shape
+  would reveal), and so is the source's input normalisation when the new config says "auto". A backbone
+  keyword set differently in both fails.
+  """
+  if config.model != source_config.model:
+    raise BackboneMismatchError(
+        f"config.model={config.model!r} but init_from holds a {source_config.model!r}. Fine-tuning"
+        " keeps the backbone: set --config.model to the source's model."
+    )
+  filled = []
+  source_kwargs = dict(source_config.get("model_kwargs", {}))
+  for key, value in source_kwargs.items():
+    if key in _NON_BACKBONE_KWARGS:
+      continue
+    if key not in config.model_kwargs:
+      config.model_kwargs[key] = value
+      filled.append(f"model_kwargs.{key}={value!r}")
+    elif config.model_kwargs[key] != value:
+      raise BackboneMismatchError(
+          f"config.model_kwargs.{key}={config.model_kwargs[key]!r} but the init_from run used"
+          f" {value!r}: the backbone would differ. Drop the override to inherit the source's."
+      )
+  if config.get("normalize", "auto") == "auto":
+    from incres import data  # pylint: disable=g-import-not-at-top  (TensorFlow)
+
+    config.normalize = data.normalization(source_config)  # "auto" resolved as the source did.
+    filled.append(f"normalize={config.normalize!r}")
+  return filled
+
+
 def param_labels(params: PyTree) -> PyTree:
   """'head' or 'backbone' for every parameter leaf (for optax.multi_transform)."""
   flat = _flat(params)
   return _unflatten_like(params, {p: "head" if is_head(p) else "backbone" for p in flat})
 
 
-def wrap_optimizer(
-    make_tx, learning_rate_fn, config, params_for_labels: PyTree | None = None
-) -> optax.GradientTransformation:
+def wrap_optimizer(make_tx, learning_rate_fn, config) -> optax.GradientTransformation:
   """The fine-tuning optimizer: frozen backbone and/or a separate head learning rate.
 
   `make_tx(learning_rate_fn)` builds the usual optimizer. Without `freeze_backbone` or

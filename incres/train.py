@@ -99,7 +99,10 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int | None = No
         f"Unknown model {config.model!r} (config key `model`). Choose one of: {', '.join(known)};"
         " for example --config.model=CifarResNet20."
     )
-  return model_cls(num_classes=num_classes, dtype=_DTYPES[config.dtype], **config.model_kwargs)
+  kwargs = dict(config.model_kwargs)
+  if config.get("freeze_backbone", False):
+    kwargs["frozen_bn"] = True  # A frozen backbone keeps its BN statistics too (finetune.py).
+  return model_cls(num_classes=num_classes, dtype=_DTYPES[config.dtype], **kwargs)
 
 
 # --- Optimisation --------------------------------------------------------------------------------
@@ -159,7 +162,17 @@ def create_optimizer(
   """`optax.chain`: optional global-norm clipping, masked L2 weight decay, SGD with momentum.
 
   Weight decay is added to the gradient before momentum (as in the papers and `torch.optim.SGD`).
+  With `freeze_backbone` or `head_learning_rate` (fine-tuning) the chain is split between the heads
+  and the backbone with `optax.multi_transform` (`incres.finetune.wrap_optimizer`).
   """
+  from incres import finetune  # pylint: disable=g-import-not-at-top
+
+  return finetune.wrap_optimizer(functools.partial(_sgd, config), learning_rate_fn, config)
+
+
+def _sgd(
+    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+) -> optax.GradientTransformation:
   if config.optimizer != "sgd":
     raise ValueError(f"Unknown optimizer {config.optimizer!r}; only 'sgd' is implemented.")
   parts = []
@@ -444,6 +457,38 @@ def _validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ValueError(f"best_metric={config.best_metric!r} is not computed; use one of {known}.")
 
 
+def _init_from(
+    state: TrainState,
+    source: tuple[str, int | None],
+    tx: optax.GradientTransformation,
+    state_sharding: Any,
+    workdir: str,
+    is_chief: bool,
+) -> TrainState:
+  """The fresh state with the source run's backbone (and matching heads) copied in."""
+  from incres import finetune  # pylint: disable=g-import-not-at-top
+
+  _, _, source_vars = checkpoint_lib.load_variables(*source)
+  merged, log = finetune.merge(
+      {"params": state.params, "batch_stats": state.batch_stats}, jax.device_get(source_vars)
+  )
+  summary = f"init_from {source[0]} (step {source[1] or 'newest'}):\n{log.summary()}"
+  logging.info("%s", summary)
+  if is_chief:
+    with open(os.path.join(workdir, "init_from.txt"), "w") as f:
+      f.write(summary + "\n")
+  params = jax.device_put(merged["params"], state_sharding.params)
+  batch_stats = jax.device_put(merged["batch_stats"], state_sharding.batch_stats)
+  copy = lambda t: jax.tree.map(jnp.copy, t)
+  return state.replace(
+      params=params,
+      batch_stats=batch_stats,
+      opt_state=jax.jit(tx.init, out_shardings=state_sharding.opt_state)(params),
+      ema_params=None if state.ema_params is None else copy(params),
+      polyak_params=None if state.polyak_params is None else copy(params),
+  )
+
+
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes the resolved config as `config.json` and `config.yaml` in the workdir."""
   with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -474,6 +519,14 @@ def train_and_evaluate(
 
   info = data.dataset_info(config)  # Fails first, clearly, if the data is missing.
   config = resolve_config(config, info)
+  init_from = None
+  if config.get("init_from"):  # Fine-tuning: the backbone is the source run's (finetune.py).
+    from incres import finetune  # pylint: disable=g-import-not-at-top
+
+    init_from = finetune.resolve_source(config.init_from, config.get("init_from_step"))
+    filled = finetune.inherit_architecture(config, checkpoint_lib.load_config(*init_from))
+    if filled:
+      logging.info("From the init_from run: %s", ", ".join(filled))
   model = create_model(config)
   mesh = create_mesh() if mesh is None else mesh
   _validate(config, mesh.size)
@@ -503,6 +556,8 @@ def train_and_evaluate(
     logging.info("Resumed from %s at step %d.", ckpt.directory, start_step)
   else:
     state = create_train_state(config, model, tx, mesh)
+    if init_from is not None:
+      state = _init_from(state, init_from, tx, state_sharding, workdir, is_chief)
     start_step = 0
   if is_chief:
     save_config(config, workdir)

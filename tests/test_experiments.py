@@ -46,7 +46,16 @@ ALL = (
         for f in ("resnet_cifar", "resnet_imagenet", "googlenet")
         for d in DATASETS
     ]
-    + [(f, None) for f in ("resnet_cifar", "resnet_imagenet", "googlenet")]
+    + [(f, None) for f in ("resnet_cifar", "resnet_imagenet", "googlenet", "finetune")]
+    + [
+        ("finetune", a)
+        for a in (
+            "model=GoogLeNetBN,dataset=cifar10",
+            "dataset=digits,model=CifarResNet20,freeze=True",
+            "smoke=True",
+            "dataset=folder:/tmp/x",
+        )
+    ]
 )
 
 
@@ -67,7 +76,7 @@ def test_every_documented_argument_gives_a_valid_config(name, arg):
     assert key in c
 
 
-@pytest.mark.parametrize("name", ["resnet_cifar", "resnet_imagenet", "googlenet"])
+@pytest.mark.parametrize("name", ["resnet_cifar", "resnet_imagenet", "googlenet", "finetune"])
 def test_docstring_starts_with_the_command_hardware_time_and_paper_number(name):
   doc = _load(name).__doc__.strip()
   lines = doc.splitlines()

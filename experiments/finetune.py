@@ -1,0 +1,65 @@
+r"""python launch.py --config=experiments/finetune.py:dataset=imagenette --config.init_from=runs/imported_resnet50 --workdir=runs/ft_imagenette
+
+Hardware: sized for one GPU (imagenette, 224×224); `dataset=digits` runs on a 2-core CPU.
+Expected time (estimates): imagenette ~15 min on one H100; digits ~2 min on 2 CPU cores.
+Reproduces no paper number: transfer learning from a trained run or from torchvision's ImageNet
+weights (e.g. torchvision's ResNet-50: 76.13% ImageNet top-1), the way the papers' features are reused.
+
+Weights come from `config.init_from`: a training run's workdir, or the --out of
+  python -m incres.convert_torch --model=resnet50 --weights=resnet50-0676ba61.pth --out=runs/imported_resnet50
+The architecture (`model`, `model_kwargs`, `normalize`) is taken from the source run, so the new
+head is the only difference; the log (and `init_from.txt` in the workdir) lists every array that
+was loaded, re-initialised or skipped.
+
+Arguments (`--config=experiments/finetune.py:model=ResNet50,dataset=cifar10,freeze=True,...`):
+  model: the source's model (default ResNet50; GoogLeNetBN for torchvision's GoogLeNet).
+  dataset: imagenette (default), cifar10, cifar100, folder:<path>, digits, fake, any tfds name.
+  freeze: True trains only the new head (a linear probe: the backbone and its BN statistics stay
+    bitwise unchanged); False (default) fine-tunes everything, the head at 10× the rate.
+  smoke: True shrinks everything to a few steps.
+
+Recipe: SGD momentum 0.9, weight decay 1e-4, cosine decay over 5 epochs, lr 0.01 for the backbone
+and 0.1 for the head (0.1 for a frozen backbone's head), batch 64; the evaluation view and
+normalisation of the source run (ImageNet-style centre crop for 224-pixel models; torchvision's
+mean/std for imported weights).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from incres import configs
+from incres import data
+
+EPOCHS = 5
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Fine-tune `init_from` onto `dataset` with a new head."""
+  a = configs.parse_arg(arg, model="ResNet50", dataset="imagenette", freeze=False, smoke=False)
+  c = configs.base_config()
+  c.model = a.model
+  c.dataset = a.dataset
+  c.smoke = a.smoke
+  small = a.dataset == "digits" or a.dataset.startswith("cifar") or a.model.startswith("Cifar")
+  c.image_size = 32 if small else 224
+  c.augment = "cifar" if small else "resnet_imagenet"
+  c.eval_preprocess = "single" if small else "center"
+
+  c.freeze_backbone = a.freeze
+  c.batch_size = 64
+  c.eval_batch_size = 200
+  c.learning_rate = 0.1 if a.freeze else 0.01
+  c.head_learning_rate = 0.1
+  c.momentum = 0.9
+  c.weight_decay = 1e-4
+  c.schedule = "cosine"
+  c.lr_boundaries = ()  # Unused by the cosine schedule.
+  num_train = data.NUM_TRAIN_EXAMPLES.get(a.dataset, 10_000)
+  c.num_train_steps = max(1, round(EPOCHS * num_train / c.batch_size))
+  if a.smoke:
+    c.batch_size, c.eval_batch_size, c.num_train_steps = 16, 64, 10
+  c.log_every_steps = max(1, min(50, c.num_train_steps // 10))
+  c.eval_every_steps = c.num_train_steps
+  c.checkpoint_every_steps = c.num_train_steps
+  return c

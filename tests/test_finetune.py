@@ -1,0 +1,133 @@
+"""Fine-tuning from a trained run onto a new task with a new head."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from incres import checkpoint, configs, finetune, train
+
+
+def _config(**overrides):
+  c = configs.base_config()
+  c.model = "CifarResNet20"
+  c.model_kwargs = {"width": 4}
+  c.dataset = "digits"
+  c.batch_size = 32
+  c.eval_batch_size = 100
+  c.learning_rate = 0.1
+  c.schedule = "constant"
+  c.num_train_steps = 150
+  c.log_every_steps = 20
+  c.eval_every_steps = 1000
+  c.checkpoint_every_steps = 1000
+  c.update(overrides)
+  return c
+
+
+def _read(path):
+  with open(path) as f:
+    return f.read()
+
+
+def _five_digit_folder(root):
+  """digits 0-4 as a folder: dataset (32x32 PNGs), the user's own class_name/image layout."""
+  d = load_digits()
+  for image, label in zip(d.images, d.target):
+    if label >= 5:
+      continue
+    folder = os.path.join(root, f"digit_{label}")
+    os.makedirs(folder, exist_ok=True)
+    pixels = np.clip(image * 16, 0, 255).astype(np.uint8)
+    big = Image.fromarray(pixels).resize((32, 32), Image.BILINEAR).convert("RGB")
+    big.save(os.path.join(folder, f"{len(os.listdir(folder))}.png"))
+  return f"folder:{root}"
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("source"))
+  metrics = train.train_and_evaluate(_config(), workdir)
+  assert metrics["eval/top1"] > 0.5  # The source learned something to transfer.
+  return workdir
+
+
+def test_frozen_backbone_fine_tuning_onto_a_five_class_folder(source_run, tmp_path):
+  dataset = _five_digit_folder(str(tmp_path / "five"))
+  common = dict(dataset=dataset, init_from=source_run, freeze_backbone=True)
+  # Step 0 of the fine-tune (lr 0 for one step): the re-initialised head is at chance.
+  before = train.train_and_evaluate(
+      _config(**common, num_train_steps=1, learning_rate=0.0), str(tmp_path / "before"))
+  workdir = str(tmp_path / "after")
+  after = train.train_and_evaluate(_config(**common, num_train_steps=80), workdir)
+  assert after["eval/top1"] > before["eval/top1"] + 0.2
+  assert after["eval/top1"] > 0.6
+
+  _, _, src = checkpoint.load_variables(source_run)
+  cfg, _, new = checkpoint.load_variables(workdir)
+  assert cfg.num_classes == 5 and new["params"]["head"]["kernel"].shape == (16, 5)
+  src_flat, new_flat = finetune._flat(src), finetune._flat(new)
+  backbone = [p for p in new_flat if not finetune.is_head(p.split("/", 1)[1])]
+  assert len(backbone) > 50 and any(p.startswith("batch_stats/") for p in backbone)
+  for path in backbone:  # Parameters and BN statistics: bitwise unchanged.
+    np.testing.assert_array_equal(np.asarray(new_flat[path]), np.asarray(src_flat[path]), path)
+
+  log = _read(os.path.join(workdir, "init_from.txt"))
+  reinit = log.split("re-initialised")[1].split("skipped")[0]
+  assert "params/head/kernel" in reinit and "params/head/bias" in reinit
+  assert "stage1_block0" not in reinit
+
+
+def test_full_fine_tuning_with_a_separate_head_rate_changes_the_backbone(source_run, tmp_path):
+  workdir = str(tmp_path / "ft")
+  c = _config(init_from=source_run, num_train_steps=5, learning_rate=0.01, head_learning_rate=0.1)
+  train.train_and_evaluate(c, workdir)
+  _, _, src = checkpoint.load_variables(source_run)
+  _, _, new = checkpoint.load_variables(workdir)
+  before = src["params"]["stage1_block0"]["conv1"]["kernel"]
+  after = new["params"]["stage1_block0"]["conv1"]["kernel"]
+  assert not np.array_equal(np.asarray(before), np.asarray(after))
+  # Same number of classes: the head is loaded, not re-initialised.
+  reinit = _read(os.path.join(workdir, "init_from.txt")).split("re-initialised")[1]
+  assert "params/head/kernel" not in reinit.split("skipped")[0]
+
+
+def test_backbone_mismatch_is_refused_with_the_paths(source_run, tmp_path):
+  with pytest.raises(finetune.BackboneMismatchError, match="width=8.*used 4"):
+    train.train_and_evaluate(_config(init_from=source_run, model_kwargs={"width": 8}),
+                             str(tmp_path / "w"))
+  with pytest.raises(finetune.BackboneMismatchError, match="CifarResNet32.*CifarResNet20"):
+    train.train_and_evaluate(_config(init_from=source_run, model="CifarResNet32"),
+                             str(tmp_path / "d"))
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_merge_reports_loaded_reinitialised_and_skipped():
+  init = {"params": {"conv": {"kernel": jnp.zeros((3, 3))}, "head": {"kernel": jnp.zeros((4, 5))}}}
+  src = {"params": {"conv": {"kernel": jnp.ones((3, 3))}, "head": {"kernel": jnp.ones((4, 10))},
+                    "aux_4a": {"fc": {"kernel": jnp.ones((2, 2))}}}}
+  merged, log = finetune.merge(init, src)
+  np.testing.assert_array_equal(merged["params"]["conv"]["kernel"], 1.0)
+  np.testing.assert_array_equal(merged["params"]["head"]["kernel"], 0.0)
+  assert log.loaded == ["params/conv/kernel"]
+  assert log.reinitialized == ["params/head/kernel"]
+  assert log.skipped == ["params/aux_4a/fc/kernel"]
+  bad = {"params": {"conv": {"kernel": jnp.ones((3, 4))}, "head": {"kernel": jnp.ones((4, 5))}}}
+  with pytest.raises(finetune.BackboneMismatchError, match=r"params/conv/kernel: source \(3, 4\)"):
+    finetune.merge(init, bad)
+
+
+def test_frozen_optimizer_leaves_the_backbone_bitwise_unchanged():
+  params = {"conv": {"kernel": jnp.ones((3, 3))}, "head": {"kernel": jnp.ones((3, 2))}}
+  config = _config(freeze_backbone=True, weight_decay=1e-2)
+  tx = train.create_optimizer(config, optax.constant_schedule(0.1))
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  np.testing.assert_array_equal(new["conv"]["kernel"], params["conv"]["kernel"])
+  assert not np.array_equal(new["head"]["kernel"], params["head"]["kernel"])

@@ -8,7 +8,7 @@ plain nets) on scikit-learn's bundled `digits` (1,497 training and 300 test imag
 
 Each net is also an ordinary experiment config:
 
-  python launch.py --config=experiments/degradation.py:depth=56,plain=True --workdir=runs/degradation/plain56
+  python launch.py --config=experiments/degradation.py:depth=56,plain=True --workdir=runs/plain56
 
 Arguments (`:depth=20,plain=False,steps=...,batch=...`):
   depth: 20 | 32 | 44 | 56 | 110 (the paper's CIFAR depths).
@@ -46,7 +46,12 @@ from incres import configs  # pylint: disable=g-import-not-at-top
 STEPS = 300
 BATCH = 64
 NUM_EVALS = 10
-RUNS = (("plain20", 20, True), ("plain56", 56, True), ("resnet20", 20, False), ("resnet56", 56, False))
+RUNS = (
+    ("plain20", 20, True),
+    ("plain56", 56, True),
+    ("resnet20", 20, False),
+    ("resnet56", 56, False),
+)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -119,8 +124,16 @@ def main(argv: list[str] | None = None) -> None:
       shares = [order[i :: args.parallel] for i in range(args.parallel)]
       procs = [
           subprocess.Popen(
-              [sys.executable, os.path.abspath(__file__), f"--outdir={args.outdir}",
-               f"--steps={args.steps}", f"--batch={args.batch}", "--parallel=1", "--only", *share]
+              [
+                  sys.executable,
+                  os.path.abspath(__file__),
+                  f"--outdir={args.outdir}",
+                  f"--steps={args.steps}",
+                  f"--batch={args.batch}",
+                  "--parallel=1",
+                  "--only",
+                  *share,
+              ]
           )
           for share in shares
           if share
@@ -137,8 +150,12 @@ def main(argv: list[str] | None = None) -> None:
   workdirs = [os.path.join(args.outdir, n) for n in names]
   analysis.main(["curves", *[f"--workdir={w}" for w in workdirs], f"--out={args.outdir}/fig6.png"])
   analysis.main(
-      ["responses", *[f"--workdir={w}" for w in workdirs], f"--out={args.outdir}/fig7.png",
-       f"--csv={args.outdir}/responses.csv"]
+      [
+          "responses",
+          *[f"--workdir={w}" for w in workdirs],
+          f"--out={args.outdir}/fig7.png",
+          f"--csv={args.outdir}/responses.csv",
+      ]
   )
   text = report.build_report(
       workdirs,

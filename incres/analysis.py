@@ -31,7 +31,7 @@ _MODEL_LABEL = re.compile(r"^(?:Cifar)?(ResNet|Plain)(\d+)$")
 
 
 def run_label(workdir: str, model: str | None = None) -> str:
-  """"plain-56" / "ResNet-56" for the CIFAR and ImageNet ResNets, else the workdir's name."""
+  """ "plain-56" / "ResNet-56" for the CIFAR and ImageNet ResNets, else the workdir's name."""
   match = _MODEL_LABEL.match(model or "")
   if match:
     kind, depth = match.groups()
@@ -87,7 +87,11 @@ def error_curves(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def plot_curves(
-    workdirs: Sequence[str], out: str, *, labels: Sequence[str] | None = None, title: str | None = None
+    workdirs: Sequence[str],
+    out: str,
+    *,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
 ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
   """Writes Figure 6 for `workdirs` to `out` (PNG); returns the curves by label."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -103,7 +107,9 @@ def plot_curves(
     all_curves[name] = curves
     color = f"C{i}"
     ax.plot(*curves["train"], color=color, linewidth=0.8, alpha=0.8, label=f"{name} train")
-    ax.plot(*curves["test"], color=color, linewidth=2.4, marker="o", markersize=3, label=f"{name} test")
+    ax.plot(
+        *curves["test"], color=color, linewidth=2.4, marker="o", markersize=3, label=f"{name} test"
+    )
   ax.set_xlabel("iterations")
   ax.set_ylabel("error (%)")
   ax.set_title(title or "Training (thin) and test (bold) error")
@@ -232,7 +238,15 @@ def plot_responses(
     values = np.array(list(stds.values()))
     index = np.arange(1, len(values) + 1)
     top.plot(index, values, color=f"C{i}", marker=".", markersize=4, linewidth=1, label=label)
-    bottom.plot(index, np.sort(values)[::-1], color=f"C{i}", marker=".", markersize=4, linewidth=1, label=label)
+    bottom.plot(
+        index,
+        np.sort(values)[::-1],
+        color=f"C{i}",
+        marker=".",
+        markersize=4,
+        linewidth=1,
+        label=label,
+    )
   top.set_xlabel("layer index (original)")
   bottom.set_xlabel("layer index (sorted by magnitude)")
   for ax in (top, bottom):
@@ -290,7 +304,9 @@ def responses_figure(
 
 
 def main(argv: Sequence[str] | None = None) -> Any:
-  parser = argparse.ArgumentParser(prog="python -m incres.analysis", description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      prog="python -m incres.analysis", description=__doc__.splitlines()[0]
+  )
   sub = parser.add_subparsers(dest="command", required=True)
   for name, help_text in (("curves", "Figure 6"), ("responses", "Figure 7")):
     p = sub.add_parser(name, help=help_text)

@@ -1,7 +1,7 @@
 r"""The papers' test protocols, for one trained run or an ensemble of several.
 
   python -m incres.evaluate --workdir=runs/resnet50 --protocol=10crop
-  python -m incres.evaluate --workdir=runs/a --workdir=runs/b --protocol=144crop --dataset=imagenet2012
+  python -m incres.evaluate --workdir=runs/a --workdir=runs/b --protocol=144crop  # An ensemble.
 
 Protocols (sizes are for a 224 crop; for other `config.image_size` S every length is scaled by
 S / 224 and rounded, as `incres.augment` does for training):
@@ -16,9 +16,9 @@ S / 224 and rounded, as `incres.augment` does for training):
   (left/centre/right for landscape images, top/centre/bottom for portrait ones); in each square the
   four corner and the central 224 crops and the square resized to 224; each with its mirror.
   4 × 3 × 6 × 2 = 144 views.
-- `multiscale`: ResNet §3.4/Table 4's fully-convolutional test: the whole image with its shorter side
-  at 224, 256, 384, 480, 640, scored by the network as is (its global average pool takes any size),
-  averaged over the scales. The paper's text mentions no flips here, so there are none.
+- `multiscale`: ResNet §3.4/Table 4's fully-convolutional test: the whole image with its shorter
+  side at 224, 256, 384, 480, 640, scored by the network as is (its global average pool takes any
+  size), averaged over the scales. The paper's text mentions no flips here, so there are none.
 
 Every view goes through the same operations as the training loop's eval (uint8 -> [0, 1] floats,
 `augment.resize_shorter_side`'s antialiased bilinear resize, crop, the run's mean subtracted), and
@@ -101,7 +101,9 @@ def _with_mirrors(views: list[View]) -> list[View]:
 
 def single_views(height: int, width: int, size: int = CROP) -> list[View]:
   """The original view, resized to size × size unless it already is."""
-  return [View(None, (0, 0, height, width), None if (height, width) == (size, size) else size, False)]
+  return [
+      View(None, (0, 0, height, width), None if (height, width) == (size, size) else size, False)
+  ]
 
 
 def center_views(height: int, width: int, size: int = CROP) -> list[View]:
@@ -115,7 +117,9 @@ def ten_crop_views(height: int, width: int, size: int = CROP) -> list[View]:
   """Shorter side 256; corners TL, TR, BL, BR and centre at 224; then the same five mirrored."""
   shorter = scaled(CENTER_SHORTER, size)
   h, w = resized_shape(height, width, shorter)
-  return _with_mirrors([View(shorter, b, None, False) for b in _corners_and_center(0, 0, h, w, size)])
+  return _with_mirrors(
+      [View(shorter, b, None, False) for b in _corners_and_center(0, 0, h, w, size)]
+  )
 
 
 def googlenet_144_views(height: int, width: int, size: int = CROP) -> list[View]:
@@ -128,7 +132,9 @@ def googlenet_144_views(height: int, width: int, size: int = CROP) -> list[View]
     offsets = (0, (max(h, w) - side) // 2, max(h, w) - side)
     for offset in offsets:
       top, left = (0, offset) if w >= h else (offset, 0)
-      crops = [View(shorter, b, None, False) for b in _corners_and_center(top, left, side, side, size)]
+      crops = [
+          View(shorter, b, None, False) for b in _corners_and_center(top, left, side, side, size)
+      ]
       crops.append(View(shorter, (top, left, side, side), size, False))
       views += _with_mirrors(crops)
   return views
@@ -154,7 +160,8 @@ NUM_VIEWS = {"single": 1, "center": 1, "10crop": 10, "144crop": 144, "multiscale
 
 
 def views(protocol: str, height: int, width: int, size: int = CROP) -> list[View]:
-  """The views `protocol` takes of a `height` × `width` image, for a model trained on `size` crops."""
+  """The views `protocol` takes of a `height` × `width` image, for a model trained on `size`
+  crops."""
   if protocol not in _VIEW_FNS:
     raise ValueError(f"Unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}.")
   return _VIEW_FNS[protocol](int(height), int(width), size)
@@ -221,7 +228,9 @@ def make_view_fn(protocol: str, size: int, mean):
 
   from incres import augment  # pylint: disable=g-import-not-at-top
 
-  scales = tuple(dict.fromkeys(_scales(protocol, size)))  # Tiny sizes can round two scales together.
+  scales = tuple(
+      dict.fromkeys(_scales(protocol, size))
+  )  # Tiny sizes can round two scales together.
 
   def fn(image):
     if protocol == "single":  # Exactly the training loop's eval for `eval_preprocess="single"`.
@@ -274,9 +283,12 @@ def raw_eval_dataset(config):
     load = data._loader(source)  # pylint: disable=protected-access
     ds = tf.data.Dataset.range(n).map(load, num_parallel_calls=tf.data.AUTOTUNE)
   else:
-    ds = source.builder.as_dataset(split=source.split, decoders={"image": tfds.decode.SkipDecoding()})
+    decode = data._decode  # pylint: disable=protected-access
+    ds = source.builder.as_dataset(
+        split=source.split, decoders={"image": tfds.decode.SkipDecoding()}
+    )
     ds = ds.map(
-        lambda ex: (data._decode(ex["image"]), tf.cast(ex["label"], tf.int32)),  # pylint: disable=protected-access
+        lambda ex: (decode(ex["image"]), tf.cast(ex["label"], tf.int32)),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
   options = tf.data.Options()
@@ -387,7 +399,10 @@ def predict(
   if protocol == "multiscale":
     # Every image and scale has its own shape: one image at a time (a compile per distinct shape).
     for per_scale, label in ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
-      p = [np.asarray(softmax(variables, jax.device_put(v, _input_sharding(mesh, 1)))) for v in per_scale]
+      p = [
+          np.asarray(softmax(variables, jax.device_put(v, _input_sharding(mesh, 1))))
+          for v in per_scale
+      ]
       probs.append(np.mean(np.concatenate(p), axis=0, keepdims=True))
       labels.append(np.asarray(label)[None])
   else:
@@ -413,7 +428,9 @@ def ensemble(predictions: Sequence[Predictions]) -> Predictions:
     if p.labels.shape != first.labels.shape or np.any(p.labels != first.labels):
       raise ValueError("Ensembled runs must be evaluated on the same examples in the same order.")
     if p.probs.shape != first.probs.shape:
-      raise ValueError(f"Ensembled runs disagree on the classes: {p.probs.shape} vs {first.probs.shape}.")
+      raise ValueError(
+          f"Ensembled runs disagree on the classes: {p.probs.shape} vs {first.probs.shape}."
+      )
   return Predictions(
       probs=np.mean([p.probs for p in predictions], axis=0),
       labels=first.labels,
@@ -457,8 +474,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
   for r in rows:
     name = r["workdirs"][0] if r["models"] == 1 else f"ensemble of {r['models']}"
     lines.append(
-        f"| {name} | {r['protocol']} | {r['top1_err']:.2f} | {r['top5_err']:.2f} | {r['examples']} |"
-        f" {r['views_per_example']} | {r['models']} |"
+        f"| {name} | {r['protocol']} | {r['top1_err']:.2f} | {r['top5_err']:.2f} |"
+        f" {r['examples']} | {r['views_per_example']} | {r['models']} |"
     )
   return "\n".join(lines)
 
@@ -467,7 +484,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   parser = argparse.ArgumentParser(
       prog="python -m incres.evaluate", description="The papers' test protocols (and ensembles)."
   )
-  parser.add_argument("--workdir", action="append", required=True, help="A run; repeat for an ensemble.")
+  parser.add_argument(
+      "--workdir", action="append", required=True, help="A run; repeat for an ensemble."
+  )
   parser.add_argument("--protocol", choices=PROTOCOLS, default="center")
   parser.add_argument("--dataset", default=None, help="Override the run's dataset.")
   parser.add_argument("--eval_split", default=None, help="Override the run's eval split.")

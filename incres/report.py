@@ -70,7 +70,8 @@ def closest_paper_figure(model: str) -> str | None:
   if model in paper.IMAGENET_TOP1_ERR_10CROP:
     return f"ImageNet 10-crop {paper.IMAGENET_TOP1_ERR_10CROP[model]:.2f}% top-1 (ResNet Table 3)"
   if model in paper.IMAGENET_TOP1_ERR_10CROP_TABLE2:
-    return f"ImageNet 10-crop {paper.IMAGENET_TOP1_ERR_10CROP_TABLE2[model]:.2f}% top-1 (ResNet Table 2)"
+    err = paper.IMAGENET_TOP1_ERR_10CROP_TABLE2[model]
+    return f"ImageNet 10-crop {err:.2f}% top-1 (ResNet Table 2)"
   if model.startswith("CifarPlain"):
     return "CIFAR-10: Figure 6 only (no table value for plain nets)"
   if model in ("GoogLeNet", "GoogLeNetBN"):
@@ -95,7 +96,9 @@ def complexity_of(config: ml_collections.ConfigDict) -> tuple[int, int]:
 
   model = train.create_model(config)
   variables = complexity.abstract_variables(model, config.image_size)
-  return complexity.count_params(variables), complexity.count_macs(model, config.image_size, variables)
+  return complexity.count_params(variables), complexity.count_macs(
+      model, config.image_size, variables
+  )
 
 
 def last_eval(workdir: str) -> dict[str, Any]:
@@ -179,8 +182,12 @@ def _count(n: int | None, paper_n: float | None, unit: str) -> str:
   return text
 
 
-def format_report(rows: Sequence[dict[str, Any]], *, figures: dict[str, str] | None = None,
-                  responses: dict[str, dict[str, float]] | None = None) -> str:
+def format_report(
+    rows: Sequence[dict[str, Any]],
+    *,
+    figures: dict[str, str] | None = None,
+    responses: dict[str, dict[str, float]] | None = None,
+) -> str:
   """The Markdown report for `measure` rows (and figures / responses, if drawn)."""
   lines = ["# incres report", ""]
   lines += [
@@ -201,8 +208,10 @@ def format_report(rows: Sequence[dict[str, Any]], *, figures: dict[str, str] | N
     else:
       published, delta = "none for this setup", "–"
       if r["closest"]:
-        notes.append(f"- {os.path.basename(os.path.normpath(r['workdir']))} ({r['model']} on"
-                     f" {r['dataset']}): the paper's nearest figure is {r['closest']}; not comparable.")
+        notes.append(
+            f"- {os.path.basename(os.path.normpath(r['workdir']))} ({r['model']} on"
+            f" {r['dataset']}): the paper's nearest figure is {r['closest']}; not comparable."
+        )
     model = r["model"] + "".join(f", {k}={v}" for k, v in sorted(r["model_kwargs"].items()))
     lines.append(
         f"| {os.path.basename(os.path.normpath(r['workdir']))} | {model} |"
@@ -214,8 +223,14 @@ def format_report(rows: Sequence[dict[str, Any]], *, figures: dict[str, str] | N
   lines.append("")
   counts = [str(r["examples"]) for r in rows if r["examples"] is not None]
   lines.append(
-      "Measured by: " + "; ".join(sorted({r["source"] for r in rows})) + "."
-      + (f" Examples scored: {', '.join(counts)}." if counts else " Every example of the eval split.")
+      "Measured by: "
+      + "; ".join(sorted({r["source"] for r in rows}))
+      + "."
+      + (
+          f" Examples scored: {', '.join(counts)}."
+          if counts
+          else " Every example of the eval split."
+      )
   )
   if notes:
     lines += ["", *notes]
@@ -289,10 +304,18 @@ def build_report(
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-  parser = argparse.ArgumentParser(prog="python -m incres.report", description=__doc__.splitlines()[0])
-  parser.add_argument("--workdir", action="append", required=True, help="A run; repeat for several.")
-  parser.add_argument("--protocol", default=None, help="Re-evaluate with this incres.evaluate protocol.")
-  parser.add_argument("--dataset", default=None, help="Override the runs' dataset (with --protocol).")
+  parser = argparse.ArgumentParser(
+      prog="python -m incres.report", description=__doc__.splitlines()[0]
+  )
+  parser.add_argument(
+      "--workdir", action="append", required=True, help="A run; repeat for several."
+  )
+  parser.add_argument(
+      "--protocol", default=None, help="Re-evaluate with this incres.evaluate protocol."
+  )
+  parser.add_argument(
+      "--dataset", default=None, help="Override the runs' dataset (with --protocol)."
+  )
   parser.add_argument("--figures", default=None, help="Draw Figures 6 and 7 into this directory.")
   args = parser.parse_args(argv)
   kwargs = {"dataset": args.dataset} if args.dataset else {}

@@ -41,9 +41,19 @@ def test_labels_follow_the_paper():
 
 
 def test_layer_order_is_network_order():
-  names = ["stage1_block10/bn_out1", "stage2_block0/bn_out1", "stem_bn_out", "stage1_block2/bn_out2", "stage1_block2/bn_out1"]
+  names = [
+      "stage1_block10/bn_out1",
+      "stage2_block0/bn_out1",
+      "stem_bn_out",
+      "stage1_block2/bn_out2",
+      "stage1_block2/bn_out1",
+  ]
   assert sorted(names, key=analysis._layer_key) == [
-      "stem_bn_out", "stage1_block2/bn_out1", "stage1_block2/bn_out2", "stage1_block10/bn_out1", "stage2_block0/bn_out1"
+      "stem_bn_out",
+      "stage1_block2/bn_out1",
+      "stage1_block2/bn_out2",
+      "stage1_block10/bn_out1",
+      "stage2_block0/bn_out1",
   ]
 
 
@@ -64,8 +74,16 @@ def test_error_curves_read_training_and_test_error(tmp_path):
 
 
 def test_curves_command_draws_figure_6(tmp_path, capsys):
-  a = _fake_run(tmp_path / "a", "CifarPlain20", [{"step": s, "train/accuracy": s / 100, "eval/top1": s / 110} for s in range(10, 100, 10)])
-  b = _fake_run(tmp_path / "b", "CifarPlain56", [{"step": s, "train/accuracy": s / 200, "eval/top1": s / 220} for s in range(10, 100, 10)])
+  a = _fake_run(
+      tmp_path / "a",
+      "CifarPlain20",
+      [{"step": s, "train/accuracy": s / 100, "eval/top1": s / 110} for s in range(10, 100, 10)],
+  )
+  b = _fake_run(
+      tmp_path / "b",
+      "CifarPlain56",
+      [{"step": s, "train/accuracy": s / 200, "eval/top1": s / 220} for s in range(10, 100, 10)],
+  )
   out = tmp_path / "fig" / "fig6.png"
   curves = analysis.main(["curves", f"--workdir={a}", f"--workdir={b}", f"--out={out}"])
   assert list(curves) == ["plain-20", "plain-56"]
@@ -80,7 +98,11 @@ def test_responses_equal_a_direct_computation(run):
 
   stds = analysis.layer_responses(run)
   # CifarResNet20: the stem conv and 2 convs × 9 blocks.
-  assert len(stds) == 19 and list(stds)[0] == "stem_bn_out" and list(stds)[-1] == "stage3_block2/bn_out2"
+  assert (
+      len(stds) == 19
+      and list(stds)[0] == "stem_bn_out"
+      and list(stds)[-1] == "stage3_block2/bn_out2"
+  )
   config, model, variables = checkpoint.load_variables(run)
   batches = list(data.create_eval_iter(config))
   images = np.concatenate([b["image"][b["mask"] > 0] for b in batches])
@@ -93,7 +115,16 @@ def test_responses_equal_a_direct_computation(run):
 
 def test_responses_command_draws_figure_7_and_writes_csv(run, tmp_path):
   out = tmp_path / "fig7.png"
-  result = analysis.main(["responses", f"--workdir={run}", f"--workdir={run}", f"--out={out}", "--labels=a,b", "--max_examples=20"])
+  result = analysis.main(
+      [
+          "responses",
+          f"--workdir={run}",
+          f"--workdir={run}",
+          f"--out={out}",
+          "--labels=a,b",
+          "--max_examples=20",
+      ]
+  )
   _assert_png(out, (400, 400))
   assert list(result) == ["a", "b"] and result["a"] == result["b"]
   with open(tmp_path / "fig7.csv") as f:
@@ -101,4 +132,6 @@ def test_responses_command_draws_figure_7_and_writes_csv(run, tmp_path):
   assert len(rows) == 2 * 19
   assert [int(r["layer_index"]) for r in rows[:19]] == list(range(1, 20))
   assert sorted(int(r["sorted_rank"]) for r in rows[:19]) == list(range(1, 20))
-  assert analysis.read_responses_csv(tmp_path / "fig7.csv")["a"] == pytest.approx(result["a"], rel=1e-5)
+  assert analysis.read_responses_csv(tmp_path / "fig7.csv")["a"] == pytest.approx(
+      result["a"], rel=1e-5
+  )

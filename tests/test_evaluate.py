@@ -17,7 +17,7 @@ from incres.evaluate import View
 H, W = 375, 500
 
 
-# --- A trained tiny run, shared by the test files of this directory --------------------------------
+# --- A trained tiny run, shared by the test files of this directory -------------------------------
 
 
 def tiny_run_config():
@@ -62,7 +62,7 @@ def run(tmp_path_factory) -> str:
   return trained_run(tmp_path_factory)
 
 
-# --- Geometry --------------------------------------------------------------------------------------
+# --- Geometry -------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -71,7 +71,9 @@ def run(tmp_path_factory) -> str:
 @pytest.mark.parametrize("shorter", [18, 224, 256, 288, 320, 352, 640])
 def test_resized_shape_is_what_tensorflow_resizes_to(shape, shorter):
   image = tf.zeros((*shape, 3), tf.float32)
-  assert evaluate.resized_shape(*shape, shorter) == tuple(augment.resize_shorter_side(image, shorter).shape[:2])
+  assert evaluate.resized_shape(*shape, shorter) == tuple(
+      augment.resize_shorter_side(image, shorter).shape[:2]
+  )
 
 
 def test_single_is_the_original_view():
@@ -90,7 +92,11 @@ def test_center_box():
 
 def test_ten_crop_boxes():
   corners_and_centre = [(0, 0), (0, 117), (32, 0), (32, 117), (16, 58)]
-  expected = [View(256, (t, l, 224, 224), None, flip) for flip in (False, True) for t, l in corners_and_centre]
+  expected = [
+      View(256, (t, l, 224, 224), None, flip)
+      for flip in (False, True)
+      for t, l in corners_and_centre
+  ]
   assert evaluate.views("10crop", H, W) == expected
 
 
@@ -101,13 +107,20 @@ def test_144_crop_boxes_landscape():
   at_288 = [v for v in views if v.shorter == 288 and not v.flip]
   expected = []
   for left in (0, 48, 96):
-    expected += [View(288, (t, left + l, 224, 224), None, False) for t, l in [(0, 0), (0, 64), (64, 0), (64, 64), (32, 32)]]
+    expected += [
+        View(288, (t, left + l, 224, 224), None, False)
+        for t, l in [(0, 0), (0, 64), (64, 0), (64, 64), (32, 32)]
+    ]
     expected.append(View(288, (0, left, 288, 288), 224, False))
   assert at_288 == expected
   # Scales and their images: 256×341, 288×384, 320×427, 352×469; the right square ends at the edge.
   for shorter, width in ((256, 341), (288, 384), (320, 427), (352, 469)):
     squares = [v.box for v in views if v.shorter == shorter and v.out == 224 and not v.flip]
-    assert squares == [(0, 0, shorter, shorter), (0, (width - shorter) // 2, shorter, shorter), (0, width - shorter, shorter, shorter)]
+    assert squares == [
+        (0, 0, shorter, shorter),
+        (0, (width - shorter) // 2, shorter, shorter),
+        (0, width - shorter, shorter, shorter),
+    ]
   # Every view once unmirrored and once mirrored, in that order per square.
   for i in range(0, 144, 12):
     assert [v._replace(flip=True) for v in views[i : i + 6]] == views[i + 6 : i + 12]
@@ -119,7 +132,13 @@ def test_144_crop_boxes_portrait_use_top_centre_bottom_squares():
   squares = [v.box for v in views if v.shorter == 352 and v.out == 224 and not v.flip]
   assert squares == [(0, 0, 352, 352), (58, 0, 352, 352), (117, 0, 352, 352)]
   bottom = [v.box for v in views if v.shorter == 352 and v.out is None and not v.flip][10:15]
-  assert bottom == [(117, 0, 224, 224), (117, 128, 224, 224), (245, 0, 224, 224), (245, 128, 224, 224), (181, 64, 224, 224)]
+  assert bottom == [
+      (117, 0, 224, 224),
+      (117, 128, 224, 224),
+      (245, 0, 224, 224),
+      (245, 128, 224, 224),
+      (181, 64, 224, 224),
+  ]
 
 
 def test_multiscale_is_the_whole_image_at_five_scales():
@@ -147,7 +166,7 @@ def test_unknown_protocol_is_refused():
     evaluate.views("12crop", 10, 10)
 
 
-# --- Pixels ----------------------------------------------------------------------------------------
+# --- Pixels ---------------------------------------------------------------------------------------
 
 
 def _image(h=40, w=52, seed=0):
@@ -157,7 +176,9 @@ def _image(h=40, w=52, seed=0):
 MEAN = tf.constant(augment.IMAGENET_MEAN_RGB, tf.float32)
 
 
-@pytest.mark.parametrize("protocol,reference", [("center", augment.eval_center), ("single", augment.eval_single)])
+@pytest.mark.parametrize(
+    "protocol,reference", [("center", augment.eval_center), ("single", augment.eval_single)]
+)
 def test_one_view_protocols_equal_the_training_loop_preprocessing(protocol, reference):
   image = _image()
   views = evaluate.make_view_fn(protocol, 16, MEAN)(image)
@@ -167,7 +188,9 @@ def test_one_view_protocols_equal_the_training_loop_preprocessing(protocol, refe
 def test_ten_crop_pixels_are_slices_of_the_resized_image():
   image = _image()
   views = evaluate.make_view_fn("10crop", 16, MEAN)(image).numpy()
-  resized = augment.resize_shorter_side(tf.cast(image, tf.float32) / 255.0, 18).numpy() - MEAN.numpy()
+  resized = (
+      augment.resize_shorter_side(tf.cast(image, tf.float32) / 255.0, 18).numpy() - MEAN.numpy()
+  )
   assert resized.shape == (18, 23, 3)
   for i, v in enumerate(evaluate.views("10crop", 40, 52, 16)):
     t, l, h, w = v.box
@@ -185,7 +208,10 @@ def test_144_crop_square_views_are_the_square_resized():
       continue
     resized = augment.resize_shorter_side(x, v.shorter)
     t, l, h, w = v.box
-    square = tf.image.resize(resized[t : t + h, l : l + w], [16, 16], antialias=True).numpy() - MEAN.numpy()
+    square = (
+        tf.image.resize(resized[t : t + h, l : l + w], [16, 16], antialias=True).numpy()
+        - MEAN.numpy()
+    )
     np.testing.assert_allclose(views[i], square[:, ::-1] if v.flip else square, atol=1e-6)
 
 
@@ -193,7 +219,13 @@ def test_multiscale_views_are_whole_images_and_a_pixel_mean_becomes_a_channel_me
   image = _image()
   pixel_mean = tf.random.stateless_uniform([16, 16, 3], [1, 2])
   views = evaluate.make_view_fn("multiscale", 16, pixel_mean)(image)
-  assert [tuple(v.shape) for v in views] == [(1, 16, 21, 3), (1, 18, 23, 3), (1, 27, 35, 3), (1, 34, 44, 3), (1, 46, 60, 3)]
+  assert [tuple(v.shape) for v in views] == [
+      (1, 16, 21, 3),
+      (1, 18, 23, 3),
+      (1, 27, 35, 3),
+      (1, 34, 44, 3),
+      (1, 46, 60, 3),
+  ]
   x = augment.resize_shorter_side(tf.cast(image, tf.float32) / 255.0, 27)
   np.testing.assert_allclose(views[2][0], x - tf.reduce_mean(pixel_mean, (0, 1)), atol=1e-6)
 
@@ -206,7 +238,7 @@ def test_errors_top1_top5():
   assert evaluate.errors(probs, labels, k=2)[1] == pytest.approx(25.0)
 
 
-# --- On a trained run ------------------------------------------------------------------------------
+# --- On a trained run -----------------------------------------------------------------------------
 
 
 def test_center_equals_the_training_loop_eval_on_the_same_checkpoint(run):
@@ -226,7 +258,13 @@ def test_center_equals_the_training_loop_eval_on_the_same_checkpoint(run):
 def test_cli_ten_crop_ensemble_of_two_runs(run, tmp_path, capsys):
   out = tmp_path / "rows.json"
   rows = evaluate.main(
-      [f"--workdir={run}", f"--workdir={run}", "--protocol=10crop", "--batch_size=8", f"--json={out}"]
+      [
+          f"--workdir={run}",
+          f"--workdir={run}",
+          "--protocol=10crop",
+          "--batch_size=8",
+          f"--json={out}",
+      ]
   )
   assert [r["models"] for r in rows] == [1, 1, 2]
   assert [r["examples"] for r in rows] == [37, 37, 37]

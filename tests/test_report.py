@@ -18,7 +18,11 @@ def run(tmp_path_factory) -> str:
 
 
 def test_paper_figures_by_setup():
-  assert report.paper_figure("CifarResNet56", "cifar10", "single") == (6.97, None, "ResNet Table 6 (CIFAR-10)")
+  assert report.paper_figure("CifarResNet56", "cifar10", "single") == (
+      6.97,
+      None,
+      "ResNet Table 6 (CIFAR-10)",
+  )
   assert report.paper_figure("ResNet50", "imagenet2012", "10crop")[:2] == (22.85, 6.71)
   assert report.paper_figure("ResNet18", "imagenet2012", "10crop")[:2] == (27.88, None)
   assert report.paper_figure("Plain34", "imagenet2012", "10crop")[:2] == (28.54, 10.02)
@@ -35,10 +39,20 @@ def test_report_sets_measured_beside_paper_with_difference(tmp_path):
   # A finished CIFAR-10 ResNet-56 run, as far as the report reads it (config and metrics only).
   workdir = tmp_path / "resnet56"
   workdir.mkdir()
-  config = {"model": "CifarResNet56", "dataset": "cifar10", "image_size": 32, "num_classes": 10,
-            "dtype": "float32", "model_kwargs": {}, "eval_preprocess": "single"}
+  config = {
+      "model": "CifarResNet56",
+      "dataset": "cifar10",
+      "image_size": 32,
+      "num_classes": 10,
+      "dtype": "float32",
+      "model_kwargs": {},
+      "eval_preprocess": "single",
+  }
   (workdir / "config.json").write_text(json.dumps(config))
-  records = [{"step": 64000, "train/accuracy": 0.995}, {"step": 64000, "eval/top1": 0.93, "eval/top5": 0.998}]
+  records = [
+      {"step": 64000, "train/accuracy": 0.995},
+      {"step": 64000, "eval/top1": 0.93, "eval/top5": 0.998},
+  ]
   (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
   text = report.build_report([str(workdir)])
   row = next(line for line in text.splitlines() if line.startswith("| resnet56 |"))
@@ -82,15 +96,29 @@ def test_degradation_experiment_gives_all_four_nets_one_budget():
 
   from incres import configs  # pylint: disable=g-import-not-at-top
 
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "degradation.py")
+  path = os.path.join(
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "degradation.py"
+  )
   spec = importlib.util.spec_from_file_location("degradation", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   cs = {name: module.get_config(f"depth={d},plain={p}") for name, d, p in module.RUNS}
-  assert [c.model for c in cs.values()] == ["CifarPlain20", "CifarPlain56", "CifarResNet20", "CifarResNet56"]
+  assert [c.model for c in cs.values()] == [
+      "CifarPlain20",
+      "CifarPlain56",
+      "CifarResNet20",
+      "CifarResNet56",
+  ]
   for c in cs.values():
     assert set(c.keys()) == set(configs.base_config().keys())
-    budget = (c.num_train_steps, c.batch_size, c.lr_boundaries, c.learning_rate, c.dataset, c.augment)
+    budget = (
+        c.num_train_steps,
+        c.batch_size,
+        c.lr_boundaries,
+        c.learning_rate,
+        c.dataset,
+        c.augment,
+    )
     halves = (round(module.STEPS * 0.5), round(module.STEPS * 0.75))
     assert budget == (module.STEPS, module.BATCH, halves, 0.1, "digits", "cifar")
   assert module.get_config("smoke=True").num_train_steps == 4

@@ -103,3 +103,26 @@ def parse_arg(arg: str | None, **defaults):
       pass
     parsed[key] = value
   return parsed
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """Loads "experiments/<name>.py[:arg]" as launch.py's --config does (for notebooks and tests).
+
+  A relative path is looked up from the current directory, then from the repository root.
+  """
+  import importlib.util
+  import os
+
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.exists(os.path.join(root, path)):
+      path = os.path.join(root, path)
+    else:
+      raise FileNotFoundError(f"No config file {path!r} (looked in . and {root}).")
+  module_spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], path
+  )
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)

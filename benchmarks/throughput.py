@@ -7,29 +7,21 @@ Prints images/s for one SGD-with-momentum training step (forward, backward, BN s
 decay, the update; GoogLeNet's auxiliary losses weighted 0.3) and for inference, each the median of
 `--steps` timed steps after `--warmup` untimed ones; the compile time of each jitted function; peak
 host memory (and device memory on an accelerator); and the achieved FLOP/s (XLA's cost analysis of
-the compiled step over the median step time) as a fraction of a large float32 matmul timed in the
-same run. Each step's batch is copied from host memory, as an input pipeline would feed it.
+the lowered step over the median step time) as a fraction of a large matmul in the same dtype timed
+in the same run. Each step's batch is copied from host memory, as an input pipeline would feed it.
 
-`--vs_torch` then runs the torch twin of the same architecture (benchmarks/torch_twins.py) through
-the same steps in the same process and prints JAX/torch ratios: on a shared machine only ratios
-measured side by side mean anything. `--no_cpu_conv_vjp` measures XLA's own convolution gradients
+`--vs_torch` also runs the torch twin of the same architecture (benchmarks/torch_twins.py) in the
+same process, its timed steps alternating with JAX's so that both see the same load, and prints
+JAX/torch ratios: on a shared machine only ratios measured side by side mean anything. `--no_cpu_conv_vjp` measures XLA's own convolution gradients
 (incres.ops documents the custom one). `--cache_dir` turns on JAX's persistent compilation cache:
 run twice to measure a second launch's compile time.
 """
 
 from __future__ import annotations
 
-import os
-
-# OpenMP's default (GNU: spin before sleeping) makes torch's threads burn their time slices
-# spinning whenever other processes share the cores; on a loaded 2-core machine it cut torch's
-# CIFAR ResNet-20 training 4-8x (RESULTS.md). Passive waiting is torch's best setting there and
-# changes nothing on an idle machine; XLA's thread pool does not use OpenMP. Set it before torch
-# loads; an OMP_WAIT_POLICY already in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -306,6 +298,12 @@ def _fmt(v: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+  # OpenMP's default (GNU: spin before sleeping) makes torch's threads burn their time slices
+  # spinning whenever other processes share the cores; on a loaded 2-core machine it cut torch's
+  # CIFAR ResNet-20 training 4-8x (RESULTS.md). Passive waiting is torch's best setting there.
+  # XLA's thread pool does not use OpenMP. Takes effect only if torch is not loaded yet; an
+  # OMP_WAIT_POLICY already in the environment wins.
+  os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
   args = parse_args(argv)
   result = run(args)
   if args.json:

@@ -189,6 +189,11 @@ def _sgd(
 # --- State ---------------------------------------------------------------------------------------
 
 
+def _copy_tree(tree: PyTree) -> PyTree:
+  """A copy that does not alias `tree` (the averaged params must survive params' donation)."""
+  return jax.tree.map(jnp.copy, tree)
+
+
 def init_train_state(
     rng: jax.Array,
     *,
@@ -202,14 +207,13 @@ def init_train_state(
   variables = model.init({"params": init_rng}, images, train=False)
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
-  copy = lambda t: jax.tree.map(jnp.copy, t)  # Averages must not alias params (donation).
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
       batch_stats=batch_stats,
       opt_state=tx.init(params),
-      ema_params=copy(params) if config.ema_decay is not None else None,
-      polyak_params=copy(params) if config.polyak else None,
+      ema_params=_copy_tree(params) if config.ema_decay is not None else None,
+      polyak_params=_copy_tree(params) if config.polyak else None,
       rng=jax.random.key_data(train_rng),
   )
 
@@ -479,13 +483,12 @@ def _init_from(
       f.write(summary + "\n")
   params = jax.device_put(merged["params"], state_sharding.params)
   batch_stats = jax.device_put(merged["batch_stats"], state_sharding.batch_stats)
-  copy = lambda t: jax.tree.map(jnp.copy, t)
   return state.replace(
       params=params,
       batch_stats=batch_stats,
       opt_state=jax.jit(tx.init, out_shardings=state_sharding.opt_state)(params),
-      ema_params=None if state.ema_params is None else copy(params),
-      polyak_params=None if state.polyak_params is None else copy(params),
+      ema_params=None if state.ema_params is None else _copy_tree(params),
+      polyak_params=None if state.polyak_params is None else _copy_tree(params),
   )
 
 

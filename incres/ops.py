@@ -1,16 +1,17 @@
 """A convolution whose weight gradient is fast on XLA's CPU backend.
 
 XLA:CPU runs a convolution's forward pass and its input gradient at close to the machine's matmul
-speed, but its weight gradient (the "backprop filter" convolution) at a quarter of it or less:
-on two AVX2 cores, a 3x3 128->128 conv on 28x28 maps (batch 32) reaches ~80 GFLOP/s forward and
-~20 GFLOP/s for the weight gradient (benchmarks/RESULTS.md). The weight gradient is a sum over
-the kernel's k*k offsets of one GEMM each,
+speed, but its weight gradient (the "backprop filter" convolution) far below it: on two AVX-512
+cores, a 3x3 16->16 conv on 32x32 maps (batch 128) reaches ~150 GFLOP/s forward and ~25 GFLOP/s
+for the weight gradient, where PyTorch's oneDNN reaches ~310 (benchmarks/RESULTS.md). The weight
+gradient is a sum over the kernel's k*k offsets of one GEMM each,
 
   dW[i, j] = sum_{n, h, w} x_pad[n, s*h + i, s*w + j, :]^T  dy[n, h, w, :],
 
-and XLA runs those GEMMs at matmul speed. `conv_general_dilated` below keeps XLA's own forward and
-input-gradient convolutions and computes the weight gradient as those k*k GEMMs (or, when the input
-has few channels, as one im2col GEMM, which keeps the contraction wide for e.g. an RGB stem).
+and XLA runs GEMMs well when their operands are in cache. `conv_general_dilated` below keeps XLA's
+own forward and input-gradient convolutions and computes the weight gradient as those GEMMs, a few
+images at a time (`_weight_grad`): 1.5-5x XLA's speed for the 16-256-channel convolutions of the
+CIFAR ResNets, GoogLeNet and ResNet-50. 1x1 convolutions are GEMMs in all three passes.
 
 The custom gradient is used only when JAX's default backend is the CPU and the convolution is a
 plain 2-D NHWC/HWIO one (no dilation, no groups); everything else goes to `lax.conv_general_dilated`
@@ -29,10 +30,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# k x k convolutions (k > 1) take the shifted-GEMM weight gradient only when both channel counts
-# are at least this: below it each GEMM's (C, O) output is too small to keep both cores busy, and
-# XLA's own weight gradient was as fast or faster in measurements (benchmarks/RESULTS.md).
-SHIFTED_GEMM_MIN_CHANNELS = 128
+# The weight gradient of a k x k convolution (k > 1) is computed a few images at a time, in chunks
+# whose column matrix (below) takes about this many bytes: small enough to stay in the cores' caches.
+# On two AVX2/AVX-512 cores 0.5-4 MB all ran within 15% of each other (benchmarks/RESULTS.md).
+CHUNK_BYTES = 3_000_000
+
+# XLA's own weight gradient stays faster for large kernels on small maps (GoogLeNet's 5x5 branches
+# at 7x7: ~250 vs ~175 GFLOP/s), where the whole batch fits one chunk and XLA's kernel does better.
+XLA_MAX_OUTPUT_PIXELS, XLA_MIN_KERNEL_TAPS = 64, 25
 
 _enabled: bool | None = None  # None: read INCRES_CPU_CONV_VJP.
 
@@ -61,31 +66,54 @@ def _lax_conv(x, w, strides, padding, precision):
   )
 
 
-def _shifted_inputs(x, kernel, strides, padding, out_hw):
-  """The k*k strided views of the padded input that meet each kernel offset, as (M, C) matrices."""
-  (ph, pw), (sh, sw), (ho, wo) = padding, strides, out_hw
-  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (ph[0], ph[1], 0), (pw[0], pw[1], 0), (0, 0, 0)))
-  n, c = x.shape[0], x.shape[3]
-  for i in range(kernel[0]):
-    for j in range(kernel[1]):
-      view = lax.slice(
-          xp, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c), (1, sh, sw, 1)
-      )
-      yield view.reshape(n * ho * wo, c)
+def _largest_divisor_at_most(n: int, m: int) -> int:
+  m = max(1, min(n, m))
+  while n % m:
+    m -= 1
+  return m
 
 
 def _weight_grad(x, g, kernel, strides, padding, precision):
-  """dL/dW of an NHWC/HWIO convolution as GEMMs over the batch and output pixels."""
+  """dL/dW of an NHWC/HWIO convolution, a chunk of images at a time (module doc).
+
+  For a chunk of images, the kw horizontally shifted (and strided) views of the padded input are
+  concatenated along channels into "rows" (nc, Hp, Wo, kw*C); the kh vertically shifted views of
+  that give kh GEMMs, (nc*Ho*Wo, kw*C)^T (nc*Ho*Wo, O), one per kernel row. Done for the whole
+  batch at once, those operands are ~k times the activations and come from main memory; a chunk
+  of a few images stays in cache. Chunks are summed in a `fori_loop`.
+  """
   n, ho, wo, o = g.shape
   c = x.shape[3]
-  g2 = g.reshape(n * ho * wo, o)
+  (kh, kw), (sh, sw), (ph, pw) = kernel, strides, padding
+  rows_bytes_per_image = (x.shape[1] + ph[0] + ph[1]) * wo * kw * c * x.dtype.itemsize
+  nc = _largest_divisor_at_most(n, CHUNK_BYTES // rows_bytes_per_image)
+  q = n // nc
+  # Chunk b holds images b, b + q, b + 2q, ...: with the batch split over devices in contiguous
+  # blocks, every chunk is split the same way (no gathering under a data-parallel sharding).
+  xr = x.reshape((nc, q) + x.shape[1:])
+  gr = g.reshape((nc, q) + g.shape[1:])
   contract = (((0,), (0,)), ((), ()))
-  dot = functools.partial(
-      lax.dot_general, dimension_numbers=contract, precision=precision,
-      preferred_element_type=jnp.float32,
-  )
-  views = _shifted_inputs(x, kernel, strides, padding, (ho, wo))
-  return jnp.stack([dot(v, g2) for v in views]).reshape(kernel + (c, o))
+  zero = jnp.zeros((), x.dtype)
+
+  def chunk(b):
+    xc = lax.dynamic_index_in_dim(xr, b, 1, keepdims=False)
+    gc = lax.dynamic_index_in_dim(gr, b, 1, keepdims=False).reshape(nc * ho * wo, o)
+    xc = lax.pad(xc, zero, ((0, 0, 0), (ph[0], ph[1], 0), (pw[0], pw[1], 0), (0, 0, 0)))
+    cols = [lax.slice_in_dim(xc, j, j + (wo - 1) * sw + 1, sw, axis=2) for j in range(kw)]
+    rows = jnp.concatenate(cols, axis=3) if kw > 1 else cols[0]
+    grads = []
+    for i in range(kh):
+      lhs = lax.slice_in_dim(rows, i, i + (ho - 1) * sh + 1, sh, axis=1)
+      grads.append(
+          lax.dot_general(
+              lhs.reshape(nc * ho * wo, kw * c), gc, contract, precision=precision,
+              preferred_element_type=jnp.float32,
+          )
+      )
+    return jnp.stack(grads)
+
+  dw = chunk(0) if q == 1 else lax.fori_loop(1, q, lambda b, acc: acc + chunk(b), chunk(0))
+  return dw.reshape(kh, kw, c, o)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -151,6 +179,10 @@ def _conv_1x1_bwd(strides, precision, res, g):
 _conv_1x1.defvjp(_conv_1x1_fwd, _conv_1x1_bwd)
 
 
+def _out_size(size, k, stride, pad):
+  return (size + pad[0] + pad[1] - k) // stride + 1
+
+
 def _as_dimension_numbers(dimension_numbers, ndim):
   if dimension_numbers is None:
     return None
@@ -188,7 +220,10 @@ def conv_general_dilated(
     strides = tuple(int(s) for s in window_strides)
     if rhs.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0)):
       return _conv_1x1(lhs, rhs, strides, precision)
-    if min(rhs.shape[2:]) >= SHIFTED_GEMM_MIN_CHANNELS:
+    out_pixels = _out_size(lhs.shape[1], rhs.shape[0], strides[0], padding[0])
+    out_pixels *= _out_size(lhs.shape[2], rhs.shape[1], strides[1], padding[1])
+    taps = rhs.shape[0] * rhs.shape[1]
+    if not (out_pixels <= XLA_MAX_OUTPUT_PIXELS and taps >= XLA_MIN_KERNEL_TAPS):
       return _conv_cpu(lhs, rhs, strides, padding, precision)
   return lax.conv_general_dilated(
       lhs,
@@ -203,6 +238,79 @@ def conv_general_dilated(
       precision=precision,
       preferred_element_type=preferred_element_type,
   )
+
+
+def _pool_views(xp, window, strides, out_hw):
+  """The kh*kw strided views of the padded input, one per window offset, in row-major order."""
+  n, c = xp.shape[0], xp.shape[3]
+  for i in range(window[0]):
+    for j in range(window[1]):
+      end = (n, i + (out_hw[0] - 1) * strides[0] + 1, j + (out_hw[1] - 1) * strides[1] + 1, c)
+      yield (i, j), lax.slice(xp, (0, i, j, 0), end, (1, strides[0], strides[1], 1))
+
+
+def _pool_pad(x, padding):
+  return lax.pad(x, jnp.array(-jnp.inf, x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in padding), (0, 0, 0)))
+
+
+def _pool_out_hw(x, window, strides, padding):
+  return tuple(_out_size(x.shape[1 + d], window[d], strides[d], padding[d]) for d in range(2))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool_cpu(x, window, strides, padding):
+  if strides != (1, 1):  # XLA's reduce-window was faster here: 21 vs 39 ms, 3x3/2 at 112x112x64.
+    return nn.max_pool(x, window, strides=strides, padding=padding)
+  out_hw = _pool_out_hw(x, window, strides, padding)
+  views = [v for _, v in _pool_views(_pool_pad(x, padding), window, strides, out_hw)]
+  return functools.reduce(jnp.maximum, views)  # 15 vs 22 ms, 3x3/1 at 28x28x256.
+
+
+def _max_pool_cpu_fwd(x, window, strides, padding):
+  y = _max_pool_cpu(x, window, strides, padding)
+  return y, (x, y)
+
+
+def _max_pool_cpu_bwd(window, strides, padding, res, g):
+  """Each output's gradient goes to the first maximum of its window (row-major), as XLA's does."""
+  x, y = res
+  xp = _pool_pad(x, padding)
+  out_hw = y.shape[1:3]
+  zero = jnp.zeros((), g.dtype)
+  taken = jnp.zeros(y.shape, bool)
+  dxp = jnp.zeros(xp.shape, g.dtype)
+  for (i, j), view in _pool_views(xp, window, strides, out_hw):
+    first = (view == y) & ~taken
+    taken = taken | first
+    span = [(out_hw[d] - 1) * strides[d] + 1 for d in range(2)]
+    pads = [(i, xp.shape[1] - i - span[0], strides[0] - 1), (j, xp.shape[2] - j - span[1], strides[1] - 1)]
+    dxp = dxp + lax.pad(jnp.where(first, g, zero), zero, [(0, 0, 0), *pads, (0, 0, 0)])
+  (pt, pb), (pl, pr) = padding
+  return (dxp[:, pt : xp.shape[1] - pb, pl : xp.shape[2] - pr, :],)
+
+
+_max_pool_cpu.defvjp(_max_pool_cpu_fwd, _max_pool_cpu_bwd)
+
+
+def max_pool(
+    x: jax.Array,
+    window: Sequence[int],
+    strides: Sequence[int],
+    padding: Sequence[tuple[int, int]] | str = "VALID",
+) -> jax.Array:
+  """`flax.linen.max_pool` for NHWC inputs (-inf padding), with a fast gradient on XLA:CPU.
+
+  XLA:CPU computes a max pool's gradient through a packed-pair reduce-window and a scatter; in a
+  GoogLeNet train step that was about 40% of the time (benchmarks/RESULTS.md). On the CPU this
+  takes the maximum of the k*k shifted views instead, and sends each output's gradient to the first
+  maximum of its window, as XLA does, with elementwise ops XLA fuses. Elsewhere, `nn.max_pool`.
+  """
+  window, strides = tuple(int(w) for w in window), tuple(int(s) for s in strides)
+  if x.ndim != 4 or not cpu_conv_vjp_enabled():
+    return nn.max_pool(x, window, strides=strides, padding=padding)
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(x.shape[1:3], window, strides, padding)
+  return _max_pool_cpu(x, window, strides, tuple((int(lo), int(hi)) for lo, hi in padding))
 
 
 class Conv(nn.Conv):

@@ -34,22 +34,24 @@ def _assert_close(got, want, rtol=2e-6):
   np.testing.assert_allclose(got, want, rtol=0, atol=rtol * max(np.abs(want).max(), 1e-30))
 
 
-# The kernels, strides and symmetric k // 2 padding the models use. 1x1 convs always take the GEMM
-# path; larger kernels take the shifted-GEMM weight gradient at >= SHIFTED_GEMM_MIN_CHANNELS and
-# XLA's own below it (one case checks that fallback).
-_WIDE = ops.SHIFTED_GEMM_MIN_CHANNELS
+# The kernels, strides and symmetric k // 2 padding the models use. 1x1 convs take the GEMM path;
+# larger kernels the chunked weight gradient, except big kernels on small maps, which stay XLA's.
 CASES = [(1, s, 24, 40) for s in (1, 2)]
-CASES += [(k, s, _WIDE, _WIDE) for k in (3, 5, 7) for s in (1, 2)]
-CASES += [(3, 1, 3, 8)]
+CASES += [(k, s, 16, 24) for k in (3, 5, 7) for s in (1, 2)]
+CASES += [(3, 1, 3, 8), (3, 2, 128, 128)]
 
 
+@pytest.mark.parametrize("chunks", [1, 3])
 @pytest.mark.parametrize("kernel,stride,cin,cout", CASES)
-def test_conv_gradients_equal_xla(xla_then_custom, kernel, stride, cin, cout):
+def test_conv_gradients_equal_xla(xla_then_custom, monkeypatch, kernel, stride, cin, cout, chunks):
   rng = np.random.default_rng(kernel * 10 + stride)
-  size = 9  # Odd, so stride 2 leaves a remainder that the custom paths must handle.
-  x = jnp.asarray(rng.standard_normal((2, size, size, cin)), jnp.float32)
+  batch, size = 6, 17  # Odd size, so stride 2 leaves a remainder that the custom paths must handle.
+  x = jnp.asarray(rng.standard_normal((batch, size, size, cin)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((kernel, kernel, cin, cout)) / kernel, jnp.float32)
   pad = ((kernel // 2, kernel // 2),) * 2
+  # Chunks of batch // chunks images: one pass, or a loop over three chunks of two.
+  out = (size - 1) // stride + 1
+  monkeypatch.setattr(ops, "CHUNK_BYTES", (size + kernel - 1) * out * kernel * cin * 4 * batch // chunks)
 
   def loss_and_grads(x, w):
     def loss(x, w):
@@ -63,6 +65,26 @@ def test_conv_gradients_equal_xla(xla_then_custom, kernel, stride, cin, cout):
   _assert_close(y1, y0)
   _assert_close(dx1, dx0)
   _assert_close(dw1, dw0)
+
+
+def _takes_custom_path(x_shape, w_shape, stride):
+  jaxpr = jax.make_jaxpr(
+      lambda x, w: ops.conv_general_dilated(x, w, (stride,) * 2, "SAME", dimension_numbers=_DN)
+  )(jnp.zeros(x_shape), jnp.zeros(w_shape))
+  return "custom_vjp" in str(jaxpr)
+
+
+def test_path_choice():
+  ops.set_cpu_conv_vjp(True)
+  try:
+    assert _takes_custom_path((2, 32, 32, 16), (3, 3, 16, 16), 1)  # CIFAR ResNet.
+    assert _takes_custom_path((2, 224, 224, 3), (7, 7, 3, 64), 2)  # The stems.
+    assert _takes_custom_path((2, 14, 14, 32), (5, 5, 32, 128), 1)  # GoogLeNet 4e 5x5.
+    assert not _takes_custom_path((2, 7, 7, 32), (5, 5, 32, 128), 1)  # 5a/5b 5x5: XLA's is faster.
+    ops.set_cpu_conv_vjp(False)
+    assert not _takes_custom_path((2, 32, 32, 16), (3, 3, 16, 16), 1)
+  finally:
+    ops.set_cpu_conv_vjp(None)
 
 
 def test_same_padding_string(xla_then_custom):
@@ -124,3 +146,29 @@ def test_whole_model_gradients_equal_xla(xla_then_custom, model):
     # Whole-network gradients compound rounding through many layers: allow a little more.
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-4 * float(np.abs(a).max()) + 1e-7,
                                err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize(
+    "window,stride,padding",
+    [
+        ((3, 3), 2, ((1, 1), (1, 1))),  # The ResNet stem.
+        ((3, 3), 1, ((1, 1), (1, 1))),  # The inception modules' pool branch.
+        ((3, 3), 2, ((0, 1), (0, 1))),  # GoogLeNet's ceil-mode pools.
+        ((2, 2), 2, ((0, 1), (0, 0))),  # GoogLeNetBN's pool before 5a, uneven.
+        ((3, 3), 2, "SAME"),
+    ],
+)
+def test_max_pool_equals_xla_with_ties(xla_then_custom, window, stride, padding):
+  # After a ReLU a third of the inputs are zero, so many windows hold tied maxima: the gradient
+  # must go where XLA's goes (the first maximum in row-major order), not just to a maximum.
+  x = np.maximum(np.random.default_rng(1).standard_normal((3, 11, 10, 5)) - 0.5, 0)
+  x = jnp.asarray(x, jnp.float32)
+
+  def pool_and_grad(x):
+    pool = lambda x: ops.max_pool(x, window, (stride, stride), padding)
+    return pool(x), jax.grad(lambda x: jnp.sum(jnp.sin(3 * pool(x))))(x)
+
+  (y0, dx0), (y1, dx1) = xla_then_custom(pool_and_grad, x)
+  np.testing.assert_array_equal(y1, y0)
+  np.testing.assert_array_equal(dx1, dx0)
+  np.testing.assert_array_equal(y0, nn.max_pool(x, window, (stride, stride), padding))

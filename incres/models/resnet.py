@@ -153,7 +153,7 @@ class ResNet(nn.Module):
     if self.stem == "imagenet":
       x = conv(self.width, (7, 7), (2, 2), name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = ops.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
     elif self.stem == "cifar":
       x = conv(self.width, (3, 3), name="stem_conv")(x)
       x = norm(name="stem_bn")(x)

@@ -82,9 +82,11 @@ def local_response_norm(
   x = x.astype(jnp.float32)  # The power and the sum of squares are unstable in bf16.
   half = size // 2
   sq = jnp.pad(jnp.square(x), ((0, 0),) * (x.ndim - 1) + ((half, size - 1 - half),))
-  # A sum of shifted slices, not a reduce-window: XLA fuses it with the rest, forward and backward.
-  channels = x.shape[-1]
-  window_sum = sum(jax.lax.slice_in_dim(sq, i, i + channels, axis=-1) for i in range(size))
+  # A reduce-window, not a sum of shifted slices: XLA:CPU fused the slices' gradient with the power
+  # and recomputed it per slice (GoogLeNet train step 9.6 vs 11.7 img/s on 2 cores).
+  window_sum = jax.lax.reduce_window(
+      sq, 0.0, jax.lax.add, (1,) * (x.ndim - 1) + (size,), (1,) * x.ndim, "VALID"
+  )
   return (x / (k + alpha / size * window_sum) ** beta).astype(dtype)
 
 

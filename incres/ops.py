@@ -35,6 +35,12 @@ from jax import lax
 # On two AVX2/AVX-512 cores 0.5-4 MB all ran within 15% of each other (benchmarks/RESULTS.md).
 CHUNK_BYTES = 3_000_000
 
+# The output-gradient-shifting form of `_weight_grad` computes Hp/Ho times the FLOPs. For 3x3 convs
+# this bound admits 8x8 maps (10/8) and larger, not 7x7 (9/7), where the extra FLOPs outweighed the
+# copies saved (~200 vs ~250 GFLOP/s at 512 channels). Whole train steps, 2 cores: CifarResNet20
+# 273 -> 311 img/s, ResNet50 +2%.
+SHIFT_G_MAX_ROWS_RATIO = 1.27
+
 # XLA's own weight gradient stays faster for large kernels on small maps (GoogLeNet's 5x5 branches
 # at 7x7: ~250 vs ~175 GFLOP/s), where the whole batch fits one chunk and XLA's kernel does better.
 XLA_MAX_OUTPUT_PIXELS, XLA_MIN_KERNEL_TAPS = 64, 25
@@ -77,17 +83,23 @@ def _weight_grad(x, g, kernel, strides, padding, precision):
   """dL/dW of an NHWC/HWIO convolution, a chunk of images at a time (module doc).
 
   For a chunk of images, the kw horizontally shifted (and strided) views of the padded input are
-  concatenated along channels into "rows" (nc, Hp, Wo, kw*C); the kh vertically shifted views of
-  that give kh GEMMs, (nc*Ho*Wo, kw*C)^T (nc*Ho*Wo, O), one per kernel row. Done for the whole
-  batch at once, those operands are ~k times the activations and come from main memory; a chunk
-  of a few images stays in cache. Chunks are summed in a `fori_loop`.
+  concatenated along channels into "rows" (nc, Hp, Wo, kw*C). Then either
+  - the kh vertically shifted (strided) views of the rows give kh GEMMs, (nc*Ho*Wo, kw*C)^T
+    (nc*Ho*Wo, O), one per kernel row; or, for stride-1 convolutions whose output gradient is the
+    smaller operand (O <= kw*C),
+  - the output gradient, placed at the kh vertical offsets within Hp zero rows and concatenated
+    along channels, (nc, Hp, Wo, kh*O), gives one GEMM with the rows: no copy of the larger
+    operand, one larger GEMM, at the cost of Hp/Ho times the FLOPs.
+  Done for the whole batch at once, those operands are ~k times the activations and come from main
+  memory; a chunk of a few images stays in cache. Chunks are summed in a `fori_loop`.
   """
   n, ho, wo, o = g.shape
   c = x.shape[3]
   (kh, kw), (sh, sw), (ph, pw) = kernel, strides, padding
-  rows_bytes_per_image = (x.shape[1] + ph[0] + ph[1]) * wo * kw * c * x.dtype.itemsize
-  nc = _largest_divisor_at_most(n, CHUNK_BYTES // rows_bytes_per_image)
+  hp = x.shape[1] + ph[0] + ph[1]
+  nc = _largest_divisor_at_most(n, CHUNK_BYTES // (hp * wo * kw * c * x.dtype.itemsize))
   q = n // nc
+  shift_g = sh == 1 and o <= kw * c and hp <= SHIFT_G_MAX_ROWS_RATIO * ho
   # Chunk b holds images b, b + q, b + 2q, ...: with the batch split over devices in contiguous
   # blocks, every chunk is split the same way (no gathering under a data-parallel sharding).
   xr = x.reshape((nc, q) + x.shape[1:])
@@ -95,24 +107,31 @@ def _weight_grad(x, g, kernel, strides, padding, precision):
   contract = (((0,), (0,)), ((), ()))
   zero = jnp.zeros((), x.dtype)
 
+  def gemm(a, b):
+    return lax.dot_general(
+        a, b, contract, precision=precision, preferred_element_type=jnp.float32
+    )
+
   def chunk(b):
     xc = lax.dynamic_index_in_dim(xr, b, 1, keepdims=False)
-    gc = lax.dynamic_index_in_dim(gr, b, 1, keepdims=False).reshape(nc * ho * wo, o)
+    gc = lax.dynamic_index_in_dim(gr, b, 1, keepdims=False)
     xc = lax.pad(xc, zero, ((0, 0, 0), (ph[0], ph[1], 0), (pw[0], pw[1], 0), (0, 0, 0)))
     cols = [lax.slice_in_dim(xc, j, j + (wo - 1) * sw + 1, sw, axis=2) for j in range(kw)]
     rows = jnp.concatenate(cols, axis=3) if kw > 1 else cols[0]
+    if shift_g:  # (kw*C, kh*O)
+      gs = [lax.pad(gc, zero, ((0, 0, 0), (i, hp - i - ho, 0), (0, 0, 0), (0, 0, 0))) for i in range(kh)]
+      gs = jnp.concatenate(gs, axis=3) if kh > 1 else gs[0]
+      return gemm(rows.reshape(nc * hp * wo, kw * c), gs.reshape(nc * hp * wo, kh * o))
+    gc = gc.reshape(nc * ho * wo, o)
     grads = []
-    for i in range(kh):
+    for i in range(kh):  # (kh, kw*C, O)
       lhs = lax.slice_in_dim(rows, i, i + (ho - 1) * sh + 1, sh, axis=1)
-      grads.append(
-          lax.dot_general(
-              lhs.reshape(nc * ho * wo, kw * c), gc, contract, precision=precision,
-              preferred_element_type=jnp.float32,
-          )
-      )
+      grads.append(gemm(lhs.reshape(nc * ho * wo, kw * c), gc))
     return jnp.stack(grads)
 
   dw = chunk(0) if q == 1 else lax.fori_loop(1, q, lambda b, acc: acc + chunk(b), chunk(0))
+  if shift_g:
+    return dw.reshape(kw, c, kh, o).transpose(2, 0, 1, 3)
   return dw.reshape(kh, kw, c, o)
 
 

@@ -41,9 +41,12 @@ CASES += [(k, s, 16, 24) for k in (3, 5, 7) for s in (1, 2)]
 CASES += [(3, 1, 3, 8), (3, 2, 128, 128)]
 
 
+@pytest.mark.parametrize("shift_g", [False, True])
 @pytest.mark.parametrize("chunks", [1, 3])
 @pytest.mark.parametrize("kernel,stride,cin,cout", CASES)
-def test_conv_gradients_equal_xla(xla_then_custom, monkeypatch, kernel, stride, cin, cout, chunks):
+def test_conv_gradients_equal_xla(
+    xla_then_custom, monkeypatch, kernel, stride, cin, cout, chunks, shift_g
+):
   rng = np.random.default_rng(kernel * 10 + stride)
   batch, size = 6, 17  # Odd size, so stride 2 leaves a remainder that the custom paths must handle.
   x = jnp.asarray(rng.standard_normal((batch, size, size, cin)), jnp.float32)
@@ -52,6 +55,8 @@ def test_conv_gradients_equal_xla(xla_then_custom, monkeypatch, kernel, stride, 
   # Chunks of batch // chunks images: one pass, or a loop over three chunks of two.
   out = (size - 1) // stride + 1
   monkeypatch.setattr(ops, "CHUNK_BYTES", (size + kernel - 1) * out * kernel * cin * 4 * batch // chunks)
+  # Both forms of the weight gradient (ops._weight_grad); the shifted-gradient one takes stride 1.
+  monkeypatch.setattr(ops, "SHIFT_G_MAX_ROWS_RATIO", 10.0 if shift_g else 0.0)
 
   def loss_and_grads(x, w):
     def loss(x, w):

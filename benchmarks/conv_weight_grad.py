@@ -78,8 +78,8 @@ def measure(shape, steps: int = 7) -> dict:
       "xla": lambda: fns["xla"](x, g).block_until_ready(),
       "incres": lambda: fns["incres"](x, g).block_until_ready(),
   }
-  tx = torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-  tg = torch.from_numpy(np.asarray(g)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+  tx = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+  tg = torch.from_numpy(np.array(g)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
   wshape = (cout, cin, k, k)
   calls["torch"] = lambda: torch.nn.grad.conv2d_weight(tx, wshape, tg, stride=s, padding=k // 2)
   times: dict[str, list[float]] = {name: [] for name in calls}

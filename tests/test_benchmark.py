@@ -26,3 +26,26 @@ def test_throughput_json_vs_torch(capsys):
   assert result["train_ratio_vs_torch"] > 0
   # The twin is the same network: same number of parameters.
   assert result["params"] == result["torch_params"] == 269_722
+
+
+def test_profile_step_attributes_time_to_xla_ops(capsys):
+  import profile_step  # noqa: E402  (benchmarks/ is not a package)
+
+  profile_step.main(["--model=CifarResNet20", "--batch=2", "--steps=1", "--warmup=0"])
+  out = capsys.readouterr().out
+  header, *lines = out.splitlines()
+  assert header.startswith("CifarResNet20, batch 2, 1 steps") and "ms of op time per step" in header
+  shares = [float(line.split("%")[0]) for line in lines[: lines.index("slowest ops:")]]
+  assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.05
+  assert any("convolution" in line or "ynn_fusion" in line for line in lines)
+
+
+def test_conv_weight_grad_table(capsys):
+  pytest.importorskip("torch")
+  import conv_weight_grad  # noqa: E402  (asserts incres' gradient equals XLA's before timing)
+
+  conv_weight_grad.main(["--shape=4,8,16,16,3,1", "--shape=4,9,3,8,7,2", "--steps=1"])
+  rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| 4,")]
+  assert [r.split("|")[1].strip() for r in rows] == ["4, 8, 16->16, 3x3/1", "4, 9, 3->8, 7x7/2"]
+  for row in rows:
+    assert all(float(v) > 0 for v in row.strip("|").split("|")[1:])

@@ -93,6 +93,10 @@ def measure(shape, steps: int = 7) -> dict:
   return {name: flops / statistics.median(t) / 1e9 for name, t in times.items()}
 
 
+def _fmt(gflops: float) -> str:
+  return f"{gflops:.0f}" if gflops >= 10 else f"{gflops:.2g}"
+
+
 def main(argv: list[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--shape", action="append", help="batch,size,cin,cout,kernel,stride (repeatable)")
@@ -105,8 +109,8 @@ def main(argv: list[str] | None = None) -> None:
   for shape in shapes:
     r = measure(shape, args.steps)
     n, size, cin, cout, k, s = shape
-    print(f"| {n}, {size}, {cin}->{cout}, {k}x{k}/{s} | {r['xla_forward']:.0f} | {r['xla']:.0f} | "
-          f"{r['incres']:.0f} | {r['torch']:.0f} | {r['incres'] / r['xla']:.2f} | "
+    gflops = " | ".join(_fmt(r[k]) for k in ("xla_forward", "xla", "incres", "torch"))
+    print(f"| {n}, {size}, {cin}->{cout}, {k}x{k}/{s} | {gflops} | {r['incres'] / r['xla']:.2f} | "
           f"{r['incres'] / r['torch']:.2f} |", flush=True)
 
 

@@ -19,14 +19,12 @@ import re
 import sys
 import tempfile
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 
 import throughput  # noqa: E402
-from incres import models, ops  # noqa: E402
+from incres import ops  # noqa: E402
 
 
 def _op_events(trace_dir: str) -> list[dict]:
@@ -43,12 +41,7 @@ def main(argv: list[str] | None = None) -> None:
   args.skip_infer = True
   if args.no_cpu_conv_vjp:
     ops.set_cpu_conv_vjp(False)
-  size = args.image_size or models.MODELS[args.model]
-  args.num_classes = args.num_classes or (10 if size <= 64 else 1000)
-  rng = np.random.default_rng(0)
-  images = rng.standard_normal((args.batch, size, size, 3), np.float32)
-  labels = rng.integers(0, args.num_classes, args.batch).astype(np.int32)
-  _, steps = throughput.setup_jax(args, images, labels)
+  _, steps = throughput.setup_jax(args, *throughput.synthetic_batch(args))
   step, _ = steps["train"]
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):

@@ -236,6 +236,15 @@ def setup_torch(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray
   return out, steps
 
 
+def synthetic_batch(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+  """A fixed random batch at the model's size; fills in `args.num_classes` if unset."""
+  size = args.image_size or models.MODELS[args.model]
+  args.num_classes = args.num_classes or (10 if size <= 64 else 1000)
+  rng = np.random.default_rng(0)
+  images = rng.standard_normal((args.batch, size, size, 3), np.float32)
+  return images, rng.integers(0, args.num_classes, args.batch).astype(np.int32)
+
+
 def run(args: argparse.Namespace) -> dict:
   """The whole benchmark; returns the result dict printed by `main`."""
   if args.cache_dir:
@@ -244,11 +253,8 @@ def run(args: argparse.Namespace) -> dict:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
   if args.no_cpu_conv_vjp:
     ops.set_cpu_conv_vjp(False)
-  size = args.image_size or models.MODELS[args.model]
-  args.num_classes = args.num_classes or (10 if size <= 64 else 1000)
-  rng = np.random.default_rng(0)
-  images = rng.standard_normal((args.batch, size, size, 3), np.float32)
-  labels = rng.integers(0, args.num_classes, args.batch).astype(np.int32)
+  images, labels = synthetic_batch(args)
+  size = images.shape[1]
 
   dev = jax.devices()[0]
   result: dict[str, Any] = {

@@ -12,8 +12,9 @@ in the same run. Each step's batch is copied from host memory, as an input pipel
 
 `--vs_torch` also runs the torch twin of the same architecture (benchmarks/torch_twins.py) in the
 same process, its timed steps alternating with JAX's so that both see the same load, and prints
-JAX/torch ratios: on a shared machine only ratios measured side by side mean anything. `--no_cpu_conv_vjp` measures XLA's own convolution gradients
-(incres.ops documents the custom one). `--cache_dir` turns on JAX's persistent compilation cache:
+JAX/torch ratios: on a shared machine only ratios measured side by side mean anything.
+`--no_cpu_conv_vjp` measures XLA's own convolution and max-pool gradients (incres.ops documents
+the custom ones). `--cache_dir` turns on JAX's persistent compilation cache:
 run twice to measure a second launch's compile time.
 """
 

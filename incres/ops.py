@@ -72,6 +72,35 @@ def _lax_conv(x, w, strides, padding, precision):
   )
 
 
+def _out_hw(x, window, strides, padding):
+  """The output height and width of a window sliding over NHWC `x`."""
+  return tuple(
+      (x.shape[1 + d] + padding[d][0] + padding[d][1] - window[d]) // strides[d] + 1
+      for d in range(2)
+  )
+
+
+def _pad_hw(x, value, padding, interior=(0, 0)):
+  """Pads the two spatial axes of NHWC `x` with `value` (and `interior` values between rows/cols)."""
+  (top, bottom), (left, right) = padding
+  config = ((0, 0, 0), (top, bottom, interior[0]), (left, right, interior[1]), (0, 0, 0))
+  return lax.pad(x, jnp.array(value, x.dtype), config)
+
+
+def _hw_view(x, offset, strides, out_hw):
+  """The out_hw positions of NHWC `x` that one window offset meets: x[:, i::sh, j::sw, :], cut."""
+  n, c = x.shape[0], x.shape[3]
+  end = [offset[d] + (out_hw[d] - 1) * strides[d] + 1 for d in range(2)]
+  return lax.slice(x, (0, *offset, 0), (n, *end, c), (1, *strides, 1))
+
+
+def _hw_place(y, offset, strides, hw):
+  """The transpose of `_hw_view`: `y` at those positions of an (N, *hw, C) array of zeros."""
+  span = [(y.shape[1 + d] - 1) * strides[d] + 1 for d in range(2)]
+  padding = [(offset[d], hw[d] - offset[d] - span[d]) for d in range(2)]
+  return _pad_hw(y, 0, padding, (strides[0] - 1, strides[1] - 1))
+
+
 def _largest_divisor_at_most(n: int, m: int) -> int:
   m = max(1, min(n, m))
   while n % m:
@@ -105,7 +134,6 @@ def _weight_grad(x, g, kernel, strides, padding, precision):
   xr = x.reshape((nc, q) + x.shape[1:])
   gr = g.reshape((nc, q) + g.shape[1:])
   contract = (((0,), (0,)), ((), ()))
-  zero = jnp.zeros((), x.dtype)
 
   def gemm(a, b):
     return lax.dot_general(
@@ -115,11 +143,11 @@ def _weight_grad(x, g, kernel, strides, padding, precision):
   def chunk(b):
     xc = lax.dynamic_index_in_dim(xr, b, 1, keepdims=False)
     gc = lax.dynamic_index_in_dim(gr, b, 1, keepdims=False)
-    xc = lax.pad(xc, zero, ((0, 0, 0), (ph[0], ph[1], 0), (pw[0], pw[1], 0), (0, 0, 0)))
+    xc = _pad_hw(xc, 0, padding)
     cols = [lax.slice_in_dim(xc, j, j + (wo - 1) * sw + 1, sw, axis=2) for j in range(kw)]
     rows = jnp.concatenate(cols, axis=3) if kw > 1 else cols[0]
     if shift_g:  # (kw*C, kh*O)
-      gs = [lax.pad(gc, zero, ((0, 0, 0), (i, hp - i - ho, 0), (0, 0, 0), (0, 0, 0))) for i in range(kh)]
+      gs = [_pad_hw(gc, 0, ((i, hp - i - ho), (0, 0))) for i in range(kh)]
       gs = jnp.concatenate(gs, axis=3) if kh > 1 else gs[0]
       return gemm(rows.reshape(nc * hp * wo, kw * c), gs.reshape(nc * hp * wo, kh * o))
     gc = gc.reshape(nc * ho * wo, o)
@@ -188,18 +216,11 @@ def _conv_1x1_bwd(strides, precision, res, g):
   )
   dx = lax.dot_general(g, w[0, 0], (((3,), (1,)), ((), ())), precision=precision)
   if strides != (1, 1):  # Scatter back to the strided positions; rows/cols never read get zeros.
-    h, wd = x.shape[1:3]
-    pads = [(0, h - ((ho - 1) * strides[0] + 1), strides[0] - 1)]
-    pads.append((0, wd - ((wo - 1) * strides[1] + 1), strides[1] - 1))
-    dx = lax.pad(dx, jnp.zeros((), dx.dtype), [(0, 0, 0), *pads, (0, 0, 0)])
+    dx = _hw_place(dx, (0, 0), strides, x.shape[1:3])
   return dx.astype(x.dtype), dw.astype(w.dtype)[None, None]
 
 
 _conv_1x1.defvjp(_conv_1x1_fwd, _conv_1x1_bwd)
-
-
-def _out_size(size, k, stride, pad):
-  return (size + pad[0] + pad[1] - k) // stride + 1
 
 
 def _as_dimension_numbers(dimension_numbers, ndim):
@@ -239,8 +260,8 @@ def conv_general_dilated(
     strides = tuple(int(s) for s in window_strides)
     if rhs.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0)):
       return _conv_1x1(lhs, rhs, strides, precision)
-    out_pixels = _out_size(lhs.shape[1], rhs.shape[0], strides[0], padding[0])
-    out_pixels *= _out_size(lhs.shape[2], rhs.shape[1], strides[1], padding[1])
+    out_h, out_w = _out_hw(lhs, rhs.shape[:2], strides, padding)
+    out_pixels = out_h * out_w
     taps = rhs.shape[0] * rhs.shape[1]
     if not (out_pixels <= XLA_MAX_OUTPUT_PIXELS and taps >= XLA_MIN_KERNEL_TAPS):
       return _conv_cpu(lhs, rhs, strides, padding, precision)
@@ -261,27 +282,17 @@ def conv_general_dilated(
 
 def _pool_views(xp, window, strides, out_hw):
   """The kh*kw strided views of the padded input, one per window offset, in row-major order."""
-  n, c = xp.shape[0], xp.shape[3]
   for i in range(window[0]):
     for j in range(window[1]):
-      end = (n, i + (out_hw[0] - 1) * strides[0] + 1, j + (out_hw[1] - 1) * strides[1] + 1, c)
-      yield (i, j), lax.slice(xp, (0, i, j, 0), end, (1, strides[0], strides[1], 1))
-
-
-def _pool_pad(x, padding):
-  return lax.pad(x, jnp.array(-jnp.inf, x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in padding), (0, 0, 0)))
-
-
-def _pool_out_hw(x, window, strides, padding):
-  return tuple(_out_size(x.shape[1 + d], window[d], strides[d], padding[d]) for d in range(2))
+      yield (i, j), _hw_view(xp, (i, j), strides, out_hw)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool_cpu(x, window, strides, padding):
   if strides != (1, 1):  # XLA's reduce-window was faster here: 21 vs 39 ms, 3x3/2 at 112x112x64.
     return nn.max_pool(x, window, strides=strides, padding=padding)
-  out_hw = _pool_out_hw(x, window, strides, padding)
-  views = [v for _, v in _pool_views(_pool_pad(x, padding), window, strides, out_hw)]
+  out_hw = _out_hw(x, window, strides, padding)
+  views = [v for _, v in _pool_views(_pad_hw(x, -jnp.inf, padding), window, strides, out_hw)]
   return functools.reduce(jnp.maximum, views)  # 15 vs 22 ms, 3x3/1 at 28x28x256.
 
 
@@ -293,7 +304,7 @@ def _max_pool_cpu_fwd(x, window, strides, padding):
 def _max_pool_cpu_bwd(window, strides, padding, res, g):
   """Each output's gradient goes to the first maximum of its window (row-major), as XLA's does."""
   x, y = res
-  xp = _pool_pad(x, padding)
+  xp = _pad_hw(x, -jnp.inf, padding)
   out_hw = y.shape[1:3]
   views = list(_pool_views(xp, window, strides, out_hw))
   # The window offset of each output's first maximum. (XLA fuses this into the scatter below and
@@ -301,12 +312,9 @@ def _max_pool_cpu_bwd(window, strides, padding, res, g):
   first = jnp.full(y.shape, len(views), jnp.int32)
   for k in reversed(range(len(views))):
     first = jnp.where(views[k][1] == y, k, first)
-  zero = jnp.zeros((), g.dtype)
-  span = [(out_hw[d] - 1) * strides[d] + 1 for d in range(2)]
   dxp = None
-  for k, ((i, j), _) in enumerate(views):
-    pads = [(i, xp.shape[1] - i - span[0], strides[0] - 1), (j, xp.shape[2] - j - span[1], strides[1] - 1)]
-    term = lax.pad(jnp.where(first == k, g, zero), zero, [(0, 0, 0), *pads, (0, 0, 0)])
+  for k, (offset, _) in enumerate(views):
+    term = _hw_place(jnp.where(first == k, g, 0), offset, strides, xp.shape[1:3])
     dxp = term if dxp is None else dxp + term
   (pt, pb), (pl, pr) = padding
   return (dxp[:, pt : xp.shape[1] - pb, pl : xp.shape[2] - pr, :],)

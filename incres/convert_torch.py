@@ -105,6 +105,67 @@ def _googlenet_module(parts: list[str]) -> tuple[str, ...]:
   raise ConversionError(f"Unexpected GoogLeNet tensor prefix {'.'.join(parts)!r}.")
 
 
+# torch tensor name -> (incres collection, variable name). A "weight" is a conv or dense "kernel"
+# (rank 4 or 2) or a BatchNorm "scale" (rank 1); BatchNorm's "num_batches_tracked" has no twin.
+_LEAVES = {
+    "bias": ("params", "bias"),
+    "running_mean": ("batch_stats", "mean"),
+    "running_var": ("batch_stats", "var"),
+}
+
+
+def incres_variable(key: str, name: str, ndim: int) -> tuple[str, tuple[str, ...]] | None:
+  """torchvision `name`'s tensor `key` (of rank `ndim`) -> (collection, path) of its incres twin.
+
+  None for tensors without one (`num_batches_tracked`). `incres.export` walks the same mapping
+  backwards, so this is the one place that pairs torchvision's names with ours.
+  """
+  if name not in TORCHVISION_MODELS:
+    raise ConversionError(
+        f"Unknown torchvision model {name!r}; supported: {', '.join(TORCHVISION_MODELS)}."
+    )
+  *prefix, leaf = key.split(".")
+  if leaf == "num_batches_tracked":
+    return None
+  path = (_googlenet_module if name == "googlenet" else _resnet_module)(prefix)
+  if leaf == "weight":
+    return "params", (*path, "kernel" if ndim in (2, 4) else "scale")
+  if leaf in _LEAVES:
+    collection, variable = _LEAVES[leaf]
+    return collection, (*path, variable)
+  raise ConversionError(f"Unexpected tensor {key!r}.")
+
+
+def _is_aux_fc1(path: tuple[str, ...]) -> bool:
+  # torch flattens GoogLeNet's 128x4x4 aux map as (C, H, W) before fc1; ours flattens (H, W, C).
+  return path[0].startswith("aux_") and path[-2:] == ("fc1", "kernel")
+
+
+def to_incres_layout(value: np.ndarray, path: tuple[str, ...]) -> np.ndarray:
+  """A torch tensor in our layout: OIHW -> HWIO convs, (out, in) -> (in, out) dense kernels."""
+  if value.ndim == 4:
+    return value.transpose(2, 3, 1, 0)
+  if value.ndim == 2:
+    if _is_aux_fc1(path):
+      value = value.reshape(value.shape[0], 128, 4, 4).transpose(0, 2, 3, 1)
+      value = value.reshape(value.shape[0], -1)
+    return value.T
+  return value
+
+
+def to_torch_layout(value: np.ndarray, path: tuple[str, ...]) -> np.ndarray:
+  """The inverse of `to_incres_layout`: our array in torch's layout."""
+  if value.ndim == 4:
+    return value.transpose(3, 2, 0, 1)
+  if value.ndim == 2:
+    value = value.T
+    if _is_aux_fc1(path):
+      value = value.reshape(value.shape[0], 4, 4, 128).transpose(0, 3, 1, 2)
+      value = value.reshape(value.shape[0], -1)
+    return value
+  return value
+
+
 def convert(
     state_dict: Mapping[str, Any], name: str, *, transform_input: bool | None = None, dtype=None
 ):
@@ -127,36 +188,15 @@ def convert(
   else:
     kwargs["stride_in_1x1"] = False  # torchvision's v1.5.
   model = models.get_model(TORCHVISION_MODELS[name], **kwargs)
-  module_path = _googlenet_module if is_googlenet else _resnet_module
 
-  params: dict = {}
-  stats: dict = {}
+  variables: dict = {"params": {}, "batch_stats": {}}
   for key, tensor in state_dict.items():
-    *prefix, leaf = key.split(".")
-    if leaf == "num_batches_tracked":
-      continue
-    path = module_path(prefix)
     value = _np(tensor)
-    if leaf == "weight" and value.ndim == 4:  # OIHW -> HWIO
-      _set(params, (*path, "kernel"), value.transpose(2, 3, 1, 0))
-    elif leaf == "weight" and value.ndim == 2:  # (out, in) -> (in, out)
-      if is_googlenet and path[-1] == "fc1" and path[0].startswith("aux"):
-        # torch flattens the 128x4x4 aux map as (C, H, W); ours flattens (H, W, C).
-        value = value.reshape(value.shape[0], 128, 4, 4).transpose(0, 2, 3, 1)
-        value = value.reshape(value.shape[0], -1)
-      _set(params, (*path, "kernel"), value.T)
-    elif leaf == "weight":  # BatchNorm
-      _set(params, (*path, "scale"), value)
-    elif leaf == "bias":
-      _set(params, (*path, "bias"), value)
-    elif leaf == "running_mean":
-      _set(stats, (*path, "mean"), value)
-    elif leaf == "running_var":
-      _set(stats, (*path, "var"), value)
-    else:
-      raise ConversionError(f"Unexpected tensor {key!r}.")
+    where = incres_variable(key, name, value.ndim)
+    if where is not None:
+      collection, path = where
+      _set(variables[collection], path, to_incres_layout(value, path))
 
-  variables = {"params": params, "batch_stats": stats}
   _check_structure(model, variables, name)
   return model, jax.tree.map(jax.numpy.asarray, variables)
 

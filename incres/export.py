@@ -232,7 +232,7 @@ def torch_state_dict(config, variables) -> tuple[collections.OrderedDict, str]:
           f"{collection}/{'/'.join(path)} has shape {value.shape} in torch's layout; torchvision's"
           f" {key} has {tuple(ref.shape)}."
       )
-    state_dict[key] = torch.from_numpy(np.ascontiguousarray(value))
+    state_dict[key] = torch.from_numpy(np.array(value, np.float32))  # A writable copy.
   if flat:
     raise ExportError(
         f"torchvision's {name} has no tensor for {len(flat)} of the run's variables (first:"

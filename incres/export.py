@@ -337,9 +337,6 @@ def export(
     platforms: Sequence[str] = DEFAULT_PLATFORMS,
 ) -> dict[str, Any]:
   """Exports a run; returns what `<out>/export.json` holds. Raises ExportError for user errors."""
-  import incres  # pylint: disable=g-import-not-at-top
-  from incres import finetune  # pylint: disable=g-import-not-at-top
-
   formats = _parse_formats(formats)
   out = _check_out(out)
   bad = [p for p in platforms if p not in PLATFORMS]
@@ -349,8 +346,11 @@ def export(
     )
   if "torch" in formats:
     _torch_modules()  # Before TensorFlow: torch's triton must be imported first (see conftest).
-  from incres import checkpoint as ckpt  # pylint: disable=g-import-not-at-top
-  from incres import predict  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import incres
+  from incres import checkpoint as ckpt
+  from incres import finetune, predict
+  # pylint: enable=g-import-not-at-top
 
   try:
     workdir, step = finetune.resolve_source(checkpoint)
@@ -361,18 +361,28 @@ def export(
     config = ckpt.load_config(workdir, step)
   except FileNotFoundError as e:
     raise ExportError(f"{e} Point --checkpoint at an existing step.") from e
+  except Exception as e:  # pylint: disable=broad-except  (orbax's errors for unreadable files)
+    raise ExportError(_unreadable(workdir, step, e)) from e
   if "torch" in formats:
     torchvision_twin(config)  # Refuse before the slow work.
   average = _pick_average(config, averaged)
   norm = normalization(config)
-  config, model, variables = ckpt.load_variables(workdir, step, averaged=average)
+  try:
+    config, model, variables = ckpt.load_variables(workdir, step, averaged=average)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ExportError(_unreadable(workdir, step, e)) from e
   size = int(config.image_size)
   fn = logits_fn(model, norm)
 
   info: dict[str, Any] = {
       "incres_version": incres.__version__,
-      "source": {"workdir": workdir, "step": step, "model": config.model,
-                 "model_kwargs": config.model_kwargs.to_dict(), "dataset": config.dataset},
+      "source": {
+          "workdir": workdir,
+          "step": step,
+          "model": config.model,
+          "model_kwargs": config.model_kwargs.to_dict(),
+          "dataset": config.dataset,
+      },
       "parameters": average or "raw",
       "input": {
           "name": "images",
@@ -431,6 +441,15 @@ def export(
   return info
 
 
+def _unreadable(workdir: str, step: int, error: Exception) -> str:
+  return (
+      f"Could not read checkpoint {step} of {workdir} ({type(error).__name__}:"
+      f" {' '.join(str(error).split())}): it is"
+      " damaged or was not written by incres. Nothing was written; export another step"
+      " (--checkpoint=<workdir>/checkpoints/<step>) or another run."
+  )
+
+
 def _averaged_flag(text: str) -> bool | str:
   value = {"true": True, "false": False}.get(text.lower(), text.lower())
   if value not in (True, False, "ema", "polyak"):
@@ -444,7 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       description="Write a trained run as StableHLO, a TensorFlow SavedModel and/or a torchvision"
       " state_dict (see the module docstring for what the exported functions take).",
   )
-  parser.add_argument("--checkpoint", required=True, help="A workdir or <workdir>/checkpoints/<step>.")
+  parser.add_argument(
+      "--checkpoint", required=True, help="A workdir or <workdir>/checkpoints/<step>."
+  )
   parser.add_argument("--out", required=True, help="A new (or empty) directory to write.")
   parser.add_argument(
       "--format", default=",".join(DEFAULT_FORMATS), help=f"Comma-separated: {', '.join(FORMATS)}."
@@ -453,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       "--averaged",
       type=_averaged_flag,
       default=None,
-      help="Parameters: the run's average when it kept one (default), false (raw), true, ema, polyak.",
+      help="The run's average when it kept one (default), false (raw), true, ema or polyak.",
   )
   parser.add_argument(
       "--platforms",

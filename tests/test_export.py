@@ -1,9 +1,10 @@
-"""Exports reload and give the run's logits: StableHLO, SavedModel, torchvision state_dict; the CLI."""
+"""Exports reload and give the run's logits (StableHLO, SavedModel, torchvision); the CLI."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -175,7 +176,9 @@ def test_torchvision_resnet18_round_trip_is_exact(tmp_path, capsys):
 @pytest.mark.parametrize("transform_input", [False, True])
 def test_torchvision_googlenet_state_dict_round_trip_is_exact(transform_input):
   tv = _torchvision_model("googlenet", aux_logits=True, init_weights=False)
-  _, variables = convert_torch.convert(tv.state_dict(), "googlenet", transform_input=transform_input)
+  _, variables = convert_torch.convert(
+      tv.state_dict(), "googlenet", transform_input=transform_input
+  )
   config = convert_torch.import_config("googlenet", 10, transform_input=transform_input)
   state_dict, constructor = export.torch_state_dict(config, variables)
   _assert_same_state_dict(state_dict, tv.state_dict())
@@ -223,7 +226,16 @@ def test_cli_user_errors(run, tmp_path, capsys):
   out.mkdir()
   (out / "keep.txt").write_text("mine")
   _fails(capsys, [f"--checkpoint={run}", f"--out={out}"], "never overwrites")
-  assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+  assert [p.name for p in out.iterdir()] == ["keep.txt"]
+  assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_damaged_checkpoint_is_a_user_error(run, tmp_path, capsys):
+  damaged = tmp_path / "damaged"
+  shutil.copytree(run, damaged)
+  shutil.rmtree(damaged / "checkpoints" / "3" / "state")
+  _fails(capsys, [f"--checkpoint={damaged}", f"--out={tmp_path / 'out'}"], "it is damaged")
+  assert not (tmp_path / "out").exists()
 
 
 def test_cli_error_from_the_command_line_has_no_traceback(tmp_path):

@@ -76,13 +76,14 @@ def _assert_close(got, expected):
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory) -> str:
   out = str(tmp_path_factory.mktemp("exports") / "both")
-  export.export(run, out, "stablehlo,saved_model", platforms=("cpu",))
+  export.export(run, out, "stablehlo,saved_model")  # Lowered for CPU, CUDA and TPU.
   return out
 
 
 def test_stablehlo_reloads_and_takes_any_batch_size(run, exported):
   with open(os.path.join(exported, "model.stablehlo"), "rb") as f:
     fn = jax.export.deserialize(bytearray(f.read()))
+  assert fn.platforms == ("cpu", "cuda", "tpu")
   for batch in (1, 5):
     images = _images(batch, seed=batch)
     got = fn.call(images.astype(np.float32) / 255.0)
@@ -150,6 +151,7 @@ def _assert_same_state_dict(got, expected):
     assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
 
 
+@pytest.mark.slow  # ~15 s of CPU: a ResNet-18 checkpoint written, read and run.
 def test_torchvision_resnet18_round_trip_is_exact(tmp_path, capsys):
   tv = _torchvision_model("resnet18")
   _, variables = convert_torch.convert(tv.state_dict(), "resnet18")

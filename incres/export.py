@@ -107,7 +107,7 @@ def normalization(config) -> Normalization:
     raise ExportError(
         f"The run normalises its inputs by the per-pixel mean of {config.dataset!r}'s"
         f" {config.train_split!r} split, which could not be computed here ({type(e).__name__}:"
-        f" {e}). Export on a machine where that dataset is prepared (config.data_dir"
+        f" {' '.join(str(e).split())}). Export on a machine where that dataset is prepared (config.data_dir"
         f" {config.data_dir!r})."
     ) from e
   return Normalization(mode, mean, std)
@@ -115,7 +115,11 @@ def normalization(config) -> Normalization:
 
 def _pick_average(config, averaged: bool | str | None) -> bool | str:
   """What `load_variables(averaged=...)` gets: the run's kept average, or False (raw)."""
-  kept = [k for k, on in (("ema", config.get("ema_decay")), ("polyak", config.get("polyak"))) if on]
+  kept = [
+      k
+      for k, on in (("ema", config.get("ema_decay") is not None), ("polyak", config.get("polyak")))
+      if on
+  ]
   if averaged is None:
     return kept[0] if kept else False
   if averaged is False:

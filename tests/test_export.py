@@ -120,6 +120,18 @@ def test_sidecar_describes_the_input(run, exported):
   )
 
 
+@pytest.mark.parametrize("mode", ["channel_mean", "mean_std", "none"])
+def test_normalization_is_the_eval_pipelines(mode):
+  config = _tiny_config()
+  config.normalize = mode
+  image = _images(1)[0]
+  norm = export.normalization(config)
+  assert norm.mode == mode
+  np.testing.assert_allclose(
+      norm(image / 255.0), data.preprocess_for_eval(image, config), rtol=0, atol=1e-6
+  )
+
+
 def test_averaged_false_exports_the_raw_parameters(run, tmp_path):
   out = tmp_path / "raw"
   info = export.export(run, str(out), "stablehlo", averaged=False, platforms=("cpu",))

@@ -67,4 +67,8 @@ def checkout_untouched():
   yield
   changes = describe_changes(before, snapshot_checkout())
   if changes:
-    pytest.fail(f"The tests changed files in the checkout {CHECKOUT}:\n{changes}", pytrace=False)
+    pytest.fail(
+        f"The tests changed files in the checkout {CHECKOUT} (files you created or deleted yourself"
+        f" while the suite ran count too; then run it again):\n{changes}",
+        pytrace=False,
+    )

@@ -18,9 +18,9 @@ def missing_requirements(requires, version_of):
   """pip arguments for the `requires` lines that `version_of(name) -> version or None` lacks.
 
   Colab ships `tensorflow` (GPU build) and its own jax: those are kept when new enough. incres asks
-  for `tensorflow-cpu`, which any TensorFlow satisfies; installing it beside Colab's `tensorflow`
-  would overwrite its files, so a too-old `tensorflow` is upgraded under its own name. jax is
-  upgraded with the extra that matches the installed accelerator plugin (CUDA or TPU).
+  for `tensorflow-cpu`, which any TensorFlow build satisfies; installing it beside Colab's
+  `tensorflow` would overwrite its files, so a too-old `tensorflow` is upgraded under its own
+  name. jax is upgraded with the extra that matches the installed accelerator plugin (CUDA or TPU).
   """
   from packaging.requirements import Requirement
 
@@ -31,8 +31,10 @@ def missing_requirements(requires, version_of):
   missing = []
   for line in requires:
     req = Requirement(line)
+    if req.marker is not None and not req.marker.evaluate():
+      continue  # For another platform.
     name, spec = req.name.lower().replace("_", "-"), req.specifier
-    if name == "tensorflow-cpu":
+    if name in ("tensorflow", "tensorflow-cpu"):
       if ok("tensorflow", spec) or ok("tensorflow-cpu", spec):
         continue
       has_gpu_tf = version_of("tensorflow") is not None
@@ -112,7 +114,8 @@ MISSING = missing_requirements(_requires, _version)
 if MISSING and IN_COLAB:  # Only what is missing: Colab's jax and TensorFlow stay when new enough.
   print("Installing", *MISSING)
   subprocess.run([sys.executable, "-m", "pip", "install", "-q", *MISSING], check=True)
-  subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", ROOT], check=True)
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", ROOT],
+                 check=True)
 elif MISSING:  # Your own environment: incres does not pip-install into it behind your back.
   print(f"Missing or too old: {' '.join(MISSING)}; run `pip install -e {ROOT}` first.")
 

@@ -4,6 +4,7 @@ only where it is told to: never into the user's `runs/`."""
 import hashlib
 import importlib.util
 import os
+import pathlib
 import shutil
 
 import nbformat
@@ -18,7 +19,8 @@ nbclient = pytest.importorskip("nbclient")
 
 
 def _build_module():
-  spec = importlib.util.spec_from_file_location("build", os.path.join(NOTEBOOKS, "build_notebooks.py"))
+  path = os.path.join(NOTEBOOKS, "build_notebooks.py")
+  spec = importlib.util.spec_from_file_location("build", path)
   build = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(build)
   return build
@@ -57,7 +59,7 @@ def test_notebook_runs_with_smoke_and_writes_only_under_incres_runs(name, tmp_pa
 def _hashes(root):
   return {
       os.path.relpath(os.path.join(d, f), root): hashlib.sha256(
-          open(os.path.join(d, f), "rb").read()
+          pathlib.Path(d, f).read_bytes()
       ).hexdigest()
       for d, _, files in os.walk(root)
       for f in files
@@ -114,7 +116,9 @@ REQUIRES = ["jax>=0.10.2", "jaxlib>=0.10.2", "tensorflow-cpu>=2.21", "ml-collect
 
 
 def test_colab_setup_keeps_colabs_tensorflow_and_jax_when_new_enough():
-  colab = {"jax": "0.10.3", "jaxlib": "0.10.3", "tensorflow": "2.21.1", "jax-cuda12-plugin": "0.10.3"}
+  colab = {
+      "jax": "0.10.3", "jaxlib": "0.10.3", "tensorflow": "2.21.1", "jax-cuda12-plugin": "0.10.3"
+  }
   assert _missing(REQUIRES, colab) == ["ml-collections>=1.1.0"]  # Never tensorflow-cpu.
 
 
@@ -125,3 +129,5 @@ def test_colab_setup_upgrades_old_ones_under_their_own_names():
   tpu = {"jax": "0.7.2", "jaxlib": "0.7.2", "libtpu": "0.0.20"}
   assert _missing(REQUIRES[:1], tpu) == ["jax[tpu]>=0.10.2"]
   assert _missing(REQUIRES[2:3], {}) == ["tensorflow-cpu>=2.21"]  # No TensorFlow at all.
+  assert _missing(["tensorflow>=2.21"], {"tensorflow-cpu": "2.21.0"}) == []
+  assert _missing(['pywin32>=300; sys_platform == "win32"'], {}) == []  # Another platform's.

@@ -131,3 +131,21 @@ def test_colab_setup_upgrades_old_ones_under_their_own_names():
   assert _missing(REQUIRES[2:3], {}) == ["tensorflow-cpu>=2.21"]  # No TensorFlow at all.
   assert _missing(["tensorflow>=2.21"], {"tensorflow-cpu": "2.21.0"}) == []
   assert _missing(['pywin32>=300; sys_platform == "win32"'], {}) == []  # Another platform's.
+
+
+def test_the_checkout_snapshot_sees_runs_added_removed_and_changed(tmp_path):
+  run = tmp_path / "runs" / "notebook_quickstart_cifar10"
+  os.makedirs(run)
+  (run / "metrics.jsonl").write_text("{}\n")
+  (run / "old.txt").write_text("x")
+  os.makedirs(tmp_path / "incres" / "__pycache__")
+  before = snapshot_checkout(str(tmp_path))
+  (run / "metrics.jsonl").write_text("{}\n{}\n")
+  (run / "old.txt").unlink()
+  (tmp_path / "fig6.png").write_bytes(b"png")
+  (tmp_path / "incres" / "__pycache__" / "x.pyc").write_bytes(b"")  # A cache: not counted.
+  assert describe_changes(before, snapshot_checkout(str(tmp_path))).splitlines() == [
+      "added fig6.png",
+      "removed runs/notebook_quickstart_cifar10/old.txt",
+      "changed runs/notebook_quickstart_cifar10/metrics.jsonl",
+  ]

@@ -19,6 +19,11 @@ S / 224 and rounded, as `incres.augment` does for training):
 - `multiscale`: ResNet §3.4/Table 4's fully-convolutional test: the whole image with its shorter
   side at 224, 256, 384, 480, 640, scored by the network as is (its global average pool takes any
   size), averaged over the scales. The paper's text mentions no flips here, so there are none.
+  Each image and scale is scored at its exact shape (no padding to a common shape, which would let
+  the padded border leak into the convolutions and the pool and change the numbers); the compiled
+  functions, one per shape, are kept in a bounded least-recently-used cache
+  (`MULTISCALE_COMPILED`, evicted ones are freed), so memory stays flat over a whole validation set
+  of varied shapes, at the cost of recompiling shapes that come back after eviction.
 
 Every view goes through the same operations as the training loop's eval (uint8 -> [0, 1] floats,
 `augment.resize_shorter_side`'s antialiased bilinear resize, crop, the run's mean subtracted), and
@@ -48,6 +53,8 @@ CROP = 224
 CENTER_SHORTER = 256  # `center` and `10crop` (ResNet; `augment.EVAL_RESIZE_RATIO`).
 GOOGLENET_SHORTER = (256, 288, 320, 352)  # `144crop`.
 MULTISCALE_SHORTER = (224, 256, 384, 480, 640)  # `multiscale` (ResNet Table 4).
+# Compiled functions `multiscale` keeps (one per input shape): the five scales of a few images.
+MULTISCALE_COMPILED = 32
 
 
 class View(NamedTuple):
@@ -265,6 +272,45 @@ def make_view_fn(protocol: str, size: int, mean):
 # ---------------------------------------------------------------------------------------------
 
 
+class CompiledPerShape:
+  """`fn(variables, x)` compiled for each shape of `x`, keeping the `max_size` most recently used.
+
+  `jax.jit` alone keeps every shape's executable for the life of the function. Here each shape
+  gets a fresh `jax.jit` of a fresh closure (JAX's own caches are keyed weakly on the function),
+  so an evicted executable is freed.
+  """
+
+  def __init__(self, fn: Any, max_size: int):
+    from collections import OrderedDict  # pylint: disable=g-import-not-at-top
+
+    if max_size < 1:
+      raise ValueError(f"max_size must be at least 1, not {max_size}.")
+    self._fn, self.max_size = fn, max_size
+    self._compiled: OrderedDict = OrderedDict()
+    self.compiles = 0
+
+  def __len__(self) -> int:
+    return len(self._compiled)
+
+  def __call__(self, variables, x):
+    import jax  # pylint: disable=g-import-not-at-top
+
+    key = (tuple(x.shape), str(x.dtype))
+    compiled = self._compiled.pop(key, None)
+    if compiled is None:
+      fn = self._fn
+
+      def fresh(variables, x):
+        return fn(variables, x)
+
+      compiled = jax.jit(fresh).lower(variables, x).compile()
+      self.compiles += 1
+      while len(self._compiled) >= self.max_size:
+        self._compiled.popitem(last=False)
+    self._compiled[key] = compiled  # Most recently used last.
+    return compiled(variables, x)
+
+
 def raw_eval_dataset(config):
   """(uint8 image [H, W, 3], int32 label) for every example of `config.eval_split`, in order,
   with the number of examples.
@@ -353,12 +399,14 @@ def predict(
     averaged: bool | str = False,
     batch_size: int | None = None,
     max_examples: int | None = None,
+    max_compiled: int = MULTISCALE_COMPILED,
 ) -> Predictions:
   """Scores every example of the eval split with `protocol` on the run in `workdir`.
 
   `dataset`, `eval_split` and `data_dir` override the run's; `batch_size` is in examples (each
   expands to its views; default: the run's eval batch divided by the number of views).
   `max_examples` scores only the first examples (for quick looks; reported counts say so).
+  `max_compiled` bounds the compiled functions `multiscale` keeps (one per image shape).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -390,17 +438,18 @@ def predict(
   view_fn = make_view_fn(protocol, size, mean)
   ds = ds.map(lambda image, label: (view_fn(image), label), num_parallel_calls=tf.data.AUTOTUNE)
 
-  @jax.jit
-  def softmax(variables, x):
+  def softmax_fn(variables, x):
     logits, _ = model.apply(variables, x, train=False)
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
+  softmax = jax.jit(softmax_fn)
   probs, labels = [], []
   if protocol == "multiscale":
-    # Every image and scale has its own shape: one image at a time (a compile per distinct shape).
+    # Every image and scale has its own shape: one image at a time, a bounded set of compiles.
+    per_shape = CompiledPerShape(softmax_fn, max_compiled)
     for per_scale, label in ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
       p = [
-          np.asarray(softmax(variables, jax.device_put(v, _input_sharding(mesh, 1))))
+          np.asarray(per_shape(variables, jax.device_put(v, _input_sharding(mesh, 1))))
           for v in per_scale
       ]
       probs.append(np.mean(np.concatenate(p), axis=0, keepdims=True))

@@ -5,17 +5,19 @@
 prints the top-5 classes of each image with their names and probabilities. `--checkpoint` is a
 workdir (newest checkpoint) or `<workdir>/checkpoints/<step>`. Images get the run's evaluation view
 (`config.eval_preprocess` and normalisation). The run's averaged parameters are used when it kept
-them (`--raw` for the raw ones). Files that cannot be read as images are reported by name and
-skipped; the rest are still classified.
+them (`--raw` for the raw ones). Images are read and classified `--batch_size` (64) at a time, so
+memory stays flat however many are given. Files that cannot be read as images are reported by name
+and skipped; the rest are still classified.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
-from typing import Sequence
 
 import numpy as np
 
@@ -52,30 +54,99 @@ def read_image(path: str) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-def predict(checkpoint: str, paths: Sequence[str], *, top_k: int = 5, averaged: bool = True):
-  """Returns ([(path, [(name, probability), ...]), ...], [(path, error), ...])."""
-  import jax
+class NotARunError(FileNotFoundError):
+  """`--checkpoint` names no saved incres run."""
 
-  from incres import checkpoint as ckpt
-  from incres import data, finetune
 
-  workdir, step = finetune.resolve_source(checkpoint)
-  try:
-    config, model, variables = ckpt.load_variables(workdir, step, averaged=averaged)
-  except ValueError:  # The run kept no average of its parameters.
-    config, model, variables = ckpt.load_variables(workdir, step, averaged=False)
-  names = label_names(config)
-  images, ok, failed = [], [], []
+def resolve_run(checkpoint: str) -> tuple[str, int | None]:
+  """`checkpoint` (a workdir or `<workdir>/checkpoints/<step>`) -> (workdir, step or None).
+
+  Raises NotARunError, saying what to pass instead, when it holds no saved step.
+  """
+  from incres import checkpoint as ckpt  # pylint: disable=g-import-not-at-top
+
+  path = os.path.abspath(os.path.expanduser(checkpoint))
+  m = re.fullmatch(r"(.*)/" + re.escape(ckpt.CHECKPOINT_DIR) + r"/(\d+)/?", path)
+  workdir, step = (m.group(1), int(m.group(2))) if m else (path, None)
+  directory = ckpt.checkpoint_dir(workdir)
+  steps = (
+      sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+      if os.path.isdir(directory)
+      else []
+  )
+  if steps and step is not None and step not in steps:
+    problem = f"names step {step}, which the run does not have (it has {steps})"
+  elif not os.path.exists(path):
+    problem = "does not exist"
+  elif not steps:
+    problem = f"is not an incres run (no saved step in {directory})"
+  else:
+    return workdir, step
+  raise NotARunError(
+      f"--checkpoint={checkpoint} {problem}. Pass a training run's workdir (the --workdir of"
+      " launch.py, holding checkpoints/<step>), one of its checkpoints/<step> folders, or the --out"
+      " folder of `python -m incres.convert_torch`."
+  )
+
+
+def classify_batch(apply: Callable, variables, images: np.ndarray) -> np.ndarray:
+  """Softmax probabilities of one batch (a function of its own so tests can count batches)."""
+  return np.asarray(apply(variables, images))
+
+
+def _batches(
+    paths: Sequence[str], config, batch_size: int, failed: list
+) -> Iterator[tuple[list[str], np.ndarray]]:
+  """(paths, preprocessed images) of at most `batch_size` readable images at a time; unreadable
+  files are appended to `failed` as (path, error)."""
+  from incres import data  # pylint: disable=g-import-not-at-top
+
+  ok, images = [], []
   for path in paths:
     try:
       images.append(data.preprocess_for_eval(read_image(path), config))
       ok.append(path)
     except Exception as e:  # pylint: disable=broad-except  (report it, classify the rest)
       failed.append((path, f"{type(e).__name__}: {e}"))
-  results = []
+    if len(images) == batch_size:
+      yield ok, np.stack(images)
+      ok, images = [], []
   if images:
-    apply = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False)[0]))
-    probs = np.asarray(apply(variables, np.stack(images)))
+    yield ok, np.stack(images)
+
+
+def predict(
+    checkpoint: str,
+    paths: Sequence[str],
+    *,
+    top_k: int = 5,
+    averaged: bool = True,
+    batch_size: int = 64,
+):
+  """Returns ([(path, [(name, probability), ...]), ...], [(path, error), ...]).
+
+  Images are classified `batch_size` at a time; every batch is padded to one shape, so there is
+  one compile.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from incres import checkpoint as ckpt  # pylint: disable=g-import-not-at-top
+
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be at least 1, not {batch_size}.")
+  workdir, step = resolve_run(checkpoint)
+  try:
+    config, model, variables = ckpt.load_variables(workdir, step, averaged=averaged)
+  except ValueError:  # The run kept no average of its parameters.
+    config, model, variables = ckpt.load_variables(workdir, step, averaged=False)
+  names = label_names(config)
+  apply = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False)[0]))
+  rows = min(batch_size, len(paths))
+  results, failed = [], []
+  for ok, images in _batches(paths, config, batch_size, failed):
+    padded = np.zeros((rows, *images.shape[1:]), images.dtype)
+    padded[: len(images)] = images  # The padded rows are dropped (eval-mode BN is per example).
+    probs = classify_batch(apply, variables, padded)[: len(images)]
     for path, p in zip(ok, probs):
       order = np.argsort(-p)[:top_k]
       results.append((path, [(names[i], float(p[i])) for i in order]))
@@ -87,10 +158,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--checkpoint", required=True, help="A workdir or <workdir>/checkpoints/<step>.")
   parser.add_argument("--top_k", type=int, default=5)
   parser.add_argument("--raw", action="store_true", help="Use the raw, not the averaged, parameters.")
+  parser.add_argument("--batch_size", type=int, default=64, help="Images classified at a time.")
   parser.add_argument("images", nargs="+")
   args = parser.parse_args(argv)
+  if args.batch_size < 1:
+    parser.error(f"--batch_size must be at least 1, not {args.batch_size}.")
   try:
-    results, failed = predict(args.checkpoint, args.images, top_k=args.top_k, averaged=not args.raw)
+    results, failed = predict(
+        args.checkpoint,
+        args.images,
+        top_k=args.top_k,
+        averaged=not args.raw,
+        batch_size=args.batch_size,
+    )
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

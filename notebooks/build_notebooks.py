@@ -10,41 +10,125 @@ import os
 import nbformat
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_PLACEHOLDER = "https://github.com/YOUR_GITHUB_USER/incres"
 
-SETUP = r'''
-# Find or fetch the incres checkout, install it if needed, and work from its root.
-import os, subprocess, sys
+# The pip arguments for what this Python lacks of incres' requirements. Kept separate from SETUP
+# so the tests can run it against made-up installed versions.
+REQUIREMENTS = r'''
+def missing_requirements(requires, version_of):
+  """pip arguments for the `requires` lines that `version_of(name) -> version or None` lacks.
+
+  Colab ships `tensorflow` (GPU build) and its own jax: those are kept when new enough. incres asks
+  for `tensorflow-cpu`, which any TensorFlow build satisfies; installing it beside Colab's
+  `tensorflow` would overwrite its files, so a too-old `tensorflow` is upgraded under its own
+  name. jax is upgraded with the extra that matches the installed accelerator plugin (CUDA or TPU).
+  """
+  from packaging.requirements import Requirement
+
+  def ok(name, spec):
+    v = version_of(name)
+    return v is not None and spec.contains(v, prereleases=True)
+
+  missing = []
+  for line in requires:
+    req = Requirement(line)
+    if req.marker is not None and not req.marker.evaluate():
+      continue  # For another platform.
+    name, spec = req.name.lower().replace("_", "-"), req.specifier
+    if name in ("tensorflow", "tensorflow-cpu"):
+      if ok("tensorflow", spec) or ok("tensorflow-cpu", spec):
+        continue
+      has_gpu_tf = version_of("tensorflow") is not None
+      missing.append(f"{'tensorflow' if has_gpu_tf else 'tensorflow-cpu'}{spec}")
+    elif name in ("jax", "jaxlib"):
+      if ok(name, spec):
+        continue
+      extra = (
+          "[tpu]" if version_of("libtpu") is not None
+          else "[cuda12]" if version_of("jax-cuda12-plugin") is not None
+          else "[cuda13]" if version_of("jax-cuda13-plugin") is not None
+          else ""
+      )
+      missing.append(f"jax{extra}{spec}" if name == "jax" else f"jaxlib{spec}")
+    elif not ok(name, spec):
+      missing.append(str(req))
+  return missing
+'''.strip()
+
+SETUP = (
+    r"""
+# Find the incres checkout (or clone INCRES_REPO), install only what is missing, work from its root.
+import configparser, importlib.metadata, os, subprocess, sys
 
 IN_COLAB = "google.colab" in sys.modules
 
 
-def _checkout_root():
+def _is_checkout(d):
+  return os.path.isfile(os.path.join(d, "setup.cfg")) and os.path.isdir(os.path.join(d, "incres"))
+
+
+def _find_checkout():
+  # The checkout this notebook was opened from (a parent of the working directory), else the
+  # places a Colab user puts one: /content/incres (cloned or uploaded) or Google Drive.
   d = os.path.abspath(os.getcwd())
   while d != os.path.dirname(d):
-    if os.path.isfile(os.path.join(d, "setup.cfg")) and os.path.isdir(os.path.join(d, "incres")):
+    if _is_checkout(d):
       return d
     d = os.path.dirname(d)
+  for d in ("/content/incres", "/content/drive/MyDrive/incres"):
+    if _is_checkout(d):
+      return d
   return None
 
 
-ROOT = _checkout_root()
-if ROOT is None:  # Colab, or a runtime opened outside a checkout.
-  subprocess.run(["git", "clone", "--depth=1", INCRES_REPO, "incres"], check=True)
-  ROOT = os.path.abspath("incres")
-try:
-  import incres  # Already installed (a local virtualenv with `pip install -e .`).
-except ImportError:
-  subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", ROOT], check=True)
-  sys.path.insert(0, ROOT)
+ROOT = _find_checkout()
+if ROOT is None and INCRES_REPO:
+  ROOT = "/content/incres" if IN_COLAB else os.path.abspath("incres")
+  subprocess.run(["git", "clone", "--depth=1", INCRES_REPO, ROOT], check=True)
+if ROOT is None:
+  raise SystemExit(
+      "No incres checkout found (looked above the working directory, in /content/incres and in "
+      "/content/drive/MyDrive/incres). Set INCRES_REPO in the first cell to the git URL of your "
+      "copy of incres (e.g. your GitHub fork) and run again, or upload the repository to "
+      "/content/incres, or put it on Google Drive at MyDrive/incres and mount Drive first "
+      "(from google.colab import drive; drive.mount('/content/drive'))."
+  )
 os.chdir(ROOT)
+sys.path.insert(0, ROOT)  # This checkout's incres, even where another copy is pip-installed.
+
+"""
+    + REQUIREMENTS
+    + r"""
+
+
+def _version(name):
+  try:
+    return importlib.metadata.version(name)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+_cfg = configparser.ConfigParser()
+_cfg.read(os.path.join(ROOT, "setup.cfg"))
+_requires = [r.strip() for r in _cfg["options"]["install_requires"].splitlines() if r.strip()]
+MISSING = missing_requirements(_requires, _version)
+if MISSING and IN_COLAB:  # Only what is missing: Colab's jax and TensorFlow stay when new enough.
+  print("Installing", *MISSING)
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", *MISSING], check=True)
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", ROOT],
+                 check=True)
+elif MISSING:  # Your own environment: incres does not pip-install into it behind your back.
+  print(f"Missing or too old: {' '.join(MISSING)}; run `pip install -e {ROOT}` first.")
+
+RUNS = os.path.abspath(RUNS)  # Relative to the checkout.
+os.makedirs(RUNS, exist_ok=True)
 
 import jax
 
-print("JAX", jax.__version__, "devices:", jax.devices())
+print("JAX", jax.__version__, "devices:", jax.devices(), "runs in", RUNS)
 PLATFORM = jax.devices()[0].platform  # "tpu", "gpu" or "cpu"
 DTYPE = "bfloat16" if PLATFORM == "tpu" else "float32"
-'''.strip()
+"""
+).strip()
 
 PLATFORM_MD = """
 **What to expect on each runtime.** The same cells run everywhere; only the speed differs.
@@ -57,21 +141,20 @@ PLATFORM_MD = """
 """.strip()
 
 
-def badge(name):
-  url = f"https://colab.research.google.com/github/YOUR_GITHUB_USER/incres/blob/main/notebooks/{name}"
-  return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
-
-
 def params(extra=""):
   return (
       "# Parameters (papermill-style: CI runs every notebook with SMOKE = True and nothing else changed).\n"
+      "import os\n\n"
       "SMOKE = False  # True: tiny offline runs (digits) that finish in a minute on a CPU.\n"
-      f'INCRES_REPO = "{REPO_PLACEHOLDER}"  # Where Colab fetches incres from.\n' + extra
+      "# Where runs, figures and generated datasets go (relative paths: inside the checkout).\n"
+      'RUNS = os.environ.get("INCRES_RUNS", "runs")\n'
+      "# Git URL to clone incres from when no checkout is found (e.g. your GitHub fork).\n"
+      'INCRES_REPO = os.environ.get("INCRES_REPO", "")\n' + extra
   ).strip()
 
 
 QUICKSTART = [
-    ("md", "# incres quickstart: train a CIFAR ResNet-20\n\n" + badge("quickstart.ipynb") + "\n\n"
+    ("md", "# incres quickstart: train a CIFAR ResNet-20\n\n"
      "Trains the ResNet paper's CIFAR-10 network with its recipe, through the same "
      "`incres.train.train_and_evaluate` that `launch.py` calls, then plots the curves and prints "
      "the test numbers."),
@@ -96,11 +179,11 @@ print(config.model, config.dataset, "batch", config.batch_size, "steps", config.
 '''.strip()),
     ("md", "## Train\n\nRe-running the cell resumes from the workdir's newest checkpoint."),
     ("code", r'''
-WORKDIR = f"runs/notebook_quickstart_{config.dataset}" + ("_smoke" if SMOKE else "")
+WORKDIR = f"{RUNS}/notebook_quickstart_{config.dataset}" + ("_smoke" if SMOKE else "")
 metrics = train.train_and_evaluate(config, WORKDIR)
 '''.strip()),
     ("md", "## Curves and numbers\n\nTensorBoard reads the workdir too (`%load_ext tensorboard`, "
-     "`%tensorboard --logdir runs` in Colab); here the curves are drawn with matplotlib."),
+     "`%tensorboard --logdir {RUNS}` in Colab, with your `RUNS`); here the curves are drawn with matplotlib."),
     ("code", r'''
 from IPython.display import Image, display
 from incres import analysis
@@ -115,7 +198,7 @@ assert 0.0 <= metrics["eval/top1"] <= 1.0
 
 FINETUNE = [
     ("md", "# Fine-tuning: restore a checkpoint, replace the head, train on a new task\n\n"
-     + badge("finetune.ipynb") + "\n\n"
+
      "A source model comes from `INIT_FROM` (a training run's workdir), from torchvision's "
      "ImageNet weights converted with `incres.convert_torch` (`TORCHVISION_WEIGHTS`, a `.pth` "
      "file you supply), or, if neither is given, from a short run on `digits` trained here. It is "
@@ -133,12 +216,12 @@ FINETUNE = [
 from incres import configs, convert_torch, train
 
 if TORCHVISION_WEIGHTS:
-  INIT_FROM = "runs/imported_" + TORCHVISION_MODEL
+  INIT_FROM = f"{RUNS}/imported_{TORCHVISION_MODEL}"
   _, variables = convert_torch.convert(
       convert_torch.load_state_dict(TORCHVISION_WEIGHTS), TORCHVISION_MODEL)
   convert_torch.save(TORCHVISION_MODEL, variables, INIT_FROM)
 if not INIT_FROM:  # A source model trained here on all ten digits.
-  INIT_FROM = "runs/notebook_source_digits" + ("_smoke" if SMOKE else "")
+  INIT_FROM = f"{RUNS}/notebook_source_digits" + ("_smoke" if SMOKE else "")
   source = configs.load("experiments/resnet_cifar.py:dataset=digits")
   source.num_train_steps = 30 if SMOKE else 400
   source.lr_boundaries = tuple(int(source.num_train_steps * f) for f in (0.5, 0.75))
@@ -151,7 +234,7 @@ from PIL import Image as PILImage
 from sklearn.datasets import load_digits
 
 if not DATASET:  # Digits 0-4 as class folders: a new 5-class task.
-  root = "runs/digits_0_to_4"
+  root = f"{RUNS}/digits_0_to_4"
   d = load_digits()
   for i, (image, label) in enumerate(zip(d.images, d.target)):
     if label < 5:
@@ -171,7 +254,7 @@ config.init_from = INIT_FROM
 config.dtype = DTYPE
 if SMOKE:
   config.num_train_steps = 30
-WORKDIR = "runs/notebook_finetune" + ("_smoke" if SMOKE else "")
+WORKDIR = f"{RUNS}/notebook_finetune" + ("_smoke" if SMOKE else "")
 metrics = train.train_and_evaluate(config, WORKDIR)
 print(open(WORKDIR + "/init_from.txt").read()[:1500])
 '''.strip()),
@@ -199,7 +282,7 @@ print(f"fine-tuned test top-1 {metrics['eval/top1']:.2%}")
 ]
 
 ANALYSIS = [
-    ("md", "# Analysis: complexity, Figure 6 and Figure 7\n\n" + badge("analysis.ipynb") + "\n\n"
+    ("md", "# Analysis: complexity, Figure 6 and Figure 7\n\n"
      "The complexity table of every model, then the ResNet paper's Figure 6 (training and test "
      "error against iterations) and Figure 7 (std of every 3×3 layer's response) for the runs in "
      "`WORKDIRS` (e.g. those of `experiments/degradation.py`). With no workdirs given, two short "
@@ -225,7 +308,7 @@ if not WORKDIRS:
       config.num_train_steps, config.lr_boundaries = 300, (150, 225)
     config.eval_every_steps = max(1, config.num_train_steps // 4)
     config.log_every_steps = max(1, config.num_train_steps // 10)
-    workdir = f"runs/notebook_{config.model}" + ("_smoke" if SMOKE else "")
+    workdir = f"{RUNS}/notebook_{config.model}" + ("_smoke" if SMOKE else "")
     train.train_and_evaluate(config, workdir)
     WORKDIRS.append(workdir)
 '''.strip()),
@@ -234,12 +317,12 @@ import numpy as np
 from IPython.display import Image, display
 from incres import analysis
 
-analysis.plot_curves(WORKDIRS, "runs/notebook_fig6.png")
-display(Image("runs/notebook_fig6.png"))
+analysis.plot_curves(WORKDIRS, f"{RUNS}/notebook_fig6.png")
+display(Image(f"{RUNS}/notebook_fig6.png"))
 responses = analysis.responses_figure(
-    WORKDIRS, "runs/notebook_fig7.png", csv_path="runs/notebook_fig7.csv",
+    WORKDIRS, f"{RUNS}/notebook_fig7.png", csv_path=f"{RUNS}/notebook_fig7.csv",
     max_examples=100 if SMOKE else None)
-display(Image("runs/notebook_fig7.png"))
+display(Image(f"{RUNS}/notebook_fig7.png"))
 for label, layers in responses.items():
   print(f"{label}: mean std {np.mean(list(layers.values())):.3f} over {len(layers)} 3x3 layers")
 '''.strip()),

@@ -283,3 +283,50 @@ def test_ensemble_averages_probabilities():
   assert e.num_models == 2 and evaluate.errors(e.probs, e.labels)[0] == 0.0
   with pytest.raises(ValueError, match="same examples"):
     evaluate.ensemble([a, evaluate.Predictions(a.probs, np.array([1, 0]), "center", 1)])
+
+
+# --- Memory: `multiscale` keeps a bounded set of compiled functions ------------------------------
+
+
+def test_compiled_per_shape_keeps_at_most_its_bound_alive_and_matches_jit():
+  import gc  # pylint: disable=g-import-not-at-top
+
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  def fn(w, x):
+    return jnp.mean(jnp.tanh(x * w), axis=(1, 2))
+
+  client = jax.devices()[0].client
+  gc.collect()
+  alive_before = len(client.live_executables())
+  per_shape = evaluate.CompiledPerShape(fn, max_size=3)
+  w = np.float32(0.5)
+  rng = np.random.default_rng(0)
+  for i in range(30):  # 30 distinct shapes, as a validation set of varied images gives.
+    x = rng.normal(size=(1, 5 + i, 7 + 2 * i, 3)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(per_shape(w, x)), np.asarray(jax.jit(fn)(w, x)))
+    assert len(per_shape) <= 3
+  np.asarray(per_shape(w, x))  # The newest shape is still compiled.
+  assert per_shape.compiles == 30
+  jax.clear_caches()  # Drops the reference `jax.jit(fn)` executables, not `per_shape`'s.
+  gc.collect()
+  assert len(client.live_executables()) - alive_before <= 3
+
+
+def test_multiscale_with_a_tight_bound_recompiles_and_scores_the_same(run, monkeypatch):
+  made = []
+
+  class Recording(evaluate.CompiledPerShape):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      made.append(self)
+
+  monkeypatch.setattr(evaluate, "CompiledPerShape", Recording)
+  roomy = evaluate.predict(run, "multiscale", max_examples=2, max_compiled=32)
+  tight = evaluate.predict(run, "multiscale", max_examples=2, max_compiled=2)
+  np.testing.assert_array_equal(tight.probs, roomy.probs)
+  np.testing.assert_array_equal(tight.labels, roomy.labels)
+  scales = len(set(evaluate._scales("multiscale", 16)))  # pylint: disable=protected-access
+  assert made[0].compiles == scales > 2  # Every image has the same shape: one compile per scale.
+  assert len(made[1]) == 2 and made[1].compiles == 2 * scales  # Cycling through 5 > 2 shapes.

@@ -1,7 +1,10 @@
 """tfds's real download_and_prepare path, with only the HTTP request mocked; incres's messages."""
 
 import errno
+import io
+import tarfile
 
+import numpy as np
 import pytest
 import requests
 import tensorflow_datasets as tfds
@@ -80,3 +83,47 @@ def test_prepare_failure_names_its_cause(tmp_path, monkeypatch, error, expected)
   with pytest.raises(data.DatasetError, match=expected) as e:
     data.dataset_info(_config("cifar10", tmp_path))
   assert "network" not in str(e.value)
+
+
+def _cifar10_archive(per_file: int) -> bytes:
+  """A cifar-10-binary.tar.gz in CIFAR's format: records of a label byte and 32×32×3 CHW pixels."""
+  rng = np.random.default_rng(0)
+  buffer = io.BytesIO()
+  with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    files = {f"data_batch_{i}.bin": None for i in range(1, 6)} | {"test_batch.bin": None}
+    for name in files:
+      labels = np.arange(per_file, dtype=np.uint8)[:, None] % 10
+      pixels = rng.integers(0, 256, (per_file, 3072), dtype=np.uint8)
+      files[name] = np.concatenate([labels, pixels], axis=1).tobytes()
+    files["batches.meta.txt"] = "\n".join(f"class{i}" for i in range(10)).encode()
+    for name, content in files.items():
+      info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+      info.size = len(content)
+      tar.addfile(info, io.BytesIO(content))
+  return buffer.getvalue()
+
+
+def test_cifar10_prepares_from_a_served_archive(tmp_path, monkeypatch):
+  # The whole prepare path after the download (extract, read, encode, write) and incres's reading
+  # of the result: a module it needs that is missing fails here. Only the HTTP response and the
+  # registered checksums are replaced.
+  archive = _cifar10_archive(per_file=4)
+  served = []
+
+  def send(self, request, *args, **kwargs):
+    served.append(request.url)
+    response = requests.Response()
+    response.status_code, response.url, response.raw = 200, request.url, io.BytesIO(archive)
+    response.headers["Content-Length"] = str(len(archive))
+    return response
+
+  monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
+  # The served file is not CIFAR's: tfds must not hold it to the registered checksums.
+  monkeypatch.setattr(tfds.image_classification.Cifar10, "url_infos", None)
+  monkeypatch.setattr(tfds.core.download.checksums, "get_all_url_infos", dict)
+  config = _config("cifar10", tmp_path)
+  info = data.dataset_info(config)
+  assert served == [_URLS["cifar10"]]
+  assert (info.num_classes, info.num_train, info.num_eval) == (10, 20, 4)
+  batch = next(data.create_eval_iter(config))
+  assert batch["mask"].sum() == 4 and sorted(batch["label"][:4].tolist()) == [0, 1, 2, 3]

@@ -286,8 +286,14 @@ def _prepare_failure(error: BaseException, name: str, data_dir: str) -> str:
   while e is not None and len(chain) < 20:
     chain.append(e)
     e = e.__cause__ or e.__context__
-  text = str(error).strip()
-  what = f"({type(error).__name__}: {text.splitlines()[0][:200] if text else 'no message'})"
+
+  def line(e: BaseException) -> str:
+    # urllib3 repeats the whole cause chain in one line after "(Caused by": the root says it.
+    text = (str(e).strip().splitlines() or ["no message"])[0].split(" (Caused by ")[0]
+    return f"{type(e).__name__}: {text[:200]}"
+
+  root = f"; cause: {line(chain[-1])}" if len(chain) > 1 else ""
+  what = f"({line(error)}{root})"
   build = f"`tfds build {name} --data_dir=...`"
   for e in chain:
     if isinstance(e, ImportError):

@@ -25,16 +25,20 @@ the Flax ImageNet example, issue #262).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import math
 import os
 import re
+import socket
+import urllib.error
 from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
 import numpy as np
+import requests
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -252,14 +256,71 @@ def _tfds_builder(config):
     )
   try:
     builder.download_and_prepare()
-  except Exception as e:  # Any failure here (no network, disk, checksums) has one remedy.
-    first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+  except Exception as e:  # Named below by its real cause: a module, the network, the disk.
     raise DatasetError(
-        f"Dataset {name!r} is not prepared in {builder.data_dir} and downloading it failed "
-        f"({type(e).__name__}: {first_line}). Prepare it on a machine with network access "
-        f"(`tfds build {name} --data_dir=...`) and copy it there, or set data_dir. {_OFFLINE}"
+        f"Dataset {name!r} is not prepared in {builder.data_dir} and preparing it failed: "
+        f"{_prepare_failure(e, name, str(data_dir))} {_OFFLINE}"
     ) from None
   return builder
+
+
+# What `download_and_prepare` raises, by cause (tfds downloads with requests, FTP with urllib).
+_CORRUPT_DOWNLOAD = (
+    tfds.core.download.download_manager.NonMatchingChecksumError,
+    tfds.core.download.extractor.ExtractError,
+)
+_NETWORK_ERRORS = (
+    requests.RequestException,
+    tfds.download.DownloadError,  # An HTTP error status.
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
+    urllib.error.URLError,
+)
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM)
+
+
+def _prepare_failure(error: BaseException, name: str, data_dir: str) -> str:
+  """What `download_and_prepare`'s error means and what to do, from its chain of causes."""
+  chain, e = [], error
+  while e is not None and len(chain) < 20:
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+
+  def line(e: BaseException) -> str:
+    # urllib3 repeats the whole cause chain in one line after "(Caused by": the root says it.
+    text = (str(e).strip().splitlines() or ["no message"])[0].split(" (Caused by ")[0]
+    return f"{type(e).__name__}: {text[:200]}"
+
+  root = f"; cause: {line(chain[-1])}" if len(chain) > 1 else ""
+  what = f"({line(error)}{root})"
+  build = f"`tfds build {name} --data_dir=...`"
+  for e in chain:
+    if isinstance(e, ImportError):
+      state = "is not installed" if isinstance(e, ModuleNotFoundError) else "does not import"
+      return (
+          f"tensorflow-datasets needs the Python module {e.name or '?'!r}, which {state} "
+          f"{what}. Reinstall incres's requirements in this environment (`pip install -e .` in the "
+          "incres checkout, or `pip install -r requirements.txt`) and run again."
+      )
+    if isinstance(e, _CORRUPT_DOWNLOAD):
+      return (
+          f"a downloaded file is damaged or does not match its recorded checksum {what}: the "
+          "download was cut short or the source changed. Delete that file (under "
+          f"{os.path.join(data_dir, 'downloads')}) and run again."
+      )
+    if isinstance(e, _NETWORK_ERRORS):
+      return (
+          f"the download failed: a network problem {what}. Check this machine's network access "
+          f"(and proxy), or prepare the dataset on a machine with network access ({build}) and "
+          "copy it into data_dir."
+      )
+    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+      return (
+          f"writing under {data_dir} failed: a disk problem {what}. Free disk space or make it "
+          "writable, or set data_dir to a directory with room for the dataset."
+      )
+  return f"{what}. Prepare it elsewhere ({build}) and copy it into data_dir, or set data_dir."
 
 
 def _is_mocked(builder, split: str) -> bool:

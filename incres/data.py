@@ -589,7 +589,10 @@ def _example_name(config, source: _ArraySource, index: int) -> str:
 def _unreadable_reason(source: _ArraySource, index: int) -> str:
   """Why example `index` fails to load: TensorFlow's message, trimmed to its first line."""
   try:
-    _loader(source)(tf.constant(index, tf.int64))
+    if source.kind == "path":
+      _decode(tf.io.read_file(str(source.images[index])))
+    elif source.kind == "encoded":
+      _decode(source.images[index % len(source.images)])
   except tf.errors.OpError as e:
     return _short_error(e)
   return "it decodes, but its preprocessing failed"

@@ -20,6 +20,11 @@ most one epoch of raw records.
 
 Evaluation pads the last batch and carries a mask, so every example counts exactly once (unlike
 the Flax ImageNet example, issue #262).
+
+Unreadable images (truncated, empty, not an image) are skipped, counted and the first few named in
+the log, without giving up exactness: a batch that fails is rebuilt from its readable rows plus
+spare rows of the following batches, which depends only on the files (`create_train_iter`).
+`python -m incres.data check folder:<path>` lists every unreadable file of a folder dataset.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from incres import checkpoint, data, metrics, train
 
@@ -63,7 +64,8 @@ def write_folder(root: str, bad: dict[str, str] = BAD, per_class: int = 30) -> l
     with open(path, "rb") as f:
       content = f.read()
     with open(path, "wb") as f:
-      f.write({"truncated": content[: len(content) // 2], "empty": b"", "text": b"not an image"}[kind])
+      broken = {"truncated": content[: len(content) // 2], "empty": b"", "text": b"not an image"}
+      f.write(broken[kind])
   return sorted(os.path.join(root, relative) for relative in bad)
 
 
@@ -116,13 +118,17 @@ def test_good_batches_are_the_plain_pipelines(tmp_path):
   # The same folder without the broken files: batches away from them are unchanged.
   write_folder(str(tmp_path / "bad"))
   write_folder(str(tmp_path / "good"), bad={})
-  bad_config, good_config = folder_config(str(tmp_path / "bad")), folder_config(str(tmp_path / "good"))
+  bad_config = folder_config(str(tmp_path / "bad"))
+  good_config = folder_config(str(tmp_path / "good"))
   affected = set(skipping_steps(bad_config, 10))
-  for step, (a, b) in enumerate(
-      zip(take(data.create_train_iter(bad_config), 10), take(data.create_train_iter(good_config), 10))
-  ):
+  assert 0 < len(affected) < 10
+  bad_batches = take(data.create_train_iter(bad_config), 10)
+  good_batches = take(data.create_train_iter(good_config), 10)
+  for step, (a, b) in enumerate(zip(bad_batches, good_batches)):
     if step not in affected:
       np.testing.assert_array_equal(a["image"], b["image"])
+    else:
+      assert not np.array_equal(a["image"], b["image"])
 
 
 def test_training_runs_through_names_counts_and_resumes_exactly(tmp_path, caplog):
@@ -168,10 +174,12 @@ def test_unreadable_eval_image_is_masked_out_and_named(tmp_path, caplog):
 
 
 def test_a_batch_that_cannot_be_filled_names_the_files(tmp_path):
-  broken = {f"{c}/{i:03d}.{'png' if i % 2 else 'jpg'}": "text" for c in CLASSES for i in range(1, 10)}
+  names = [f"{c}/{i:03d}.{'png' if i % 2 else 'jpg'}" for c in CLASSES for i in range(1, 10)]
+  broken = dict.fromkeys(names, "text")
   write_folder(str(tmp_path), bad=broken, per_class=10)  # Only the eval images are readable.
   config = folder_config(str(tmp_path))
-  with pytest.raises(data.DatasetError, match=r"cannot be filled.*00\d\.(png|jpg).*incres\.data check"):
+  expected = r"cannot be filled.*00\d\.(png|jpg).*incres\.data check"
+  with pytest.raises(data.DatasetError, match=expected):
     next(data.create_train_iter(config))
 
 
@@ -195,14 +203,37 @@ def test_check_lists_exactly_the_unreadable_files(tmp_path):
 
 
 def test_check_user_errors_exit_2_without_traceback(tmp_path):
-  for args, expected in (
-      ([f"folder:{tmp_path / 'missing'}"], "does not exist"),
-      (["cifar10"], "not one"),
-  ):
-    result = run_check(*args)
-    assert result.returncode == 2 and expected in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
-  good = tmp_path / "good"
-  write_folder(str(good), bad={})
-  result = run_check(f"folder:{good}")
-  assert result.returncode == 0 and "All 90 images" in result.stdout, result.stdout
+  result = run_check(f"folder:{tmp_path / 'missing'}")
+  assert result.returncode == 2 and "does not exist" in result.stderr, result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_check_in_process_other_outcomes(tmp_path, capsys):
+  assert data.main(["check", "cifar10"]) == 2
+  assert "is not one" in capsys.readouterr().err
+  assert data.main(["check", f"folder:{tmp_path}"]) == 2  # An empty folder.
+  assert "no image files" in capsys.readouterr().err
+  write_folder(str(tmp_path / "good"), bad={})
+  assert data.main(["check", f"folder:{tmp_path / 'good'}"]) == 0
+  assert "All 90 images" in capsys.readouterr().out
+
+
+def test_streamed_tfds_skips_and_counts_unreadable_records():
+  # 37 records, 4 of them broken: every epoch (4 batches of 8 from 33 readable records) passes
+  # over at least 3 of them.
+  good = tf.io.encode_jpeg(np.full((40, 50, 3), 128, np.uint8)).numpy()
+  images = [b"broken" if i in (2, 9, 20, 30) else good for i in range(37)]
+
+  def as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False, **kwargs):
+    del self, split, decoders, read_config, shuffle_files, kwargs
+    return tf.data.Dataset.from_tensor_slices({"image": images, "label": np.arange(37) % 10})
+
+  with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+    config = folder_config("unused")
+    config.update(dataset="imagenette", eval_split="validation", image_size=32)
+    it = data.create_train_iter(config)
+    batches = take(it, 8)
+    assert all(b["image"].shape == (8, 32, 32, 3) and set(b) == {"image", "label"} for b in batches)
+    assert 6 <= it.skipped <= 8
+    evaluated = data.create_eval_iter(config)
+    assert sum(b["mask"].sum() for b in evaluated) == 33 and evaluated.skipped == 4

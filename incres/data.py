@@ -20,10 +20,16 @@ most one epoch of raw records.
 
 Evaluation pads the last batch and carries a mask, so every example counts exactly once (unlike
 the Flax ImageNet example, issue #262).
+
+Unreadable images (truncated, empty, not an image) are skipped, counted and the first few named in
+the log, without giving up exactness: a batch that fails is rebuilt from its readable rows plus
+spare rows of the following batches, which depends only on the files (`create_train_iter`).
+`python -m incres.data check folder:<path>` lists every unreadable file of a folder dataset.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import errno
 import functools
@@ -32,9 +38,11 @@ import math
 import os
 import re
 import socket
+import sys
 import urllib.error
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -591,7 +599,7 @@ def _unscaled_eval_fn(config) -> Callable[[tf.Tensor], tf.Tensor]:
 
 
 def _decode(data: tf.Tensor) -> tf.Tensor:
-  """Encoded image bytes -> uint8 [H, W, 3]."""
+  """Encoded image bytes -> uint8 [H, W, 3]; fails (InvalidArgumentError) on unreadable bytes."""
   return tf.io.decode_image(data, channels=3, expand_animations=False)
 
 
@@ -613,14 +621,121 @@ def _loader(source: _ArraySource) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.T
 
 
 def _index_dataset(source: _Source) -> tf.data.Dataset:
-  """(index, image) over a whole split in order; used for the pixel mean."""
+  """(index, image) over a whole split in order, without unreadable images; for the pixel mean."""
   if isinstance(source, _ArraySource):
     load = _loader(source)
-    return tf.data.Dataset.range(len(source)).map(
+    ds = tf.data.Dataset.range(len(source)).map(
         lambda i: (i, load(i)[0]), num_parallel_calls=AUTOTUNE
     )
+    return ds.ignore_errors()
   ds = source.builder.as_dataset(split=source.split, decoders={"image": tfds.decode.SkipDecoding()})
-  return ds.enumerate().map(lambda i, ex: (i, _decode(ex["image"])), num_parallel_calls=AUTOTUNE)
+  ds = ds.enumerate().map(lambda i, ex: (i, _decode(ex["image"])), num_parallel_calls=AUTOTUNE)
+  return ds.ignore_errors()
+
+
+# ---------------------------------------------------------------------------------------------
+# Unreadable images
+# ---------------------------------------------------------------------------------------------
+
+# Unreadable images named in the log per process; the rest are counted (`check` lists them all).
+MAX_NAMED_BAD_IMAGES = 10
+# A training batch with unreadable images is refilled from this many following batches' rows.
+SPARE_BATCHES = 2
+
+_named_bad_images: set[str] = set()
+
+
+def _example_name(config, source: _ArraySource, index: int) -> str:
+  """The file (or, for in-memory sources, the example number) behind `index`."""
+  if source.kind == "path":
+    return str(source.images[index])
+  return f"{config.dataset} example {index}"
+
+
+def _unreadable_reason(source: _ArraySource, index: int) -> str:
+  """Why example `index` fails to load: TensorFlow's message, trimmed to its first line."""
+  try:
+    if source.kind == "path":
+      _decode(tf.io.read_file(str(source.images[index])))
+    elif source.kind == "encoded":
+      _decode(source.images[index % len(source.images)])
+  except tf.errors.OpError as e:
+    return _short_error(e)
+  return "it decodes, but its preprocessing failed"
+
+
+def _short_error(error: tf.errors.OpError) -> str:
+  """TensorFlow's error message without its op and device decorations."""
+  text = re.sub(r"\{\{[^}]*\}\}\s*", "", str(error.message)).strip().splitlines()[0]
+  return re.sub(r"\s*\[Op:\w+\].*$", "", text).strip() or type(error).__name__
+
+
+def _report_unreadable(config, source: _ArraySource, indices: list[int], where: str) -> None:
+  """Names the first MAX_NAMED_BAD_IMAGES unreadable images of this process in the log."""
+  for index in indices:
+    name = _example_name(config, source, index)
+    if name in _named_bad_images:
+      continue
+    _named_bad_images.add(name)
+    if len(_named_bad_images) <= MAX_NAMED_BAD_IMAGES:
+      logging.warning(
+          "Skipping unreadable image %s (%s) in %s.", name, _unreadable_reason(source, index), where
+      )
+    if len(_named_bad_images) == MAX_NAMED_BAD_IMAGES + 1 and config.dataset.startswith("folder:"):
+      logging.warning(
+          "Further unreadable images are skipped and counted without being named; list them all "
+          "with: python -m incres.data check %s",
+          config.dataset,
+      )
+
+
+class _SkippingBatches:
+  """Batches of a random-access split that pass over unreadable images; `skipped` counts them.
+
+  Batches come from the plain pipeline, `batches(step)`. When a batch fails to load (an image that
+  does not decode), it is rebuilt by `repair(step) -> (batch, unreadable indices)`, which loads
+  its candidates one by one and drops the failures, and the plain pipeline restarts at the next
+  batch. Which images fail depends only on the files, so every batch stays a function of its step:
+  good data costs nothing extra, and resuming at any step gives the same batches.
+  """
+
+  def __init__(self, batches, repair, step: int, report: Callable[[list[int], int], None]):
+    self.skipped = 0  # Unreadable images passed over by the batches yielded so far.
+    self._batches, self._repair, self._report = batches, repair, report
+    self._step = step
+    self._it = None
+
+  def __iter__(self) -> _SkippingBatches:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._it is None:
+      self._it = self._batches(self._step)
+    try:
+      batch = next(self._it)
+    except tf.errors.OpError as error:
+      self._it = None  # Restarted after this batch by the next call.
+      batch, bad = self._repair(self._step)
+      if not bad:  # Nothing unreadable: a real failure, not for us to hide.
+        raise error
+      self.skipped += len(bad)
+      self._report(bad, self._step)
+    self._step += 1
+    return batch
+
+
+class _CountingBatches:
+  """A generator of batches, `generate(self)`, that adds its skipped images to `self.skipped`."""
+
+  def __init__(self, generate: Callable[[_CountingBatches], Iterator[dict[str, np.ndarray]]]):
+    self.skipped = 0
+    self._gen = generate(self)
+
+  def __iter__(self) -> _CountingBatches:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._gen)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -644,7 +759,7 @@ def _base_seed(config, stream: int) -> tf.Tensor:
   return tf.random.experimental.stateless_fold_in(tf.constant([config.seed, 0], tf.int64), stream)
 
 
-_PERMUTATION, _AUGMENT, _STREAM = 1, 2, 3
+_PERMUTATION, _AUGMENT, _STREAM, _SPARE = 1, 2, 3, 4
 
 
 def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -663,6 +778,15 @@ def create_train_iter(config, *, start_step: int = 0) -> Iterator[dict[str, np.n
   (config, k) (and, for streamed tfds datasets, the process count), so
   `create_train_iter(config, start_step=k)` yields what an uninterrupted iterator yields from its
   k-th batch on. Process p gets the p-th slice of each global batch.
+
+  Unreadable images (a truncated JPEG, an empty file, text named `.png`) are skipped, counted in
+  the iterator's `skipped` attribute and the first few named in the log. In random-access
+  datasets a batch with unreadable images takes the first readable rows of its own and the next
+  SPARE_BATCHES batches' rows of this process (so a few images appear twice that epoch, with
+  other augmentations); since that only depends on the files, resuming stays exact. Streamed
+  datasets drop unreadable records and fill the epoch from the records beyond its last whole batch;
+  a resumed streamed run is exact only if no record before the resume step was unreadable in its
+  epoch (the resume skips raw records without decoding them).
   """
   local = _local_batch(config.batch_size, "batch_size")
   source = _source(config, config.train_split)
@@ -675,7 +799,7 @@ def create_train_iter(config, *, start_step: int = 0) -> Iterator[dict[str, np.n
     raise DatasetError(f"Training split {config.train_split!r} of {config.dataset!r} is empty.")
   lo = jax.process_index() * local
   perm_seed, aug_seed = _base_seed(config, _PERMUTATION), _base_seed(config, _AUGMENT)
-  start = start_step * global_batch
+  spare_seed = _base_seed(config, _SPARE)
   load = _loader(source)
 
   def epoch(e):
@@ -684,17 +808,51 @@ def create_train_iter(config, *, start_step: int = 0) -> Iterator[dict[str, np.n
     positions = e * n + tf.range(n, dtype=tf.int64)  # Position in the infinite training stream.
     return tf.data.Dataset.from_tensor_slices((positions, tf.cast(tf.argsort(keys), tf.int64)))
 
-  ds = tf.data.Dataset.range(start // n, 2**62).flat_map(epoch).skip(start % n)
-  # Keep this process's rows of each global batch; integers only, so cheap for every process.
-  ds = ds.filter(lambda g, i: (g % global_batch >= lo) & (g % global_batch < lo + local))
+  def rows(step):
+    """(stream position, example index) of this process's rows from global batch `step` on."""
+    start = step * global_batch
+    ds = tf.data.Dataset.range(start // n, 2**62).flat_map(epoch).skip(start % n)
+    # Keep this process's rows of each global batch; integers only, so cheap for every process.
+    return ds.filter(lambda g, i: (g % global_batch >= lo) & (g % global_batch < lo + local))
 
-  def example(g, index):
+  def example(g, index, seed=aug_seed):
     image, label = load(index)
-    image = train_fn(image, tf.random.experimental.stateless_fold_in(aug_seed, g))
+    image = train_fn(image, tf.random.experimental.stateless_fold_in(seed, g))
     return {"image": image, "label": label}
 
-  ds = ds.map(example, num_parallel_calls=AUTOTUNE).batch(local, drop_remainder=True)
-  return _options(ds.prefetch(AUTOTUNE)).as_numpy_iterator()
+  def batches(step):
+    ds = rows(step).map(example, num_parallel_calls=AUTOTUNE).batch(local, drop_remainder=True)
+    return _options(ds.prefetch(AUTOTUNE)).as_numpy_iterator()
+
+  def repair(step):
+    """Batch `step` made of the first `local` readable candidates: its rows, then spares."""
+    candidates = rows(step).take((1 + SPARE_BATCHES) * local)
+    indices = [int(i) for _, i in _options(candidates).as_numpy_iterator()]
+
+    def candidate(c, row):
+      # A spare is also a row of a later batch: another augmentation seed gives another view.
+      g, index = row
+      return c, example(g, index, tf.where(c < local, aug_seed, spare_seed))
+
+    ds = candidates.enumerate().map(candidate, num_parallel_calls=AUTOTUNE).ignore_errors()
+    good = list(_options(ds.take(local)).as_numpy_iterator())
+    used = {int(c) for c, _ in good}
+    last = max(used) if len(good) == local else len(indices) - 1
+    bad = [indices[c] for c in range(last + 1) if c not in used]
+    if len(good) < local:
+      names = ", ".join(_example_name(config, source, i) for i in bad[:MAX_NAMED_BAD_IMAGES])
+      raise DatasetError(
+          f"Training batch {step} of {config.dataset!r} cannot be filled: {len(bad)} of the "
+          f"{len(indices)} images tried are unreadable ({names}, ...). Remove or replace them "
+          f"(`python -m incres.data check {config.dataset}` lists every unreadable file)."
+      )
+    batch = {k: np.stack([ex[k] for _, ex in good]) for k in ("image", "label")}
+    return batch, bad
+
+  def report(bad, step):
+    _report_unreadable(config, source, bad, f"training batch {step}")
+
+  return _SkippingBatches(batches, repair, start_step, report)
 
 
 def _stream_train_iter(config, source: _StreamSource, train_fn, local: int, start_step: int):
@@ -723,21 +881,37 @@ def _stream_train_iter(config, source: _StreamSource, train_fn, local: int, star
     )
     ds = ds.shuffle(STREAM_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=False)
     # Resume: skip the consumed records before decoding, so skipping costs reads, not decodes.
-    ds = ds.take(steps_per_epoch * local).enumerate().skip(skip_steps * local)
+    ds = ds.enumerate().skip(skip_steps * local)
 
     def example(i, ex):
       image = train_fn(
           _decode(ex["image"]), tf.random.experimental.stateless_fold_in(aug_seed, e * n + i)
       )
-      return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
+      return {"image": image, "label": tf.cast(ex["label"], tf.int32), "record": i}
 
-    ds = ds.map(example, num_parallel_calls=AUTOTUNE).batch(local, drop_remainder=True)
+    # Unreadable records are dropped; the records past the epoch's last whole batch stand in.
+    ds = ds.map(example, num_parallel_calls=AUTOTUNE).ignore_errors()
+    ds = ds.take((steps_per_epoch - skip_steps) * local).batch(local, drop_remainder=True)
     return _options(ds.prefetch(AUTOTUNE)).as_numpy_iterator()
 
-  e, skip = divmod(start_step, steps_per_epoch)
-  while True:
-    yield from epoch_batches(e, skip)
-    e, skip = e + 1, 0
+  def generate(counter):
+    e, skip = divmod(start_step, steps_per_epoch)
+    while True:
+      expected = skip * local  # The next record of the epoch, if every record decodes.
+      for batch in epoch_batches(e, skip):
+        records = batch.pop("record")
+        skipped = int(records[-1]) + 1 - expected - len(records)
+        expected = int(records[-1]) + 1
+        if skipped:
+          counter.skipped += skipped
+          logging.warning(
+              "Skipped %d unreadable record(s) of %s %s in epoch %d (before record %d).",
+              skipped, config.dataset, config.train_split, e, expected - 1,
+          )
+        yield batch
+      e, skip = e + 1, 0
+
+  return _CountingBatches(generate)
 
 
 def create_eval_iter(config) -> Iterator[dict[str, np.ndarray]]:
@@ -745,6 +919,8 @@ def create_eval_iter(config) -> Iterator[dict[str, np.ndarray]]:
 
   Every batch has config.eval_batch_size // process_count() rows; the last is padded with
   mask 0 (mask is float32, 1 for real examples). All processes yield the same number of batches.
+  Unreadable images get mask 0 (they are not counted), are counted in the iterator's `skipped`
+  attribute and named in the log.
   """
   local = _local_batch(config.eval_batch_size, "eval_batch_size")
   source = _source(config, config.eval_split)
@@ -757,7 +933,7 @@ def create_eval_iter(config) -> Iterator[dict[str, np.ndarray]]:
   lo = jax.process_index() * local
   # Row r of global batch b is example b * global_batch + r; indices past the end are padding.
   rows = np.arange(num_batches)[:, None] * global_batch + lo + np.arange(local)[None, :]
-  rows = rows.reshape(-1)
+  rows = rows.reshape(-1).astype(np.int64)
   load = _loader(source)
 
   def example(index):
@@ -769,9 +945,34 @@ def create_eval_iter(config) -> Iterator[dict[str, np.ndarray]]:
         "mask": tf.cast(valid, tf.float32),
     }
 
-  ds = tf.data.Dataset.from_tensor_slices(rows.astype(np.int64))
-  ds = ds.map(example, num_parallel_calls=AUTOTUNE).batch(local).prefetch(AUTOTUNE)
-  return _options(ds).as_numpy_iterator()
+  def batches(b):
+    ds = tf.data.Dataset.from_tensor_slices(rows[b * local :])
+    ds = ds.map(example, num_parallel_calls=AUTOTUNE).batch(local).prefetch(AUTOTUNE)
+    return _options(ds).as_numpy_iterator()
+
+  def repair(b):
+    """Batch `b` with its unreadable rows zeroed and masked out."""
+    chunk = rows[b * local : (b + 1) * local]
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(chunk)), chunk))
+    ds = ds.map(lambda r, i: (r, example(i)), num_parallel_calls=AUTOTUNE).ignore_errors()
+    s = config.image_size
+    batch = {
+        "image": np.zeros((len(chunk), s, s, 3), np.float32),
+        "label": np.zeros(len(chunk), np.int32),
+        "mask": np.zeros(len(chunk), np.float32),
+    }
+    loaded = set()
+    for r, ex in _options(ds).as_numpy_iterator():
+      loaded.add(int(r))
+      for key in batch:
+        batch[key][r] = ex[key]
+    # A failed padding row (it loads example 0) is masked out anyway: not an unreadable image.
+    return batch, [int(i) for r, i in enumerate(chunk) if r not in loaded and i < n]
+
+  def report(bad, b):
+    _report_unreadable(config, source, bad, f"evaluation batch {b} (masked out)")
+
+  return _SkippingBatches(batches, repair, 0, report)
 
 
 def _stream_eval_iter(config, source: _StreamSource, eval_fn, local: int):
@@ -783,14 +984,129 @@ def _stream_eval_iter(config, source: _StreamSource, eval_fn, local: int):
   num_batches = -(-(-(-_source_size(source) // processes)) // local)
   s = config.image_size
   ds = source.builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-  ds = ds.map(
-      lambda ex: {
+  ds = ds.enumerate().map(
+      lambda i, ex: {
           "image": eval_fn(_decode(ex["image"])),
           "label": tf.cast(ex["label"], tf.int32),
           "mask": tf.constant(1.0),
+          "record": i,
       },
       num_parallel_calls=AUTOTUNE,
   )
-  pad = {"image": tf.zeros([s, s, 3]), "label": tf.constant(0), "mask": tf.constant(0.0)}
+  ds = ds.ignore_errors()  # Unreadable records are left out; the padding keeps the batch count.
+  pad = {
+      "image": tf.zeros([s, s, 3]),
+      "label": tf.constant(0),
+      "mask": tf.constant(0.0),
+      "record": tf.constant(-1, tf.int64),
+  }
   ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat()).take(num_batches * local)
-  return _options(ds.batch(local).prefetch(AUTOTUNE)).as_numpy_iterator()
+  batches = _options(ds.batch(local).prefetch(AUTOTUNE)).as_numpy_iterator()
+
+  def generate(counter):
+    expected = 0  # The next record of this process's share, if every record decodes.
+    for batch in batches:
+      records = batch.pop("record")
+      records = records[records >= 0]
+      if len(records):
+        skipped = int(records[-1]) + 1 - expected - len(records)
+        expected = int(records[-1]) + 1
+        if skipped:
+          counter.skipped += skipped
+          logging.warning(
+              "Skipped %d unreadable record(s) of %s %s in evaluation.",
+              skipped, config.dataset, config.eval_split,
+          )
+      yield batch
+
+  return _CountingBatches(generate)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: python -m incres.data check folder:<path>
+# ---------------------------------------------------------------------------------------------
+
+
+def check_folder(root: str) -> tuple[int, list[tuple[str, str]]]:
+  """Decodes every image file under `root`: (number of images, [(unreadable path, reason)])."""
+  paths = sorted(
+      os.path.join(folder, f)
+      for folder, _, files in os.walk(root)
+      for f in files
+      if f.lower().endswith(_IMAGE_EXTENSIONS)
+  )
+  ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string, shape=[len(paths)]))
+  ds = ds.map(lambda p: (p, tf.shape(_decode(tf.io.read_file(p)))), num_parallel_calls=AUTOTUNE)
+  readable = {p.decode() for p, _ in _options(ds.ignore_errors()).as_numpy_iterator()}
+  bad = []
+  for path in paths:
+    if path in readable:
+      continue
+    try:  # Again, alone, for TensorFlow's reason (only for the few that failed).
+      _decode(tf.io.read_file(path))
+      reason = "failed once, then decoded: unreliable storage?"
+    except tf.errors.OpError as e:
+      reason = _short_error(e)
+    bad.append((path, reason))
+  return len(paths), bad
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """`python -m incres.data check folder:<path>`: lists every unreadable image of a folder."""
+  parser = argparse.ArgumentParser(
+      prog="python -m incres.data", description="Checks of incres datasets."
+  )
+  commands = parser.add_subparsers(dest="command", required=True)
+  check = commands.add_parser(
+      "check",
+      help="Decode every image of a folder: dataset and list the unreadable ones.",
+      description=(
+          "Decodes every image file under a folder: dataset (every split) as training would, and "
+          "lists each one that fails with the reason. Training skips such files anyway and names "
+          "only the first few; this lists them all. Exit status: 0 if every image decodes, 1 if "
+          "unreadable images were found (listed on stdout), 2 for a usage error (such as a "
+          "folder that does not exist)."
+      ),
+  )
+  check.add_argument("dataset", help="folder:<path>, as given to --config.dataset.")
+  args = parser.parse_args(argv)
+
+  if not args.dataset.startswith("folder:"):
+    print(
+        f"error: `check` decodes the files of a folder dataset; {args.dataset!r} is not one. Pass "
+        "folder:<path> (tensorflow-datasets names are checked by tfds when they are prepared).",
+        file=sys.stderr,
+    )
+    return 2
+  root = args.dataset[len("folder:") :]
+  if not os.path.isdir(root):
+    print(
+        f"error: folder dataset {root!r} does not exist or is not a directory. Pass the folder "
+        "that holds class_name/image.jpg (or <split>/class_name/image.jpg), e.g. "
+        "python -m incres.data check folder:/data/flowers",
+        file=sys.stderr,
+    )
+    return 2
+  _hide_gpus_from_tensorflow()
+  total, bad = check_folder(root)
+  if total == 0:
+    print(
+        f"error: no image files ({', '.join(_IMAGE_EXTENSIONS)}) under {root!r}. Expected "
+        "class_name/image.jpg (or <split>/class_name/image.jpg) under it.",
+        file=sys.stderr,
+    )
+    return 2
+  for path, reason in bad:
+    print(f"{path}: {reason}")
+  if bad:
+    print(
+        f"{len(bad)} of {total} images under {root} are unreadable. Training skips them (and "
+        "names the first few in its log); remove or replace them to train on every image."
+    )
+    return 1
+  print(f"All {total} images under {root} decode.")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

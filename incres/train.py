@@ -443,6 +443,14 @@ def _check_finite(step: int, metrics: Mapping[str, float], last_checkpoint: int 
     )
 
 
+def _skipped_images(train_iter: Iterator[Any]) -> int:
+  """Unreadable training images the iterators of all processes have skipped so far."""
+  skipped = getattr(train_iter, "skipped", 0)  # `data.create_train_iter` counts them.
+  if jax.process_count() > 1:  # Called at log steps, which every process reaches together.
+    skipped = int(np.sum(multihost_utils.process_allgather(np.int64(skipped))))
+  return skipped
+
+
 def _validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for key in ("batch_size", "eval_batch_size"):
     if config[key] % num_devices or config[key] % jax.process_count():
@@ -617,6 +625,7 @@ def train_and_evaluate(
   pending: tuple[int, dict[str, jax.Array]] | None = None
   window_start: tuple[float, int] | None = None  # (time, step) where the images/s window began.
   preempted = False
+  skipped_logged = 0  # Unreadable training images skipped up to the last log step.
   start_time = time.time()
 
   def consume(item: tuple[int, dict[str, jax.Array]]) -> None:
@@ -660,6 +669,9 @@ def train_and_evaluate(
                      train_window[-1]}
           summary["train/learning_rate"] = train_window[-1]["learning_rate"]
           summary["train/epoch"] = step / steps_per_epoch
+          skipped = _skipped_images(train_iter)
+          summary["train/skipped_images"] = skipped - skipped_logged  # Since the last log step.
+          skipped_logged = skipped
           if step > s0 and now > t0:
             ips = (step - s0) * config.batch_size / (now - t0)
             summary["train/images_per_sec"] = ips

@@ -1,0 +1,239 @@
+"""Unreadable images: skipped deterministically, counted, named; exact resume; the check CLI."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from incres import checkpoint, data, metrics, train
+
+import tiny_config  # tests/ is on the path (pytest's rootdir-relative import).
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Three classes of 30 images; every 10th per class (000, 010, 020) is the evaluation split.
+CLASSES = ("cat", "dog", "emu")
+# One of each kind of broken file, all in the training split.
+BAD = {
+    "cat/004.jpg": "truncated",
+    "dog/006.jpg": "empty",
+    "emu/007.png": "text",
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _compilation_cache(tmp_path_factory):
+  """Each `train_and_evaluate` jits fresh functions; the persistent cache makes repeats cheap."""
+  old = (
+      jax.config.jax_compilation_cache_dir,
+      jax.config.jax_persistent_cache_min_compile_time_secs,
+  )
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  yield
+  jax.config.update("jax_compilation_cache_dir", old[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+
+
+@pytest.fixture(autouse=True)
+def _name_afresh(monkeypatch):
+  """Every test starts with no image named yet (names are logged once per process)."""
+  monkeypatch.setattr(data, "_named_bad_images", set())
+
+
+def write_folder(root: str, bad: dict[str, str] = BAD, per_class: int = 30) -> list[str]:
+  """Small JPEG/PNG files per class, then the `bad` ones overwritten; returns the bad paths."""
+  rng = np.random.default_rng(0)
+  for name in CLASSES:
+    os.makedirs(os.path.join(root, name))
+    for i in range(per_class):
+      image = rng.integers(0, 256, (12 + i % 5, 14, 3), dtype=np.uint8)
+      ext = "png" if i % 2 else "jpg"
+      encoded = tf.io.encode_png(image) if i % 2 else tf.io.encode_jpeg(image)
+      tf.io.write_file(os.path.join(root, name, f"{i:03d}.{ext}"), encoded)
+  for relative, kind in bad.items():
+    path = os.path.join(root, relative)
+    assert os.path.exists(path), path  # Broken copies of real files (even numbers are JPEGs).
+    with open(path, "rb") as f:
+      content = f.read()
+    with open(path, "wb") as f:
+      broken = {"truncated": content[: len(content) // 2], "empty": b"", "text": b"not an image"}
+      f.write(broken[kind])
+  return sorted(os.path.join(root, relative) for relative in bad)
+
+
+def folder_config(root: str, steps: int = 12):
+  config = tiny_config.get_config(f"steps={steps},every=4")
+  config.dataset = f"folder:{root}"
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.lr_boundaries = (8,)
+  return config
+
+
+def take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def skipping_steps(config, steps: int) -> list[int]:
+  """The steps whose batch had unreadable images, from the iterator's counter."""
+  it, out, seen = data.create_train_iter(config), [], 0
+  for step in range(steps):
+    next(it)
+    if it.skipped > seen:
+      out.append(step)
+      seen = it.skipped
+  return out
+
+
+def test_batches_skip_unreadable_images_and_start_at_any_step(tmp_path, caplog):
+  bad = write_folder(str(tmp_path))
+  config = folder_config(str(tmp_path))
+  caplog.set_level(logging.WARNING)
+  it = data.create_train_iter(config)
+  full = take(it, 14)  # 81 training images, 10 batches an epoch: every bad file is met.
+  assert it.skipped >= 3
+  for message in (r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()):
+    assert any(path in message for path in bad), message
+  assert all(any(path in r.getMessage() for r in caplog.records) for path in bad)
+  assert all(b["image"].shape == (8, 16, 16, 3) and b["label"].shape == (8,) for b in full)
+  assert all(np.all(np.isfinite(b["image"])) for b in full)
+  steps = skipping_steps(config, 14)
+  assert steps, "no batch met an unreadable file"
+  for start in sorted({0, 1, 7, *steps}):
+    resumed = take(data.create_train_iter(config, start_step=start), 14 - start)
+    for a, b in zip(full[start:], resumed):
+      np.testing.assert_array_equal(a["image"], b["image"])
+      np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_good_batches_are_the_plain_pipelines(tmp_path):
+  # The same folder without the broken files: batches away from them are unchanged.
+  write_folder(str(tmp_path / "bad"))
+  write_folder(str(tmp_path / "good"), bad={})
+  bad_config = folder_config(str(tmp_path / "bad"))
+  good_config = folder_config(str(tmp_path / "good"))
+  affected = set(skipping_steps(bad_config, 10))
+  assert 0 < len(affected) < 10
+  bad_batches = take(data.create_train_iter(bad_config), 10)
+  good_batches = take(data.create_train_iter(good_config), 10)
+  for step, (a, b) in enumerate(zip(bad_batches, good_batches)):
+    if step not in affected:
+      np.testing.assert_array_equal(a["image"], b["image"])
+    else:
+      assert not np.array_equal(a["image"], b["image"])
+
+
+def test_training_runs_through_names_counts_and_resumes_exactly(tmp_path, caplog):
+  root = str(tmp_path / "images")
+  bad = write_folder(root)
+  config = folder_config(root)
+  steps = [s for s in skipping_steps(config, 12) if s > 0]
+  caplog.set_level(logging.WARNING)
+  reference = str(tmp_path / "uninterrupted")
+  result = train.train_and_evaluate(config, reference)
+  assert result["step"] == 12 and np.isfinite(result["train/loss"])
+  logged = "\n".join(r.getMessage() for r in caplog.records)
+  assert all(path in logged for path in bad)
+  records = metrics.read_metrics(reference)
+  counts = [r["train/skipped_images"] for r in records if "train/skipped_images" in r]
+  assert len(counts) == 3  # Steps 4, 8, 12.
+  it = data.create_train_iter(config)
+  take(it, 12)
+  assert sum(counts) == it.skipped >= 3
+
+  # "Killed" at a step whose batch needs repair, then resumed: the same bits.
+  workdir = str(tmp_path / "resumed")
+  first = config.copy_and_resolve_references()
+  first.num_train_steps = steps[0]
+  assert train.train_and_evaluate(first, workdir)["step"] == steps[0]
+  assert train.train_and_evaluate(config, workdir)["step"] == 12
+  a = jax.device_get(checkpoint.load_variables(workdir)[2])
+  b = jax.device_get(checkpoint.load_variables(reference)[2])
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_unreadable_eval_image_is_masked_out_and_named(tmp_path, caplog):
+  bad = write_folder(str(tmp_path), bad={"dog/010.jpg": "truncated"})
+  config = folder_config(str(tmp_path))
+  caplog.set_level(logging.WARNING)
+  it = data.create_eval_iter(config)
+  batches = list(it)
+  assert it.skipped == 1 and sum(b["mask"].sum() for b in batches) == 9 - 1
+  labels = np.concatenate([b["label"][b["mask"] == 1] for b in batches])
+  np.testing.assert_array_equal(np.sort(labels), [0, 0, 0, 1, 1, 2, 2, 2])
+  assert any(bad[0] in r.getMessage() for r in caplog.records)
+
+
+def test_a_batch_that_cannot_be_filled_names_the_files(tmp_path):
+  names = [f"{c}/{i:03d}.{'png' if i % 2 else 'jpg'}" for c in CLASSES for i in range(1, 10)]
+  broken = dict.fromkeys(names, "text")
+  write_folder(str(tmp_path), bad=broken, per_class=10)  # Only the eval images are readable.
+  config = folder_config(str(tmp_path))
+  expected = r"cannot be filled.*00\d\.(png|jpg).*incres\.data check"
+  with pytest.raises(data.DatasetError, match=expected):
+    next(data.create_train_iter(config))
+
+
+def run_check(*args: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  return subprocess.run(
+      [sys.executable, "-m", "incres.data", "check", *args],
+      capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
+  )
+
+
+def test_check_lists_exactly_the_unreadable_files(tmp_path):
+  bad = write_folder(str(tmp_path))
+  result = run_check(f"folder:{tmp_path}")
+  assert result.returncode == 1, result.stderr
+  listed = sorted(line.split(": ")[0] for line in result.stdout.splitlines() if ": " in line)
+  assert listed == bad
+  assert "Input is empty" in result.stdout and "Unknown image file format" in result.stdout
+  assert "jpeg::Uncompress failed" in result.stdout
+  assert "Traceback" not in result.stderr
+
+
+def test_check_user_errors_exit_2_without_traceback(tmp_path):
+  result = run_check(f"folder:{tmp_path / 'missing'}")
+  assert result.returncode == 2 and "does not exist" in result.stderr, result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_check_in_process_other_outcomes(tmp_path, capsys):
+  assert data.main(["check", "cifar10"]) == 2
+  assert "is not one" in capsys.readouterr().err
+  assert data.main(["check", f"folder:{tmp_path}"]) == 2  # An empty folder.
+  assert "no image files" in capsys.readouterr().err
+  write_folder(str(tmp_path / "good"), bad={})
+  assert data.main(["check", f"folder:{tmp_path / 'good'}"]) == 0
+  assert "All 90 images" in capsys.readouterr().out
+
+
+def test_streamed_tfds_skips_and_counts_unreadable_records():
+  # 37 records, 4 of them broken: every epoch (4 batches of 8 from 33 readable records) passes
+  # over at least 3 of them.
+  good = tf.io.encode_jpeg(np.full((40, 50, 3), 128, np.uint8)).numpy()
+  images = [b"broken" if i in (2, 9, 20, 30) else good for i in range(37)]
+
+  def as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False, **kwargs):
+    del self, split, decoders, read_config, shuffle_files, kwargs
+    return tf.data.Dataset.from_tensor_slices({"image": images, "label": np.arange(37) % 10})
+
+  with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+    config = folder_config("unused")
+    config.update(dataset="imagenette", eval_split="validation", image_size=32)
+    it = data.create_train_iter(config)
+    batches = take(it, 8)
+    assert all(b["image"].shape == (8, 32, 32, 3) and set(b) == {"image", "label"} for b in batches)
+    assert 6 <= it.skipped <= 8
+    evaluated = data.create_eval_iter(config)
+    assert sum(b["mask"].sum() for b in evaluated) == 33 and evaluated.skipped == 4

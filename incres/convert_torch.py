@@ -295,9 +295,19 @@ def _write_run(model_name: str, variables, workdir: str, transform_input: bool) 
     config.model_kwargs.aux_heads = False
   model = train.create_model(config)
   tx = train.create_optimizer(config, train.create_learning_rate_fn(config))
-  mesh = train.create_mesh()
-  state = train.create_train_state(config, model, tx, mesh)
-  state = state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
+  abstract = train.abstract_train_state(config, model, tx, train.create_mesh())
+  # The state a fresh run would have, with the converted variables in place of a random init (not
+  # `create_train_state`: compiling the model's init takes longer than the whole conversion).
+  params = jax.tree.map(np.asarray, variables["params"])
+  batch_stats = jax.tree.map(np.asarray, variables.get("batch_stats", {}))
+  _, train_rng = jax.random.split(jax.random.key(config.seed))  # As init_train_state splits.
+  state = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract).replace(
+      params=params,
+      batch_stats=batch_stats,
+      opt_state=jax.jit(tx.init)(params),
+      rng=jax.random.key_data(train_rng),
+  )
+  state = jax.device_put(state, jax.tree.map(lambda a: a.sharding, abstract))
   ckpt = checkpoint.Checkpointer(workdir, config, save_every_steps=1, keep=1, async_save=False)
   try:
     ckpt.save(0, state)

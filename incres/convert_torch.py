@@ -180,11 +180,16 @@ def _check_structure(model, variables, name) -> None:
   from incres import complexity
 
   expected = complexity.abstract_variables(model, 224)
-  want = {jax.tree_util.keystr(p): v.shape for p, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
-  got = {jax.tree_util.keystr(p): v.shape for p, v in jax.tree_util.tree_flatten_with_path(variables)[0]}
+  def shapes(tree):
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(p): v.shape for p, v in leaves}
+
+  want, got = shapes(expected), shapes(variables)
   problems = [f"missing {k} {want[k]}" for k in want if k not in got]
   problems += [f"unexpected {k} {got[k]}" for k in got if k not in want]
-  problems += [f"{k}: torch {got[k]} vs incres {want[k]}" for k in want if k in got and got[k] != want[k]]
+  problems += [
+      f"{k}: torch {got[k]} vs incres {want[k]}" for k in want if k in got and got[k] != want[k]
+  ]
   if problems:
     raise ConversionError(
         f"The state dict does not fit torchvision's {name} ({len(problems)} problems; first: "
@@ -275,7 +280,8 @@ def check_out(out: str, overwrite: bool = False, *, weights: str | None = None) 
         " new or empty directory, or pass --overwrite to replace it (the new run is written and"
         " read back beside it first; the old contents are deleted only after the swap)."
     )
-  for inner, what in ((weights, f"the weights file {weights}"), (os.getcwd(), "the current directory")):
+  inputs = ((weights, f"the weights file {weights}"), (os.getcwd(), "the current directory"))
+  for inner, what in inputs:
     if inner and _inside(inner, out):
       raise OutputExistsError(
           f"--out={out} holds {what}, which --overwrite would delete; nothing was changed. Convert"
@@ -341,7 +347,8 @@ def _verify(workdir: str, model_name: str, variables) -> None:
 def _new_sibling(out: str, tag: str) -> str:
   """Creates a new empty directory beside `out` (same file system, so renames are atomic)."""
   while True:
-    path = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.{tag}-{secrets.token_hex(4)}")
+    name = f".{os.path.basename(out)}.{tag}-{secrets.token_hex(4)}"
+    path = os.path.join(os.path.dirname(out), name)
     try:
       os.mkdir(path)  # Unlike tempfile.mkdtemp, keeps the umask's permissions for the final run.
       return path
@@ -364,7 +371,8 @@ def _swap(new: str, out: str, replacing: bool) -> None:
   try:
     shutil.rmtree(aside)
   except OSError as e:
-    print(f"warning: the replaced run is still at {aside} ({e}); delete it by hand.", file=sys.stderr)
+    print(f"warning: the replaced run is still at {aside} ({e}); delete it by hand.",
+          file=sys.stderr)
 
 
 def save(
@@ -406,8 +414,8 @@ def _unpickling_message(path: str, error: pickle.UnpicklingError) -> str:
   found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
   if found:
     return (
-        f"{path} contains Python objects beyond tensors; refused — convert only weights you trust,"
-        f" saved as a state_dict (torch.save(model.state_dict(), path)). The first object is"
+        f"{path} contains Python objects beyond tensors; refused — convert only weights you"
+        f" trust, saved as a state_dict (torch.save(model.state_dict(), path)). The first object is"
         f" {found.group(1)}; nothing in the file was run."
     )
   detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(\n\n|$)", text, re.DOTALL)

@@ -150,7 +150,13 @@ def convert(
     *prefix, leaf = key.split(".")
     if leaf == "num_batches_tracked":
       continue
-    path = module_path(prefix)
+    try:
+      path = module_path(prefix)
+    except ConversionError as e:
+      raise ConversionError(
+          f"{e} The state dict does not look like torchvision's {name}: check that the model name"
+          " matches the weights file."
+      ) from None
     value = _np(tensor)
     if leaf == "weight" and value.ndim == 4:  # OIHW -> HWIO
       _set(params, (*path, "kernel"), value.transpose(2, 3, 1, 0))
@@ -532,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
   except ConversionError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    print(f"Interrupted; --out={args.out} was left as it was.", file=sys.stderr)
+    return 130
   except OSError as e:  # Permissions, a full disk: the old --out is kept (see save).
     print(f"error: could not write --out={args.out} ({e}); it was left as it was.", file=sys.stderr)
     return 2

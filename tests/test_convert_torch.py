@@ -294,7 +294,7 @@ def test_user_errors_exit_2_with_one_paragraph(weights, tmp_path, capsys):
       (["--model=vgg16", f"--weights={path}", out], "invalid choice: 'vgg16'"),
       (["--model=resnet18", f"--weights={tmp_path / 'missing.pth'}", out], "no such file"),
       (["--model=resnet34", f"--weights={path}", out], "does not fit torchvision's resnet34"),
-      (["--model=googlenet", f"--weights={path}", out], "Unexpected GoogLeNet tensor prefix"),
+      (["--model=googlenet", f"--weights={path}", out], "not look like torchvision's googlenet"),
       (["--model=resnet18", f"--weights={garbage}", out], "not a PyTorch weights file"),
       (["--model=resnet18", f"--weights={whole_model}", out], "beyond tensors; refused"),
       (["--model=resnet18", f"--weights={path}", f"--out={a_file}", "--overwrite"], "is a file"),

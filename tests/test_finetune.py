@@ -4,6 +4,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -136,13 +137,16 @@ def test_frozen_optimizer_leaves_the_backbone_bitwise_unchanged():
 # --- No model flag: the architecture comes from the source run ---
 
 
-def test_the_model_and_its_width_are_inherited_when_unset(source_run, tmp_path):
-  workdir = str(tmp_path / "inherit")
-  c = _config(init_from=source_run, model="", model_kwargs={}, num_train_steps=2)
-  train.train_and_evaluate(c, workdir)
-  saved = checkpoint.load_config(workdir)
-  assert saved.model == "CifarResNet20" and saved.model_kwargs.width == 4
-  assert saved.normalize == "pixel_mean"  # The digits source's "auto", resolved as it did.
+def test_the_model_and_its_width_are_inherited_when_unset(source_run):
+  config = _config(init_from=source_run, model="")
+  config.model_kwargs = ml_collections.ConfigDict()
+  filled = finetune.inherit_architecture(config, checkpoint.load_config(source_run))
+  assert config.model == "CifarResNet20" and config.model_kwargs.width == 4
+  assert config.normalize == "pixel_mean"  # The digits source's "auto", resolved as it did.
+  assert filled == ["model='CifarResNet20'", "model_kwargs.width=4", "normalize='pixel_mean'"]
+  explicit = _config(init_from=source_run, model="CifarResNet20", normalize="channel_mean")
+  finetune.inherit_architecture(explicit, checkpoint.load_config(source_run))
+  assert explicit.normalize == "channel_mean"  # What the user set is kept.
 
 
 def test_an_empty_model_without_init_from_says_what_to_do(tmp_path):

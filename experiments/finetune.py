@@ -21,9 +21,9 @@ Arguments (`--config=experiments/finetune.py:dataset=cifar10,freeze=True,...`):
   smoke: True shrinks everything to a few steps.
 
 Recipe: SGD momentum 0.9, weight decay 1e-4, cosine decay over 5 epochs, lr 0.01 for the backbone
-and 0.1 for the head (0.1 for a frozen backbone's head), batch 64; the evaluation view and
-normalisation of the source run (ImageNet-style centre crop for 224-pixel models; torchvision's
-mean/std for imported weights).
+and 0.1 for the head (0.1 for a frozen backbone's head), batch 64; the source run's input
+normalisation (torchvision's mean/std for imported weights); 32-pixel CIFAR views for digits, CIFAR
+and Cifar* models, otherwise 224-pixel crops with an ImageNet-style centre crop for evaluation.
 """
 
 from __future__ import annotations

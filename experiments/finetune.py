@@ -7,21 +7,23 @@ weights (e.g. torchvision's ResNet-50: 76.13% ImageNet top-1), the way the paper
 
 Weights come from `config.init_from`: a training run's workdir, or the --out of
   python -m incres.convert_torch --model=resnet50 --weights=resnet50-0676ba61.pth --out=runs/imported_resnet50
-The architecture (`model`, `model_kwargs`, `normalize`) is taken from the source run, so the new
-head is the only difference; the log (and `init_from.txt` in the workdir) lists every array that
-was loaded, re-initialised or skipped.
+No model flag is needed: the architecture (`model`, the backbone's `model_kwargs`, `normalize`) is
+taken from the source run, so the new head is the only difference. Values you set explicitly are
+kept and must match the source (a different model or depth fails with the mismatch). The log (and
+`init_from.txt` in the workdir) lists every array that was loaded, re-initialised or skipped.
 
-Arguments (`--config=experiments/finetune.py:model=ResNet50,dataset=cifar10,freeze=True,...`):
-  model: the source's model (default ResNet50; GoogLeNetBN for torchvision's GoogLeNet).
+Arguments (`--config=experiments/finetune.py:dataset=cifar10,freeze=True,...`):
+  model: "" (default) takes the source run's model; a name must equal it. Naming a Cifar* model
+    also picks the 32-pixel CIFAR view for any dataset.
   dataset: imagenette (default), cifar10, cifar100, folder:<path>, digits, fake, any tfds name.
   freeze: True trains only the new head (a linear probe: the backbone and its BN statistics stay
     bitwise unchanged); False (default) fine-tunes everything, the head at 10× the rate.
   smoke: True shrinks everything to a few steps.
 
 Recipe: SGD momentum 0.9, weight decay 1e-4, cosine decay over 5 epochs, lr 0.01 for the backbone
-and 0.1 for the head (0.1 for a frozen backbone's head), batch 64; the evaluation view and
-normalisation of the source run (ImageNet-style centre crop for 224-pixel models; torchvision's
-mean/std for imported weights).
+and 0.1 for the head (0.1 for a frozen backbone's head), batch 64; the source run's input
+normalisation (torchvision's mean/std for imported weights); 32-pixel CIFAR views for digits, CIFAR
+and Cifar* models, otherwise 224-pixel crops with an ImageNet-style centre crop for evaluation.
 """
 
 from __future__ import annotations
@@ -36,9 +38,13 @@ EPOCHS = 5
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Fine-tune `init_from` onto `dataset` with a new head."""
-  a = configs.parse_arg(arg, model="ResNet50", dataset="imagenette", freeze=False, smoke=False)
+  a = configs.parse_arg(arg, model="", dataset="imagenette", freeze=False, smoke=False)
   c = configs.base_config()
+  # Inherited from init_from unless set (incres.finetune.inherit_architecture): "" is the source's
+  # model, unnamed backbone keywords are the source's, "auto" is the source's normalisation.
   c.model = a.model
+  c.model_kwargs = ml_collections.ConfigDict()
+  c.normalize = "auto"
   c.dataset = a.dataset
   c.smoke = a.smoke
   small = a.dataset == "digits" or a.dataset.startswith("cifar") or a.model.startswith("Cifar")

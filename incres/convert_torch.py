@@ -14,12 +14,27 @@ for a torchvision GoogLeNet built with `transform_input=False`.
 
 Command line (no network: you supply the file):
   python -m incres.convert_torch --model=resnet50 --weights=resnet50-0676ba61.pth --out=DIR
-writes an incres checkpoint directory that `config.init_from` accepts.
+writes a new incres run directory (checkpoint step 0 and `config.json`) that `config.init_from`,
+`incres.predict` and `incres.evaluate` accept, then prints the commands that use it. `DIR` must be
+new or empty: the converter never saves into an existing run (a save there would make orbax's
+keep-the-newest policy delete the run's own checkpoints). `--overwrite` replaces `DIR` atomically:
+the run is written into a temporary sibling, read back array by array, and only then swapped in;
+the old contents are deleted after the swap. The `.pth` is read with `torch.load(...,
+weights_only=True)`: a file holding pickled Python objects beyond tensors is refused unread.
+User errors (unknown model, missing or unreadable file, weights of another model, an occupied
+`DIR`) print one paragraph and exit with status 2.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import pickle
 import re
+import secrets
+import shlex
+import shutil
+import sys
 from typing import Any, Mapping
 
 import jax
@@ -127,7 +142,13 @@ def incres_variable(key: str, name: str, ndim: int) -> tuple[str, tuple[str, ...
   *prefix, leaf = key.split(".")
   if leaf == "num_batches_tracked":
     return None
-  path = (_googlenet_module if name == "googlenet" else _resnet_module)(prefix)
+  try:
+    path = (_googlenet_module if name == "googlenet" else _resnet_module)(prefix)
+  except ConversionError as e:
+    raise ConversionError(
+        f"{e} The state dict does not look like torchvision's {name}: check that the model name"
+        " matches the weights file."
+    ) from None
   if leaf == "weight":
     return "params", (*path, "kernel" if ndim in (2, 4) else "scale")
   if leaf in _LEAVES:
@@ -205,11 +226,16 @@ def _check_structure(model, variables, name) -> None:
   from incres import complexity
 
   expected = complexity.abstract_variables(model, 224)
-  want = {jax.tree_util.keystr(p): v.shape for p, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
-  got = {jax.tree_util.keystr(p): v.shape for p, v in jax.tree_util.tree_flatten_with_path(variables)[0]}
+  def shapes(tree):
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(p): v.shape for p, v in leaves}
+
+  want, got = shapes(expected), shapes(variables)
   problems = [f"missing {k} {want[k]}" for k in want if k not in got]
   problems += [f"unexpected {k} {got[k]}" for k in got if k not in want]
-  problems += [f"{k}: torch {got[k]} vs incres {want[k]}" for k in want if k in got and got[k] != want[k]]
+  problems += [
+      f"{k}: torch {got[k]} vs incres {want[k]}" for k in want if k in got and got[k] != want[k]
+  ]
   if problems:
     raise ConversionError(
         f"The state dict does not fit torchvision's {name} ({len(problems)} problems; first: "
@@ -238,9 +264,81 @@ def import_config(name: str, num_classes: int = 1000, transform_input: bool = Tr
   return config
 
 
-def save(model_name: str, variables, out: str, *, transform_input: bool = True) -> str:
-  """Writes converted variables as an incres checkpoint (step 0) in workdir `out`."""
-  from incres import checkpoint, train
+class OutputExistsError(ConversionError):
+  """`--out` holds something and replacing it was not asked for (or is not safe)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Written:
+  """What `save` wrote, as read back from the output directory through `incres.checkpoint`."""
+
+  out: str
+  model: str
+  step: int
+  num_classes: int
+
+
+def _describe(path: str) -> str:
+  """What a non-empty directory holds, in a few words (reads names only)."""
+  from incres import checkpoint  # pylint: disable=g-import-not-at-top
+
+  names = sorted(os.listdir(path))
+  ckpt = os.path.join(path, checkpoint.CHECKPOINT_DIR)
+  steps = sorted(int(n) for n in os.listdir(ckpt) if n.isdigit()) if os.path.isdir(ckpt) else []
+  others = [n for n in names if n != checkpoint.CHECKPOINT_DIR or not steps]
+  shown = ", ".join(others[:8]) + (f" and {len(others) - 8} more" if len(others) > 8 else "")
+  if steps:
+    return f"a training run: checkpoints {', '.join(map(str, steps))}" + (
+        f"; {shown}" if others else ""
+    )
+  return f"{len(names)} entr{'y' if len(names) == 1 else 'ies'}: {shown}"
+
+
+def _inside(path: str, directory: str) -> bool:
+  path, directory = os.path.realpath(path), os.path.realpath(directory)
+  return os.path.commonpath([path, directory]) == directory
+
+
+def check_out(out: str, overwrite: bool = False, *, weights: str | None = None) -> bool:
+  """Raises `OutputExistsError` unless `out` may receive a converted run; True if it replaces one.
+
+  `out` may be missing or an empty directory; anything else needs `overwrite`, and even then a
+  file, a symbolic link, a directory holding the weights being converted or the current directory
+  is refused. Reads names only: a refused `out` is left exactly as it was.
+  """
+  if os.path.islink(out):
+    raise OutputExistsError(
+        f"--out={out} is a symbolic link; nothing was changed. Give the real directory it points"
+        " to, or a new directory."
+    )
+  if not os.path.exists(out):
+    return False
+  if not os.path.isdir(out):
+    raise OutputExistsError(
+        f"--out={out} is a file, not a directory; nothing was changed. Give a new directory"
+        " (--out names the run directory the converter creates)."
+    )
+  if not os.listdir(out):
+    return False
+  if not overwrite:
+    raise OutputExistsError(
+        f"--out={out} is not empty: it holds {_describe(out)}. Nothing was changed. Convert into a"
+        " new or empty directory, or pass --overwrite to replace it (the new run is written and"
+        " read back beside it first; the old contents are deleted only after the swap)."
+    )
+  inputs = ((weights, f"the weights file {weights}"), (os.getcwd(), "the current directory"))
+  for inner, what in inputs:
+    if inner and _inside(inner, out):
+      raise OutputExistsError(
+          f"--out={out} holds {what}, which --overwrite would delete; nothing was changed. Convert"
+          " into another directory."
+      )
+  return True
+
+
+def _write_run(model_name: str, variables, workdir: str, transform_input: bool) -> None:
+  """Writes variables as checkpoint step 0 plus `config.json` in a new, empty `workdir`."""
+  from incres import checkpoint, train  # pylint: disable=g-import-not-at-top
 
   params = variables["params"]
   num_classes = int(params["head"]["kernel"].shape[-1])
@@ -249,58 +347,247 @@ def save(model_name: str, variables, out: str, *, transform_input: bool = True) 
     config.model_kwargs.aux_heads = False
   model = train.create_model(config)
   tx = train.create_optimizer(config, train.create_learning_rate_fn(config))
-  mesh = train.create_mesh()
-  state = train.create_train_state(config, model, tx, mesh)
-  state = state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
-  ckpt = checkpoint.Checkpointer(out, config, save_every_steps=1, keep=1, async_save=False)
+  abstract = train.abstract_train_state(config, model, tx, train.create_mesh())
+  # The state a fresh run would have, with the converted variables in place of a random init (not
+  # `create_train_state`: compiling the model's init takes longer than the whole conversion).
+  params = jax.tree.map(np.asarray, variables["params"])
+  batch_stats = jax.tree.map(np.asarray, variables.get("batch_stats", {}))
+  _, train_rng = jax.random.split(jax.random.key(config.seed))  # As init_train_state splits.
+  state = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract).replace(
+      params=params,
+      batch_stats=batch_stats,
+      opt_state=jax.jit(tx.init)(params),
+      rng=jax.random.key_data(train_rng),
+  )
+  state = jax.device_put(state, jax.tree.map(lambda a: a.sharding, abstract))
+  ckpt = checkpoint.Checkpointer(workdir, config, save_every_steps=1, keep=1, async_save=False)
   try:
     ckpt.save(0, state)
-    ckpt.wait()
   finally:
     ckpt.close()
-  train.save_config(config, out)
-  return checkpoint.checkpoint_dir(out)
+  train.save_config(config, workdir)
 
 
-def load_state_dict(path: str):
-  """Reads a torchvision `.pth` state dict (needs torch; weights only, no code is unpickled)."""
+def _verify(workdir: str, model_name: str, variables) -> None:
+  """Loads `workdir` as a user would and checks it holds exactly `variables` of `model_name`."""
+  from incres import checkpoint  # pylint: disable=g-import-not-at-top
+
+  config, _, loaded = checkpoint.load_variables(workdir)
+  want = TORCHVISION_MODELS[model_name]
+  flat_want = dict(jax.tree_util.tree_flatten_with_path(variables)[0])
+  flat_got = dict(jax.tree_util.tree_flatten_with_path(jax.device_get(loaded))[0])
+  differ = [
+      jax.tree_util.keystr(k)
+      for k in flat_want.keys() | flat_got.keys()
+      if k not in flat_got or k not in flat_want
+      or not np.array_equal(np.asarray(flat_want[k]), np.asarray(flat_got[k]))
+  ]
+  if config.model != want or differ:
+    raise RuntimeError(
+        f"Reading back the converted run in {workdir} gave {config.model} with"
+        f" {len(differ)} arrays differing from the conversion (first: {sorted(differ)[:3]});"
+        " it was not installed."
+    )
+
+
+def _new_sibling(out: str, tag: str) -> str:
+  """Creates a new empty directory beside `out` (same file system, so renames are atomic)."""
+  while True:
+    name = f".{os.path.basename(out)}.{tag}-{secrets.token_hex(4)}"
+    path = os.path.join(os.path.dirname(out), name)
+    try:
+      os.mkdir(path)  # Unlike tempfile.mkdtemp, keeps the umask's permissions for the final run.
+      return path
+    except FileExistsError:
+      continue
+
+
+def _swap(new: str, out: str, replacing: bool) -> None:
+  """Moves the finished run `new` to `out`; an old `out` is renamed aside, then deleted."""
+  if not replacing:
+    os.rename(new, out)  # Onto a missing or empty directory; fails (changing nothing) otherwise.
+    return
+  aside = _new_sibling(out, "replaced")
+  os.rename(out, aside)  # Onto an empty directory: atomic.
   try:
-    import torch
-  except ImportError as e:
-    raise SystemExit(
-        "Reading a .pth file needs PyTorch: pip install torch (CPU build is enough)."
-    ) from e
-  state_dict = torch.load(path, map_location="cpu", weights_only=True)
-  if isinstance(state_dict, dict) and "state_dict" in state_dict:
-    state_dict = state_dict["state_dict"]
-  return state_dict
+    os.rename(new, out)
+  except BaseException:
+    os.rename(aside, out)  # Put the old run back before reporting the failure.
+    raise
+  try:
+    shutil.rmtree(aside)
+  except OSError as e:
+    print(f"warning: the replaced run is still at {aside} ({e}); delete it by hand.",
+          file=sys.stderr)
 
 
-def main(argv=None) -> int:
-  import argparse
+def save(
+    model_name: str,
+    variables,
+    out: str,
+    *,
+    transform_input: bool = True,
+    overwrite: bool = False,
+) -> Written:
+  """Writes converted variables as an incres run (checkpoint step 0) in the new directory `out`.
+
+  `out` must be missing or empty (`OutputExistsError` otherwise, touching nothing); `overwrite`
+  replaces an existing run. Either way the run is written into a temporary sibling of `out` and
+  read back (every array compared) before it is renamed into place, so an interruption leaves
+  `out` as it was. Returns the model name and step read back from `out`.
+  """
+  from incres import checkpoint  # pylint: disable=g-import-not-at-top
+
+  out = os.path.abspath(os.path.expanduser(out))
+  replacing = check_out(out, overwrite)
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  new = _new_sibling(out, "converting")
+  try:
+    _write_run(model_name, variables, new, transform_input)
+    _verify(new, model_name, variables)
+    _swap(new, out, replacing)
+  finally:
+    if os.path.isdir(new):  # Still there: something failed before the swap.
+      shutil.rmtree(new, ignore_errors=True)
+  config = checkpoint.load_config(out)
+  step = checkpoint.Checkpointer(out, config, save_every_steps=1, keep=1).latest_step()
+  return Written(out, config.model, step, config.num_classes)
+
+
+def _unpickling_message(path: str, error: pickle.UnpicklingError) -> str:
+  """Our message for torch's weights-only refusal, without its advice to unpickle anyway."""
+  text = str(error)
+  found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+  if found:
+    return (
+        f"{path} contains Python objects beyond tensors; refused — convert only weights you"
+        f" trust, saved as a state_dict (torch.save(model.state_dict(), path)). The first object is"
+        f" {found.group(1)}; nothing in the file was run."
+    )
+  detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(\n\n|$)", text, re.DOTALL)
+  reason = detail.group(1) if detail else _first_line(error)
+  return f"{path} is not a PyTorch weights file that torch can read ({reason})."
+
+
+def load_state_dict(path: str) -> dict[str, Any]:
+  """Reads a torchvision `.pth` state dict: plain tensors only, no code is unpickled.
+
+  Raises `ConversionError` (with a message for the user) when the file is missing, is not a
+  PyTorch file, holds pickled Python objects beyond tensors, or is not a state dict.
+  """
+  if not os.path.isfile(path):
+    raise ConversionError(
+        f"--weights={path}: no such file. Give the .pth file holding the torchvision state_dict"
+        " (e.g. resnet50-0676ba61.pth from torchvision's model page)."
+    )
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ConversionError(  # pylint: disable=raise-missing-from
+        "Reading a .pth file needs PyTorch: pip install torch (the CPU build is enough)."
+    ) from None
+  try:
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as e:  # torch's restricted unpickler refused something.
+    raise ConversionError(_unpickling_message(path, e)) from None
+  except Exception as e:  # pylint: disable=broad-except  (zip/EOF/format errors of all kinds)
+    raise ConversionError(
+        f"{path} is not a PyTorch weights file that torch can read ({_first_line(e)})."
+    ) from None
+  state_dict = loaded
+  if isinstance(loaded, Mapping):
+    for key in ("state_dict", "model"):  # Training checkpoints that wrap the state dict.
+      if isinstance(loaded.get(key), Mapping):
+        state_dict = loaded[key]
+        break
+  if not isinstance(state_dict, Mapping) or not state_dict:
+    raise ConversionError(
+        f"{path} holds a {type(loaded).__name__}, not a state_dict (a dict of tensor names to"
+        " tensors). Save one with torch.save(model.state_dict(), path)."
+    )
+  bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+  if bad:
+    raise ConversionError(
+        f"{path} is not a plain state_dict: {bad[0]!r} holds a {type(state_dict[bad[0]]).__name__},"
+        " not a tensor. Save one with torch.save(model.state_dict(), path)."
+    )
+  return dict(state_dict)
+
+
+def _first_line(e: BaseException) -> str:
+  """`Type: first line` of an exception, without torch's advice to unpickle arbitrary code."""
+  lines = [l for l in str(e).splitlines() if l.strip() and "weights_only" not in l]
+  return f"{type(e).__name__}: {lines[0].strip() if lines else 'unreadable'}"
+
+
+def next_steps(model_name: str, out: str) -> str:
+  """The commands that fine-tune and use the run the converter wrote to `out` (as typed)."""
+  q = shlex.quote
+  name = os.path.basename(os.path.normpath(out)) or model_name
+  workdir = os.path.join(os.path.dirname(os.path.normpath(out)) or ".", f"{name}_imagenette")
+  return (
+      "Fine-tune it (the model and its input normalisation come from the converted run):\n"
+      f"  python launch.py --config=experiments/finetune.py:dataset=imagenette"
+      f" --config.init_from={q(out)} --workdir={q(workdir)}\n"
+      "  (your own images: dataset=folder:/path/to/images, one sub-folder per class)\n"
+      "Classify images with it:\n"
+      f"  python -m incres.predict --checkpoint={q(out)} image.jpg"
+  )
+
+
+def main(argv: list[str] | None = None) -> int:
+  """`python -m incres.convert_torch`: returns 0, or 2 after printing a user error."""
+  import argparse  # pylint: disable=g-import-not-at-top
 
   parser = argparse.ArgumentParser(
       prog="python -m incres.convert_torch",
-      description="Convert a torchvision state_dict file into an incres checkpoint.",
+      description="Convert a torchvision state_dict file into a new incres run directory.",
   )
   parser.add_argument("--model", required=True, choices=sorted(TORCHVISION_MODELS))
   parser.add_argument("--weights", required=True, help="A torchvision .pth state_dict file.")
-  parser.add_argument("--out", required=True, help="Output workdir (usable as config.init_from).")
+  parser.add_argument(
+      "--out", required=True, help="New (or empty) run directory, usable as config.init_from."
+  )
+  parser.add_argument(
+      "--overwrite",
+      action="store_true",
+      help="Replace an existing --out (written beside it, read back, then swapped in).",
+  )
   parser.add_argument(
       "--no_transform_input",
       action="store_true",
       help="googlenet: the weights were trained without torchvision's transform_input step.",
   )
-  args = parser.parse_args(argv)
+  args = parser.parse_args(argv)  # Usage errors exit 2 with argparse's message.
   transform_input = not args.no_transform_input
-  model, variables = convert(
-      load_state_dict(args.weights), args.model, transform_input=transform_input
-  )
-  where = save(args.model, variables, args.out, transform_input=transform_input)
+  try:
+    check_out(args.out, args.overwrite, weights=args.weights)  # Before the slow part.
+    state_dict = load_state_dict(args.weights)
+    try:
+      _, variables = convert(state_dict, args.model, transform_input=transform_input)
+    except (ValueError, KeyError) as e:  # e.g. a reshape that the tensor's size does not allow.
+      if isinstance(e, ConversionError):
+        raise
+      raise ConversionError(
+          f"{args.weights} does not fit torchvision's {args.model} ({type(e).__name__}: {e})."
+          " Check --model matches the weights file."
+      ) from None
+    written = save(
+        args.model, variables, args.out, transform_input=transform_input, overwrite=args.overwrite
+    )
+  except ConversionError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print(f"Interrupted; --out={args.out} was left as it was.", file=sys.stderr)
+    return 130
+  except OSError as e:  # Permissions, a full disk: the old --out is kept (see save).
+    print(f"error: could not write --out={args.out} ({e}); it was left as it was.", file=sys.stderr)
+    return 2
   print(
-      f"Wrote {TORCHVISION_MODELS[args.model]} ({args.model}) to {where}.\n"
-      f"Fine-tune: python launch.py --config=experiments/finetune.py --config.init_from={args.out}\n"
-      f"Classify:  python -m incres.predict --checkpoint={args.out} image.jpg"
+      f"Wrote {written.model} (torchvision {args.model}, {written.num_classes} classes) to"
+      f" {args.out}; read back: {written.model}, step {written.step}.\n"
+      + next_steps(args.model, args.out)
   )
   return 0
 

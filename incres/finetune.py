@@ -1,8 +1,12 @@
 """Fine-tuning: start a run from another run's (or converted torchvision) weights.
 
 `config.init_from` names a workdir (its newest checkpoint, or `config.init_from_step`) or a
-checkpoint step directory (`.../checkpoints/<step>`). The new run's variables are initialised as
-usual, then every parameter and batch statistic whose path and shape match the source is copied.
+checkpoint step directory (`.../checkpoints/<step>`): a training run, or the `--out` of
+`python -m incres.convert_torch`. The backbone's architecture is the source's: `config.model`
+(left empty, as `experiments/finetune.py` does), the backbone's `model_kwargs` and the input
+normalisation (`normalize="auto"`) are taken from the source run's config unless set, and values
+that are set must agree with it (`inherit_architecture`). The new run's variables are initialised
+as usual, then every parameter and batch statistic whose path and shape match the source is copied.
 Heads — the classifier `head` and GoogLeNet's auxiliary heads `aux_*` — are re-initialised when
 their shapes differ (a new number of classes) or when the source lacks them. Anything else that does
 not match (another model, depth or width) is a backbone mismatch and fails with the first paths.
@@ -128,17 +132,23 @@ _NON_BACKBONE_KWARGS = ("aux_heads", "frozen_bn", "dropout_rate")
 def inherit_architecture(config, source_config) -> list[str]:
   """Makes `config`'s backbone the source run's (in place); returns the keys it filled in.
 
-  The model name must match. Backbone `model_kwargs` the new config leaves unset are copied from
-  the source (e.g. the v1.5 strides of converted torchvision ResNets, which no parameter shape
-  would reveal), and so is the source's input normalisation when the new config says "auto". A backbone
-  keyword set differently in both fails.
+  What the new config leaves unset is taken from the source: the model when `config.model` is
+  empty (`experiments/finetune.py`'s default), backbone `model_kwargs` it does not name (e.g. the
+  v1.5 strides of converted torchvision ResNets, which no parameter shape would reveal), and the
+  input normalisation when `config.normalize` is "auto". Values the user set are kept, and must
+  describe the same backbone: a different model, or a backbone keyword set differently in both,
+  fails with `BackboneMismatchError`.
   """
-  if config.model != source_config.model:
+  filled = []
+  if not config.get("model"):
+    config.model = source_config.model
+    filled.append(f"model={config.model!r}")
+  elif config.model != source_config.model:
     raise BackboneMismatchError(
         f"config.model={config.model!r} but init_from holds a {source_config.model!r}. Fine-tuning"
-        " keeps the backbone: set --config.model to the source's model."
+        " keeps the backbone: drop --config.model (experiments/finetune.py then takes the"
+        " source's) or set it to the source's model."
     )
-  filled = []
   source_kwargs = dict(source_config.get("model_kwargs", {}))
   for key, value in source_kwargs.items():
     if key in _NON_BACKBONE_KWARGS:

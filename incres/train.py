@@ -538,6 +538,12 @@ def train_and_evaluate(
     filled = finetune.inherit_architecture(config, checkpoint_lib.load_config(*init_from))
     if filled:
       logging.info("From the init_from run: %s", ", ".join(filled))
+  elif not config.model:
+    raise ValueError(
+        "config.model is empty, which means \"the init_from run's model\", but config.init_from"
+        " is not set. Pass --config.init_from=<a run's workdir or a convert_torch --out>, or"
+        " --config.model=<name>."
+    )
   model = create_model(config)
   mesh = create_mesh() if mesh is None else mesh
   _validate(config, mesh.size)

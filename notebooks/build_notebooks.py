@@ -217,9 +217,10 @@ from incres import configs, convert_torch, train
 
 if TORCHVISION_WEIGHTS:
   INIT_FROM = f"{RUNS}/imported_{TORCHVISION_MODEL}"
-  _, variables = convert_torch.convert(
-      convert_torch.load_state_dict(TORCHVISION_WEIGHTS), TORCHVISION_MODEL)
-  convert_torch.save(TORCHVISION_MODEL, variables, INIT_FROM)
+  if not os.path.isdir(INIT_FROM):  # Converted on an earlier run of this cell: reuse it.
+    _, variables = convert_torch.convert(
+        convert_torch.load_state_dict(TORCHVISION_WEIGHTS), TORCHVISION_MODEL)
+    convert_torch.save(TORCHVISION_MODEL, variables, INIT_FROM)
 if not INIT_FROM:  # A source model trained here on all ten digits.
   INIT_FROM = f"{RUNS}/notebook_source_digits" + ("_smoke" if SMOKE else "")
   source = configs.load("experiments/resnet_cifar.py:dataset=digits")

@@ -1,6 +1,11 @@
 """Converted torchvision weights give torchvision's logits (torch is a test-only dependency)."""
 
 import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +17,8 @@ from incres.models import googlenet
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _torchvision_model(name, **kwargs):
@@ -128,3 +135,176 @@ def test_imagenet_class_names_ship_with_the_package():
 
   names = predict.imagenet_class_names()
   assert len(names) == 1000 and names[0] == "tench" and names[207] == "golden retriever"
+
+
+# --- The command line: never lose a run, refuse what is not plain weights, user errors exit 2 ---
+
+_TINY_CONFIG = os.path.join(os.path.dirname(__file__), "tiny_config.py")
+
+
+def _tree(root):
+  """{relative path: sha256 of the content (None for a directory)} of everything under root."""
+  out = {}
+  for dirpath, dirnames, filenames in os.walk(root):
+    for d in dirnames:
+      out[os.path.relpath(os.path.join(dirpath, d), root)] = None
+    for f in filenames:
+      with open(os.path.join(dirpath, f), "rb") as fh:
+        out[os.path.relpath(os.path.join(dirpath, f), root)] = hashlib.sha256(fh.read()).hexdigest()
+  return out
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+  """Two resnet18 state_dict files with different random weights, and their torch models."""
+  root = tmp_path_factory.mktemp("weights")
+  out = {}
+  for seed in (0, 1):
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    path = str(root / f"resnet18_seed{seed}.pth")
+    torch.save(model.state_dict(), path)
+    out[seed] = (path, model)
+  return out
+
+
+def _convert(capsys, *args):
+  """Runs the CLI in-process: (exit status, stdout, stderr)."""
+  try:
+    code = convert_torch.main(list(args))
+  except SystemExit as e:  # argparse's usage errors.
+    code = e.code
+  captured = capsys.readouterr()
+  return code, captured.out, captured.err
+
+
+def _stem_kernel(workdir):
+  from incres import checkpoint
+
+  _, _, variables = checkpoint.load_variables(workdir)
+  return np.asarray(variables["params"]["stem_conv"]["kernel"])
+
+
+def _torch_stem_kernel(torch_model):
+  return torch_model.conv1.weight.detach().numpy().transpose(2, 3, 1, 0)
+
+
+def test_converting_into_a_trained_run_changes_nothing_and_overwrite_replaces_it(
+    weights, tmp_path, capsys
+):
+  from incres import checkpoint, configs, train
+
+  run = tmp_path / "runs" / "trained"
+  train.train_and_evaluate(configs.load(_TINY_CONFIG), str(run))  # Checkpoints 4, 8 and 12.
+  capsys.readouterr()
+  before = _tree(run)
+  assert {"checkpoints/4", "checkpoints/8", "checkpoints/12", "config.json"} <= set(before)
+
+  path, torch_model = weights[0]
+  code, out, err = _convert(capsys, "--model=resnet18", f"--weights={path}", f"--out={run}")
+  assert code == 2 and not out and "Traceback" not in err
+  assert "holds a training run: checkpoints 4, 8, 12" in err and "Nothing was changed" in err
+  assert _tree(run) == before  # Every file byte-identical, nothing added.
+  assert os.listdir(run.parent) == ["trained"]
+
+  code, out, err = _convert(
+      capsys, "--model=resnet18", f"--weights={path}", f"--out={run}", "--overwrite"
+  )
+  assert code == 0, err
+  assert "read back: ResNet18, step 0" in out
+  assert sorted(os.listdir(run.parent)) == ["trained"]  # No temporary or set-aside copy left.
+  assert sorted(os.listdir(run / "checkpoints")) == ["0"]
+  config, model, variables = checkpoint.load_variables(str(run))
+  assert config.model == "ResNet18" and config.num_classes == 10
+  x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
+  with torch.no_grad():
+    expected = torch_model(torch.from_numpy(x)).numpy()
+  got = model.apply(variables, x.transpose(0, 2, 3, 1), train=False)[0]
+  assert np.abs(np.asarray(got) - expected).max() <= 1e-4
+
+
+def test_different_weights_give_different_checkpoints_and_none_are_kept_silently(
+    weights, tmp_path, capsys
+):
+  (path_a, model_a), (path_b, model_b) = weights[0], weights[1]
+  out_a, out_b = tmp_path / "a", tmp_path / "b"
+  out_b.mkdir()  # An empty directory is a fine --out.
+  assert _convert(capsys, "--model=resnet18", f"--weights={path_a}", f"--out={out_a}")[0] == 0
+  assert _convert(capsys, "--model=resnet18", f"--weights={path_b}", f"--out={out_b}")[0] == 0
+  kernel_a, kernel_b = _stem_kernel(str(out_a)), _stem_kernel(str(out_b))
+  np.testing.assert_array_equal(kernel_a, _torch_stem_kernel(model_a))
+  np.testing.assert_array_equal(kernel_b, _torch_stem_kernel(model_b))
+  assert not np.array_equal(kernel_a, kernel_b)
+
+  # Same architecture again without --overwrite: refused, the old weights are not claimed as new.
+  code, out, err = _convert(capsys, "--model=resnet18", f"--weights={path_b}", f"--out={out_a}")
+  assert code == 2 and "Wrote" not in out and "is not empty" in err
+  np.testing.assert_array_equal(_stem_kernel(str(out_a)), kernel_a)
+  # With --overwrite the new weights replace the old ones.
+  code, out, err = _convert(
+      capsys, "--model=resnet18", f"--weights={path_b}", f"--out={out_a}", "--overwrite"
+  )
+  assert code == 0, err
+  np.testing.assert_array_equal(_stem_kernel(str(out_a)), kernel_b)
+
+
+class _CreatesAFile:
+  """Unpickling this calls shutil.copyfile(source, target): what a malicious .pth could do."""
+
+  def __init__(self, source, target):
+    self.source, self.target = source, target
+
+  def __reduce__(self):
+    return (shutil.copyfile, (self.source, self.target))
+
+
+def test_a_pickle_with_python_objects_is_refused_unread(tmp_path):
+  target = tmp_path / "created_by_the_pickle"
+  evil = tmp_path / "evil.pth"
+  source = tmp_path / "source.txt"
+  source.write_text("written by unpickling")
+  payload = _CreatesAFile(str(source), str(target))
+  torch.save({"fc.weight": torch.zeros(10, 512), "payload": payload}, evil)
+  result = subprocess.run(
+      [sys.executable, "-m", "incres.convert_torch", "--model=resnet18", f"--weights={evil}",
+       f"--out={tmp_path / 'out'}"],
+      capture_output=True, text=True, cwd=_REPO, timeout=300,
+  )
+  assert result.returncode == 2, result.stderr
+  assert f"{evil} contains Python objects beyond tensors; refused" in result.stderr
+  assert "Traceback" not in result.stderr and "weights_only" not in result.stderr
+  assert not target.exists() and not (tmp_path / "out").exists()
+  torch.load(evil, weights_only=False)  # The payload is real: trusting the file runs it.
+  assert target.exists()
+
+
+def test_user_errors_exit_2_with_one_paragraph(weights, tmp_path, capsys):
+  path, _ = weights[0]
+  garbage = tmp_path / "garbage.pth"
+  garbage.write_bytes(b"\x00\x01 not a pickle" * 10)
+  a_file = tmp_path / "a_file"
+  a_file.write_text("keep me")
+  whole_model = tmp_path / "whole_model.pth"
+  torch.save(torchvision.models.resnet18(weights=None, num_classes=10), whole_model)
+  holder = tmp_path / "holder"
+  holder.mkdir()
+  inside = shutil.copy(path, holder / "weights.pth")
+  out = f"--out={tmp_path / 'out'}"
+  cases = [
+      (["--model=vgg16", f"--weights={path}", out], "invalid choice: 'vgg16'"),
+      (["--model=resnet18", f"--weights={tmp_path / 'missing.pth'}", out], "no such file"),
+      (["--model=resnet34", f"--weights={path}", out], "does not fit torchvision's resnet34"),
+      (["--model=googlenet", f"--weights={path}", out], "not look like torchvision's googlenet"),
+      (["--model=resnet18", f"--weights={garbage}", out], "not a PyTorch weights file"),
+      (["--model=resnet18", f"--weights={whole_model}", out], "beyond tensors; refused"),
+      (["--model=resnet18", f"--weights={path}", f"--out={a_file}", "--overwrite"], "is a file"),
+      (["--model=resnet18", f"--weights={inside}", f"--out={holder}", "--overwrite"],
+       "holds the weights file"),
+  ]
+  for args, message in cases:
+    code, stdout, err = _convert(capsys, *args)
+    assert code == 2 and message in err and "Traceback" not in err, (args, err)
+    assert "weights_only" not in err and not stdout
+    assert len(err.strip().splitlines()) == 1 or err.startswith("usage:"), err
+  assert not (tmp_path / "out").exists() and a_file.read_text() == "keep me"
+  assert os.listdir(holder) == ["weights.pth"]

@@ -4,6 +4,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -131,3 +132,81 @@ def test_frozen_optimizer_leaves_the_backbone_bitwise_unchanged():
   new = optax.apply_updates(params, updates)
   np.testing.assert_array_equal(new["conv"]["kernel"], params["conv"]["kernel"])
   assert not np.array_equal(new["head"]["kernel"], params["head"]["kernel"])
+
+
+# --- No model flag: the architecture comes from the source run ---
+
+
+def test_the_model_and_its_width_are_inherited_when_unset(source_run):
+  config = _config(init_from=source_run, model="")
+  config.model_kwargs = ml_collections.ConfigDict()
+  filled = finetune.inherit_architecture(config, checkpoint.load_config(source_run))
+  assert config.model == "CifarResNet20" and config.model_kwargs.width == 4
+  assert config.normalize == "pixel_mean"  # The digits source's "auto", resolved as it did.
+  assert filled == ["model='CifarResNet20'", "model_kwargs.width=4", "normalize='pixel_mean'"]
+  explicit = _config(init_from=source_run, model="CifarResNet20", normalize="channel_mean")
+  finetune.inherit_architecture(explicit, checkpoint.load_config(source_run))
+  assert explicit.normalize == "channel_mean"  # What the user set is kept.
+
+
+def test_an_empty_model_without_init_from_says_what_to_do(tmp_path):
+  config = configs.load("experiments/finetune.py:dataset=digits,smoke=True")
+  with pytest.raises(ValueError, match="config.init_from is not set"):
+    train.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize(
+    "name", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "googlenet"]
+)
+def test_every_converted_model_fits_the_finetune_config_without_a_model_flag(name):
+  from incres import complexity, convert_torch
+
+  source = convert_torch.import_config(name, num_classes=1000)
+  config = configs.load("experiments/finetune.py:dataset=imagenette")
+  assert not config.model  # experiments/finetune.py names no model: it is inherited.
+  config.num_classes = 10
+  filled = finetune.inherit_architecture(config, source)
+  assert config.model == convert_torch.TORCHVISION_MODELS[name] and config.normalize == "mean_std"
+  assert f"model={config.model!r}" in filled
+  if name == "googlenet":
+    assert config.model_kwargs.transform_input is True
+  else:
+    assert config.model_kwargs.stride_in_1x1 is False  # v1.5: no parameter shape would tell.
+  new = complexity.abstract_variables(train.create_model(config), 224)
+  old = complexity.abstract_variables(train.create_model(source), 224)
+  _, log = finetune.merge(dict(new), dict(old))  # Raises BackboneMismatchError if it did not fit.
+  assert log.reinitialized and all(finetune.is_head(p.split("/", 1)[1]) for p in log.reinitialized)
+
+
+def test_the_converters_next_step_fine_tunes_a_converted_resnet18(tmp_path, capsys):
+  torch = pytest.importorskip("torch")
+  torchvision = pytest.importorskip("torchvision")
+  import shlex
+
+  from incres import convert_torch
+
+  torch.manual_seed(0)
+  weights = tmp_path / "resnet18.pth"
+  torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)  # 1000 classes.
+  out = tmp_path / "tv_resnet18"
+  assert convert_torch.main(["--model=resnet18", f"--weights={weights}", f"--out={out}"]) == 0
+  printed = capsys.readouterr().out
+  command = next(shlex.split(l) for l in printed.splitlines() if "launch.py" in l)
+  flags = dict(a.split("=", 1) for a in command[2:])
+  assert set(flags) == {"--config", "--config.init_from", "--workdir"}  # No model flag.
+  assert f"--checkpoint={out}" in printed  # ... and the predict command.
+
+  # The printed command, on the offline digits data instead of imagenette, for two steps.
+  spec = flags["--config"].replace("dataset=imagenette", "dataset=digits,smoke=True")
+  config = configs.load(spec)
+  config.init_from = flags["--config.init_from"]
+  config.num_train_steps = 2
+  workdir = str(tmp_path / "ft")
+  metrics = train.train_and_evaluate(config, workdir)
+  assert metrics["step"] == 2 and np.isfinite(metrics["train/loss"])
+  saved = checkpoint.load_config(workdir)
+  assert saved.model == "ResNet18" and saved.normalize == "mean_std"
+  assert saved.model_kwargs.stride_in_1x1 is False and saved.num_classes == 10
+  reinit = _read(os.path.join(workdir, "init_from.txt")).split("re-initialised")[1]
+  assert "params/head/kernel" in reinit.split("skipped")[0]  # 1000 -> 10 classes: a new head.

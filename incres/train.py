@@ -444,7 +444,7 @@ class _StopRequest:
     return self.code > 0
 
   def batches(self, batches: Iterator[Any]) -> Iterator[Any]:
-    """`batches` until a stop is requested (one process only: others would wait in collectives)."""
+    """`batches` until a stop is requested (one process only; others would wait in collectives)."""
     for batch in batches:
       if self.code and jax.process_count() == 1:
         raise _EvaluationAbandoned
@@ -548,8 +548,9 @@ def train_and_evaluate(
   (Ctrl-C) finishes the current step, saves, prints one line saying how to resume
   (`resume_command`, if given, is the command it shows) and returns with `"stopped": True`
   (`"preempted"` too for SIGTERM); rerunning the same command resumes. A second Ctrl-C ends the
-  process at once, keeping the newest complete checkpoint. Raises `NonFiniteLossError` if the loss or gradient stops being finite, and
-  `checkpoint.IncompatibleCheckpointError` (touching nothing) if `workdir` holds another run.
+  process at once, keeping the newest complete checkpoint. Raises `NonFiniteLossError` if the
+  loss or gradient stops being finite, and `checkpoint.IncompatibleCheckpointError` (touching
+  nothing) if `workdir` holds another run.
 
   The returned dict holds the last step's training metrics (`train/...`), the last evaluation
   (`eval/top1`, `eval/top5`, `eval/loss`, and `eval_ema/...`, `eval_polyak/...` when averaging is

@@ -5,6 +5,8 @@
 
 `--workdir` defaults to `runs/<config name>` (plus the config argument, if any). Rerunning a command
 resumes from the workdir's newest checkpoint. `--config.KEY=VALUE` overrides any config key.
+Ctrl-C (or SIGTERM) saves after the step in flight and prints the command to resume; a second
+Ctrl-C ends the process at once. User errors (missing dataset, bad config) exit with status 2.
 
 This file only parses flags and sets up the runtime (logging, the persistent compilation cache,
 `jax.distributed` on several hosts, TensorFlow kept off the GPUs); the work happens in

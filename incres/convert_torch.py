@@ -266,4 +266,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  from incres import runtime  # pylint: disable=g-import-not-at-top
+
+  runtime.setup_process()  # Before TensorFlow is imported: quiet start-up, quick exit.
   raise SystemExit(main())

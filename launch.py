@@ -5,6 +5,8 @@
 
 `--workdir` defaults to `runs/<config name>` (plus the config argument, if any). Rerunning a command
 resumes from the workdir's newest checkpoint. `--config.KEY=VALUE` overrides any config key.
+Ctrl-C (or SIGTERM) saves after the step in flight and prints the command to resume; a second
+Ctrl-C ends the process at once. User errors (missing dataset, bad config) exit with status 2.
 
 This file only parses flags and sets up the runtime (logging, the persistent compilation cache,
 `jax.distributed` on several hosts, TensorFlow kept off the GPUs); the work happens in
@@ -20,7 +22,9 @@ import re
 import shlex
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is first imported.
+from incres import runtime
+
+runtime.setup_process()  # Before TensorFlow is first imported.
 
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
@@ -164,9 +168,12 @@ def _hide_gpus_from_tensorflow() -> None:
 
 
 class _QuietLibraries:
-  """Logging filter: orbax and JAX log every checkpoint phase at INFO; keep their warnings."""
+  """Logging filter: orbax, JAX and tfds log every checkpoint phase or dataset read at INFO; keep
+  their warnings."""
 
-  _PATHS = (os.sep + "orbax" + os.sep, os.sep + "jax" + os.sep, os.sep + "jaxlib" + os.sep)
+  _PATHS = tuple(
+      os.sep + name + os.sep for name in ("orbax", "jax", "jaxlib", "tensorflow_datasets")
+  )
 
   def filter(self, record) -> bool:
     # 30 is Python's WARNING level (absl's logging.WARNING is an absl verbosity, -1).
@@ -193,21 +200,22 @@ def main(argv: list[str]) -> None:
   workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"]))
   if jax.process_index() == 0:
     logging.info("Workdir: %s", os.path.abspath(workdir))
+  args = [a for a in sys.argv if not a.startswith("--workdir")]
+  resume = " ".join(shlex.quote(a) for a in ["python", *args, f"--workdir={workdir}"])
   try:
-    result = train.train_and_evaluate(FLAGS.config, workdir)
+    train.train_and_evaluate(FLAGS.config, workdir, resume_command=resume)
   except (
       data.DatasetError,
       checkpoint.IncompatibleCheckpointError,
       train.NonFiniteLossError,
       ValueError,
   ) as e:
-    logging.error("%s: %s", type(e).__name__, e)
+    # Once, on stderr (logging it as well printed it twice); the message says what to do.
     sys.stderr.write(f"\nError ({type(e).__name__}): {e}\n")
-    sys.exit(1)
-  if result["preempted"] and jax.process_index() == 0:
-    args = [a for a in sys.argv if not a.startswith("--workdir")]
-    command = " ".join(shlex.quote(a) for a in ["python", *args, f"--workdir={workdir}"])
-    print(f"Preempted at step {result['step']}; to resume, run:\n  {command}", flush=True)
+    sys.exit(2)
+  except KeyboardInterrupt:  # Ctrl-C before the loop took over SIGINT: nothing was trained yet.
+    sys.stderr.write("\nStopped by Ctrl-C before training started; nothing to save.\n")
+    sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -349,4 +349,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
 
 
 if __name__ == "__main__":
+  from incres import runtime  # pylint: disable=g-import-not-at-top
+
+  runtime.setup_process()  # Before TensorFlow is imported: quiet start-up, quick exit.
   main(sys.argv[1:])

@@ -593,4 +593,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  from incres import runtime  # pylint: disable=g-import-not-at-top
+
+  runtime.setup_process()  # Before TensorFlow is imported: quiet start-up, quick exit.
   raise SystemExit(main())

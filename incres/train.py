@@ -382,24 +382,46 @@ def evaluate(
 
 
 class _StopRequest:
-  """Turns SIGTERM/SIGINT into "finish this step, save, exit"; a second SIGINT interrupts now."""
+  """Turns SIGTERM/SIGINT into "finish this step, save, return"; a second Ctrl-C ends the process.
+
+  The handler only records the request: the loop stops after the step in flight (abandoning an
+  evaluation in progress), saves and returns, so stopping costs at most one step and one save.
+  The first signal also gives Ctrl-C back to the operating system's default action, so a second
+  Ctrl-C ends the process at once even inside a long XLA compilation or a save, where a Python
+  handler would only run afterwards. That loses nothing complete: orbax writes each checkpoint
+  into a temporary directory and renames it when done, so a killed save is never taken for a
+  checkpoint and the next run resumes from the newest complete one (and removes the leftover).
+  """
+
+  _CODES = {signal.SIGINT: 1, signal.SIGTERM: 2}  # Shared between processes; the larger wins.
+  _REASONS = {0: None, 1: "Ctrl-C", 2: "SIGTERM", 3: "a preemption notice"}
 
   def __init__(self):
-    self.signal_name: str | None = None
+    self.code = 0
     self._previous = {}
+
+  @property
+  def reason(self) -> str | None:
+    """What stopped the run: "Ctrl-C", "SIGTERM", "a preemption notice", or None."""
+    return self._REASONS[self.code]
+
+  @property
+  def preempted(self) -> bool:
+    """Stopped from outside (SIGTERM, a cluster's notice) rather than by the user's Ctrl-C."""
+    return self.code >= 2
 
   def __enter__(self) -> _StopRequest:
     if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
+      for sig in self._CODES:
         self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
   def _handle(self, signum, frame):
     del frame
-    if self.signal_name is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # Second Ctrl-C: the user really means it.
-    self.signal_name = signal.Signals(signum).name
-    logging.warning("Received %s: stopping after this step and saving.", self.signal_name)
+    # No printing here: a handler that writes while the loop is writing to the same stream
+    # raises "reentrant call". The one message comes when the checkpoint is saved.
+    self.code = max(self.code, self._CODES[signal.Signals(signum)])
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
   def __exit__(self, *exc) -> None:
     for sig, handler in self._previous.items():
@@ -409,19 +431,28 @@ class _StopRequest:
     """Whether to stop after `step`. With several processes all must agree, so the local flag is
     only shared at `sync` steps (where the loop waits for the device anyway)."""
     if jax.process_count() == 1:
-      return self.signal_name is not None
+      return self.code > 0
     try:  # Preemption notices from the cluster (e.g. TPU maintenance), agreed on by all hosts.
       if multihost_utils.reached_preemption_sync_point(step):
-        self.signal_name = self.signal_name or "preemption notice"
+        self.code = max(self.code, 3)
         return True
     except Exception:  # pylint: disable=broad-except  (no preemption service on this platform)
       pass
     if not sync:
       return False
-    flags = multihost_utils.process_allgather(np.int32(self.signal_name is not None))
-    if np.any(flags) and self.signal_name is None:
-      self.signal_name = "signal on another process"
-    return bool(np.any(flags))
+    self.code = int(np.max(multihost_utils.process_allgather(np.int32(self.code))))
+    return self.code > 0
+
+  def batches(self, batches: Iterator[Any]) -> Iterator[Any]:
+    """`batches` until a stop is requested (one process only; others would wait in collectives)."""
+    for batch in batches:
+      if self.code and jax.process_count() == 1:
+        raise _EvaluationAbandoned
+      yield batch
+
+
+class _EvaluationAbandoned(Exception):
+  """A stop request arrived during an evaluation; its result is not needed to resume."""
 
 
 def _check_finite(step: int, metrics: Mapping[str, float], last_checkpoint: int | None) -> None:
@@ -512,19 +543,26 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    mesh: Mesh | None = None,
+    resume_command: str | None = None,
 ) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final metrics.
 
   Writes `checkpoints/`, TensorBoard event files, `metrics.jsonl` (one JSON object per logged
   step) and the resolved config (`config.json`, `config.yaml`) into `workdir`. SIGTERM or SIGINT
-  finishes the current step, saves, and returns with `"preempted": True`; rerunning the same
-  command resumes. Raises `NonFiniteLossError` if the loss or gradient stops being finite, and
-  `checkpoint.IncompatibleCheckpointError` (touching nothing) if `workdir` holds another run.
+  (Ctrl-C) finishes the current step, saves, prints one line saying how to resume
+  (`resume_command`, if given, is the command it shows) and returns with `"stopped": True`
+  (`"preempted"` too for SIGTERM); rerunning the same command resumes. A second Ctrl-C ends the
+  process at once, keeping the newest complete checkpoint. Raises `NonFiniteLossError` if the
+  loss or gradient stops being finite, and `checkpoint.IncompatibleCheckpointError` (touching
+  nothing) if `workdir` holds another run.
 
   The returned dict holds the last step's training metrics (`train/...`), the last evaluation
   (`eval/top1`, `eval/top5`, `eval/loss`, and `eval_ema/...`, `eval_polyak/...` when averaging is
-  on), `step` and `preempted`.
+  on), `step`, `stopped` and `preempted`.
   """
   from incres import data  # pylint: disable=g-import-not-at-top  (heavy: TensorFlow)
 
@@ -616,7 +654,7 @@ def train_and_evaluate(
       m = evaluate(
           p_eval_step,
           _variables(params, state.batch_stats),
-          data.create_eval_iter(config),
+          stop.batches(data.create_eval_iter(config)),  # Abandoned if a stop is requested.
           batch_sharding,
       )
       results.update({f"{prefix}/{k}": v for k, v in m.items() if k != "num_examples"})
@@ -630,7 +668,7 @@ def train_and_evaluate(
   last_eval: dict[str, float] = {}
   pending: tuple[int, dict[str, jax.Array]] | None = None
   window_start: tuple[float, int] | None = None  # (time, step) where the images/s window began.
-  preempted = False
+  stopped = False
   skipped_logged = 0  # Unreadable training images skipped up to the last log step.
   start_time = time.time()
 
@@ -688,14 +726,18 @@ def train_and_evaluate(
           progress.log(step, summary)
 
         eval_metrics = None
-        if eval_now:
-          eval_metrics = run_eval(state)
-          last_eval = eval_metrics
-          writer.write_scalars(step, eval_metrics)
-          progress.message(
-              f"eval at step {step}: "
-              + ", ".join(f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items()))
-          )
+        if eval_now and not stopping:  # Stopping costs one step and one save, no evaluation.
+          try:
+            eval_metrics = run_eval(state)
+          except _EvaluationAbandoned:
+            stopping = True
+          else:
+            last_eval = eval_metrics
+            writer.write_scalars(step, eval_metrics)
+            progress.message(
+                f"eval at step {step}: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items()))
+            )
         if save_now or stopping:
           best = None
           if eval_metrics and config.best_metric in eval_metrics:
@@ -706,24 +748,36 @@ def train_and_evaluate(
         if eval_now or save_now:  # Time spent evaluating and saving is not training time.
           window_start = (time.monotonic(), step)
         if stopping:
-          preempted = True
+          stopped = True
           break
       if pending is not None:
         consume(pending)
   finally:
+    # The input pipeline's threads would keep filling their prefetch buffers while the save
+    # finishes; closing the iterator stops them first.
+    train_iter = None
     progress.close()
     writer.close()
     ckpt.close()  # Waits for the last asynchronous save.
 
   elapsed = time.time() - start_time
-  if preempted:
-    message = (
-        f"Stopped by {stop.signal_name} after step {step}/{total}; checkpoint saved in"
-        f" {ckpt.directory}. Run the same command (same --workdir) to resume from step {step}."
+  if stopped:
+    how = f"Preempted ({stop.reason})" if stop.preempted else f"Stopped by {stop.reason}"
+    resume = (
+        f"To resume, run:\n  {resume_command}"
+        if resume_command
+        else "Run the same command (same workdir) to resume."
     )
+    message = f"{how} after step {step}/{total}; checkpoint saved in {ckpt.directory}. {resume}"
   else:
     duration = progress_lib.format_duration(elapsed)
     message = f"Finished {total} steps in {duration}; workdir: {workdir}"
   if is_chief:
     progress.message(message)
-  return {"step": step, "preempted": preempted, **last_train, **last_eval}
+  return {
+      "step": step,
+      "stopped": stopped,
+      "preempted": stopped and stop.preempted,
+      **last_train,
+      **last_eval,
+  }

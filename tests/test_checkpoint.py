@@ -99,7 +99,8 @@ def test_signal_finishes_the_step_saves_and_exits_zero(reference, jax_cache, tmp
   p.send_signal(sig)
   out, err = p.communicate(timeout=TIMEOUT)
   assert p.returncode == 0, err[-3000:]
-  match = re.search(r"Preempted at step (\d+); to resume, run:\n  (.*)\n", out)
+  stopped = r"Preempted \(SIGTERM\)" if sig == signal.SIGTERM else "Stopped by Ctrl-C"
+  match = re.search(stopped + r" after step (\d+)/\d+; .* To resume, run:\n  (.*)\n", out)
   assert match, out[-2000:]
   step = int(match.group(1))
   assert 0 < step < 60 and complete_steps(workdir)[-1] == step

@@ -53,8 +53,8 @@ def test_bad_model_name_is_one_clear_paragraph(tmp_path):
       f"--config={TINY}", "--config.model=ResNet19", f"--workdir={tmp_path / 'w'}",
       "--jax_cache_dir=", cwd=str(tmp_path),
   )
-  assert result.returncode == 1
-  assert "Error (ValueError): Unknown model 'ResNet19'" in result.stderr
+  assert result.returncode == 2  # A user error: exit 2, the message printed once.
+  assert result.stderr.count("Unknown model 'ResNet19'") == 1, result.stderr
   assert "CifarResNet20" in result.stderr and "Traceback" not in result.stderr
 
 

@@ -188,13 +188,16 @@ def main(argv: list[str]) -> None:
     jax.config.update("jax_compilation_cache_dir", FLAGS.jax_cache_dir)
   _maybe_initialize_distributed()
 
-  from incres import checkpoint, data, train  # pylint: disable=g-import-not-at-top
+  from incres import checkpoint, data, fileio, train  # pylint: disable=g-import-not-at-top
 
   workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"]))
   if jax.process_index() == 0:
     logging.info("Workdir: %s", os.path.abspath(workdir))
   try:
     result = train.train_and_evaluate(FLAGS.config, workdir)
+  except (checkpoint.IncompatibleCheckpointError, fileio.WorkdirInUseError) as e:
+    sys.stderr.write(f"\nError ({type(e).__name__}): {e}\n")  # User errors: exit 2, no data lost.
+    sys.exit(2)
   except (
       data.DatasetError,
       checkpoint.IncompatibleCheckpointError,

@@ -17,6 +17,7 @@ the same parameters, bit for bit, as one that was never interrupted (tested on C
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import signal
@@ -32,11 +33,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import yaml
 from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from incres import checkpoint as checkpoint_lib
+from incres import fileio
 from incres import metrics as metrics_lib
 from incres import progress as progress_lib
 
@@ -479,8 +482,7 @@ def _init_from(
   summary = f"init_from {source[0]} (step {source[1] or 'newest'}):\n{log.summary()}"
   logging.info("%s", summary)
   if is_chief:
-    with open(os.path.join(workdir, "init_from.txt"), "w") as f:
-      f.write(summary + "\n")
+    fileio.atomic_write_text(os.path.join(workdir, "init_from.txt"), summary + "\n")
   params = jax.device_put(merged["params"], state_sharding.params)
   batch_stats = jax.device_put(merged["batch_stats"], state_sharding.batch_stats)
   return state.replace(
@@ -493,11 +495,13 @@ def _init_from(
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes the resolved config as `config.json` and `config.yaml` in the workdir."""
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2, sort_keys=True) + "\n")
-  with open(os.path.join(workdir, "config.yaml"), "w") as f:
-    f.write(config.to_yaml())
+  """Writes the resolved config as `config.json` and plain `config.yaml` (same values), atomically."""
+  text = config.to_json(indent=2, sort_keys=True)
+  fileio.atomic_write_text(os.path.join(workdir, "config.json"), text + "\n")
+  # Plain YAML (`yaml.safe_load` reads it), not ConfigDict.to_yaml's `!!python/object` tags.
+  fileio.atomic_write_text(
+      os.path.join(workdir, "config.yaml"), yaml.safe_dump(json.loads(text), sort_keys=True)
+  )
 
 
 # --- The loop ------------------------------------------------------------------------------------
@@ -552,16 +556,21 @@ def train_and_evaluate(
   resume_step = ckpt.check_compatible(abstract_state)  # Reads only; raises on a mismatch.
 
   # From here on the workdir is ours.
-  os.makedirs(workdir, exist_ok=True)
-  if resume_step is not None:
-    state, meta = ckpt.restore(abstract_state, resume_step)
-    start_step = int(meta["data"]["next_step"])
-    logging.info("Resumed from %s at step %d.", ckpt.directory, start_step)
-  else:
-    state = create_train_state(config, model, tx, mesh)
-    if init_from is not None:
-      state = _init_from(state, init_from, tx, state_sharding, workdir, is_chief)
-    start_step = 0
+  ckpt.lock_workdir()  # Raises fileio.WorkdirInUseError if another live run has it.
+  try:
+    if resume_step is not None:
+      # The newest intact step: damaged newer ones are moved aside (checkpoint.py).
+      state, meta = ckpt.restore(abstract_state)
+      resume_step = start_step = int(meta["data"]["next_step"])
+      logging.info("Resumed from %s at step %d.", ckpt.directory, start_step)
+    else:
+      state = create_train_state(config, model, tx, mesh)
+      if init_from is not None:
+        state = _init_from(state, init_from, tx, state_sharding, workdir, is_chief)
+      start_step = 0
+  except BaseException:
+    ckpt.close()  # Releases the lock (a notebook may call again).
+    raise
   if is_chief:
     save_config(config, workdir)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_chief, resume_step=resume_step)
@@ -682,7 +691,7 @@ def train_and_evaluate(
           best = None
           if eval_metrics and config.best_metric in eval_metrics:
             best = {config.best_metric: eval_metrics[config.best_metric]}
-          ckpt.save(step, state, metrics=best)
+          ckpt.save(step, state, metrics=best, train_time_s=time.time() - start_time)
           last_checkpoint = step
         writer.flush()
         if eval_now or save_now:  # Time spent evaluating and saving is not training time.
@@ -705,6 +714,12 @@ def train_and_evaluate(
     )
   else:
     duration = progress_lib.format_duration(elapsed)
+    total_s, resumes = ckpt.train_time(elapsed)
+    if resumes:
+      duration += (
+          f" (this run; {progress_lib.format_duration(total_s)} in total across {resumes}"
+          f" resume{'s' if resumes > 1 else ''})"
+      )
     message = f"Finished {total} steps in {duration}; workdir: {workdir}"
   if is_chief:
     progress.message(message)

@@ -286,6 +286,8 @@ class Checkpointer:
           logging.warning("Resuming step %d with a changed config: %s", step, "; ".join(changed))
         return step
       if damaged:
+        # A live run deleting its old steps looks like damage from here: name that run instead.
+        fileio.raise_if_locked(os.path.dirname(self.directory))
         raise self._none_intact(damaged)
       return None
     finally:

@@ -88,6 +88,46 @@ def _describe(holder: dict[str, Any]) -> str:
   )
 
 
+def raise_if_locked(workdir: str) -> None:
+  """Raises `WorkdirInUseError` if a live process holds `workdir`'s lock; changes nothing."""
+  path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise WorkdirInUseError(_in_use_message(os.path.dirname(path), _read_holder(fd))) from None
+    fcntl.flock(fd, fcntl.LOCK_UN)
+  finally:
+    os.close(fd)
+
+
+def _in_use_message(workdir: str, holder: dict[str, Any] | None) -> str:
+  return (
+      f"The workdir {workdir} is in use by {_describe(holder or {})}: two runs writing one"
+      " workdir would overwrite each other's checkpoints. Wait for that run to finish (or stop"
+      " it), or use another --workdir. Nothing was changed."
+  )
+
+
+def _read_holder(fd: int) -> dict[str, Any] | None:
+  """The JSON body of a lock file: who holds (or last held) it; None if empty."""
+  os.lseek(fd, 0, os.SEEK_SET)
+  raw = b""
+  while chunk := os.read(fd, 4096):
+    raw += chunk
+  if not raw.strip():
+    return None
+  try:
+    holder = json.loads(raw)
+  except ValueError:
+    return {"pid": "?", "host": "?", "start": "?"}  # A body cut short: still a previous holder.
+  return holder if isinstance(holder, dict) else None
+
+
 class WorkdirLock:
   """An exclusive lock on a workdir, held from `acquire()` until `release()` or process exit."""
 
@@ -100,19 +140,6 @@ class WorkdirLock:
   def held(self) -> bool:
     return self._fd is not None
 
-  def _read_holder(self, fd: int) -> dict[str, Any] | None:
-    os.lseek(fd, 0, os.SEEK_SET)
-    raw = b""
-    while chunk := os.read(fd, 4096):
-      raw += chunk
-    if not raw.strip():
-      return None
-    try:
-      holder = json.loads(raw)
-    except ValueError:
-      return {"pid": "?", "host": "?", "start": "?"}  # A body cut short: still a previous holder.
-    return holder if isinstance(holder, dict) else None
-
   def acquire(self) -> None:
     """Takes the lock, or raises `WorkdirInUseError` naming the live holder."""
     if self._fd is not None:
@@ -123,13 +150,8 @@ class WorkdirLock:
       try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:
-        holder = self._read_holder(fd) or {}
-        raise WorkdirInUseError(
-            f"The workdir {self.workdir} is in use by {_describe(holder)}: two runs writing one"
-            " workdir would overwrite each other's checkpoints. Wait for that run to finish (or"
-            " stop it), or use another --workdir. Nothing was changed."
-        ) from None
-      previous = self._read_holder(fd)
+        raise WorkdirInUseError(_in_use_message(self.workdir, _read_holder(fd))) from None
+      previous = _read_holder(fd)
       if previous is not None:
         other_host = previous.get("host") not in ("?", socket.gethostname())
         logging.warning(

@@ -556,6 +556,7 @@ def train_and_evaluate(
   resume_step = ckpt.check_compatible(abstract_state)  # Reads only; raises on a mismatch.
 
   # From here on the workdir is ours.
+  os.makedirs(workdir, exist_ok=True)
   ckpt.lock_workdir()  # Raises fileio.WorkdirInUseError if another live run has it.
   try:
     if resume_step is not None:

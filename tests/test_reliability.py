@@ -190,7 +190,9 @@ def test_fresh_start_keeps_the_old_metrics_file_and_starts_a_clean_one(tmp_path)
   writer.close()
   assert [r["step"] for r in metrics.read_metrics(str(tmp_path))] == [2]
   old = glob.glob(str(tmp_path / "metrics.jsonl.*.old"))
-  assert len(old) == 1 and open(old[0]).read().startswith('{"step": 2, "train/loss": 1.0}')
+  assert len(old) == 1
+  with open(old[0]) as f:
+    assert f.read().startswith('{"step": 2, "train/loss": 1.0}')
 
 
 def test_resume_trims_later_rows_and_a_torn_last_line(tmp_path):
@@ -213,7 +215,8 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_temporary(tmp_path):
   path = str(tmp_path / "sub" / "f.txt")
   fileio.atomic_write_text(path, "old\n")
   fileio.atomic_write_text(path, "new\n")
-  assert open(path).read() == "new\n" and os.listdir(tmp_path / "sub") == ["f.txt"]
+  with open(path) as f:
+    assert f.read() == "new\n" and os.listdir(tmp_path / "sub") == ["f.txt"]
   assert os.stat(path).st_mode & 0o777 == 0o644
 
 
@@ -264,13 +267,13 @@ def test_lock_names_a_live_holder_and_takes_over_a_dead_ones(tmp_path, caplog):
     assert f"process {holder.pid} on host {socket.gethostname()}" in str(e.value)
   finally:
     holder.kill()
-    holder.wait()
+    holder.communicate()
   lock = fileio.WorkdirLock(workdir)
   with caplog.at_level(std_logging.WARNING):
     lock.acquire()
   assert any(f"Taking over the lock of process {holder.pid}" in r.getMessage()
              for r in caplog.records)
-  assert json.load(open(lock.path))["pid"] == os.getpid()
+  assert lock_holder(workdir)["pid"] == os.getpid()
   lock.release()
   caplog.clear()
   with caplog.at_level(std_logging.WARNING), fileio.WorkdirLock(workdir):  # Released cleanly:

@@ -495,7 +495,7 @@ def _init_from(
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes the resolved config as `config.json` and plain `config.yaml` (same values), atomically."""
+  """Writes the resolved config as `config.json` and plain `config.yaml`, atomically."""
   text = config.to_json(indent=2, sort_keys=True)
   fileio.atomic_write_text(os.path.join(workdir, "config.json"), text + "\n")
   # Plain YAML (`yaml.safe_load` reads it), not ConfigDict.to_yaml's `!!python/object` tags.

@@ -170,7 +170,8 @@ def test_config_yaml_is_plain_yaml_with_the_values_of_config_json(four_steps):
 
 
 def test_checkpoint_meta_holds_the_training_time(four_steps):
-  reader = checkpoint._reader_manager(checkpoint.checkpoint_dir(four_steps))  # pylint: disable=protected-access
+  directory = checkpoint.checkpoint_dir(four_steps)
+  reader = checkpoint._reader_manager(directory)  # pylint: disable=protected-access
   try:
     meta = reader.restore(4, args=checkpoint.ocp.args.Composite(
         meta=checkpoint.ocp.args.JsonRestore())).meta

@@ -515,8 +515,11 @@ def train_and_evaluate(
   Writes `checkpoints/`, TensorBoard event files, `metrics.jsonl` (one JSON object per logged
   step) and the resolved config (`config.json`, `config.yaml`) into `workdir`. SIGTERM or SIGINT
   finishes the current step, saves, and returns with `"preempted": True`; rerunning the same
-  command resumes. Raises `NonFiniteLossError` if the loss or gradient stops being finite, and
-  `checkpoint.IncompatibleCheckpointError` (touching nothing) if `workdir` holds another run.
+  command resumes, from the newest intact checkpoint (damaged newer ones are moved aside; see
+  `incres.checkpoint`). Raises `NonFiniteLossError` if the loss or gradient stops being finite,
+  `checkpoint.IncompatibleCheckpointError` (touching nothing) if `workdir` holds another run or
+  no intact checkpoint (`DamagedCheckpointError`), and `fileio.WorkdirInUseError` if another live
+  process is training in `workdir`.
 
   The returned dict holds the last step's training metrics (`train/...`), the last evaluation
   (`eval/top1`, `eval/top5`, `eval/loss`, and `eval_ema/...`, `eval_polyak/...` when averaging is

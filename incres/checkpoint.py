@@ -293,6 +293,8 @@ class Checkpointer:
     finally:
       reader.close()
 
+  # --- Resuming (after `lock_workdir`: may move damaged steps aside) ---
+
   def _move_aside(self, step: int, reason: str) -> str:
     """Renames a damaged step to `<step>.damaged[-k]`, a name orbax does not list as a step."""
     target = os.path.join(self.directory, f"{step}.damaged")

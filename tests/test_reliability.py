@@ -142,6 +142,7 @@ def snapshot(directory: str) -> dict[str, int]:
   }
 
 
+@pytest.mark.slow  # Real launch.py processes.
 def test_no_intact_checkpoint_is_one_clear_error_and_moves_nothing(four_steps, tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(four_steps, workdir)
@@ -335,6 +336,7 @@ def lock_holder(workdir: str) -> dict | None:
     return None
 
 
+@pytest.mark.slow  # Real launch.py processes.
 def test_second_launch_is_refused_and_a_killed_holders_lock_is_taken_over(tmp_path, monkeypatch):
   workdir = str(tmp_path / "run")
   cache = f"--jax_cache_dir={tmp_path / 'jax_cache'}"
@@ -366,6 +368,7 @@ def reference_40(tmp_path_factory):
   return params_of(workdir)
 
 
+@pytest.mark.slow  # Real launch.py processes.
 def test_sigkill_at_random_moments_loses_nothing_and_repeats_nothing(reference_40, tmp_path):
   workdir = str(tmp_path / "run")
   args = [f"--config={TINY}:steps=40,every=2", f"--workdir={workdir}",

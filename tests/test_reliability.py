@@ -337,7 +337,7 @@ def lock_holder(workdir: str) -> dict | None:
 
 
 @pytest.mark.slow  # Real launch.py processes.
-def test_second_launch_is_refused_and_a_killed_holders_lock_is_taken_over(tmp_path, monkeypatch):
+def test_second_launch_is_refused_and_a_killed_holders_lock_is_taken_over(tmp_path):
   workdir = str(tmp_path / "run")
   cache = f"--jax_cache_dir={tmp_path / 'jax_cache'}"
   config = f"--config={TINY}:steps=100000,every=2"

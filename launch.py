@@ -195,7 +195,7 @@ def main(argv: list[str]) -> None:
     jax.config.update("jax_compilation_cache_dir", FLAGS.jax_cache_dir)
   _maybe_initialize_distributed()
 
-  from incres import checkpoint, data, train  # pylint: disable=g-import-not-at-top
+  from incres import checkpoint, data, fileio, train  # pylint: disable=g-import-not-at-top
 
   workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"]))
   if jax.process_index() == 0:
@@ -207,6 +207,7 @@ def main(argv: list[str]) -> None:
   except (
       data.DatasetError,
       checkpoint.IncompatibleCheckpointError,
+      fileio.WorkdirInUseError,
       train.NonFiniteLossError,
       ValueError,
   ) as e:

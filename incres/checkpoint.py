@@ -11,9 +11,17 @@ The input pipeline is deterministic in the step (`incres.data.create_train_iter(
 start_step=k)` yields the k-th batch first), so the iterator's position is the number of batches
 consumed, saved in `meta["data"]["next_step"]`.
 
-Resuming reads the newest complete checkpoint. If the workdir holds a checkpoint of another model
-or of an incompatible config, `IncompatibleCheckpointError` names the mismatch before anything in
-the workdir is touched.
+Resuming reads the newest *intact* checkpoint: each step is verified newest first (its metadata
+is readable and its arrays restore), and a damaged one (a file deleted or cut short, by a disk
+problem or by hand) is moved aside to `checkpoints/<step>.damaged`, which orbax does not list,
+with a warning naming it and why; nothing is deleted. If no step is intact,
+`DamagedCheckpointError` says so and nothing is moved. If the workdir holds a checkpoint of
+another model or of an incompatible config, `IncompatibleCheckpointError` names the mismatch
+before anything in the workdir is touched.
+
+`lock_workdir` makes the workdir one run's (`incres.fileio.WorkdirLock`) until `close`. Each
+checkpoint's meta also holds the training time summed over the runs that led to it
+(`meta["time"]`).
 
 Later stages (evaluation, fine-tuning, prediction) load a trained model with `load_variables`.
 """
@@ -29,8 +37,10 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 import incres
+from incres import fileio
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -66,6 +76,17 @@ def _reader_manager(directory: str) -> ocp.CheckpointManager:
 
 class IncompatibleCheckpointError(ValueError):
   """The workdir holds a checkpoint this config cannot resume from."""
+
+
+class DamagedCheckpointError(IncompatibleCheckpointError):
+  """No checkpoint in the workdir is intact (each one's metadata or arrays cannot be read)."""
+
+
+def _short_error(e: BaseException, limit: int = 200) -> str:
+  """`Type: first line of the message`, cut to `limit` characters (orbax's can be pages long)."""
+  text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+  text = text if len(text) <= limit else text[: limit - 3] + "..."
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -162,6 +183,9 @@ class Checkpointer:
         create=True,
     )
     self._manager: ocp.CheckpointManager | None = None
+    self._lock: fileio.WorkdirLock | None = None
+    self._prior_train_s = 0.0  # Training time of the runs this one resumed (from the meta).
+    self._resumes = 0
 
   # --- Reading (touches nothing) ---
 
@@ -179,61 +203,150 @@ class Checkpointer:
     finally:
       reader.close()
 
-  def check_compatible(self, abstract_state: Any) -> int | None:
-    """Raises `IncompatibleCheckpointError` unless the newest checkpoint can be resumed.
+  def _inspect(
+      self, reader: ocp.CheckpointManager, step: int, abstract_state: Any
+  ) -> tuple[str | None, dict[str, Any] | None]:
+    """`(damage, saved_config)` of a step: `damage` is why it cannot be read, or None.
 
-    Returns its step (None if there is none). Reads only: a refused workdir is left as it was.
+    Raises `IncompatibleCheckpointError` if the step is readable but holds another model.
+    """
+    where = os.path.join(self.directory, str(step))
+    try:
+      meta = reader.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+      saved_config = meta["config"]
+      next_step = int(meta["data"]["next_step"])
+    except Exception as e:  # pylint: disable=broad-except  (anything unreadable is damage)
+      return f"its metadata (meta) cannot be read: {_short_error(e)}", None
+    if next_step != step:
+      return f"its metadata says step {next_step}", None
+    try:
+      saved_tree = reader.item_metadata(step)["state"]
+    except Exception as e:  # pylint: disable=broad-except
+      return f"the state's metadata cannot be read: {_short_error(e)}", None
+    saved_tree = getattr(saved_tree, "tree", saved_tree)
+    if saved_tree is None:  # What orbax returns when state/_METADATA is missing.
+      return "the state's array metadata (state/_METADATA) is missing", None
+    current = _config_dict(self._config)
+    mismatched = [
+        f"{k}: checkpoint {saved_config.get(k)!r}, this config {current.get(k)!r}"
+        for k in IDENTITY_KEYS
+        if saved_config.get(k) != current.get(k)
+    ]
+    tree_problems = _describe_tree_mismatch(saved_tree, abstract_state)
+    if mismatched or tree_problems:
+      other = [
+          f"{k}: checkpoint {saved_config.get(k)!r}, this config {current.get(k)!r}"
+          for k in sorted(set(saved_config) & set(current))
+          if k not in IDENTITY_KEYS and saved_config[k] != current[k]
+      ]
+      lines = mismatched + tree_problems + [f"(also differs) {o}" for o in other[:6]]
+      raise IncompatibleCheckpointError(
+          f"Cannot resume: the workdir's checkpoint {where} was written for a different model or"
+          " an incompatible config:\n  - "
+          + "\n  - ".join(lines)
+          + "\nNothing in the workdir was changed. Train this config in a new --workdir, or pass"
+          " the checkpoint's values (e.g. --config.model=...) to resume the old run."
+      )
+    return None, saved_config
+
+  def _none_intact(self, damaged: list[tuple[int, str]]) -> DamagedCheckpointError:
+    listing = "; ".join(f"step {s}: {why}" for s, why in damaged)
+    return DamagedCheckpointError(
+        f"No checkpoint in {self.directory} is intact ({listing}), so the run cannot resume."
+        " Nothing was changed. To start this run again from step 0 in the same --workdir, move"
+        f" {self.directory} away (keep it if you want to inspect or repair it); or use a new"
+        " --workdir."
+    )
+
+  def check_compatible(self, abstract_state: Any) -> int | None:
+    """Raises `IncompatibleCheckpointError` unless the newest readable checkpoint can be resumed.
+
+    Returns its step (None if there is no checkpoint). A step whose metadata cannot be read is
+    damaged, not foreign: it is skipped here and moved aside by `restore`; if every step is
+    damaged, `DamagedCheckpointError` says so. Reads only: nothing in the workdir is touched.
     """
     reader = self._reader()
     if reader is None:
       return None
     try:
-      step = reader.latest_step()
-      if step is None:
-        return None
-      where = os.path.join(self.directory, str(step))
-      try:
-        meta = reader.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-        saved_config = meta["config"]
-      except Exception as e:  # pylint: disable=broad-except
-        raise IncompatibleCheckpointError(
-            f"The checkpoint {where} has no readable incres metadata ({type(e).__name__}: {e}), so"
-            " it was not written by this library or is damaged. Nothing was changed. Use a new"
-            " --workdir, or move that directory away."
-        ) from e
-      current = _config_dict(self._config)
-      mismatched = [
-          f"{k}: checkpoint {saved_config.get(k)!r}, this config {current.get(k)!r}"
-          for k in IDENTITY_KEYS
-          if saved_config.get(k) != current.get(k)
-      ]
-      saved_tree = reader.item_metadata(step)["state"]
-      saved_tree = getattr(saved_tree, "tree", saved_tree)
-      tree_problems = _describe_tree_mismatch(saved_tree, abstract_state)
-      if mismatched or tree_problems:
-        other = [
-            f"{k}: checkpoint {saved_config.get(k)!r}, this config {current.get(k)!r}"
+      steps = sorted(reader.all_steps(), reverse=True)
+      damaged = []
+      for step in steps:
+        damage, saved_config = self._inspect(reader, step, abstract_state)
+        if damage is not None:
+          damaged.append((step, damage))
+          continue
+        current = _config_dict(self._config)
+        changed = [
+            f"{k}: {saved_config[k]!r} -> {current[k]!r}"
             for k in sorted(set(saved_config) & set(current))
-            if k not in IDENTITY_KEYS and saved_config[k] != current[k]
+            if saved_config[k] != current[k]
         ]
-        lines = mismatched + tree_problems + [f"(also differs) {o}" for o in other[:6]]
-        raise IncompatibleCheckpointError(
-            f"Cannot resume: the workdir's checkpoint {where} was written for a different model or"
-            " an incompatible config:\n  - "
-            + "\n  - ".join(lines)
-            + "\nNothing in the workdir was changed. Train this config in a new --workdir, or pass"
-            " the checkpoint's values (e.g. --config.model=...) to resume the old run."
-        )
-      changed = [
-          f"{k}: {saved_config[k]!r} -> {current[k]!r}"
-          for k in sorted(set(saved_config) & set(current))
-          if saved_config[k] != current[k]
-      ]
-      if changed:
-        logging.warning("Resuming step %d with a changed config: %s", step, "; ".join(changed))
-      return step
+        if changed:
+          logging.warning("Resuming step %d with a changed config: %s", step, "; ".join(changed))
+        return step
+      if damaged:
+        # A live run deleting its old steps looks like damage from here: name that run instead.
+        fileio.raise_if_locked(os.path.dirname(self.directory))
+        raise self._none_intact(damaged)
+      return None
     finally:
       reader.close()
+
+  # --- Resuming (after `lock_workdir`: may move damaged steps aside) ---
+
+  def _move_aside(self, step: int, reason: str) -> str:
+    """Renames a damaged step to `<step>.damaged[-k]`, a name orbax does not list as a step."""
+    target = os.path.join(self.directory, f"{step}.damaged")
+    k = 1
+    while os.path.exists(target):
+      target = os.path.join(self.directory, f"{step}.damaged-{k}")
+      k += 1
+    os.rename(os.path.join(self.directory, str(step)), target)
+    fileio.fsync_dir(self.directory)
+    logging.warning(
+        "Checkpoint step %d is damaged (%s): moved it aside to %s (nothing deleted).",
+        step,
+        reason,
+        target,
+    )
+    return target
+
+  def _restore_newest_intact(self, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+    """Tries the steps newest first; moves the damaged ones above the first intact one aside."""
+    reader = self._reader()
+    if reader is None:
+      raise FileNotFoundError(f"No checkpoints in {self.directory}.")
+    damaged = []
+    try:
+      for step in sorted(reader.all_steps(), reverse=True):
+        damage, _ = self._inspect(reader, step, abstract_state)
+        if damage is None:
+          try:
+            restored = reader.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                ),
+            )
+          except Exception as e:  # pylint: disable=broad-except  (a missing or cut array file)
+            damage = f"restoring its arrays failed: {_short_error(e)}"
+        if damage is not None:
+          damaged.append((step, damage))
+          continue
+        break
+      else:
+        raise self._none_intact(damaged)
+    finally:
+      reader.close()
+    if damaged:
+      if jax.process_index() == 0:  # One process renames; the others wait for it.
+        for bad_step, why in damaged:
+          self._move_aside(bad_step, why)
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("incres_checkpoint_moved_aside")
+      logging.warning("Resuming from step %d, the newest intact checkpoint.", step)
+    return restored.state, restored.meta
 
   # --- Writing ---
 
@@ -246,9 +359,20 @@ class Checkpointer:
     return self._manager
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """Restores `(state, meta)` at `step` (default: newest) with `abstract_state`'s shardings."""
+    """Restores `(state, meta)` with `abstract_state`'s shardings.
+
+    Default: the newest intact step. Each step is verified (metadata readable, arrays restored)
+    newest first; damaged ones above the first intact step are moved aside to
+    `<step>.damaged` (process 0 renames; nothing is deleted) with a warning naming the reason.
+    `DamagedCheckpointError` if no step is intact (then nothing is moved). `meta["data"]
+    ["next_step"]` is the step restored. An explicit `step` restores exactly that one.
+    """
     if step is None:
-      step = self.manager.latest_step()
+      state, meta = self._restore_newest_intact(abstract_state)
+      time_info = meta.get("time", {})
+      self._prior_train_s = float(time_info.get("train_s", 0.0))
+      self._resumes = int(time_info.get("resumes", 0)) + 1
+      return state, meta
     restored = self.manager.restore(
         step,
         args=ocp.args.Composite(
@@ -260,8 +384,19 @@ class Checkpointer:
   def should_save(self, step: int) -> bool:
     return step % self._save_every == 0
 
-  def save(self, step: int, state: Any, *, metrics: Mapping[str, float] | None = None) -> bool:
-    """Starts saving `state` as checkpoint `step` (asynchronously); returns whether it saved."""
+  def save(
+      self,
+      step: int,
+      state: Any,
+      *,
+      metrics: Mapping[str, float] | None = None,
+      train_time_s: float | None = None,
+  ) -> bool:
+    """Starts saving `state` as checkpoint `step` (asynchronously); returns whether it saved.
+
+    `train_time_s`: this run's training time so far; the checkpoint stores the total across
+    resumes (see `train_time`).
+    """
     if step in self.manager.all_steps():
       return False  # Already saved (e.g. the final step coincides with a periodic save).
     meta = {
@@ -269,6 +404,9 @@ class Checkpointer:
         "data": {"next_step": int(step)},
         "incres_version": incres.__version__,
     }
+    if train_time_s is not None:
+      total_s, resumes = self.train_time(train_time_s)
+      meta["time"] = {"train_s": total_s, "resumes": resumes}
     return self.manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -276,16 +414,35 @@ class Checkpointer:
         force=True,
     )
 
+  def train_time(self, this_run_s: float) -> tuple[float, int]:
+    """`(total seconds, resumes)`: `this_run_s` plus the time of the runs this one resumed."""
+    return self._prior_train_s + float(this_run_s), self._resumes
+
+  def lock_workdir(self) -> None:
+    """Makes the workdir this run's (`fileio.WorkdirLock`, process 0 only); `close` releases it.
+
+    Raises `fileio.WorkdirInUseError` naming the holder if another live process has it.
+    """
+    if jax.process_index() == 0 and self._lock is None:
+      lock = fileio.WorkdirLock(os.path.dirname(self.directory))
+      lock.acquire()
+      self._lock = lock
+
   def wait(self) -> None:
     if self._manager is not None:
       self._manager.wait_until_finished()
 
   def close(self) -> None:
-    """Waits for pending saves to finish and releases the manager."""
-    if self._manager is not None:
-      self._manager.wait_until_finished()
-      self._manager.close()
-      self._manager = None
+    """Waits for pending saves to finish, releases the manager, then the workdir lock."""
+    try:
+      if self._manager is not None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+        self._manager = None
+    finally:
+      if self._lock is not None:
+        self._lock.release()
+        self._lock = None
 
   def __enter__(self) -> Checkpointer:
     return self

@@ -34,6 +34,7 @@ import dataclasses
 import errno
 import functools
 import hashlib
+import io
 import math
 import os
 import re
@@ -49,8 +50,9 @@ import numpy as np
 import requests
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
-from incres import augment
+from incres import augment, fileio
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -501,8 +503,9 @@ def _pixel_mean(config_items: tuple) -> np.ndarray:
       images = tf.image.resize(images, [s, s], antialias=True).numpy()
     return (images.astype(np.float64).mean(axis=0) / 255.0).astype(np.float32)
   path = _mean_cache_path(config) if isinstance(source, _StreamSource) else None
-  if path and os.path.exists(path):
-    return np.load(path)
+  cached = _read_mean_cache(path, s) if path else None
+  if cached is not None:
+    return cached
   # One pass over the split, every image resized to S×S (the same view `eval_single` gives).
   ds = _index_dataset(source).map(
       lambda i, image: augment.eval_single(image, size=s, mean=0.0), num_parallel_calls=AUTOTUNE
@@ -515,9 +518,24 @@ def _pixel_mean(config_items: tuple) -> np.ndarray:
       ),
   )
   mean = (total[0] / tf.cast(total[1], tf.float64)).numpy().astype(np.float32)
-  if path:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.save(path, mean)
+  if path:  # Every process may write it: each replaces the file whole, with the same values.
+    buffer = io.BytesIO()
+    np.save(buffer, mean)
+    fileio.atomic_write_bytes(path, buffer.getvalue())
+  return mean
+
+
+def _read_mean_cache(path: str, size: int) -> np.ndarray | None:
+  """The cached mean image, or None if there is none or it is damaged (then it is recomputed)."""
+  if not os.path.exists(path):
+    return None
+  try:
+    mean = np.load(path)
+    if mean.shape != (size, size, 3) or not np.all(np.isfinite(mean)):
+      raise ValueError(f"shape {mean.shape}, expected {(size, size, 3)}, or non-finite values")
+  except (OSError, ValueError, EOFError) as e:
+    logging.warning("The per-pixel mean cache %s is damaged (%s); computing it again.", path, e)
+    return None
   return mean
 
 

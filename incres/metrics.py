@@ -18,6 +18,8 @@ from typing import Any
 
 from absl import logging
 
+from incres import fileio
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -40,18 +42,34 @@ def _read_jsonl(path: str) -> Iterator[dict[str, Any]]:
     return
   with open(path) as f:
     for line in f:
+      if not line.endswith("\n"):
+        return  # A last line cut short by a killed process (every record ends in a newline).
       try:
         yield json.loads(line)
       except json.JSONDecodeError:
-        continue  # A line cut short by a killed process.
+        continue  # Not ours (e.g. edited by hand); the rest of the file is still good.
+
+
+def _set_aside(path: str) -> str:
+  """Renames `path` to `path.<time>.old` (a free name) and returns the new name."""
+  stamp = time.strftime("%Y%m%d-%H%M%S")
+  target, k = f"{path}.{stamp}.old", 1
+  while os.path.exists(target):
+    target, k = f"{path}.{stamp}-{k}.old", k + 1
+  os.rename(path, target)
+  return target
 
 
 class MetricWriter:
   """Writes scalars to TensorBoard event files and to `metrics.jsonl`, one JSON object per step.
 
   `resume_step`: when resuming, records after this step (written by the interrupted run and about
-  to be recomputed, identically, by this one) are dropped from `metrics.jsonl`, and TensorBoard is
-  told to discard them too (a `SessionLog.START` event at that step).
+  to be recomputed, identically, by this one) are dropped from `metrics.jsonl` (the file is
+  replaced atomically), and TensorBoard is told to discard them too (a `SessionLog.START` event at
+  that step). Without it (a fresh start) an existing `metrics.jsonl`, left by a run killed before
+  its first checkpoint, is kept as `metrics.jsonl.<time>.old` and a new file is started: every
+  step appears once. Each record is one `write` call, so a kill never leaves half a line in the
+  middle of the file; a torn last line is ignored by `read_metrics` and dropped on resume.
   """
 
   def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int | None = None):
@@ -65,12 +83,11 @@ class MetricWriter:
     path = os.path.join(workdir, METRICS_FILE)
     if resume_step is not None and os.path.exists(path):
       kept = [r for r in _read_jsonl(path) if r.get("step", 0) <= resume_step]
-      tmp = path + ".tmp"
-      with open(tmp, "w") as f:
-        for record in kept:
-          f.write(json.dumps(record) + "\n")
-      os.replace(tmp, path)
-    self._jsonl = open(path, "a")
+      fileio.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    elif resume_step is None and os.path.exists(path):
+      old = _set_aside(path)
+      logging.warning("A fresh start: the previous %s was kept as %s.", METRICS_FILE, old)
+    self._jsonl = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
     except ImportError:  # pragma: no cover - a dependency, but training goes on without it.
@@ -97,8 +114,7 @@ class MetricWriter:
     if not self._enabled:
       return
     record = {"step": int(step), **{k: _to_json_value(v) for k, v in scalars.items()}}
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
+    fileio.append_line(self._jsonl, json.dumps(record) + "\n")
     if self._events is not None:
       tf = self._tf
       values = [
@@ -121,7 +137,7 @@ class MetricWriter:
 
   def close(self) -> None:
     if self._jsonl is not None:
-      self._jsonl.close()
+      os.close(self._jsonl)
       self._jsonl = None
     if self._events is not None:
       self._events.close()

@@ -17,6 +17,7 @@ the same parameters, bit for bit, as one that was never interrupted (tested on C
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import signal
@@ -32,11 +33,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import yaml
 from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from incres import checkpoint as checkpoint_lib
+from incres import fileio
 from incres import metrics as metrics_lib
 from incres import progress as progress_lib
 
@@ -518,8 +521,7 @@ def _init_from(
   summary = f"init_from {source[0]} (step {source[1] or 'newest'}):\n{log.summary()}"
   logging.info("%s", summary)
   if is_chief:
-    with open(os.path.join(workdir, "init_from.txt"), "w") as f:
-      f.write(summary + "\n")
+    fileio.atomic_write_text(os.path.join(workdir, "init_from.txt"), summary + "\n")
   params = jax.device_put(merged["params"], state_sharding.params)
   batch_stats = jax.device_put(merged["batch_stats"], state_sharding.batch_stats)
   return state.replace(
@@ -532,11 +534,13 @@ def _init_from(
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes the resolved config as `config.json` and `config.yaml` in the workdir."""
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2, sort_keys=True) + "\n")
-  with open(os.path.join(workdir, "config.yaml"), "w") as f:
-    f.write(config.to_yaml())
+  """Writes the resolved config as `config.json` and plain `config.yaml`, atomically."""
+  text = config.to_json(indent=2, sort_keys=True)
+  fileio.atomic_write_text(os.path.join(workdir, "config.json"), text + "\n")
+  # Plain YAML (`yaml.safe_load` reads it), not ConfigDict.to_yaml's `!!python/object` tags.
+  fileio.atomic_write_text(
+      os.path.join(workdir, "config.yaml"), yaml.safe_dump(json.loads(text), sort_keys=True)
+  )
 
 
 # --- The loop ------------------------------------------------------------------------------------
@@ -555,10 +559,12 @@ def train_and_evaluate(
   step) and the resolved config (`config.json`, `config.yaml`) into `workdir`. SIGTERM or SIGINT
   (Ctrl-C) finishes the current step, saves, prints one line saying how to resume
   (`resume_command`, if given, is the command it shows) and returns with `"stopped": True`
-  (`"preempted"` too for SIGTERM); rerunning the same command resumes. A second Ctrl-C ends the
-  process at once, keeping the newest complete checkpoint. Raises `NonFiniteLossError` if the
-  loss or gradient stops being finite, and `checkpoint.IncompatibleCheckpointError` (touching
-  nothing) if `workdir` holds another run.
+  (`"preempted"` too for SIGTERM); rerunning the same command resumes, from the newest intact
+  checkpoint (damaged newer ones are moved aside; see `incres.checkpoint`). A second Ctrl-C ends
+  the process at once, keeping the newest complete checkpoint. Raises `NonFiniteLossError` if the
+  loss or gradient stops being finite, `checkpoint.IncompatibleCheckpointError` (touching nothing)
+  if `workdir` holds another run or no intact checkpoint (`DamagedCheckpointError`), and
+  `fileio.WorkdirInUseError` if another live process is training in `workdir`.
 
   The returned dict holds the last step's training metrics (`train/...`), the last evaluation
   (`eval/top1`, `eval/top5`, `eval/loss`, and `eval_ema/...`, `eval_polyak/...` when averaging is
@@ -605,15 +611,21 @@ def train_and_evaluate(
 
   # From here on the workdir is ours.
   os.makedirs(workdir, exist_ok=True)
-  if resume_step is not None:
-    state, meta = ckpt.restore(abstract_state, resume_step)
-    start_step = int(meta["data"]["next_step"])
-    logging.info("Resumed from %s at step %d.", ckpt.directory, start_step)
-  else:
-    state = create_train_state(config, model, tx, mesh)
-    if init_from is not None:
-      state = _init_from(state, init_from, tx, state_sharding, workdir, is_chief)
-    start_step = 0
+  ckpt.lock_workdir()  # Raises fileio.WorkdirInUseError if another live run has it.
+  try:
+    if resume_step is not None:
+      # The newest intact step: damaged newer ones are moved aside (checkpoint.py).
+      state, meta = ckpt.restore(abstract_state)
+      resume_step = start_step = int(meta["data"]["next_step"])
+      logging.info("Resumed from %s at step %d.", ckpt.directory, start_step)
+    else:
+      state = create_train_state(config, model, tx, mesh)
+      if init_from is not None:
+        state = _init_from(state, init_from, tx, state_sharding, workdir, is_chief)
+      start_step = 0
+  except BaseException:
+    ckpt.close()  # Releases the lock (a notebook may call again).
+    raise
   if is_chief:
     save_config(config, workdir)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_chief, resume_step=resume_step)
@@ -742,7 +754,7 @@ def train_and_evaluate(
           best = None
           if eval_metrics and config.best_metric in eval_metrics:
             best = {config.best_metric: eval_metrics[config.best_metric]}
-          ckpt.save(step, state, metrics=best)
+          ckpt.save(step, state, metrics=best, train_time_s=time.time() - start_time)
           last_checkpoint = step
         writer.flush()
         if eval_now or save_now:  # Time spent evaluating and saving is not training time.
@@ -771,6 +783,12 @@ def train_and_evaluate(
     message = f"{how} after step {step}/{total}; checkpoint saved in {ckpt.directory}. {resume}"
   else:
     duration = progress_lib.format_duration(elapsed)
+    total_s, resumes = ckpt.train_time(elapsed)
+    if resumes:
+      duration += (
+          f" (this run; {progress_lib.format_duration(total_s)} in total across {resumes}"
+          f" resume{'s' if resumes > 1 else ''})"
+      )
     message = f"Finished {total} steps in {duration}; workdir: {workdir}"
   if is_chief:
     progress.message(message)

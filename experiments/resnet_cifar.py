@@ -48,6 +48,7 @@ CIFAR10_NUM_TRAIN = 50_000  # The paper's final runs trained on all of CIFAR-10'
 PAPER_EPOCHS = PAPER_STEPS * PAPER_BATCH / CIFAR10_NUM_TRAIN
 DIGITS_EPOCHS = 34.2  # Quickstart: 400 steps of 128 on digits' 1,497 training images.
 
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The CIFAR ResNet / plain net of `depth` with the paper's recipe."""
   a = configs.parse_arg(arg, depth=20, plain=False, dataset="", val_split=False, smoke=False)
@@ -69,7 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   else:
     c.train_split, c.eval_split = "train", "test"
 
-  c.batch_size = 128
+  c.batch_size = PAPER_BATCH
   c.eval_batch_size = 500
   c.optimizer = "sgd"
   c.learning_rate = 0.1

@@ -1,8 +1,8 @@
 """The base configuration every experiment in `experiments/` starts from.
 
-Every number a run depends on lives in the config; `experiments/*.py`
-import `base_config()` and override what their paper setup changes. Keys are grouped by the part of
-the library that reads them.
+Every number a run depends on lives in the config; `experiments/*.py` import `base_config()` and
+override what their paper setup changes. Keys are grouped by the part of the library that reads
+them.
 """
 
 from __future__ import annotations
@@ -52,11 +52,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.nesterov = False
   c.weight_decay = 1e-4
   c.schedule = "piecewise"  # "piecewise", "exponential", "cosine" or "constant".
-  c.lr_boundary_epochs = (85.0, 127.5)  # piecewise: the rate is multiplied by lr_decay_factor ...
-  c.lr_boundaries = ml_collections.config_dict.placeholder(tuple)  # ... at these steps (None: ^).
-  c.lr_decay_factor = 0.1
+  c.lr_boundary_epochs = (85.0, 127.5)  # piecewise: epochs where the rate is multiplied by ...
+  c.lr_decay_factor = 0.1  # ... this factor.
+  c.lr_boundaries = ml_collections.config_dict.placeholder(tuple)  # Steps; None: from the epochs.
   c.lr_decay_epochs = 0.0  # exponential: decay every this many epochs ...
-  c.lr_decay_steps = ml_collections.config_dict.placeholder(int)  # ... (steps; None: from epochs)
+  c.lr_decay_steps = ml_collections.config_dict.placeholder(int)  # Steps; None: from the epochs.
   c.lr_decay_rate = 0.96  # ... by this factor (GoogLeNet: 4% every 8 epochs), staircase.
   c.warmup_epochs = 0.0  # Epochs at warmup_learning_rate before the schedule starts (ResNet-110).
   c.warmup_steps = ml_collections.config_dict.placeholder(int)  # None: from warmup_epochs.
@@ -71,10 +71,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- Loop, logging, checkpoints (incres.train, incres.checkpoint) ---
   c.log_every_steps = 50
-  c.eval_every_epochs = 42.5  # Evaluate four times a run ...
-  c.eval_every_steps = ml_collections.config_dict.placeholder(int)  # ... (None: from epochs).
+  c.eval_every_epochs = 42.5  # Evaluate four times a run.
+  c.eval_every_steps = ml_collections.config_dict.placeholder(int)  # None: from the epochs.
   c.checkpoint_every_epochs = 42.5
-  c.checkpoint_every_steps = ml_collections.config_dict.placeholder(int)  # None: from epochs.
+  c.checkpoint_every_steps = ml_collections.config_dict.placeholder(int)  # None: from the epochs.
   c.keep_checkpoints = 3
   c.best_metric = "eval/top1"  # Also keep the best checkpoint by this metric (higher is better).
 

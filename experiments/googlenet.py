@@ -18,9 +18,13 @@ Recipe (§6): SGD momentum 0.9, learning rate decreased by 4% every 8 epochs (st
 averaging of the parameters for evaluation, auxiliary losses weighted 0.3; crops of 8%-100% of the
 area with aspect ratio in [3/4, 4/3], photometric distortions in random order, random
 interpolation; evaluation: shorter side 256, centre 224 crop. The paper gives no initial rate,
-batch size, weight decay or length. Chosen here from the public BVLC Caffe replication (see
-../shared/PAPERS.md): lr 0.01, batch 32, weight decay 2e-4; length 60 epochs, which is that
-replication's 2.4M iterations of 32 (our reading of its solver; an assumption, not a paper number).
+batch size, weight decay or length. Chosen here from the public BVLC Caffe replication
+(`bvlc_googlenet` in Caffe's model zoo): lr 0.01, batch 32, weight decay 2e-4; length 60 epochs,
+which is that replication's 2.4M iterations of 32 (our reading of its solver; an assumption, not a
+paper number). The schedule is stated in epochs (60, decay every 8, evaluation and checkpoints
+every 4) and resolved at run time from the training split's actual size
+(incres.train.resolve_config): on ImageNet's 1,281,167 images at batch 32, 2,402,188 steps, the
+rate ×0.96 every 320,292 steps, evaluation every 160,146.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from __future__ import annotations
 import ml_collections
 
 from incres import configs
-from incres.data import NUM_TRAIN_EXAMPLES
 
 EPOCHS = 60
 DECAY_EVERY_EPOCHS = 8
@@ -73,18 +76,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size, c.eval_batch_size = 4, 4
     c.fake_image_shape, c.fake_num_train, c.fake_num_eval = (256, 256, 3), 16, 8
     c.num_classes = 10 if c.dataset == "fake" else c.num_classes
-  num_train = NUM_TRAIN_EXAMPLES.get(c.dataset, c.fake_num_train if c.dataset == "fake" else None)
-  if num_train is None:  # folder:<path> or another tfds name: ImageNet's length as a default.
-    num_train = NUM_TRAIN_EXAMPLES["imagenet2012"]
-  steps_per_epoch = num_train / c.batch_size
-  c.num_train_steps = round(EPOCHS * steps_per_epoch)
-  c.lr_decay_steps = max(1, round(DECAY_EVERY_EPOCHS * steps_per_epoch))
-  c.lr_boundaries = ()  # Unused by the exponential schedule.
-  if a.smoke:
-    c.num_train_steps, c.lr_decay_steps = 3, 1
-
+  c.num_epochs = EPOCHS
+  c.lr_decay_epochs = DECAY_EVERY_EPOCHS
+  c.lr_boundary_epochs = ()  # Unused by the exponential schedule.
   c.log_every_steps = 100
-  c.eval_every_steps = c.checkpoint_every_steps = max(1, round(4 * steps_per_epoch))
-  if a.smoke:
+  c.eval_every_epochs = c.checkpoint_every_epochs = 4
+  if a.smoke:  # A fixed handful of steps on any dataset.
+    c.num_train_steps, c.lr_decay_steps = 3, 1
     c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 1, 3, 3
   return c

@@ -17,12 +17,19 @@ Recipe (paper): batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided b
 48k iterations, stop at 64k; 4-pixel pad + random 32×32 crop + flip, per-pixel mean subtraction;
 test on the single original view. ResNet-110 (and 1202) first train at lr 0.01 until the training
 error is below 80%, which the paper says takes about 400 iterations: here a fixed 400-step warm-up.
+In epochs of CIFAR-10's 50,000 training images (the paper chose the schedule on a 45k/5k split,
+then trained on all 50k): 64k iterations of 128 = 163.84 epochs, the divisions at 81.92 and 122.88
+epochs, the warm-up 1.024 epochs, evaluation and checkpoints every 10.24 epochs (4k iterations).
+Resolved at run time from the dataset's size (incres.train.resolve_config): CIFAR-10 and CIFAR-100
+give exactly 64,000 steps with boundaries 32,000 and 48,000 (warm-up 400, eval every 4,000);
+`val_split=True` (45,000 images) gives the same 163.84 epochs = 57,600 steps, boundaries 28,800
+and 43,200 (add --config.num_train_steps=64000 for 64k iterations on the 45k split).
 
 Quickstart, `dataset=digits` (scikit-learn's 1,497 training digits, 32×32): the same recipe
-shortened to 400 steps (~34 epochs) with the boundaries at the same fractions (50%, 75%) and the
-warm-up scaled alike. Measured through launch.py on 2 CPU cores (other jobs finished, float32):
-4 min 28 s wall-clock including compilation, test top-1 92.0% at step 200, 97.67% at steps 300
-and 400 (top-5 100%).
+shortened to 34.2 epochs = 400 steps, the boundaries at the same fractions (50%, 75%: steps 200
+and 300), the warm-up scaled alike, evaluation and checkpoints every 100 steps, a log line every 10.
+Measured through launch.py on 2 CPU cores (other jobs finished, float32): 4 min 28 s wall-clock
+including compilation, test top-1 92.0% at step 200, 97.67% at steps 300 and 400 (top-5 100%).
 """
 
 from __future__ import annotations
@@ -34,7 +41,12 @@ from incres import configs
 PAPER_STEPS = 64_000
 PAPER_BOUNDARIES = (32_000, 48_000)
 PAPER_WARMUP_STEPS = 400  # ResNet-110: lr 0.01 "until the training error is below 80%".
-DIGITS_STEPS = 400
+PAPER_EVAL_EVERY_STEPS = 4_000
+PAPER_BATCH = 128
+CIFAR10_NUM_TRAIN = 50_000  # The paper's final runs trained on all of CIFAR-10's training set.
+# 64k iterations of 128 over 50k images: 163.84 epochs (the schedule below keeps its fractions).
+PAPER_EPOCHS = PAPER_STEPS * PAPER_BATCH / CIFAR10_NUM_TRAIN
+DIGITS_EPOCHS = 34.2  # Quickstart: 400 steps of 128 on digits' 1,497 training images.
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -58,7 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   else:
     c.train_split, c.eval_split = "train", "test"
 
-  c.batch_size = 128
+  c.batch_size = PAPER_BATCH
   c.eval_batch_size = 500
   c.optimizer = "sgd"
   c.learning_rate = 0.1
@@ -66,24 +78,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.weight_decay = 1e-4
   c.schedule = "piecewise"
   c.lr_decay_factor = 0.1
-  c.num_train_steps = PAPER_STEPS
-  if c.dataset == "digits":
-    c.num_train_steps = DIGITS_STEPS
-  if a.smoke:
-    c.batch_size, c.eval_batch_size, c.num_train_steps = 32, 100, 20
+  c.num_epochs = DIGITS_EPOCHS if c.dataset == "digits" else PAPER_EPOCHS
   # The schedule keeps the paper's proportions whatever the length (32k/64k and 48k/64k).
-  scale = c.num_train_steps / PAPER_STEPS
-  c.lr_boundaries = tuple(round(b * scale) for b in PAPER_BOUNDARIES)
+  scale = c.num_epochs / PAPER_STEPS  # Epochs per paper iteration.
+  c.lr_boundary_epochs = tuple(b * scale for b in PAPER_BOUNDARIES)
   if a.depth >= 110:
-    c.warmup_steps = max(1, round(PAPER_WARMUP_STEPS * scale))
+    c.warmup_epochs = PAPER_WARMUP_STEPS * scale
     c.warmup_learning_rate = 0.01
-
+  c.eval_every_epochs = c.checkpoint_every_epochs = PAPER_EVAL_EVERY_STEPS * scale
   c.log_every_steps = 100
-  c.eval_every_steps = 4_000
-  c.checkpoint_every_steps = 4_000
-  if c.num_train_steps < PAPER_STEPS:
-    c.log_every_steps = max(1, c.num_train_steps // 40)
-    c.eval_every_steps = c.checkpoint_every_steps = max(1, c.num_train_steps // 4)
+  if c.dataset == "digits":  # 400 steps: evaluate 4 times, log 40 times.
+    c.eval_every_epochs = c.checkpoint_every_epochs = c.num_epochs / 4
+    c.log_every_steps = 10
+  if a.smoke:  # 20 steps (boundaries 10 and 15), whatever the dataset.
+    c.batch_size, c.eval_batch_size, c.num_train_steps = 32, 100, 20
+    c.eval_every_epochs = c.checkpoint_every_epochs = c.num_epochs / 4
+    c.log_every_steps = 1
   if c.dataset == "fake":
     c.fake_image_shape = (32, 32, 3)
   return c

@@ -22,6 +22,11 @@ divided at fixed epochs 30, 60 and 90 of 120 (600k iterations at batch 256 is 11
 uniform in [256, 480], random 224 crop, flip, mean subtraction, AlexNet PCA colour noise
 (σ = 0.1); evaluation: shorter side 256, centre 224 crop.
 
+The length is stated in epochs and resolved at run time from the training split's actual size
+(incres.train.resolve_config): ImageNet's 1,281,167 images at batch 256 give 600,547 steps (the
+paper's 60×10^4 iterations are 119.9 epochs), the divisions at steps 150,137, 300,274 and 450,410,
+evaluation and checkpoints every 5 epochs (25,023 steps).
+
 Other datasets keep the recipe in epochs. 32×32 datasets (digits, CIFAR) use image_size 32: the
 scale augmentation and the eval resize are scaled by 32/224 (shorter side in [37, 69], eval resize
 37), and the ImageNet network keeps its stem, so the final feature map is 1×1. That is the recipe
@@ -33,7 +38,6 @@ from __future__ import annotations
 import ml_collections
 
 from incres import configs
-from incres.data import NUM_TRAIN_EXAMPLES
 
 EPOCHS = 120
 BOUNDARY_EPOCHS = (30, 60, 90)
@@ -80,17 +84,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.image_size, c.batch_size, c.eval_batch_size = min(c.image_size, 64), 8, 8
     c.fake_image_shape, c.fake_num_train, c.fake_num_eval = (80, 96, 3), 64, 16
     c.num_classes = 10 if c.dataset == "fake" else c.num_classes
-  num_train = NUM_TRAIN_EXAMPLES.get(c.dataset, c.fake_num_train if c.dataset == "fake" else None)
-  if num_train is None:  # folder:<path> or another tfds name: ImageNet's length as a default.
-    num_train = NUM_TRAIN_EXAMPLES["imagenet2012"]
-  steps_per_epoch = num_train / c.batch_size
-  c.num_train_steps = round(EPOCHS * steps_per_epoch)
-  c.lr_boundaries = tuple(round(e * steps_per_epoch) for e in BOUNDARY_EPOCHS)
-  if a.smoke:
-    c.num_train_steps, c.lr_boundaries = 4, (2, 3)
-
+  c.num_epochs = EPOCHS
+  c.lr_boundary_epochs = BOUNDARY_EPOCHS
   c.log_every_steps = 100
-  c.eval_every_steps = c.checkpoint_every_steps = max(1, round(5 * steps_per_epoch))
-  if a.smoke:
+  c.eval_every_epochs = c.checkpoint_every_epochs = 5
+  if a.smoke:  # A fixed handful of steps on any dataset.
+    c.num_train_steps, c.lr_boundaries = 4, (2, 3)
     c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 1, 2, 2
   return c

@@ -1,8 +1,8 @@
 """The base configuration every experiment in `experiments/` starts from.
 
-Every number a run depends on lives in the config (see `../shared/STYLE.md`); `experiments/*.py`
-import `base_config()` and override what their paper setup changes. Keys are grouped by the part of
-the library that reads them.
+Every number a run depends on lives in the config; `experiments/*.py` import `base_config()` and
+override what their paper setup changes. Keys are grouped by the part of the library that reads
+them.
 """
 
 from __future__ import annotations
@@ -38,18 +38,28 @@ def base_config() -> ml_collections.ConfigDict:
   c.fake_num_eval = 256  # ... and in every other split.
 
   # --- Optimisation (incres.train) ---
-  c.num_train_steps = 2000
+  # Run length and schedule in epochs of the training split; `incres.train.resolve_config` turns
+  # them into the step-valued keys below from the dataset's actual size when a run starts:
+  # num_train_steps = max(1, round(num_epochs * num_train / batch_size)), and every other step value
+  # is its fraction of the run, round(num_train_steps * value_epochs / num_epochs) (at least 1 for
+  # periods and a non-zero warm-up). A step-valued key set to a number is used as it is: an
+  # explicit num_train_steps changes the length and the derived values keep their proportions.
+  c.num_epochs = 170.0  # About 2,000 steps of 128 on digits' 1,497 training images.
+  c.num_train_steps = ml_collections.config_dict.placeholder(int)  # None: from num_epochs.
   c.optimizer = "sgd"
   c.learning_rate = 0.1
   c.momentum = 0.9
   c.nesterov = False
   c.weight_decay = 1e-4
   c.schedule = "piecewise"  # "piecewise", "exponential", "cosine" or "constant".
-  c.lr_boundaries = (1000, 1500)  # piecewise: steps at which the rate is multiplied by lr_decay_factor.
-  c.lr_decay_factor = 0.1
-  c.lr_decay_steps = 0  # exponential: decay every this many steps ...
+  c.lr_boundary_epochs = (85.0, 127.5)  # piecewise: epochs where the rate is multiplied by ...
+  c.lr_decay_factor = 0.1  # ... this factor.
+  c.lr_boundaries = ml_collections.config_dict.placeholder(tuple)  # Steps; None: from the epochs.
+  c.lr_decay_epochs = 0.0  # exponential: decay every this many epochs ...
+  c.lr_decay_steps = ml_collections.config_dict.placeholder(int)  # Steps; None: from the epochs.
   c.lr_decay_rate = 0.96  # ... by this factor (GoogLeNet: 4% every 8 epochs), staircase.
-  c.warmup_steps = 0  # Steps at warmup_learning_rate before the schedule starts (ResNet-110).
+  c.warmup_epochs = 0.0  # Epochs at warmup_learning_rate before the schedule starts (ResNet-110).
+  c.warmup_steps = ml_collections.config_dict.placeholder(int)  # None: from warmup_epochs.
   c.warmup_learning_rate = 0.0
   c.warmup_shape = "constant"  # "constant" (at warmup_learning_rate) or "linear" (ramp to the rate).
   c.label_smoothing = 0.0
@@ -61,8 +71,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- Loop, logging, checkpoints (incres.train, incres.checkpoint) ---
   c.log_every_steps = 50
-  c.eval_every_steps = 500
-  c.checkpoint_every_steps = 500
+  c.eval_every_epochs = 42.5  # Evaluate four times a run.
+  c.eval_every_steps = ml_collections.config_dict.placeholder(int)  # None: from the epochs.
+  c.checkpoint_every_epochs = 42.5
+  c.checkpoint_every_steps = ml_collections.config_dict.placeholder(int)  # None: from the epochs.
   c.keep_checkpoints = 3
   c.best_metric = "eval/top1"  # Also keep the best checkpoint by this metric (higher is better).
 

@@ -66,14 +66,6 @@ DIGITS_SPLIT_SEED = 0
 DIGITS_NUM_TEST = 300
 # fake: number of distinct synthetic images encoded once and reused (cycled over the examples).
 FAKE_POOL_SIZE = 32
-# Training-split sizes the experiment configs size their schedules by (no data is read for them).
-NUM_TRAIN_EXAMPLES = {
-    "cifar10": 50_000,
-    "cifar100": 50_000,
-    "imagenet2012": 1_281_167,
-    "imagenette": 9_469,
-    "digits": 1_497,
-}
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
@@ -198,23 +190,48 @@ def _fake_source(config, split: str) -> _ArraySource:
   return _ArraySource("encoded", pool, labels)
 
 
+# folder: the directories an evaluation split ('test', 'val' or 'validation') may be stored under.
+_FOLDER_EVAL_DIRS = ("val", "validation", "test")
+
+
+def _folder_split_dir(root: str, base: str) -> str:
+  """The directory of split `base` in a `<root>/train/...` layout.
+
+  `<root>/<base>` if it exists; otherwise an evaluation split ('test', 'val' or 'validation') reads
+  whichever one of `val/`, `validation/` and `test/` the tree has.
+  """
+  exact = os.path.join(root, base)
+  if os.path.isdir(exact):
+    return exact
+  present = [d for d in _FOLDER_EVAL_DIRS if os.path.isdir(os.path.join(root, d))]
+  if base in _FOLDER_EVAL_DIRS and len(present) == 1:
+    return os.path.join(root, present[0])
+  found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+  if base in _FOLDER_EVAL_DIRS and present:
+    hint = f"it has {', '.join(present)}: name one (e.g. --config.eval_split={present[0]})"
+  else:
+    hint = f"its split directories are {', '.join(found)}"
+  raise DatasetError(
+      f"Folder dataset {root!r} has no {base!r} split directory ({exact}); {hint}. A tree with"
+      " train/ evaluates on val/, validation/ or test/ (whichever one it has)."
+  )
+
+
 @functools.lru_cache(maxsize=8)
 def _folder_files(root: str, split: str) -> tuple[tuple[str, ...], np.ndarray, tuple[str, ...]]:
   """Paths, labels and class names of a folder dataset split (see `_folder_source`)."""
   if not os.path.isdir(root):
     raise DatasetError(
         f"Folder dataset {root!r} does not exist. Expected class_name/image.jpg under it (or "
-        f"<split>/class_name/image.jpg). {_OFFLINE}"
+        f"train/class_name/image.jpg and val/class_name/image.jpg). {_OFFLINE}"
     )
   base, sl = _slice(0, split, "folder")
   split_layout = os.path.isdir(os.path.join(root, "train"))
-  tree = os.path.join(root, base) if split_layout else root
+  tree = _folder_split_dir(root, base) if split_layout else root
   class_root = os.path.join(root, "train") if split_layout else root
   classes = tuple(
       sorted(d for d in os.listdir(class_root) if os.path.isdir(os.path.join(class_root, d)))
   )
-  if split_layout and not os.path.isdir(tree):
-    raise DatasetError(f"Folder dataset {root!r} has no {base!r} split directory ({tree}).")
   paths, labels = [], []
   for label, name in enumerate(classes):
     folder = os.path.join(tree, name)
@@ -236,8 +253,10 @@ def _folder_files(root: str, split: str) -> tuple[tuple[str, ...], np.ndarray, t
 
 
 def _folder_source(root: str, split: str) -> _ArraySource:
-  """`folder:<root>`: `<root>/<split>/<class>/*.jpg` if `<root>/train` exists, else one
-  `<root>/<class>/*.jpg` tree whose every 10th image per class is the eval split."""
+  """`folder:<root>`: with a `<root>/train/<class>/*.jpg` tree, split 'train' is that tree and the
+  evaluation split `<root>/<split>/`, or whichever of `val/`, `validation/`, `test/` exists
+  (`_folder_split_dir`); otherwise one `<root>/<class>/*.jpg` tree whose every 10th image per class
+  (in file-name order, counting from the first) is the evaluation split and the rest 'train'."""
   paths, labels, _ = _folder_files(root, split)
   return _ArraySource("path", np.array(paths, dtype=object), labels)
 

@@ -75,12 +75,68 @@ def create_mesh(devices: list[jax.Device] | None = None) -> Mesh:
   return Mesh(np.asarray(devices), ("data",))
 
 
+# Step-valued config keys and the epoch-valued keys they are derived from by `resolve_config`.
+EPOCH_KEYS = (
+    ("lr_boundaries", "lr_boundary_epochs"),
+    ("lr_decay_steps", "lr_decay_epochs"),
+    ("warmup_steps", "warmup_epochs"),
+    ("eval_every_steps", "eval_every_epochs"),
+    ("checkpoint_every_steps", "checkpoint_every_epochs"),
+)
+
+
 def resolve_config(config: ml_collections.ConfigDict, info: Any) -> ml_collections.ConfigDict:
-  """A copy of `config` with values derived from the dataset filled in (`num_classes`)."""
+  """A copy of `config` with the values derived from the dataset filled in.
+
+  `num_classes` (-1: the dataset's) and the step counts of a run stated in epochs. With
+  N = `info.num_train` (the training split's actual size) and B = `batch_size`:
+  `num_train_steps` = max(1, round(num_epochs * N / B)) unless set; every other step value left
+  at None is its fraction of the run, round(num_train_steps * value_epochs / num_epochs) (at least
+  1 for the decay, eval and checkpoint periods and for a non-zero warm-up). So an explicit
+  `num_train_steps` keeps the schedule's proportions, and explicit step values are kept as they are.
+  """
   config = ml_collections.ConfigDict(config.to_dict())  # Unlocked copy; the caller's is untouched.
   if config.num_classes == -1:
     config.num_classes = info.num_classes
+  if config.num_train_steps is None or any(config[k] is None for k, _ in EPOCH_KEYS):
+    if not config.num_epochs or config.num_epochs <= 0:
+      raise ValueError(
+          f"num_epochs={config.num_epochs} must be positive (or set --config.num_train_steps)."
+      )
+  if config.num_train_steps is None:
+    config.num_train_steps = max(1, round(config.num_epochs * info.num_train / config.batch_size))
+  total = config.num_train_steps
+
+  def steps(epochs: float, minimum: int) -> int:
+    return max(minimum, round(total * epochs / config.num_epochs)) if epochs > 0 else 0
+
+  if config.lr_boundaries is None:
+    config.lr_boundaries = tuple(steps(e, 0) for e in config.lr_boundary_epochs)
+  for key, epochs_key in EPOCH_KEYS[1:]:
+    if config[key] is None:
+      config[key] = steps(config[epochs_key], 1)
   return config
+
+
+def describe_run_length(config: ml_collections.ConfigDict, info: Any) -> str:
+  """One line for the start of a run: "N examples, E epochs = S steps of batch B; ..."."""
+  total, batch = config.num_train_steps, config.batch_size
+  epochs = total * batch / info.num_train
+  parts = [
+      f"{info.num_train:,} examples, {round(epochs, 2):g} epochs = {total:,} steps of batch {batch}"
+  ]
+  if config.schedule == "piecewise" and config.lr_boundaries:
+    steps = ", ".join(f"{b:,}" for b in config.lr_boundaries)
+    parts.append(f"lr x{config.lr_decay_factor:g} at steps {steps}")
+  elif config.schedule == "exponential":
+    parts.append(f"lr x{config.lr_decay_rate:g} every {config.lr_decay_steps:,} steps")
+  if config.warmup_steps:
+    parts.append(f"warm-up {config.warmup_steps:,} steps")
+  parts.append(
+      f"eval every {config.eval_every_steps:,}, checkpoint every"
+      f" {config.checkpoint_every_steps:,} steps"
+  )
+  return "; ".join(parts)
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int | None = None) -> nn.Module:
@@ -111,6 +167,20 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int | None = No
 # --- Optimisation --------------------------------------------------------------------------------
 
 
+def _resolved(config: ml_collections.ConfigDict, key: str) -> Any:
+  """A step-valued key; one left to derive from epochs is only known without the data if 0."""
+  value = config[key]
+  if value is not None:
+    return value
+  epochs_key = dict(EPOCH_KEYS).get(key, "num_epochs")
+  if not config[epochs_key]:  # 0 epochs (or no boundaries) are 0 steps on any dataset.
+    return () if key == "lr_boundaries" else 0
+  raise ValueError(
+      f"{key} is derived from {epochs_key} and the dataset's size: call"
+      " resolve_config(config, data.dataset_info(config)) first (train_and_evaluate does)."
+  )
+
+
 def create_learning_rate_fn(config: ml_collections.ConfigDict) -> optax.Schedule:
   """The learning rate as a function of the step, built from optax schedules.
 
@@ -121,18 +191,23 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict) -> optax.Schedule
   `learning_rate` ("linear"). Piecewise boundaries and exponential decay count absolute steps,
   warm-up included; the cosine spans the steps after warm-up.
   """
-  lr, warmup = config.learning_rate, config.warmup_steps
+  lr, warmup = config.learning_rate, _resolved(config, "warmup_steps")
   if config.schedule == "piecewise":
-    boundaries = {int(b): config.lr_decay_factor for b in config.lr_boundaries}
+    boundaries = {int(b): config.lr_decay_factor for b in _resolved(config, "lr_boundaries")}
     main = optax.piecewise_constant_schedule(lr, boundaries)
   elif config.schedule == "exponential":
-    if config.lr_decay_steps <= 0:
-      raise ValueError("schedule='exponential' needs lr_decay_steps > 0 (e.g. 8 epochs of steps).")
+    decay_steps = _resolved(config, "lr_decay_steps")
+    if decay_steps <= 0:
+      raise ValueError(
+          "schedule='exponential' needs lr_decay_epochs > 0 (or lr_decay_steps > 0); GoogLeNet's"
+          " is 8 epochs."
+      )
     main = optax.exponential_decay(
-        lr, transition_steps=config.lr_decay_steps, decay_rate=config.lr_decay_rate, staircase=True
+        lr, transition_steps=decay_steps, decay_rate=config.lr_decay_rate, staircase=True
     )
   elif config.schedule == "cosine":
-    main = optax.cosine_decay_schedule(lr, decay_steps=max(1, config.num_train_steps - warmup))
+    total = _resolved(config, "num_train_steps")
+    main = optax.cosine_decay_schedule(lr, decay_steps=max(1, total - warmup))
   elif config.schedule == "constant":
     main = optax.constant_schedule(lr)
   else:
@@ -635,6 +710,7 @@ def train_and_evaluate(
       steps_per_epoch=steps_per_epoch,
       stream=None if is_chief else open(os.devnull, "w"),
   )
+  progress.message(describe_run_length(config, info))
 
   p_train_step = jax.jit(
       functools.partial(

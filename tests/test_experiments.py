@@ -1,4 +1,9 @@
-"""experiments/*.py: every documented argument loads, and the paper's values are the defaults."""
+"""experiments/*.py: every documented argument loads, and the paper's values are the defaults.
+
+The configs state their length in epochs; the step counts checked here are what
+`incres.train.resolve_config` derives from the training split's size (given, not read, for the
+datasets that need a download).
+"""
 
 import importlib.util
 import itertools
@@ -7,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from incres import configs, data, models
+from incres import configs, data, models, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,6 +28,26 @@ def _load(name):
 
 def _get(name, arg=None):
   return _load(name).get_config(arg)
+
+
+# Training-split sizes (tfds metadata), so that the tests need no download.
+NUM_TRAIN = {
+    "cifar10": 50_000,
+    "cifar100": 50_000,
+    "imagenet2012": 1_281_167,
+    "imagenette": 9_469,
+    "digits": 1_497,
+    "fake": None,  # fake_num_train.
+    "folder:/tmp/x": 54,
+}
+
+
+def _resolved(c, num_train=None):
+  """`c` with its step counts resolved for a training split of `num_train` examples."""
+  if num_train is None:
+    num_train = NUM_TRAIN[c.dataset] or c.fake_num_train
+  info = data.DatasetInfo(c.dataset, 10, num_train, 100, (32, 32, 3), ())
+  return train.resolve_config(c, info)
 
 
 DATASETS = ("digits", "fake", "smoke=True", "dataset=digits,smoke=True")
@@ -65,9 +90,17 @@ def test_every_documented_argument_gives_a_valid_config(name, arg):
   base = configs.base_config()
   assert set(c.keys()) == set(base.keys()), "configs may only set the keys the library reads"
   assert c.model in models.MODELS and callable(getattr(models, c.model))
+  assert c.num_epochs > 0 and list(c.lr_boundary_epochs) == sorted(c.lr_boundary_epochs)
+  assert all(0 < e < c.num_epochs for e in c.lr_boundary_epochs)
+  if not c.smoke:  # Sized by the dataset: no step count is fixed in the config.
+    assert c.num_train_steps is None and c.lr_boundaries is None and c.eval_every_steps is None
+  c = _resolved(c)
   assert c.batch_size % 2 == 0 and c.eval_batch_size > 0 and c.num_train_steps > 0
   assert list(c.lr_boundaries) == sorted(c.lr_boundaries)
   assert all(0 < b < c.num_train_steps for b in c.lr_boundaries)
+  assert c.eval_every_steps > 0 and c.checkpoint_every_steps > 0 and c.log_every_steps > 0
+  if c.schedule == "exponential":
+    assert 0 < c.lr_decay_steps < c.num_train_steps
   assert c.augment in ("cifar", "resnet_imagenet", "googlenet", "none")
   assert c.image_size == (32 if c.dataset in ("digits", "cifar10", "cifar100") else c.image_size)
   if c.smoke:
@@ -87,6 +120,10 @@ def test_docstring_starts_with_the_command_hardware_time_and_paper_number(name):
 
 def test_resnet_cifar_paper_values():
   c = _get("resnet_cifar")
+  # 64k iterations of 128 on CIFAR-10's 50k training images, stated in epochs.
+  assert c.num_epochs == pytest.approx(163.84)
+  np.testing.assert_allclose(c.lr_boundary_epochs, (81.92, 122.88))
+  c = _resolved(c)
   assert (c.model, c.dataset, c.batch_size, c.num_train_steps) == (
       "CifarResNet20",
       "cifar10",
@@ -94,6 +131,7 @@ def test_resnet_cifar_paper_values():
       64_000,
   )
   assert tuple(c.lr_boundaries) == (32_000, 48_000) and c.lr_decay_factor == 0.1
+  assert c.eval_every_steps == c.checkpoint_every_steps == 4_000
   assert (c.learning_rate, c.momentum, c.weight_decay) == (0.1, 0.9, 1e-4)
   assert (c.augment, c.eval_preprocess, c.normalize, c.image_size) == (
       "cifar",
@@ -103,10 +141,13 @@ def test_resnet_cifar_paper_values():
   )
   assert c.warmup_steps == 0 and (c.train_split, c.eval_split) == ("train", "test")
   assert _get("resnet_cifar", "depth=56,plain=True").model == "CifarPlain56"
-  c110 = _get("resnet_cifar", "depth=110")
+  c110 = _resolved(_get("resnet_cifar", "depth=110"))
   assert (c110.model, c110.warmup_steps, c110.warmup_learning_rate) == ("CifarResNet110", 400, 0.01)
-  val = _get("resnet_cifar", "val_split=True")
+  assert _resolved(_get("resnet_cifar", "dataset=cifar100")).num_train_steps == 64_000
+  val = _resolved(_get("resnet_cifar", "val_split=True"), 45_000)
   assert (val.train_split, val.eval_split) == ("train[:90%]", "train[90%:]")  # 45k / 5k.
+  # The same 163.84 epochs of the 45k split.
+  assert (val.num_train_steps, tuple(val.lr_boundaries)) == (57_600, (28_800, 43_200))
   with pytest.raises(ValueError):
     _get("resnet_cifar", "depth=1202,plain=True")
   with pytest.raises(ValueError):
@@ -114,19 +155,46 @@ def test_resnet_cifar_paper_values():
 
 
 def test_resnet_cifar_digits_quickstart_keeps_the_schedule_proportions():
+  # Resolved against the real digits dataset: the README's quickstart numbers.
   c = _get("resnet_cifar", "dataset=digits")
+  c = train.resolve_config(c, data.dataset_info(c))
   assert (c.model, c.batch_size, c.num_train_steps) == ("CifarResNet20", 128, 400)
   assert tuple(c.lr_boundaries) == (200, 300)
-  c = _get("resnet_cifar", "dataset=digits,depth=110")
+  assert (c.eval_every_steps, c.checkpoint_every_steps, c.log_every_steps) == (100, 100, 10)
+  c = _resolved(_get("resnet_cifar", "dataset=digits,depth=110"))
   assert c.warmup_steps == round(400 * 400 / 64_000) and c.warmup_learning_rate == 0.01
+
+
+@pytest.mark.parametrize(
+    "name,arg,expected",
+    [  # (num_train_steps, lr_boundaries, lr_decay_steps, eval_every_steps, log_every_steps)
+        ("resnet_cifar", "smoke=True", (20, (10, 15), 0, 5, 1)),
+        ("resnet_cifar", "dataset=digits,smoke=True", (20, (10, 15), 0, 5, 1)),
+        ("resnet_imagenet", "smoke=True", (4, (2, 3), 0, 2, 1)),
+        ("googlenet", "smoke=True", (3, (), 1, 3, 1)),
+        ("finetune", "smoke=True", (10, (), 0, 10, 1)),
+        ("degradation", None, (300, (150, 225), 0, 30, 5)),
+        ("degradation", "smoke=True", (4, (2, 3), 0, 1, 1)),
+        ("degradation", "steps=600", (600, (300, 450), 0, 60, 10)),
+    ],
+)
+def test_smoke_and_fixed_budget_settings_keep_their_step_counts(name, arg, expected):
+  c = _resolved(_get(name, arg))  # The smoke settings' lengths do not depend on the size.
+  got = (c.num_train_steps, tuple(c.lr_boundaries), c.lr_decay_steps, c.eval_every_steps,
+         c.log_every_steps)
+  assert got == expected
+  assert c.checkpoint_every_steps == c.eval_every_steps
 
 
 def test_resnet_imagenet_paper_values():
   c = _get("resnet_imagenet")
+  assert (c.num_epochs, tuple(c.lr_boundary_epochs), c.eval_every_epochs) == (120, (30, 60, 90), 5)
+  c = _resolved(c)
   assert (c.model, c.dataset, c.batch_size, c.image_size) == ("ResNet50", "imagenet2012", 256, 224)
   assert (c.learning_rate, c.momentum, c.weight_decay, c.lr_decay_factor) == (0.1, 0.9, 1e-4, 0.1)
   # 120 epochs of 1,281,167 images at 256: the paper's "up to 60×10^4 iterations".
   assert abs(c.num_train_steps - 600_000) / 600_000 < 0.01
+  assert c.num_train_steps == round(120 * 1_281_167 / 256) == 600_547
   epoch = 1_281_167 / 256
   np.testing.assert_allclose(c.lr_boundaries, [30 * epoch, 60 * epoch, 90 * epoch], atol=1)
   assert (c.augment, c.eval_preprocess, c.eval_split) == ("resnet_imagenet", "center", "validation")
@@ -142,6 +210,9 @@ def test_resnet_imagenet_paper_values():
 
 def test_googlenet_paper_and_chosen_values():
   c = _get("googlenet")
+  assert (c.num_epochs, c.lr_decay_epochs, c.eval_every_epochs) == (60, 8, 4)
+  c = _resolved(c)
+  assert c.num_train_steps == round(60 * 1_281_167 / 32) == 2_402_188
   assert (c.model, c.dataset, c.image_size, c.augment, c.eval_preprocess) == (
       "GoogLeNet",
       "imagenet2012",

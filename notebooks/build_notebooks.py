@@ -170,12 +170,14 @@ from incres import configs, data, train
 dataset = "digits" if SMOKE else "cifar10"
 config = configs.load(f"experiments/resnet_cifar.py:dataset={dataset},smoke={SMOKE}")
 try:
-  data.dataset_info(config)
+  info = data.dataset_info(config)
 except data.DatasetError as e:  # No network: the offline dataset.
   print(e, "\n-> using digits")
   config = configs.load(f"experiments/resnet_cifar.py:dataset=digits,smoke={SMOKE}")
+  info = data.dataset_info(config)
 config.dtype = DTYPE
-print(config.model, config.dataset, "batch", config.batch_size, "steps", config.num_train_steps)
+# The run's length in steps comes from the dataset's size (the config states epochs).
+print(config.model, config.dataset, "|", train.describe_run_length(train.resolve_config(config, info), info))
 '''.strip()),
     ("md", "## Train\n\nRe-running the cell resumes from the workdir's newest checkpoint."),
     ("code", r'''

@@ -255,6 +255,11 @@ def import_config(name: str, num_classes: int = 1000, transform_input: bool = Tr
   config.image_size = 224
   config.eval_preprocess = "center"
   config.normalize = "mean_std"  # torchvision's input normalisation.
+  # Nothing was trained here: the run's length and schedule are zero steps, not epochs to resolve
+  # against a dataset (fine-tuning from it builds its own schedule from its own config).
+  config.num_train_steps, config.lr_boundaries = 0, ()
+  config.lr_decay_steps = config.warmup_steps = 0
+  config.eval_every_steps = config.checkpoint_every_steps = 1
   if name == "googlenet":
     config.augment = "googlenet"
     config.model_kwargs.transform_input = transform_input

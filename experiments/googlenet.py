@@ -25,6 +25,16 @@ paper number). The schedule is stated in epochs (60, decay every 8, evaluation a
 every 4) and resolved at run time from the training split's actual size
 (incres.train.resolve_config): on ImageNet's 1,281,167 images at batch 32, 2,402,188 steps, the
 rate ×0.96 every 320,292 steps, evaluation every 160,146.
+
+`dataset=digits` (1,497 training digits: 60 epochs = 2,807 steps of 32), measured on one H200
+(jax 0.11.2, float32), test top-1 of the raw / Polyak-averaged parameters by step:
+  GoogLeNet32:   9.3 / 11.7 % at 187 (chance), 49.0 / 24.7 % at 374, 74.7 / 55.0 % at 561,
+                 90.3 / 86.3 % at 1,122, 96.0 / 90.3 % at 1,496, 92.0 / 96.0 % at 2,807 (1 min 54 s).
+  GoogLeNetBN32: 78.7 / 40.7 % at 187, 87.0 / 54.7 % at 374, 97.7 / 68.3 % at 935,
+                 95.0 / 93.7 % at 2,807 (2 min 26 s).
+So the paper's net (no BatchNorm) stays at chance for its first ~200 steps (4 epochs) and then
+learns; a CPU run judged within its first minutes sees only that flat start. The averaged
+parameters lag early (the Polyak mean includes the first, untrained steps) and win at the end.
 """
 
 from __future__ import annotations

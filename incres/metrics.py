@@ -1,9 +1,9 @@
 """Where a run's numbers go: TensorBoard event files and `metrics.jsonl` in the workdir.
 
 `MetricWriter` writes both; only process 0 of a multi-host run writes (the others get a writer with
-`enabled=False`). TensorBoard's `tf.summary` ops need the `tensorboard` package, which is not a
-dependency, so the event files are written directly as TFRecords of `Event` protos with
-`simple_value` scalars: the format TensorBoard reads, produced with TensorFlow's public protos.
+`enabled=False`). The event files are written directly as TFRecords of `Event` protos with
+`simple_value` scalars (the format TensorBoard reads, produced with TensorFlow's public protos), so
+no summary ops run in the loop; `tensorboard --logdir=<workdir>` (a dependency) shows them.
 """
 
 from __future__ import annotations

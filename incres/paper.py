@@ -1,4 +1,9 @@
-"""The papers' published figures (from ../shared/PAPERS.md), for tests, the summary and reports."""
+"""The papers' published figures, for tests, the summary and reports.
+
+Sources: GoogLeNet, Szegedy et al. 2014 (arXiv 1409.4842); ResNet, He et al. 2015 (arXiv
+1512.03385); torchvision's public weights where a count is torchvision's. Each figure names its
+table.
+"""
 
 # Parameters: exact counts where the figure is exact (torchvision's, or derived here and noted).
 # Multiply-adds: the papers' figures (ResNet Table 1; GoogLeNet's "1.5 billion"), or torchvision's

@@ -40,6 +40,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from incres import errors
 from incres import models
 
 TORCHVISION_MODELS = {
@@ -52,7 +53,7 @@ TORCHVISION_MODELS = {
 }
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.UserError, ValueError):
   """The state dict does not match the requested torchvision model."""
 
 
@@ -593,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  from incres import runtime  # pylint: disable=g-import-not-at-top
+  from incres import errors, runtime  # pylint: disable=g-import-not-at-top
 
   runtime.setup_process()  # Before TensorFlow is imported: quiet start-up, quick exit.
-  raise SystemExit(main())
+  errors.run(main)  # A user error: its message and exit status 2, no traceback.

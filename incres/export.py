@@ -52,6 +52,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from incres import errors
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is first imported.
 
 FORMATS = ("stablehlo", "saved_model", "torch")
@@ -78,7 +80,7 @@ _FREE_FIELDS = (
 )
 
 
-class ExportError(ValueError):
+class ExportError(errors.UserError, ValueError):
   """A user error: the run or the request cannot be exported as asked (message says why)."""
 
 
@@ -507,4 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from incres import errors, runtime  # pylint: disable=g-import-not-at-top
+
+  runtime.setup_process()  # Before TensorFlow is imported: quiet start-up, quick exit.
+  errors.run(main)  # A user error: its message and exit status 2, no traceback.

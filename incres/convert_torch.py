@@ -576,8 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     written = save(
         args.model, variables, args.out, transform_input=transform_input, overwrite=args.overwrite
     )
-  except ConversionError as e:
-    print(f"error: {e}", file=sys.stderr)
+  except errors.UserError as e:  # ConversionError, OutputExistsError, a missing file.
+    print(errors.message(e), file=sys.stderr)
     return 2
   except KeyboardInterrupt:
     print(f"Interrupted; --out={args.out} was left as it was.", file=sys.stderr)

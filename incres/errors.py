@@ -33,7 +33,7 @@ class MissingFileError(UserError, FileNotFoundError):
 
 def message(error: BaseException) -> str:
   """The one paragraph a command line prints for `error`."""
-  return f"error ({type(error).__name__}): {error}"
+  return f"error: {error}"
 
 
 def run(

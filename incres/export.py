@@ -494,8 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = export(
         args.checkpoint, args.out, args.format, averaged=args.averaged, platforms=platforms
     )
-  except ExportError as e:
-    print(f"error: {e}", file=sys.stderr)
+  except errors.UserError as e:  # ExportError, a missing or damaged checkpoint.
+    print(errors.message(e), file=sys.stderr)
     return 2
   out = os.path.abspath(os.path.expanduser(args.out))
   print(

@@ -173,8 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         averaged=not args.raw,
         batch_size=args.batch_size,
     )
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (errors.UserError, FileNotFoundError, ValueError) as e:
+    print(errors.message(e), file=sys.stderr)
     return 2
   for path, top in results:
     print(path)

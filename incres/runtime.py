@@ -44,8 +44,8 @@ class _DropMissingVariantFolders(logging.Filter):
 def setup_process() -> None:
   """Quiets the libraries' start-up lines and makes the process exit in well under a second.
 
-  Call it first thing in a command-line entry point (before TensorFlow is imported). Values already
-  set in the environment win.
+  Call it first thing in a command-line entry point or a notebook (before TensorFlow is imported).
+  Values already set in the environment win.
   """
   for key, value in _QUIET_ENV.items():
     os.environ.setdefault(key, value)

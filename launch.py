@@ -8,9 +8,9 @@ resumes from the workdir's newest checkpoint. `--config.KEY=VALUE` overrides any
 Ctrl-C (or SIGTERM) saves after the step in flight and prints the command to resume; a second
 Ctrl-C ends the process at once. User errors (missing dataset, bad config) exit with status 2.
 
-This file is flags -> config -> runtime (`incres.runtime`: logging, the persistent compilation cache,
-`jax.distributed` on several hosts, TensorFlow kept off the GPUs) -> `incres.train.train_and_evaluate`,
-which a notebook can call the same way.
+This file is flags -> config -> runtime (`incres.runtime`: logging, the persistent compilation
+cache, `jax.distributed` on several hosts, TensorFlow kept off the GPUs) ->
+`incres.train.train_and_evaluate`, which a notebook can call the same way.
 """
 
 from __future__ import annotations
@@ -121,6 +121,4 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
   # Config values are checked with ValueError throughout the library (train.py, the models), so
   # launch.py reports those as user errors as well.
-  errors.run(
-      lambda: app.run(main, flags_parser=_parse_flags), also=(ValueError,)
-  )
+  errors.run(lambda: app.run(main, flags_parser=_parse_flags), also=(ValueError,))

@@ -36,9 +36,7 @@ def message(error: BaseException) -> str:
   return f"error: {error}"
 
 
-def run(
-    main: Callable[[], Any], *, also: tuple[type[BaseException], ...] = ()
-) -> NoReturn:
+def run(main: Callable[[], Any], *, also: tuple[type[BaseException], ...] = ()) -> NoReturn:
   """Runs a command line's `main()` and exits: 2 with the message for a `UserError`, else main's.
 
   `main` returns an exit status (an int) or anything else for 0. `also` names further exception

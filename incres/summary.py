@@ -71,7 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   )
   parser.add_argument("models", nargs="*", help="Model names (default: every model).")
   parser.add_argument(
-      "--no_xla", "--no-xla", dest="xla", action="store_false", help="Skip XLA's cost analysis (faster)."
+      "--no_xla",
+      "--no-xla",
+      dest="xla",
+      action="store_false",
+      help="Skip XLA's cost analysis (faster).",
   )
   args = parser.parse_args(argv)
   unknown = [n for n in args.models if n not in models.MODELS]

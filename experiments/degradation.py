@@ -172,4 +172,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  from incres import errors  # pylint: disable=g-import-not-at-top
+
+  errors.run(main)  # A user error: its message and exit status 2, no traceback.

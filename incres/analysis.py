@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from incres import errors
+
 _MODEL_LABEL = re.compile(r"^(?:Cifar)?(ResNet|Plain)(\d+)$")
 
 
@@ -74,7 +76,7 @@ def error_curves(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
   records = metrics.read_metrics(workdir)
   if not records:
-    raise FileNotFoundError(f"No metrics in {os.path.join(workdir, metrics.METRICS_FILE)}.")
+    raise errors.MissingFileError(f"No metrics in {os.path.join(workdir, metrics.METRICS_FILE)}.")
   curves = {}
   for name, key in (("train", "train/accuracy"), ("test", "eval/top1")):
     points = {}
@@ -349,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
 
 
 if __name__ == "__main__":
-  from incres import runtime  # pylint: disable=g-import-not-at-top
+  from incres import errors, runtime  # pylint: disable=g-import-not-at-top
 
   runtime.setup_process()  # Before TensorFlow is imported: quiet start-up, quick exit.
-  main(sys.argv[1:])
+  errors.run(main)  # A user error: its message and exit status 2, no traceback.

@@ -40,6 +40,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 import incres
+from incres import errors
 from incres import fileio
 
 CHECKPOINT_DIR = "checkpoints"
@@ -74,7 +75,7 @@ def _reader_manager(directory: str) -> ocp.CheckpointManager:
   )
 
 
-class IncompatibleCheckpointError(ValueError):
+class IncompatibleCheckpointError(errors.UserError, ValueError):
   """The workdir holds a checkpoint this config cannot resume from."""
 
 
@@ -316,7 +317,7 @@ class Checkpointer:
     """Tries the steps newest first; moves the damaged ones above the first intact one aside."""
     reader = self._reader()
     if reader is None:
-      raise FileNotFoundError(f"No checkpoints in {self.directory}.")
+      raise errors.MissingFileError(f"No checkpoints in {self.directory}.")
     damaged = []
     try:
       for step in sorted(reader.all_steps(), reverse=True):
@@ -455,12 +456,12 @@ def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigD
   """Returns the resolved config saved with a workdir's checkpoint (default: newest)."""
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"No checkpoints in {directory}: train there first (launch.py).")
+    raise errors.MissingFileError(f"No checkpoints in {directory}: train there first (launch.py).")
   reader = _reader_manager(directory)
   try:
     step = reader.latest_step() if step is None else step
     if step is None or step not in reader.all_steps():
-      raise FileNotFoundError(
+      raise errors.MissingFileError(
           f"No checkpoint {'' if step is None else step} in {directory}; available steps:"
           f" {list(reader.all_steps())}."
       )

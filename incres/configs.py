@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from incres import errors
+
 
 def base_config() -> ml_collections.ConfigDict:
   """Returns the defaults shared by all experiments (a small CIFAR ResNet on `digits`)."""
@@ -88,6 +90,39 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """Every key of `config`, nested ones dotted ("model_kwargs.shortcut")."""
+  keys = []
+  for key, value in config.items():
+    keys.append(prefix + key)
+    if hasattr(value, "items"):
+      keys += flat_keys(value, prefix + key + ".")
+  return keys
+
+
+def unknown_keys_message(spec: str, keys: list[str]) -> str:
+  """What to say when `--config.KEY` overrides name keys that the config `spec` may not have.
+
+  `spec` is the `--config` value ("experiments/<name>.py[:arg]"); the config is loaded again only
+  to list its keys and suggest the nearest one for each misspelled key.
+  """
+  import difflib
+
+  try:
+    valid = flat_keys(load(spec))
+  except Exception:  # pylint: disable=broad-except  (the config's own error is reported later)
+    valid = []
+  unknown = [k for k in keys if k not in valid] or keys
+  hints = []
+  for key in unknown:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hints.append(f"--config.{key}" + (f" (did you mean --config.{close[0]}?)" if close else ""))
+  return (
+      f"Unknown config key: {', '.join(hints)}. The config has these keys: {', '.join(valid)}."
+      " Fix the spelling, or add the key to incres/configs.py first."
+  )
+
+
 def parse_arg(arg: str | None, **defaults):
   """Parses a config-file argument "key=value,key=value" into a ConfigDict over `defaults`.
 
@@ -103,10 +138,12 @@ def parse_arg(arg: str | None, **defaults):
     if not item.strip():
       continue
     if "=" not in item:
-      raise ValueError(f"Config argument {item!r} is not of the form key=value (in {arg!r}).")
+      raise errors.ConfigError(
+          f"Config argument {item!r} is not of the form key=value (in {arg!r})."
+      )
     key, value = (s.strip() for s in item.split("=", 1))
     if key not in parsed:
-      raise ValueError(
+      raise errors.ConfigError(
           f"Unknown config argument {key!r} in {arg!r}; known arguments: {sorted(parsed.keys())}."
       )
     try:
@@ -131,7 +168,7 @@ def load(spec: str) -> ml_collections.ConfigDict:
     if os.path.exists(os.path.join(root, path)):
       path = os.path.join(root, path)
     else:
-      raise FileNotFoundError(f"No config file {path!r} (looked in . and {root}).")
+      raise errors.MissingFileError(f"No config file {path!r} (looked in . and {root}).")
   module_spec = importlib.util.spec_from_file_location(
       os.path.splitext(os.path.basename(path))[0], path
   )

@@ -40,6 +40,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from incres import errors
 from incres import models
 
 TORCHVISION_MODELS = {
@@ -52,7 +53,7 @@ TORCHVISION_MODELS = {
 }
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.UserError, ValueError):
   """The state dict does not match the requested torchvision model."""
 
 
@@ -580,8 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     written = save(
         args.model, variables, args.out, transform_input=transform_input, overwrite=args.overwrite
     )
-  except ConversionError as e:
-    print(f"error: {e}", file=sys.stderr)
+  except errors.UserError as e:  # ConversionError, OutputExistsError, a missing file.
+    print(errors.message(e), file=sys.stderr)
     return 2
   except KeyboardInterrupt:
     print(f"Interrupted; --out={args.out} was left as it was.", file=sys.stderr)
@@ -598,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  from incres import runtime  # pylint: disable=g-import-not-at-top
+  from incres import errors, runtime  # pylint: disable=g-import-not-at-top
 
   runtime.setup_process()  # Before TensorFlow is imported: quiet start-up, quick exit.
-  raise SystemExit(main())
+  errors.run(main)  # A user error: its message and exit status 2, no traceback.

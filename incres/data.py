@@ -52,7 +52,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from incres import augment, fileio
+from incres import augment, errors, fileio, runtime
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -69,7 +69,7 @@ FAKE_POOL_SIZE = 32
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
-class DatasetError(Exception):
+class DatasetError(errors.UserError):
   """A missing or unusable dataset; the message says what to fetch, where, and what else to use."""
 
 
@@ -412,18 +412,9 @@ def _cached_tfds_arrays(
   return _read_tfds_arrays(tfds.builder(name, data_dir=data_dir), split)
 
 
-@functools.cache
-def _hide_gpus_from_tensorflow() -> None:
-  """Keeps TensorFlow off the accelerators JAX uses (a no-op with tensorflow-cpu)."""
-  try:
-    tf.config.set_visible_devices([], "GPU")
-  except RuntimeError:  # TensorFlow already initialised its devices elsewhere: leave them.
-    pass
-
-
 def _source(config, split: str) -> _Source:
   """The split of `config.dataset` named `split`."""
-  _hide_gpus_from_tensorflow()
+  runtime.keep_tensorflow_off_accelerators()
   name = config.dataset
   if name == "digits":
     return _digits_source(split)
@@ -1124,7 +1115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         file=sys.stderr,
     )
     return 2
-  _hide_gpus_from_tensorflow()
+  runtime.keep_tensorflow_off_accelerators()
   total, bad = check_folder(root)
   if total == 0:
     print(
@@ -1146,4 +1137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from incres import errors, runtime  # pylint: disable=g-import-not-at-top
+
+  runtime.setup_process()  # Before TensorFlow is imported: quiet start-up, quick exit.
+  errors.run(main)  # A user error: its message and exit status 2, no traceback.

@@ -566,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-  from incres import runtime  # pylint: disable=g-import-not-at-top
+  from incres import errors, runtime  # pylint: disable=g-import-not-at-top
 
   runtime.setup_process()  # Before TensorFlow is imported: quiet start-up, quick exit.
-  main(sys.argv[1:])
+  errors.run(main)  # A user error: its message and exit status 2, no traceback.

@@ -52,6 +52,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from incres import errors
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is first imported.
 
 FORMATS = ("stablehlo", "saved_model", "torch")
@@ -78,7 +80,7 @@ _FREE_FIELDS = (
 )
 
 
-class ExportError(ValueError):
+class ExportError(errors.UserError, ValueError):
   """A user error: the run or the request cannot be exported as asked (message says why)."""
 
 
@@ -492,8 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = export(
         args.checkpoint, args.out, args.format, averaged=args.averaged, platforms=platforms
     )
-  except ExportError as e:
-    print(f"error: {e}", file=sys.stderr)
+  except errors.UserError as e:  # ExportError, a missing or damaged checkpoint.
+    print(errors.message(e), file=sys.stderr)
     return 2
   out = os.path.abspath(os.path.expanduser(args.out))
   print(
@@ -507,4 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from incres import errors, runtime  # pylint: disable=g-import-not-at-top
+
+  runtime.setup_process()  # Before TensorFlow is imported: quiet start-up, quick exit.
+  errors.run(main)  # A user error: its message and exit status 2, no traceback.

@@ -22,6 +22,8 @@ from typing import Any
 
 from absl import logging
 
+from incres import errors
+
 LOCK_FILE = "incres.lock"
 
 
@@ -77,7 +79,7 @@ def append_line(fd: int, line: str) -> None:
     written += os.write(fd, data[written:])
 
 
-class WorkdirInUseError(RuntimeError):
+class WorkdirInUseError(errors.UserError, RuntimeError):
   """Another running process holds the workdir's lock."""
 
 

@@ -28,10 +28,12 @@ import jax
 import numpy as np
 import optax
 
+from incres import errors
+
 PyTree = Any
 
 
-class BackboneMismatchError(ValueError):
+class BackboneMismatchError(errors.UserError, ValueError):
   """The source checkpoint's backbone does not fit the new model."""
 
 
@@ -117,7 +119,7 @@ def resolve_source(init_from: str, step: int | None = None) -> tuple[str, int | 
   if m:
     return m.group(1), int(m.group(2)) if step is None else step
   if not os.path.isdir(os.path.join(path, "checkpoints")):
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
         f"config.init_from={init_from!r} is neither a workdir with a checkpoints/ folder nor a"
         " checkpoint step folder (<workdir>/checkpoints/<step>). Point it at a training run's"
         " workdir or at the --out folder of `python -m incres.convert_torch`."

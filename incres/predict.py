@@ -21,6 +21,8 @@ from importlib import resources
 
 import numpy as np
 
+from incres import errors
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is first imported.
 
 
@@ -54,7 +56,7 @@ def read_image(path: str) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-class NotARunError(FileNotFoundError):
+class NotARunError(errors.MissingFileError):
   """`--checkpoint` names no saved incres run."""
 
 
@@ -171,8 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         averaged=not args.raw,
         batch_size=args.batch_size,
     )
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (errors.UserError, FileNotFoundError, ValueError) as e:
+    print(errors.message(e), file=sys.stderr)
     return 2
   for path, top in results:
     print(path)
@@ -184,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  from incres import runtime  # pylint: disable=g-import-not-at-top
+  from incres import errors, runtime  # pylint: disable=g-import-not-at-top
 
   runtime.setup_process()  # Before TensorFlow is imported: quiet start-up, quick exit.
-  sys.exit(main())
+  errors.run(main)  # A user error: its message and exit status 2, no traceback.

@@ -1,15 +1,21 @@
-"""Process set-up for the command-line entry points: start-up noise off, a quick exit.
+"""Process set-up in one place: start-up noise off, TensorFlow off the accelerators, JAX's runtime.
 
-`launch.py` and each `python -m incres.<tool>` call `setup_process()` first, before TensorFlow is
-imported. A notebook or a library user does not need it (and is not changed by importing incres).
+`launch.py`, each `python -m incres.<tool>` and the notebooks call `setup_process()` first, before
+TensorFlow is imported. `launch.py` then calls `setup_jax()` (the persistent compilation cache,
+`jax.distributed` on several processes) and `quiet_library_logs()`. Importing incres changes none
+of this by itself.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import gc
 import logging
 import os
+
+# Makes restarts start fast: compiled programs are kept across processes.
+DEFAULT_COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "incres", "jax")
 
 _QUIET_ENV = {
     # TensorFlow's C++ INFO/WARNING lines (CPU feature guard, tf.data notes).
@@ -38,8 +44,8 @@ class _DropMissingVariantFolders(logging.Filter):
 def setup_process() -> None:
   """Quiets the libraries' start-up lines and makes the process exit in well under a second.
 
-  Call it first thing in a command-line entry point (before TensorFlow is imported). Values already
-  set in the environment win.
+  Call it first thing in a command-line entry point or a notebook (before TensorFlow is imported).
+  Values already set in the environment win.
   """
   for key, value in _QUIET_ENV.items():
     os.environ.setdefault(key, value)
@@ -53,3 +59,108 @@ def setup_process() -> None:
   # then makes those final collections skip it. All files incres writes are closed explicitly
   # before this point, and the operating system reclaims the memory either way.
   atexit.register(gc.freeze)
+
+
+@functools.cache
+def keep_tensorflow_off_accelerators() -> None:
+  """TensorFlow only feeds data; left alone it would reserve the GPU memory that JAX needs.
+
+  A no-op with tensorflow-cpu, without TensorFlow, or once TensorFlow has set up its devices.
+  """
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # TensorFlow already initialised its devices elsewhere: leave them.
+    pass
+
+
+class _QuietLibraries(logging.Filter):
+  """orbax, JAX and tfds log every checkpoint phase or dataset read at INFO; keep their warnings."""
+
+  _PATHS = tuple(
+      os.sep + name + os.sep for name in ("orbax", "jax", "jaxlib", "tensorflow_datasets")
+  )
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    # 30 is Python's WARNING level (absl's logging.WARNING is an absl verbosity, -1).
+    return record.levelno >= 30 or not any(p in record.pathname for p in self._PATHS)
+
+
+def quiet_library_logs() -> None:
+  """Drops the libraries' INFO lines from the log, unless `--verbosity` asks for more than INFO."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+
+  if absl_logging.get_verbosity() > absl_logging.INFO:
+    return
+  handlers = logging.getLogger().handlers + [absl_logging.get_absl_handler().python_handler]
+  for handler in handlers:
+    handler.addFilter(_QuietLibraries())
+
+
+def _cluster_in_environment() -> bool:
+  """Whether SLURM, Open MPI or a multi-host TPU slice started several processes."""
+  env = os.environ
+  return (
+      int(env.get("SLURM_NTASKS", "1")) > 1
+      or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+      or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+  )
+
+
+def initialize_distributed(
+    mode: str = "auto",
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+  """Joins the processes of a multi-host run into one JAX runtime.
+
+  `mode` "auto" does when launched on several processes (an explicit `coordinator_address`, SLURM,
+  Open MPI or a multi-host TPU slice), "yes" always, "no" never.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+
+  explicit = coordinator_address is not None
+  if mode == "no" or (mode == "auto" and not (explicit or _cluster_in_environment())):
+    return
+  # CPU-only multi-process runs (tests, CPU clusters) need a collectives backend.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if explicit:
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+  else:  # JAX reads SLURM / Open MPI / Cloud TPU environments itself.
+    jax.distributed.initialize()
+  absl_logging.info(
+      "jax.distributed: process %d of %d, %d local / %d global devices.",
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+  )
+
+
+def setup_jax(
+    compilation_cache_dir: str | None = DEFAULT_COMPILATION_CACHE,
+    distributed: str = "auto",
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+  """TensorFlow off the accelerators, then JAX's compilation cache and `jax.distributed`.
+
+  Call it before the first JAX computation. An empty or None `compilation_cache_dir` disables
+  the cache; the other arguments are `initialize_distributed`'s.
+  """
+  keep_tensorflow_off_accelerators()  # Before JAX claims the GPUs.
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", compilation_cache_dir)
+  initialize_distributed(distributed, coordinator_address, num_processes, process_id)

@@ -7,10 +7,11 @@ cost analysis of the lowered forward pass (flops / 2) beside it as a cross-check
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
+from collections.abc import Sequence
 
-from incres import complexity, models, paper
+from incres import complexity, errors, models, paper
 
 
 def _fmt(n: float | None, scale: float, unit: str) -> str:
@@ -64,15 +65,34 @@ XLA's lowered cost analysis skips the zero-padded positions, so it reads lower o
 """
 
 
-def main(argv=None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m incres.summary", description=__doc__.splitlines()[0]
+  )
+  parser.add_argument("models", nargs="*", help="Model names (default: every model).")
+  parser.add_argument(
+      "--no_xla",
+      "--no-xla",
+      dest="xla",
+      action="store_false",
+      help="Skip XLA's cost analysis (faster).",
+  )
+  args = parser.parse_args(argv)
+  unknown = [n for n in args.models if n not in models.MODELS]
+  if unknown:
+    raise errors.ConfigError(
+        f"Unknown model {', '.join(map(repr, unknown))}. incres.models has:"
+        f" {', '.join(models.MODELS)}."
+    )
   start = time.time()
-  names = [a for a in argv if not a.startswith("-")] or None
-  print(format_table(rows(names, xla="--no-xla" not in argv)))
+  print(format_table(rows(args.models or None, xla=args.xla)))
   print(NOTES.strip())
   print(f"\n({time.time() - start:.1f} s)")
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from incres import errors, runtime  # pylint: disable=g-import-not-at-top
+
+  runtime.setup_process()  # Before TensorFlow is imported: quiet start-up, quick exit.
+  errors.run(main)  # A user error: its message and exit status 2, no traceback.

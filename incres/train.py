@@ -39,6 +39,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from incres import checkpoint as checkpoint_lib
+from incres import errors
 from incres import fileio
 from incres import metrics as metrics_lib
 from incres import progress as progress_lib
@@ -62,7 +63,7 @@ class TrainState:
   rng: jax.Array  # Raw uint32 key data (`jax.random.key_data`), so checkpoints are plain arrays.
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(errors.UserError, FloatingPointError):
   """The loss or the gradient became NaN or infinite."""
 
 

@@ -122,6 +122,10 @@ elif MISSING:  # Your own environment: incres does not pip-install into it behin
 RUNS = os.path.abspath(RUNS)  # Relative to the checkout.
 os.makedirs(RUNS, exist_ok=True)
 
+from incres import runtime
+
+runtime.setup_process()  # As launch.py: TensorFlow's start-up lines off.
+runtime.keep_tensorflow_off_accelerators()  # TensorFlow only feeds data; JAX keeps the GPU memory.
 import jax
 
 print("JAX", jax.__version__, "devices:", jax.devices(), "runs in", RUNS)

@@ -1,5 +1,6 @@
 """Every network by name: `getattr(incres.models, NAME)(num_classes=N, dtype=...)`."""
 
+from incres import errors
 from incres.models.googlenet import (
     GoogLeNet,
     GoogLeNet32,
@@ -63,7 +64,7 @@ MODELS = {
 def get_model(name: str, **kwargs):
   """Builds a named model, with a clear error for an unknown name."""
   if name not in MODELS:
-    raise ValueError(
+    raise errors.ConfigError(
         f"Unknown model {name!r}. incres.models has: {', '.join(MODELS)}. Set config.model to one "
         "of these (e.g. --config.model=CifarResNet20)."
     )

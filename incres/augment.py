@@ -82,15 +82,33 @@ def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
   return tf.image.crop_to_bounding_box(image, top, left, size, size)
 
 
-def cifar_train(image: tf.Tensor, seed: tf.Tensor, *, mean: tf.Tensor, pad: int = 4) -> tf.Tensor:
+def _resized_to(x: tf.Tensor, size: int) -> tf.Tensor:
+  """`x` (float) resized to `size`×`size` only if it is not so already (then it is unchanged)."""
+  shape = tf.shape(x)
+  x = tf.cond(
+      (shape[0] == size) & (shape[1] == size),
+      lambda: x,
+      lambda: tf.image.resize(x, [size, size], method="bilinear", antialias=True),
+  )
+  return tf.ensure_shape(x, [size, size, 3])
+
+
+def cifar_train(
+    image: tf.Tensor, seed: tf.Tensor, *, mean: tf.Tensor, pad: int = 4, size: int | None = None
+) -> tf.Tensor:
   """ResNet §4.2: per-pixel mean subtraction, `pad` zero pixels each side, random crop, flip.
 
   The mean image is subtracted before padding: it is a per-pixel mean of the unshifted images, so it
   must be aligned with them, and the zero padding is then the mean colour, as in fb.resnet.torch.
-  The crop has the input's size (32×32 on CIFAR).
+  The crop has the input's size (32×32 on CIFAR). Deviation, for datasets that are not CIFAR: with
+  `size`, an image of another size (a `folder:` of photos) is first resized to `size`×`size`, the
+  view `eval_single` gives and the per-pixel mean is computed in; a 32×32 image is untouched.
   """
   crop_seed, flip_seed = _seeds(seed, 2)
-  x = _to_float(image) - mean
+  x = _to_float(image)
+  if size is not None:
+    x = _resized_to(x, size)
+  x = x - mean
   shape = tf.shape(x)
   x = tf.pad(x, [[pad, pad], [pad, pad], [0, 0]])
   x = tf.image.stateless_random_crop(x, shape, seed=crop_seed)
@@ -217,14 +235,7 @@ def googlenet_train(
 
 def eval_single(image: tf.Tensor, *, size: int, mean: tf.Tensor) -> tf.Tensor:
   """The single original view (ResNet §4.2), resized to `size`×`size` only if it is not so."""
-  x = _to_float(image)
-  shape = tf.shape(x)
-  x = tf.cond(
-      (shape[0] == size) & (shape[1] == size),
-      lambda: x,
-      lambda: tf.image.resize(x, [size, size], method="bilinear", antialias=True),
-  )
-  return tf.ensure_shape(x, [size, size, 3]) - mean
+  return _resized_to(_to_float(image), size) - mean
 
 
 def eval_center(image: tf.Tensor, *, size: int, mean: tf.Tensor) -> tf.Tensor:

@@ -594,7 +594,7 @@ def _unscaled_train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
   s, mean = config.image_size, _mean(config)
   if config.augment == "cifar":
     return lambda image, seed: tf.ensure_shape(
-        augment.cifar_train(image, seed, mean=mean), [s, s, 3]
+        augment.cifar_train(image, seed, mean=mean, size=s), [s, s, 3]
     )
   if config.augment == "resnet_imagenet":
     return functools.partial(augment.resnet_imagenet_train, size=s, mean=mean)
@@ -646,6 +646,15 @@ def _loader(source: _ArraySource) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.T
     return image, tf.gather(labels, index)
 
   return load
+
+
+def _decodes(load: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]], index: int) -> bool:
+  """Whether example `index` of a random-access source loads (decodes) on its own."""
+  try:
+    load(tf.constant(index, tf.int64))
+    return True
+  except tf.errors.OpError:
+    return False
 
 
 def _index_dataset(source: _Source) -> tf.data.Dataset:
@@ -867,6 +876,10 @@ def create_train_iter(config, *, start_step: int = 0) -> Iterator[dict[str, np.n
     used = {int(c) for c, _ in good}
     last = max(used) if len(good) == local else len(indices) - 1
     bad = [indices[c] for c in range(last + 1) if c not in used]
+    if any(_decodes(load, i) for i in bad):
+      # An image that decodes failed later (its augmentation, say): not unreadable, a real error,
+      # which the caller raises as it is.
+      return None, []
     if len(good) < local:
       names = ", ".join(_example_name(config, source, i) for i in bad[:MAX_NAMED_BAD_IMAGES])
       raise DatasetError(
@@ -995,7 +1008,10 @@ def create_eval_iter(config) -> Iterator[dict[str, np.ndarray]]:
       for key in batch:
         batch[key][r] = ex[key]
     # A failed padding row (it loads example 0) is masked out anyway: not an unreadable image.
-    return batch, [int(i) for r, i in enumerate(chunk) if r not in loaded and i < n]
+    bad = [int(i) for r, i in enumerate(chunk) if r not in loaded and i < n]
+    if any(_decodes(load, i) for i in bad):
+      return None, []  # A readable image failed later: a real error, raised as it is.
+    return batch, bad
 
   def report(bad, b):
     _report_unreadable(config, source, bad, f"evaluation batch {b} (masked out)")

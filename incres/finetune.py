@@ -175,8 +175,11 @@ def inherit_architecture(config, source_config) -> list[str]:
 
 
 def resolve_init_from(config: ml_collections.ConfigDict) -> tuple[str, int | None] | None:
-  """The `(workdir, step)` that `config.init_from` names (None without it), after making
-  `config`'s backbone that run's (in place; see `inherit_architecture`)."""
+  """The `(workdir, step)` that `config.init_from` names, or None; fills in the source's backbone.
+
+  `config` is changed in place (`inherit_architecture`). Without `init_from`, an empty
+  `config.model` is an error (it means "the init_from run's model").
+  """
   if not config.get("init_from"):
     if not config.model:
       raise ValueError(

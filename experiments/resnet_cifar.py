@@ -20,7 +20,7 @@ error is below 80%, which the paper says takes about 400 iterations: here a fixe
 In epochs of CIFAR-10's 50,000 training images (the paper chose the schedule on a 45k/5k split,
 then trained on all 50k): 64k iterations of 128 = 163.84 epochs, the divisions at 81.92 and 122.88
 epochs, the warm-up 1.024 epochs, evaluation and checkpoints every 10.24 epochs (4k iterations).
-Resolved at run time from the dataset's size (incres.train.resolve_config): CIFAR-10 and CIFAR-100
+Resolved at run time from the dataset's size (incres.configs.resolve_config): CIFAR-10 and CIFAR-100
 give exactly 64,000 steps with boundaries 32,000 and 48,000 (warm-up 400, eval every 4,000);
 `val_split=True` (45,000 images) gives the same 163.84 epochs = 57,600 steps, boundaries 28,800
 and 43,200 (add --config.num_train_steps=64000 for 64k iterations on the 45k split).

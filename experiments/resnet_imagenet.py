@@ -23,7 +23,7 @@ uniform in [256, 480], random 224 crop, flip, mean subtraction, AlexNet PCA colo
 (σ = 0.1); evaluation: shorter side 256, centre 224 crop.
 
 The length is stated in epochs and resolved at run time from the training split's actual size
-(incres.train.resolve_config): ImageNet's 1,281,167 images at batch 256 give 600,547 steps (the
+(incres.configs.resolve_config): ImageNet's 1,281,167 images at batch 256 give 600,547 steps (the
 paper's 60×10^4 iterations are 119.9 epochs), the divisions at steps 150,137, 300,274 and 450,410,
 evaluation and checkpoints every 5 epochs (25,023 steps).
 

@@ -42,6 +42,7 @@ from jax.experimental import multihost_utils
 import incres
 from incres import errors
 from incres import fileio
+from incres import state as state_lib
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -61,16 +62,21 @@ class _DropReadOnlyNotices:
 logging.get_absl_logger().addFilter(_DropReadOnlyNotices())
 
 
-def _item_handlers() -> dict[str, Any]:
-  # Named up front so that a fresh manager can read the items' metadata before any restore.
-  return {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+def _item_handlers(partial: bool = False) -> dict[str, Any]:
+  """The items' handlers, named up front so that a fresh manager can read their metadata.
+
+  `partial`: the state is read with the `PyTreeCheckpointHandler` that `StandardCheckpointHandler`
+  wraps (same files), whose `PyTreeRestore(partial_restore=True)` reads only the subtrees asked for.
+  """
+  state = ocp.PyTreeCheckpointHandler() if partial else ocp.StandardCheckpointHandler()
+  return {"state": state, "meta": ocp.JsonCheckpointHandler()}
 
 
-def _reader_manager(directory: str) -> ocp.CheckpointManager:
+def _reader_manager(directory: str, partial: bool = False) -> ocp.CheckpointManager:
   """A manager that only reads: no directory creation, no cleanup, no saving."""
   return ocp.CheckpointManager(
       directory,
-      item_handlers=_item_handlers(),
+      item_handlers=_item_handlers(partial),
       options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0),
   )
 
@@ -487,42 +493,47 @@ def load_variables(
   `"batch_stats"` for models without batch norm). `averaged` picks the parameters: False for the
   raw ones, "ema" or "polyak" for an average kept during training, True for whichever average the
   run kept (EMA first). Batch statistics are always the training run's running averages.
-  The arrays are replicated over `mesh` (default: all devices).
+  The arrays are replicated over `mesh` (default: all devices). Only those arrays are read from
+  the checkpoint (not the optimizer state), and no optimizer is built.
 
   Example:
     config, model, variables = load_variables("runs/quickstart")
     logits, extras = model.apply(variables, images, train=False)
   """
-  from incres import train  # pylint: disable=g-import-not-at-top  (train imports this module)
-
   config = load_config(workdir, step)
-  model = train.create_model(config)
-  mesh = mesh if mesh is not None else train.create_mesh()
-  tx = train.create_optimizer(config, train.create_learning_rate_fn(config))
-  abstract_state = train.abstract_train_state(config, model, tx, mesh)
-  reader = _reader_manager(checkpoint_dir(workdir))
-  try:
-    step = reader.latest_step() if step is None else step
-    state = reader.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-    ).state
-  finally:
-    reader.close()
-  params = state.params
+  model = state_lib.create_model(config)
+  mesh = mesh if mesh is not None else state_lib.create_mesh()
+  params_key = "params"
   if averaged:
     kinds = ("ema", "polyak") if averaged is True else (averaged,)
     for kind in kinds:
       if kind not in ("ema", "polyak"):
         raise ValueError(f"averaged={averaged!r}: use False, True, 'ema' or 'polyak'.")
-      if getattr(state, f"{kind}_params") is not None:
-        params = getattr(state, f"{kind}_params")
+      if (config.ema_decay is not None) if kind == "ema" else config.polyak:
+        params_key = f"{kind}_params"
         break
     else:
       raise ValueError(
           f"The run in {workdir} kept no {' or '.join(kinds)} average of the parameters (config"
           " ema_decay / polyak); load with averaged=False."
       )
-  variables = {"params": params}
-  if state.batch_stats:
-    variables["batch_stats"] = state.batch_stats
+  abstract = state_lib.abstract_variables(config, model, mesh)
+  # Only these subtrees of the saved TrainState are read: no optimizer is built or restored.
+  wanted = {params_key: abstract["params"]}
+  if abstract["batch_stats"]:
+    wanted["batch_stats"] = abstract["batch_stats"]
+  reader = _reader_manager(checkpoint_dir(workdir), partial=True)
+  try:
+    step = reader.latest_step() if step is None else step
+    restore = ocp.args.PyTreeRestore(
+        item=wanted,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+        partial_restore=True,
+    )
+    restored = reader.restore(step, args=ocp.args.Composite(state=restore)).state
+  finally:
+    reader.close()
+  variables = {"params": restored[params_key]}
+  if "batch_stats" in restored:
+    variables["batch_stats"] = restored["batch_stats"]
   return config, model, variables

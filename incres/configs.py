@@ -1,13 +1,22 @@
-"""The base configuration every experiment in `experiments/` starts from.
+"""The base configuration every experiment in `experiments/` starts from, and what a run does to it.
 
 Every number a run depends on lives in the config; `experiments/*.py` import `base_config()` and
 override what their paper setup changes. Keys are grouped by the part of the library that reads
-them.
+them. When a run starts, `resolve_config` fills in the values derived from the dataset (the run
+length stated in epochs becomes steps), `validate` checks the result against the devices, and
+`save_config` writes it into the workdir.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from typing import Any
+
 import ml_collections
+import yaml
+
+from incres import fileio
 
 from incres import errors
 
@@ -40,7 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.fake_num_eval = 256  # ... and in every other split.
 
   # --- Optimisation (incres.train) ---
-  # Run length and schedule in epochs of the training split; `incres.train.resolve_config` turns
+  # Run length and schedule in epochs of the training split; `resolve_config` (below) turns
   # them into the step-valued keys below from the dataset's actual size when a run starts:
   # num_train_steps = max(1, round(num_epochs * num_train / batch_size)), and every other step value
   # is its fraction of the run, round(num_train_steps * value_epochs / num_epochs) (at least 1 for
@@ -160,7 +169,6 @@ def load(spec: str) -> ml_collections.ConfigDict:
   A relative path is looked up from the current directory, then from the repository root.
   """
   import importlib.util
-  import os
 
   path, _, arg = spec.partition(":")
   if not os.path.exists(path):
@@ -175,3 +183,99 @@ def load(spec: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg or None)
+
+
+# --- A run's config ------------------------------------------------------------------------------
+
+# Step-valued config keys and the epoch-valued keys they are derived from by `resolve_config`.
+EPOCH_KEYS = (
+    ("lr_boundaries", "lr_boundary_epochs"),
+    ("lr_decay_steps", "lr_decay_epochs"),
+    ("warmup_steps", "warmup_epochs"),
+    ("eval_every_steps", "eval_every_epochs"),
+    ("checkpoint_every_steps", "checkpoint_every_epochs"),
+)
+
+
+def resolve_config(config: ml_collections.ConfigDict, info: Any) -> ml_collections.ConfigDict:
+  """A copy of `config` with the values derived from the dataset filled in.
+
+  `num_classes` (-1: the dataset's) and the step counts of a run stated in epochs. With
+  N = `info.num_train` (the training split's actual size) and B = `batch_size`:
+  `num_train_steps` = max(1, round(num_epochs * N / B)) unless set; every other step value left
+  at None is its fraction of the run, round(num_train_steps * value_epochs / num_epochs) (at least
+  1 for the decay, eval and checkpoint periods and for a non-zero warm-up). So an explicit
+  `num_train_steps` keeps the schedule's proportions, and explicit step values are kept as they are.
+  `info` is `incres.data.dataset_info(config)` (anything with `num_classes` and `num_train`).
+  """
+  config = ml_collections.ConfigDict(config.to_dict())  # Unlocked copy; the caller's is untouched.
+  if config.num_classes == -1:
+    config.num_classes = info.num_classes
+  if config.num_train_steps is None or any(config[k] is None for k, _ in EPOCH_KEYS):
+    if not config.num_epochs or config.num_epochs <= 0:
+      raise ValueError(
+          f"num_epochs={config.num_epochs} must be positive (or set --config.num_train_steps)."
+      )
+  if config.num_train_steps is None:
+    config.num_train_steps = max(1, round(config.num_epochs * info.num_train / config.batch_size))
+  total = config.num_train_steps
+
+  def steps(epochs: float, minimum: int) -> int:
+    return max(minimum, round(total * epochs / config.num_epochs)) if epochs > 0 else 0
+
+  if config.lr_boundaries is None:
+    config.lr_boundaries = tuple(steps(e, 0) for e in config.lr_boundary_epochs)
+  for key, epochs_key in EPOCH_KEYS[1:]:
+    if config[key] is None:
+      config[key] = steps(config[epochs_key], 1)
+  return config
+
+
+def describe_run_length(config: ml_collections.ConfigDict, info: Any) -> str:
+  """One line for the start of a run: "N examples, E epochs = S steps of batch B; ..."."""
+  total, batch = config.num_train_steps, config.batch_size
+  epochs = total * batch / info.num_train
+  parts = [
+      f"{info.num_train:,} examples, {round(epochs, 2):g} epochs = {total:,} steps of batch {batch}"
+  ]
+  if config.schedule == "piecewise" and config.lr_boundaries:
+    steps = ", ".join(f"{b:,}" for b in config.lr_boundaries)
+    parts.append(f"lr x{config.lr_decay_factor:g} at steps {steps}")
+  elif config.schedule == "exponential":
+    parts.append(f"lr x{config.lr_decay_rate:g} every {config.lr_decay_steps:,} steps")
+  if config.warmup_steps:
+    parts.append(f"warm-up {config.warmup_steps:,} steps")
+  parts.append(
+      f"eval every {config.eval_every_steps:,}, checkpoint every"
+      f" {config.checkpoint_every_steps:,} steps"
+  )
+  return "; ".join(parts)
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int) -> None:
+  """Raises ValueError if the resolved `config` cannot run on this many devices and processes."""
+  for key in ("batch_size", "eval_batch_size"):
+    if config[key] % num_devices or config[key] % num_processes:
+      raise ValueError(
+          f"{key}={config[key]} is not divisible by the {num_devices} devices"
+          f" ({num_processes} processes): every device gets an equal share of the global"
+          f" batch. Use a multiple of {num_devices}, e.g. --config.{key}="
+          f"{max(1, round(config[key] / num_devices)) * num_devices}."
+      )
+  for key in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+    if config[key] <= 0:
+      raise ValueError(f"{key}={config[key]} must be positive.")
+  averaged = [n for n, on in (("eval_ema", config.ema_decay), ("eval_polyak", config.polyak)) if on]
+  known = [f"{p}/{m}" for p in ["eval"] + averaged for m in ("top1", "top5", "loss")]
+  if config.best_metric and config.best_metric not in known:
+    raise ValueError(f"best_metric={config.best_metric!r} is not computed; use one of {known}.")
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes the resolved config as `config.json` and plain `config.yaml`, atomically."""
+  text = config.to_json(indent=2, sort_keys=True)
+  fileio.atomic_write_text(os.path.join(workdir, "config.json"), text + "\n")
+  # Plain YAML (`yaml.safe_load` reads it), not ConfigDict.to_yaml's `!!python/object` tags.
+  fileio.atomic_write_text(
+      os.path.join(workdir, "config.yaml"), yaml.safe_dump(json.loads(text), sort_keys=True)
+  )

@@ -39,6 +39,7 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+import optax
 
 from incres import errors
 from incres import models
@@ -344,16 +345,18 @@ def check_out(out: str, overwrite: bool = False, *, weights: str | None = None) 
 
 def _write_run(model_name: str, variables, workdir: str, transform_input: bool) -> None:
   """Writes variables as checkpoint step 0 plus `config.json` in a new, empty `workdir`."""
-  from incres import checkpoint, train  # pylint: disable=g-import-not-at-top
+  from incres import checkpoint, configs, state as state_lib  # pylint: disable=g-import-not-at-top
 
   params = variables["params"]
   num_classes = int(params["head"]["kernel"].shape[-1])
   config = import_config(model_name, num_classes, transform_input)
   if model_name == "googlenet" and "aux_4a" not in params:
     config.model_kwargs.aux_heads = False
-  model = train.create_model(config)
-  tx = train.create_optimizer(config, train.create_learning_rate_fn(config))
-  abstract = train.abstract_train_state(config, model, tx, train.create_mesh())
+  model = state_lib.create_model(config)
+  # The optimizer state's structure does not depend on the schedule's values, which need the
+  # dataset's size (`configs.resolve_config`): a constant schedule stands in for the config's.
+  tx = state_lib.create_optimizer(config, optax.constant_schedule(config.learning_rate))
+  abstract = state_lib.abstract_train_state(config, model, tx, state_lib.create_mesh())
   # The state a fresh run would have, with the converted variables in place of a random init (not
   # `create_train_state`: compiling the model's init takes longer than the whole conversion).
   params = jax.tree.map(np.asarray, variables["params"])
@@ -371,7 +374,7 @@ def _write_run(model_name: str, variables, workdir: str, transform_input: bool) 
     ckpt.save(0, state)
   finally:
     ckpt.close()
-  train.save_config(config, workdir)
+  configs.save_config(config, workdir)
 
 
 def _verify(workdir: str, model_name: str, variables) -> None:

@@ -561,8 +561,11 @@ _MEAN_KEYS = (
 )
 
 
-def _mean(config) -> tf.Tensor | float:
-  """The mean the images are normalised by (broadcastable to [S, S, 3])."""
+def normalization_mean(config) -> tf.Tensor | float:
+  """The mean the images are normalised by (broadcastable to [S, S, 3]); 0.0 for "none".
+
+  The per-pixel mean (normalize="pixel_mean") is computed once over the training split and cached.
+  """
   mode = normalization(config)
   if mode == "none":
     return 0.0
@@ -591,7 +594,7 @@ def _train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
 
 
 def _unscaled_train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-  s, mean = config.image_size, _mean(config)
+  s, mean = config.image_size, normalization_mean(config)
   if config.augment == "cifar":
     return lambda image, seed: tf.ensure_shape(
         augment.cifar_train(image, seed, mean=mean, size=s), [s, s, 3]
@@ -618,7 +621,7 @@ def _eval_fn(config) -> Callable[[tf.Tensor], tf.Tensor]:
 
 
 def _unscaled_eval_fn(config) -> Callable[[tf.Tensor], tf.Tensor]:
-  s, mean = config.image_size, _mean(config)
+  s, mean = config.image_size, normalization_mean(config)
   if config.eval_preprocess == "single":
     return functools.partial(augment.eval_single, size=s, mean=mean)
   if config.eval_preprocess == "center":
@@ -668,6 +671,30 @@ def _index_dataset(source: _Source) -> tf.data.Dataset:
   ds = source.builder.as_dataset(split=source.split, decoders={"image": tfds.decode.SkipDecoding()})
   ds = ds.enumerate().map(lambda i, ex: (i, _decode(ex["image"])), num_parallel_calls=AUTOTUNE)
   return ds.ignore_errors()
+
+
+def eval_images(config, split: str | None = None) -> tuple[tf.data.Dataset, int]:
+  """`(dataset, n)`: a split's n examples in order, as (uint8 image [H, W, 3], int32 label).
+
+  The images are as stored (decoded, not resized, cropped or normalised), for evaluation protocols
+  that make their own views (`incres.evaluate`). Default split: `config.eval_split`.
+  """
+  source = _source(config, config.eval_split if split is None else split)
+  n = _source_size(source)
+  if isinstance(source, _ArraySource):
+    load = _loader(source)
+    ds = tf.data.Dataset.range(n).map(load, num_parallel_calls=AUTOTUNE)
+  else:
+    ds = source.builder.as_dataset(
+        split=source.split, decoders={"image": tfds.decode.SkipDecoding()}
+    )
+    ds = ds.map(
+        lambda ex: (_decode(ex["image"]), tf.cast(ex["label"], tf.int32)),
+        num_parallel_calls=AUTOTUNE,
+    )
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options), n
 
 
 # ---------------------------------------------------------------------------------------------

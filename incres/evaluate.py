@@ -311,44 +311,6 @@ class CompiledPerShape:
     return compiled(variables, x)
 
 
-def raw_eval_dataset(config):
-  """(uint8 image [H, W, 3], int32 label) for every example of `config.eval_split`, in order,
-  with the number of examples.
-
-  `incres.data` has no public accessor for raw (unpreprocessed) eval images, so this uses its
-  source helpers (`_source`, `_loader`, `_decode`); keep it in step with that module.
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-  from incres import data  # pylint: disable=g-import-not-at-top
-
-  source = data._source(config, config.eval_split)  # pylint: disable=protected-access
-  n = data._source_size(source)  # pylint: disable=protected-access
-  if isinstance(source, data._ArraySource):  # pylint: disable=protected-access
-    load = data._loader(source)  # pylint: disable=protected-access
-    ds = tf.data.Dataset.range(n).map(load, num_parallel_calls=tf.data.AUTOTUNE)
-  else:
-    decode = data._decode  # pylint: disable=protected-access
-    ds = source.builder.as_dataset(
-        split=source.split, decoders={"image": tfds.decode.SkipDecoding()}
-    )
-    ds = ds.map(
-        lambda ex: (decode(ex["image"]), tf.cast(ex["label"], tf.int32)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-  options = tf.data.Options()
-  options.deterministic = True
-  return ds.with_options(options), n
-
-
-def _mean(config):
-  """The mean the run's images are normalised by (per-pixel image or per-channel)."""
-  from incres import data  # pylint: disable=g-import-not-at-top
-
-  return data._mean(config)  # pylint: disable=protected-access
-
-
 # ---------------------------------------------------------------------------------------------
 # Scoring
 # ---------------------------------------------------------------------------------------------
@@ -413,7 +375,7 @@ def predict(
   import ml_collections  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  from incres import checkpoint, train  # pylint: disable=g-import-not-at-top
+  from incres import checkpoint, data, state  # pylint: disable=g-import-not-at-top
 
   if protocol not in PROTOCOLS:
     raise ValueError(f"Unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}.")
@@ -427,14 +389,14 @@ def predict(
     if value is not None:
       config[key] = value
   size = config.image_size
-  mesh = train.create_mesh()
+  mesh = state.create_mesh()
   num_views = NUM_VIEWS[protocol]
-  ds, n = raw_eval_dataset(config)
+  ds, n = data.eval_images(config)
   if max_examples is not None:
     n = min(n, max_examples)
     ds = ds.take(n)
   # The softmax is averaged over views with the mean of the *training* images (the run's config).
-  mean = _mean(run_config)
+  mean = data.normalization_mean(run_config)
   view_fn = make_view_fn(protocol, size, mean)
   ds = ds.map(lambda image, label: (view_fn(image), label), num_parallel_calls=tf.data.AUTOTUNE)
 

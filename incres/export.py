@@ -104,7 +104,7 @@ def normalization(config) -> Normalization:
   mode = data.normalization(config)
   std = np.asarray(augment.IMAGENET_STD_RGB, np.float32) if mode == "mean_std" else None
   try:
-    mean = np.asarray(data._mean(config), np.float32)  # pylint: disable=protected-access
+    mean = np.asarray(data.normalization_mean(config), np.float32)
   except Exception as e:  # pylint: disable=broad-except  (a missing dataset, said clearly below)
     raise ExportError(
         f"The run normalises its inputs by the per-pixel mean of {config.dataset!r}'s"
@@ -169,7 +169,7 @@ def _torch_modules():
 
 def torchvision_twin(config) -> tuple[str, dict[str, Any]]:
   """`(torchvision model name, constructor kwargs)` of the run's model; ExportError if none."""
-  from incres import convert_torch, models, train  # pylint: disable=g-import-not-at-top
+  from incres import convert_torch, models, state  # pylint: disable=g-import-not-at-top
 
   names = {ours: tv for tv, ours in convert_torch.TORCHVISION_MODELS.items()}
   if config.model not in names:
@@ -179,7 +179,7 @@ def torchvision_twin(config) -> tuple[str, dict[str, Any]]:
         " stablehlo or saved_model instead."
     )
   name = names[config.model]
-  model = train.create_model(config)
+  model = state.create_model(config)
   if name == "googlenet":
     reference = models.get_model(config.model, num_classes=model.num_classes)
     kwargs = {

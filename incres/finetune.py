@@ -14,7 +14,11 @@ not match (another model, depth or width) is a backbone mismatch and fails with 
 `config.freeze_backbone` trains only the heads: the backbone gets `optax.set_to_zero()` updates (so
 it stays bitwise unchanged) and its BatchNorm layers use their running statistics (the models'
 `frozen_bn`), so those stay unchanged too. `config.head_learning_rate` gives the heads their own
-learning rate (the same schedule shape, scaled).
+learning rate (the same schedule shape, scaled). Both are built into the optimizer
+(`incres.state.create_optimizer`).
+
+A run starts with `resolve_init_from(config)` (the source, and the architecture it implies) and,
+when it does not resume, `initialize_from(...)` (the copy, logged to `<workdir>/init_from.txt`).
 """
 
 from __future__ import annotations
@@ -25,8 +29,15 @@ import re
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 import optax
+from absl import logging
+
+from incres import checkpoint
+from incres import fileio
+from incres import state as state_lib
+from incres.state import is_head  # Heads are what fine-tuning re-initialises (and trains alone).
 
 from incres import errors
 
@@ -35,12 +46,6 @@ PyTree = Any
 
 class BackboneMismatchError(errors.UserError, ValueError):
   """The source checkpoint's backbone does not fit the new model."""
-
-
-def is_head(path: str) -> bool:
-  """Whether a parameter path ("head/kernel", "aux_4a/fc1/bias") belongs to a classifier head."""
-  top = path.split("/")[0]
-  return top == "head" or top.startswith("aux_")
 
 
 def _flat(tree: PyTree) -> dict[str, Any]:
@@ -171,28 +176,46 @@ def inherit_architecture(config, source_config) -> list[str]:
   return filled
 
 
-def param_labels(params: PyTree) -> PyTree:
-  """'head' or 'backbone' for every parameter leaf (for optax.multi_transform)."""
-  flat = _flat(params)
-  return _unflatten_like(params, {p: "head" if is_head(p) else "backbone" for p in flat})
+def resolve_init_from(config: ml_collections.ConfigDict) -> tuple[str, int | None] | None:
+  """The `(workdir, step)` that `config.init_from` names, or None; fills in the source's backbone.
 
-
-def wrap_optimizer(make_tx, learning_rate_fn, config) -> optax.GradientTransformation:
-  """The fine-tuning optimizer: frozen backbone and/or a separate head learning rate.
-
-  `make_tx(learning_rate_fn)` builds the usual optimizer. Without `freeze_backbone` or
-  `head_learning_rate` it is returned unchanged.
+  `config` is changed in place (`inherit_architecture`). Without `init_from`, an empty
+  `config.model` is an error (it means "the init_from run's model").
   """
-  freeze = bool(config.get("freeze_backbone", False))
-  head_lr = config.get("head_learning_rate", None)
-  if not freeze and head_lr is None:
-    return make_tx(learning_rate_fn)
-  head_fn = learning_rate_fn
-  if head_lr is not None:
-    scale = head_lr / config.learning_rate
-    head_fn = lambda step: learning_rate_fn(step) * scale  # noqa: E731
-  transforms = {
-      "head": make_tx(head_fn),
-      "backbone": optax.set_to_zero() if freeze else make_tx(learning_rate_fn),
-  }
-  return optax.multi_transform(transforms, param_labels)
+  if not config.get("init_from"):
+    if not config.model:
+      raise ValueError(
+          "config.model is empty, which means \"the init_from run's model\", but config.init_from"
+          " is not set. Pass --config.init_from=<a run's workdir or a convert_torch --out>, or"
+          " --config.model=<name>."
+      )
+    return None
+  source = resolve_source(config.init_from, config.get("init_from_step"))
+  filled = inherit_architecture(config, checkpoint.load_config(*source))
+  if filled:
+    logging.info("From the init_from run: %s", ", ".join(filled))
+  return source
+
+
+def initialize_from(
+    state: state_lib.TrainState,
+    source: tuple[str, int | None],
+    tx: optax.GradientTransformation,
+    state_sharding: state_lib.TrainState,
+    workdir: str,
+    is_chief: bool,
+) -> state_lib.TrainState:
+  """The fresh `state` with the source run's backbone (and matching heads) copied in.
+
+  What was loaded, re-initialised and skipped is logged and written to `<workdir>/init_from.txt`
+  (by the chief process). The optimizer state and the parameter averages start afresh.
+  """
+  _, _, source_vars = checkpoint.load_variables(*source)
+  merged, log = merge(
+      {"params": state.params, "batch_stats": state.batch_stats}, jax.device_get(source_vars)
+  )
+  summary = f"init_from {source[0]} (step {source[1] or 'newest'}):\n{log.summary()}"
+  logging.info("%s", summary)
+  if is_chief:
+    fileio.atomic_write_text(os.path.join(workdir, "init_from.txt"), summary + "\n")
+  return state_lib.replace_variables(state, merged, tx, state_sharding)

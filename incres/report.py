@@ -92,9 +92,9 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
 
 def complexity_of(config: ml_collections.ConfigDict) -> tuple[int, int]:
   """(parameters, multiply-adds per image at `config.image_size`), from shapes alone."""
-  from incres import complexity, train  # pylint: disable=g-import-not-at-top
+  from incres import complexity, state  # pylint: disable=g-import-not-at-top
 
-  model = train.create_model(config)
+  model = state.create_model(config)
   variables = complexity.abstract_variables(model, config.image_size)
   return complexity.count_params(variables), complexity.count_macs(
       model, config.image_size, variables

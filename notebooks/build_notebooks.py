@@ -181,7 +181,7 @@ except data.DatasetError as e:  # No network: the offline dataset.
   info = data.dataset_info(config)
 config.dtype = DTYPE
 # The run's length in steps comes from the dataset's size (the config states epochs).
-print(config.model, config.dataset, "|", train.describe_run_length(train.resolve_config(config, info), info))
+print(config.model, config.dataset, "|", configs.describe_run_length(configs.resolve_config(config, info), info))
 '''.strip()),
     ("md", "## Train\n\nRe-running the cell resumes from the workdir's newest checkpoint."),
     ("code", r'''

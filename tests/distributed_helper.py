@@ -39,13 +39,14 @@ def tiny_config(steps: int):
 def main(argv: list[str]) -> None:
   mode, out, workdir = argv[1:4]
   from incres import checkpoint, metrics, train  # pylint: disable=g-import-not-at-top
+  from incres import state as state_lib  # pylint: disable=g-import-not-at-top
 
   if mode == "mesh":
     assert jax.device_count() == 8, jax.devices()
     result = {}
     for n in (8, 1):
       wd = os.path.join(workdir, f"devices{n}")
-      train.train_and_evaluate(tiny_config(5), wd, mesh=train.create_mesh(jax.devices()[:n]))
+      train.train_and_evaluate(tiny_config(5), wd, mesh=state_lib.create_mesh(jax.devices()[:n]))
       result[n] = [r["train/loss"] for r in metrics.read_metrics(wd) if "train/loss" in r]
       _, _, variables = checkpoint.load_variables(wd)
       result[f"params{n}"] = [np.asarray(x).tolist() for x in jax.tree.leaves(variables)]

@@ -156,3 +156,36 @@ def test_checkpointer_keeps_the_last_k_and_the_best(tmp_path):
   ).restore(jax.eval_shape(lambda: state), step=2)
   np.testing.assert_array_equal(restored["w"], [2.0, 3.0, 4.0])
   assert meta["data"] == {"next_step": 2} and meta["config"]["model"] == "x"
+
+
+def test_load_variables_reads_the_model_variables_without_building_an_optimizer(
+    tmp_path, monkeypatch
+):
+  from incres import configs  # pylint: disable=g-import-not-at-top
+  from incres import state as state_lib  # pylint: disable=g-import-not-at-top
+
+  config = configs.load(os.path.join(ROOT, "tests", "tiny_config.py"))
+  config.num_classes = 10
+  config.ema_decay = 0.5
+  model = state_lib.create_model(config)
+  tx = state_lib.create_optimizer(config, state_lib.create_learning_rate_fn(config))
+  state = state_lib.create_train_state(config, model, tx, state_lib.create_mesh())
+  state = state.replace(ema_params=jax.tree.map(lambda p: p + 1.0, state.params))  # Tell apart.
+  with checkpoint.Checkpointer(
+      str(tmp_path), config, save_every_steps=1, keep=1, async_save=False
+  ) as ckpt:
+    ckpt.save(1, state)
+
+  def no_optimizer(*args, **kwargs):
+    raise AssertionError("loading variables for inference built an optimizer")
+
+  monkeypatch.setattr(state_lib, "create_optimizer", no_optimizer)
+  monkeypatch.setattr(state_lib, "abstract_train_state", no_optimizer)
+  _, loaded_model, raw = checkpoint.load_variables(str(tmp_path))
+  _, _, ema = checkpoint.load_variables(str(tmp_path), averaged="ema")
+  assert loaded_model == model
+  assert set(raw) == set(ema) == {"params", "batch_stats"}
+  assert_same_bits(raw, {"params": state.params, "batch_stats": state.batch_stats})
+  assert_same_bits(ema, {"params": state.ema_params, "batch_stats": state.batch_stats})
+  with pytest.raises(ValueError, match="kept no polyak average"):
+    checkpoint.load_variables(str(tmp_path), averaged="polyak")

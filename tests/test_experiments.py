@@ -1,7 +1,7 @@
 """experiments/*.py: every documented argument loads, and the paper's values are the defaults.
 
 The configs state their length in epochs; the step counts checked here are what
-`incres.train.resolve_config` derives from the training split's size (given, not read, for the
+`incres.configs.resolve_config` derives from the training split's size (given, not read, for the
 datasets that need a download).
 """
 
@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from incres import configs, data, models, train
+from incres import configs, data, models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +47,7 @@ def _resolved(c, num_train=None):
   if num_train is None:
     num_train = NUM_TRAIN[c.dataset] or c.fake_num_train
   info = data.DatasetInfo(c.dataset, 10, num_train, 100, (32, 32, 3), ())
-  return train.resolve_config(c, info)
+  return configs.resolve_config(c, info)
 
 
 DATASETS = ("digits", "fake", "smoke=True", "dataset=digits,smoke=True")
@@ -160,7 +160,7 @@ def test_resnet_cifar_paper_values():
 def test_resnet_cifar_digits_quickstart_keeps_the_schedule_proportions():
   # Resolved against the real digits dataset: the README's quickstart numbers.
   c = _get("resnet_cifar", "dataset=digits")
-  c = train.resolve_config(c, data.dataset_info(c))
+  c = configs.resolve_config(c, data.dataset_info(c))
   assert (c.model, c.batch_size, c.num_train_steps) == ("CifarResNet20", 128, 400)
   assert tuple(c.lr_boundaries) == (200, 300)
   assert (c.eval_every_steps, c.checkpoint_every_steps, c.log_every_steps) == (100, 100, 10)

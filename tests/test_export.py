@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from incres import checkpoint, convert_torch, data, export, train
+from incres import checkpoint, convert_torch, data, export
+from incres import state as state_lib
 
 torch = pytest.importorskip("torch")  # conftest.py imports torchvision before TensorFlow.
 torchvision = pytest.importorskip("torchvision")
@@ -36,9 +37,9 @@ def _tiny_config():
 def run(tmp_path_factory) -> str:
   """A saved tiny run whose EMA, raw parameters and batch statistics all differ (no training)."""
   config = _tiny_config()
-  model = train.create_model(config)
-  tx = train.create_optimizer(config, train.create_learning_rate_fn(config))
-  state = train.create_train_state(config, model, tx, train.create_mesh())
+  model = state_lib.create_model(config)
+  tx = state_lib.create_optimizer(config, state_lib.create_learning_rate_fn(config))
+  state = state_lib.create_train_state(config, model, tx, state_lib.create_mesh())
   rng = np.random.default_rng(0)
 
   def randomise(x, lo):

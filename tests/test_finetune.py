@@ -12,6 +12,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from incres import checkpoint, configs, finetune, train
+from incres import state as state_lib
 
 
 def _config(**overrides):
@@ -126,7 +127,7 @@ def test_merge_reports_loaded_reinitialised_and_skipped():
 def test_frozen_optimizer_leaves_the_backbone_bitwise_unchanged():
   params = {"conv": {"kernel": jnp.ones((3, 3))}, "head": {"kernel": jnp.ones((3, 2))}}
   config = _config(freeze_backbone=True, weight_decay=1e-2)
-  tx = train.create_optimizer(config, optax.constant_schedule(0.1))
+  tx = state_lib.create_optimizer(config, optax.constant_schedule(0.1))
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   new = optax.apply_updates(params, updates)
@@ -173,8 +174,8 @@ def test_every_converted_model_fits_the_finetune_config_without_a_model_flag(nam
     assert config.model_kwargs.transform_input is True
   else:
     assert config.model_kwargs.stride_in_1x1 is False  # v1.5: no parameter shape would tell.
-  new = complexity.abstract_variables(train.create_model(config), 224)
-  old = complexity.abstract_variables(train.create_model(source), 224)
+  new = complexity.abstract_variables(state_lib.create_model(config), 224)
+  old = complexity.abstract_variables(state_lib.create_model(source), 224)
   _, log = finetune.merge(dict(new), dict(old))  # Raises BackboneMismatchError if it did not fit.
   assert log.reinitialized and all(finetune.is_head(p.split("/", 1)[1]) for p in log.reinitialized)
 

@@ -94,7 +94,7 @@ def test_command_line_prints_markdown(run, capsys):
 def test_degradation_experiment_gives_all_four_nets_one_budget():
   import importlib.util  # pylint: disable=g-import-not-at-top
 
-  from incres import configs, data, train  # pylint: disable=g-import-not-at-top
+  from incres import configs, data  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(
       os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "degradation.py"
@@ -111,7 +111,7 @@ def test_degradation_experiment_gives_all_four_nets_one_budget():
   ]
   for c in cs.values():
     assert set(c.keys()) == set(configs.base_config().keys())
-    c = train.resolve_config(c, data.dataset_info(c))  # Stated in epochs of digits.
+    c = configs.resolve_config(c, data.dataset_info(c))  # Stated in epochs of digits.
     budget = (
         c.num_train_steps,
         c.batch_size,
@@ -123,4 +123,4 @@ def test_degradation_experiment_gives_all_four_nets_one_budget():
     halves = (round(module.STEPS * 0.5), round(module.STEPS * 0.75))
     assert budget == (module.STEPS, module.BATCH, halves, 0.1, "digits", "cifar")
   smoke = module.get_config("smoke=True")
-  assert train.resolve_config(smoke, data.dataset_info(smoke)).num_train_steps == 4
+  assert configs.resolve_config(smoke, data.dataset_info(smoke)).num_train_steps == 4

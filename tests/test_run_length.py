@@ -1,6 +1,6 @@
 """Runs sized in epochs from the dataset's actual size; folder datasets' split layouts.
 
-`incres.train.resolve_config` turns the epoch-valued keys into step counts:
+`incres.configs.resolve_config` turns the epoch-valued keys into step counts:
 num_train_steps = max(1, round(num_epochs * num_train / batch_size)), and every other step value is
 its fraction of the run, round(num_train_steps * value_epochs / num_epochs).
 """
@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from incres import configs, data, train
+from incres import state as state_lib
 
 
 def _image_folder(root, counts: dict[str, int], size: int = 8) -> str:
@@ -46,12 +47,12 @@ def test_a_54_image_folder_sizes_the_run_by_its_own_length(folder54):
   c = configs.load(f"experiments/googlenet.py:dataset={folder54}")
   info = data.dataset_info(c)
   assert (info.num_train, info.num_eval) == (54, 6)
-  r = train.resolve_config(c, info)
+  r = configs.resolve_config(c, info)
   # 60 epochs of 54 at batch 32 = 101.25 steps; the decay every 8/60 and eval every 4/60 of them.
   assert r.num_train_steps == round(60 * 54 / 32) == 101
   assert r.lr_decay_steps == round(101 * 8 / 60) == 13
   assert r.eval_every_steps == r.checkpoint_every_steps == round(101 * 4 / 60) == 7
-  ft = train.resolve_config(configs.load(f"experiments/finetune.py:dataset={folder54}"), info)
+  ft = configs.resolve_config(configs.load(f"experiments/finetune.py:dataset={folder54}"), info)
   assert ft.num_train_steps == round(5 * 54 / 64) == 4  # Not ImageNet's (or any table's) length.
   assert ft.eval_every_steps == ft.checkpoint_every_steps == 4
 
@@ -62,7 +63,7 @@ def test_steps_are_the_rounded_epochs_and_the_schedule_its_fractions(num_train):
   c.batch_size, c.num_epochs = 64, 10.0
   c.lr_boundary_epochs, c.eval_every_epochs, c.checkpoint_every_epochs = (5.0, 7.5), 2.5, 10.0
   c.warmup_epochs = 0.1
-  r = train.resolve_config(c, _info(num_train))
+  r = configs.resolve_config(c, _info(num_train))
   total = max(1, round(10 * num_train / 64))
   assert r.num_train_steps == total
   assert tuple(r.lr_boundaries) == (round(total * 0.5), round(total * 0.75))
@@ -76,35 +77,35 @@ def test_steps_are_the_rounded_epochs_and_the_schedule_its_fractions(num_train):
 def test_explicit_num_train_steps_keeps_the_schedule_proportions():
   c = configs.load("experiments/resnet_cifar.py:depth=110")
   c.num_train_steps = 1_000
-  r = train.resolve_config(c, _info(50_000))
+  r = configs.resolve_config(c, _info(50_000))
   assert r.num_train_steps == 1_000
   assert tuple(r.lr_boundaries) == (500, 750)  # 32k/64k and 48k/64k of the run.
   assert r.warmup_steps == round(1_000 * 400 / 64_000)
   assert r.eval_every_steps == r.checkpoint_every_steps == round(1_000 * 4_000 / 64_000)
   # Step values set explicitly are kept as they are.
   c.lr_boundaries, c.eval_every_steps = (100, 900), 7
-  r = train.resolve_config(c, _info(50_000))
+  r = configs.resolve_config(c, _info(50_000))
   assert (tuple(r.lr_boundaries), r.eval_every_steps, r.checkpoint_every_steps) == ((100, 900), 7, 62)
 
 
 def test_unresolved_schedule_asks_for_resolve_config():
   c = configs.base_config()
   with pytest.raises(ValueError, match="resolve_config"):
-    train.create_learning_rate_fn(c)
+    state_lib.create_learning_rate_fn(c)
   c.num_epochs = 0.0
   with pytest.raises(ValueError, match="num_epochs=0.0 must be positive"):
-    train.resolve_config(c, _info(100))
+    configs.resolve_config(c, _info(100))
 
 
 def test_the_printed_line_states_examples_epochs_steps_and_boundaries():
   c = configs.load("experiments/resnet_cifar.py:dataset=digits")
-  r = train.resolve_config(c, _info(1_497))
-  assert train.describe_run_length(r, _info(1_497)) == (
+  r = configs.resolve_config(c, _info(1_497))
+  assert configs.describe_run_length(r, _info(1_497)) == (
       "1,497 examples, 34.2 epochs = 400 steps of batch 128; lr x0.1 at steps 200, 300;"
       " eval every 100, checkpoint every 100 steps"
   )
-  g = train.resolve_config(configs.load("experiments/googlenet.py"), _info(1_281_167))
-  assert train.describe_run_length(g, _info(1_281_167)) == (
+  g = configs.resolve_config(configs.load("experiments/googlenet.py"), _info(1_281_167))
+  assert configs.describe_run_length(g, _info(1_281_167)) == (
       "1,281,167 examples, 60 epochs = 2,402,188 steps of batch 32; lr x0.96 every 320,292 steps;"
       " eval every 160,146, checkpoint every 160,146 steps"
   )

@@ -14,6 +14,7 @@ import optax
 import pytest
 
 from incres import checkpoint, configs, metrics, train
+from incres import state as state_lib
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -69,7 +70,7 @@ def test_piecewise_schedule_with_constant_warmup_keeps_absolute_boundaries():
   config = tiny_config(
       learning_rate=0.1, lr_boundaries=(32000, 48000), warmup_steps=400, warmup_learning_rate=0.01
   )
-  lr = train.create_learning_rate_fn(config)
+  lr = state_lib.create_learning_rate_fn(config)
   expected = {0: 0.01, 399: 0.01, 400: 0.1, 31999: 0.1, 32000: 0.01, 48000: 0.001, 63999: 0.001}
   for step, value in expected.items():
     assert float(lr(step)) == pytest.approx(value, rel=1e-6), step
@@ -79,7 +80,7 @@ def test_exponential_schedule_is_a_staircase():
   # GoogLeNet: 4% lower every 8 epochs.
   config = tiny_config(schedule="exponential", learning_rate=0.01, lr_decay_steps=80,
                        lr_decay_rate=0.96)
-  lr = train.create_learning_rate_fn(config)
+  lr = state_lib.create_learning_rate_fn(config)
   assert float(lr(79)) == pytest.approx(0.01)
   assert float(lr(80)) == pytest.approx(0.0096)
   assert float(lr(239)) == pytest.approx(0.01 * 0.96**2)
@@ -89,7 +90,7 @@ def test_cosine_schedule_with_linear_warmup():
   config = tiny_config(
       steps=110, schedule="cosine", learning_rate=1.0, warmup_steps=10, warmup_shape="linear"
   )
-  lr = train.create_learning_rate_fn(config)
+  lr = state_lib.create_learning_rate_fn(config)
   assert float(lr(0)) == pytest.approx(0.0)
   assert float(lr(5)) == pytest.approx(0.5)
   assert float(lr(10)) == pytest.approx(1.0)
@@ -99,7 +100,7 @@ def test_cosine_schedule_with_linear_warmup():
 
 def test_weight_decay_only_touches_kernels():
   config = tiny_config(weight_decay=0.5, momentum=0.0, learning_rate=1.0)
-  tx = train.create_optimizer(config, train.create_learning_rate_fn(config))
+  tx = state_lib.create_optimizer(config, state_lib.create_learning_rate_fn(config))
   params = {"conv": {"kernel": jnp.ones((3, 3, 2, 2)), "bias": jnp.ones((2,))},
             "bn": {"scale": jnp.ones((2,))}}
   zeros = jax.tree.map(jnp.zeros_like, params)
@@ -112,7 +113,7 @@ def test_weight_decay_only_touches_kernels():
 
 def test_gradient_clipping_and_nesterov():
   config = tiny_config(weight_decay=0.0, learning_rate=1.0, grad_clip_norm=1.0, nesterov=True)
-  tx = train.create_optimizer(config, train.create_learning_rate_fn(config))
+  tx = state_lib.create_optimizer(config, state_lib.create_learning_rate_fn(config))
   params = {"w": jnp.zeros((2, 2))}
   grads = {"w": jnp.full((2, 2), 100.0)}
   updates, _ = tx.update(grads, tx.init(params), params)
@@ -165,9 +166,9 @@ class _TinyNetWithAux(nn.Module):
 def test_train_step_adds_weighted_aux_losses_and_updates_every_parameter(dtype):
   config = tiny_config(dtype=dtype, aux_loss_weight=0.3, label_smoothing=0.1)
   model = _TinyNetWithAux(dtype=jnp.dtype(dtype))
-  lr_fn = train.create_learning_rate_fn(config)
-  tx = train.create_optimizer(config, lr_fn)
-  state = train.create_train_state(config, model, tx, train.create_mesh())
+  lr_fn = state_lib.create_learning_rate_fn(config)
+  tx = state_lib.create_optimizer(config, lr_fn)
+  state = state_lib.create_train_state(config, model, tx, state_lib.create_mesh())
   step = jax.jit(
       lambda s, b: train.train_step(
           s, b, model=model, tx=tx, learning_rate_fn=lr_fn, aux_loss_weight=0.3,
@@ -321,10 +322,10 @@ def test_incompatible_workdir_is_refused_and_untouched(finished_run, override, n
 def test_unknown_model_lists_the_known_ones():
   config = tiny_config(model="ResNet19")
   with pytest.raises(ValueError, match=r"Unknown model 'ResNet19'.*CifarResNet20"):
-    train.create_model(config, num_classes=10)
+    state_lib.create_model(config, num_classes=10)
 
 
 def test_batch_size_must_split_over_devices():
   config = tiny_config(batch_size=10)
   with pytest.raises(ValueError, match="batch_size=10 is not divisible"):
-    train._validate(config, num_devices=4)  # pylint: disable=protected-access
+    configs.validate(config, num_devices=4, num_processes=1)

@@ -287,6 +287,49 @@ def test_googlenet_modes():
   assert not model.apply(variables, x, train=False, mutable=["batch_stats"])[1]
 
 
+# --- Dropout rates -----------------------------------------------------------------------------
+
+
+def _dropped_fractions(name: str, batch: int = 32):
+  """Fraction of zeroed activations at every dropout layer of a training step, by layer path."""
+  model = models.get_model(name, num_classes=5, width=0.0625)  # 64 features, 64 aux-head units.
+  x = jax.random.normal(jax.random.key(1), (batch, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x[:1], train=False)
+  seen = {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if isinstance(context.module, nn.Dropout) and context.method_name == "__call__":
+      seen["/".join(context.module.path)] = (args[0], out)
+    return out
+
+  with nn.intercept_methods(interceptor):
+    model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(3)},
+                mutable=["batch_stats"])
+  fractions = {}
+  for path, (inputs, outputs) in seen.items():
+    live = np.asarray(inputs) != 0  # Only activations that were non-zero before dropout count.
+    fractions[path] = (float(np.mean(np.asarray(outputs)[live] == 0)), int(live.sum()))
+  return fractions
+
+
+@pytest.mark.parametrize(
+    "name, main, aux", [("GoogLeNet32", 0.4, 0.7), ("GoogLeNetBN32", 0.2, 0.7)]
+)
+def test_dropout_drops_the_papers_fractions(name, main, aux):
+  # GoogLeNet: 40% before the classifier, 70% in the auxiliary heads; BN-Inception: 20%.
+  fractions = _dropped_fractions(name)
+  aux_paths = sorted(p for p in fractions if p.startswith("aux_"))
+  main_paths = sorted(set(fractions) - set(aux_paths))
+  assert len(aux_paths) == 2 and len(main_paths) == 1, sorted(fractions)
+  for path in main_paths + aux_paths:
+    rate = main if path in main_paths else aux
+    fraction, n = fractions[path]
+    assert n >= 500, (path, n)  # Enough draws that 4 binomial stds stay under 0.09.
+    std = np.sqrt(rate * (1 - rate) / n)
+    assert abs(fraction - rate) < 4 * std, (path, fraction, rate, n)
+
+
 def test_batch_statistics_update_only_in_training():
   model, variables, x = _tiny("CifarResNet20")
   _, eval_vars = model.apply(variables, x, train=False, mutable=["batch_stats"])

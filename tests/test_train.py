@@ -13,7 +13,9 @@ import numpy as np
 import optax
 import pytest
 
-from incres import checkpoint, configs, metrics, train
+from incres import checkpoint, metrics, train
+
+import tiny_config as tiny  # tests/ is on the path (pytest's rootdir-relative import).
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -31,23 +33,8 @@ def _compilation_cache(tmp_path_factory):
 
 
 def tiny_config(steps: int = 6, **overrides):
-  config = configs.base_config()
-  config.model_kwargs.width = 4
-  config.dataset = "digits"
-  config.image_size = 16
-  config.augment = "none"
-  config.batch_size = 16
-  config.eval_batch_size = 64
-  config.eval_split = "test[:128]"
-  config.num_train_steps = steps
-  config.log_every_steps = 2
-  config.eval_every_steps = steps
-  config.checkpoint_every_steps = 2
-  config.lr_boundaries = (4,)
-  config.learning_rate = 0.05
-  for key, value in overrides.items():
-    config[key] = value
-  return config
+  return tiny.get(steps=steps, every=2, eval_batch_size=64, eval_split="test[:128]",
+                  lr_boundaries=(4,), **overrides)
 
 
 def params_of(workdir: str, **kw):

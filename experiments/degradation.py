@@ -17,11 +17,11 @@ Arguments (`:depth=20,plain=False,steps=...,batch=...`):
   steps, batch: the one budget every net gets (defaults below, chosen for the CPU).
   smoke: True shrinks the budget to a few steps (a check that everything runs).
 
-Recipe: the paper's CIFAR recipe, taken from `resnet_cifar.get_config` (SGD momentum 0.9, weight decay 1e-4, lr 0.1
-divided by 10 at 50% and 75% of the steps, pad 4 + random crop + flip, per-pixel mean, single
-original view at test) with a smaller batch and a shorter schedule, identical for all four nets so
-that only depth and shortcuts differ. Evaluated on the test digits 10 times per run, so Figure 6
-has test curves as well as training curves.
+Recipe: the paper's CIFAR recipe, taken from `resnet_cifar.get_config` (SGD momentum 0.9, weight
+decay 1e-4, lr 0.1 divided by 10 at 50% and 75% of the steps, pad 4 + random crop + flip, per-pixel
+mean, single original view at test) with a smaller batch and a shorter schedule, identical for all
+four nets so that only depth and shortcuts differ. Evaluated on the test digits 10 times per run, so
+Figure 6 has test curves as well as training curves.
 
 Run as a script, this file trains the four nets (resuming any that were interrupted), then writes
 `fig6.png`, `fig7.png`, `responses.csv` and `report.md` in `--outdir`.

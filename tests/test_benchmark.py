@@ -39,7 +39,8 @@ def test_throughput_json_vs_torch(capsys):
   # XLA's FLOPs per step against incres.complexity's multiply-adds (2 FLOPs each): inference is
   # the forward pass (XLA counted 0.92x on CPU, jax 0.10), training forward and two backward
   # passes (3.0x).
-  macs = complexity.count_macs(models.get_model("CifarResNet20", num_classes=10), 32) * 2  # Batch 2.
+  model = models.get_model("CifarResNet20", num_classes=10)
+  macs = complexity.count_macs(model, 32) * 2  # Batch 2.
   flops = {k: result[f"{k}_tflop_per_s"] * 1e12 * result[f"{k}_step_s"] for k in ("train", "infer")}
   assert 0.8 < flops["infer"] / (2 * macs) < 1.2, flops
   assert 2.5 < flops["train"] / (2 * macs) < 3.5, flops

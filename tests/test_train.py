@@ -33,8 +33,8 @@ def _compilation_cache(tmp_path_factory):
 
 
 def tiny_config(steps: int = 6, **overrides):
-  return tiny.get(steps=steps, every=2, eval_batch_size=64, eval_split="test[:128]",
-                  lr_boundaries=(4,), **overrides)
+  defaults = dict(eval_batch_size=64, eval_split="test[:128]", lr_boundaries=(4,))
+  return tiny.get(steps=steps, every=2, **{**defaults, **overrides})
 
 
 def params_of(workdir: str, **kw):

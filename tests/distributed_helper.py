@@ -17,23 +17,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def tiny_config(steps: int):
-  from incres import configs  # pylint: disable=g-import-not-at-top
+  import tiny_config as tiny  # pylint: disable=g-import-not-at-top  (tests/ is this script's path)
 
-  config = configs.base_config()
-  config.model_kwargs.width = 4
-  config.dataset = "digits"
-  config.image_size = 16
-  config.augment = "none"
-  config.batch_size = 16
-  config.eval_batch_size = 32
-  config.eval_split = "test[:64]"  # Evaluation is not what these tests compare; keep it short.
-  config.num_train_steps = steps
-  config.log_every_steps = 1
-  config.eval_every_steps = steps
-  config.checkpoint_every_steps = steps
-  config.lr_boundaries = (steps // 2,)
-  config.learning_rate = 0.05
-  return config
+  # Evaluation is not what these tests compare; keep it short.
+  return tiny.get(steps=steps, every=1, eval_batch_size=32, eval_split="test[:64]",
+                  checkpoint_every_steps=steps)
 
 
 def main(argv: list[str]) -> None:

@@ -8,7 +8,17 @@ import tensorflow as tf
 
 from incres import augment
 
-MEAN = tf.constant(augment.IMAGENET_MEAN_RGB)
+# The ImageNet channel mean and std of torchvision's `transforms.Normalize` (the published values,
+# pytorch/vision references/classification/presets.py), hard-coded so that a changed constant in
+# `augment` fails here.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MEAN = tf.constant(IMAGENET_MEAN)
+
+
+def test_imagenet_normalisation_constants_are_the_published_ones():
+  np.testing.assert_array_equal(augment.IMAGENET_MEAN_RGB, IMAGENET_MEAN)
+  np.testing.assert_array_equal(augment.IMAGENET_STD_RGB, IMAGENET_STD)
 
 
 def _image(h=300, w=400, seed=0):
@@ -35,7 +45,7 @@ def test_train_shape_dtype_range(name):
   out = fn(_image(h, w), _seed(0)).numpy()
   size = 32 if name == "cifar" else 224
   assert out.shape == (size, size, 3) and out.dtype == np.float32
-  mean = np.array(augment.IMAGENET_MEAN_RGB) if name != "cifar" else 0.5
+  mean = np.array(IMAGENET_MEAN) if name != "cifar" else 0.5
   # PCA noise adds at most a few σ of 0.1 × eigenvalues; everything else stays in [0, 1] - mean.
   slack = 0.1 if name == "resnet_imagenet" else 1e-6
   assert np.all(out >= -mean - slack) and np.all(out <= 1 - mean + slack)
@@ -161,10 +171,15 @@ def test_resnet_scale_range_is_256_to_480_for_a_224_crop():
 def test_resize_shorter_side_and_eval_views():
   image = _image(300, 400)
   assert augment.resize_shorter_side(tf.cast(image, tf.float32), 256).shape == (256, 341, 3)
-  center = augment.eval_center(image, size=224, mean=MEAN).numpy()
-  assert center.shape == (224, 224, 3)
-  expected = augment.center_crop(augment.resize_shorter_side(image / 255, 256), 224) - MEAN
-  np.testing.assert_allclose(center, expected.numpy(), atol=1e-5)
+  # Shorter side 256, then the central 224x224: 300x400 -> 256x341, rows 16:240, columns 58:282
+  # ((341 - 224) // 2 = 58, as torchvision's CenterCrop); the portrait twin transposes that.
+  for (h, w), (top, left) in [((300, 400), (16, 58)), ((400, 300), (58, 16))]:
+    image = _image(h, w)
+    center = augment.eval_center(image, size=224, mean=MEAN).numpy()
+    assert center.shape == (224, 224, 3)
+    resized = augment.resize_shorter_side(image / 255, 256).numpy()
+    expected = resized[top : top + 224, left : left + 224] - np.array(IMAGENET_MEAN)
+    np.testing.assert_allclose(center, expected, atol=1e-5)
   # The single view of an image already at the model's size is the image itself minus the mean.
   small = _image(32, 32)
   np.testing.assert_allclose(

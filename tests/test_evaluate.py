@@ -22,28 +22,23 @@ H, W = 375, 500
 
 def tiny_run_config():
   """CifarResNet20 (width 4) on 40×52 fake JPEGs, 16×16 crops, ImageNet-style centre eval."""
-  from incres import configs  # pylint: disable=g-import-not-at-top
+  import tiny_config  # pylint: disable=g-import-not-at-top  (tests/ is on the path)
 
-  config = configs.base_config()
-  config.model_kwargs.width = 4
-  config.dataset = "fake"
-  config.fake_image_shape = (40, 52, 3)  # Larger than the 18-pixel shorter side of `center`.
-  config.fake_num_train = 64
-  config.fake_num_eval = 37  # Not a multiple of any batch: the last batch is padded.
-  config.num_classes = 5
-  config.image_size = 16
-  config.augment = "none"
-  config.eval_preprocess = "center"
-  config.normalize = "channel_mean"
-  config.batch_size = 16
-  config.eval_batch_size = 16
-  config.num_train_steps = 2
-  config.log_every_steps = 1
-  config.eval_every_steps = 1
-  config.checkpoint_every_steps = 2
-  config.lr_boundaries = (1,)
-  config.learning_rate = 0.05
-  return config
+  return tiny_config.get(
+      steps=2,
+      every=1,
+      dataset="fake",
+      fake_image_shape=(40, 52, 3),  # Larger than the 18-pixel shorter side of `center`.
+      fake_num_train=64,
+      fake_num_eval=37,  # Not a multiple of any batch: the last batch is padded.
+      num_classes=5,
+      eval_preprocess="center",
+      normalize="channel_mean",
+      eval_batch_size=16,
+      eval_every_steps=1,
+      checkpoint_every_steps=2,
+      lr_boundaries=(1,),
+  )
 
 
 def trained_run(tmp_path_factory) -> str:

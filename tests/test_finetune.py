@@ -14,20 +14,14 @@ from sklearn.datasets import load_digits
 from incres import checkpoint, configs, finetune, train
 from incres import state as state_lib
 
+import tiny_config as tiny  # tests/ is on the path (pytest's rootdir-relative import).
+
 
 def _config(**overrides):
-  c = configs.base_config()
-  c.model = "CifarResNet20"
-  c.model_kwargs = {"width": 4}
-  c.dataset = "digits"
-  c.batch_size = 32
-  c.eval_batch_size = 100
-  c.learning_rate = 0.1
-  c.schedule = "constant"
-  c.num_train_steps = 150
-  c.log_every_steps = 20
-  c.eval_every_steps = 1000
-  c.checkpoint_every_steps = 1000
+  # 32x32 crops with CIFAR augmentation and a constant rate: fine-tuning needs a few real epochs.
+  c = tiny.get(steps=150, every=20, image_size=32, augment="cifar", batch_size=32,
+               eval_batch_size=100, learning_rate=0.1, schedule="constant", lr_boundaries=None,
+               eval_every_steps=1000, checkpoint_every_steps=1000)
   c.update(overrides)
   return c
 

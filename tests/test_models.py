@@ -77,6 +77,16 @@ def test_resnet_v1_strides_the_first_1x1_and_v15_the_3x3():
 # --- Shapes ------------------------------------------------------------------------------------
 
 
+# Width of the pre-logits features: the papers' last layer widths (GoogLeNet Table 1's avg pool
+# 1x1x1024, ResNet Table 1's 512 / 2048, the CIFAR nets' 64 filters of the last stage).
+FEATURES = {
+    **{n: 1024 for n in ("GoogLeNet", "GoogLeNetBN", "GoogLeNet32", "GoogLeNetBN32")},
+    **{n: 512 for n in ("ResNet18", "ResNet34", "Plain18", "Plain34")},
+    **{n: 2048 for n in ("ResNet50", "ResNet101", "ResNet152")},
+    **{f"Cifar{kind}{d}": 64 for kind in ("ResNet", "Plain") for d in (20, 32, 44, 56, 110, 1202)},
+}
+
+
 @pytest.mark.parametrize("name", list(models.MODELS))
 def test_output_shapes(name):
   size = models.MODELS[name]
@@ -89,8 +99,10 @@ def test_output_shapes(name):
                                  mutable=["batch_stats"])[0],
         variables, x)
     assert logits.shape == (2, 7) and logits.dtype == jnp.float32
-    assert extras["features"].shape[0] == 2
     assert set(extras) == {"features", "aux_logits"}
+    assert extras["features"].shape == (2, FEATURES[name])
+    aux = [a.shape for a in extras["aux_logits"]]
+    assert aux == ([(2, 7), (2, 7)] if train and name.startswith("GoogLeNet") else []), aux
 
 
 def _inception_shapes(model, size):
@@ -178,12 +190,13 @@ def test_lrn_matches_caffe_formula():
 
 
 def test_ceil_mode_pool_sizes_match_torch():
+  torch = pytest.importorskip("torch")
   for n, k, s, p in [(112, 3, 2, 0), (56, 3, 2, 0), (28, 3, 2, 0), (14, 2, 2, 0), (14, 3, 1, 1),
-                     (32, 3, 2, 0), (15, 3, 2, 0), (7, 3, 2, 1)]:
-    out = -(-(n + 2 * p - k) // s) + 1
-    if (out - 1) * s >= n + p:
-      out -= 1
-    assert googlenet.max_pool_ceil(jnp.zeros((1, n, n, 1)), k, s, p).shape[1] == out
+                     (32, 3, 2, 0), (15, 3, 2, 0), (7, 3, 2, 1), (8, 3, 2, 1), (6, 2, 2, 1)]:
+    pool = torch.nn.MaxPool2d(k, s, padding=p, ceil_mode=True)
+    expected = tuple(pool(torch.zeros(1, 1, n, n)).shape[2:])
+    out = googlenet.max_pool_ceil(jnp.zeros((1, n, n, 1)), k, s, p)
+    assert out.shape[1:3] == expected, (n, k, s, p)
 
 
 def test_adaptive_avg_pool_uses_torch_bins():
@@ -285,6 +298,49 @@ def test_googlenet_modes():
   # Same return structure in both modes: (logits, dict with the same keys).
   assert set(extras_a) == set(extras_t) == {"features", "aux_logits"}
   assert not model.apply(variables, x, train=False, mutable=["batch_stats"])[1]
+
+
+# --- Dropout rates -----------------------------------------------------------------------------
+
+
+def _dropped_fractions(name: str, batch: int = 32):
+  """Fraction of zeroed activations at every dropout layer of a training step, by layer path."""
+  model = models.get_model(name, num_classes=5, width=0.0625)  # 64 features, 64 aux-head units.
+  x = jax.random.normal(jax.random.key(1), (batch, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x[:1], train=False)
+  seen = {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if isinstance(context.module, nn.Dropout) and context.method_name == "__call__":
+      seen["/".join(context.module.path)] = (args[0], out)
+    return out
+
+  with nn.intercept_methods(interceptor):
+    model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(3)},
+                mutable=["batch_stats"])
+  fractions = {}
+  for path, (inputs, outputs) in seen.items():
+    live = np.asarray(inputs) != 0  # Only activations that were non-zero before dropout count.
+    fractions[path] = (float(np.mean(np.asarray(outputs)[live] == 0)), int(live.sum()))
+  return fractions
+
+
+@pytest.mark.parametrize(
+    "name, main, aux", [("GoogLeNet32", 0.4, 0.7), ("GoogLeNetBN32", 0.2, 0.7)]
+)
+def test_dropout_drops_the_papers_fractions(name, main, aux):
+  # GoogLeNet: 40% before the classifier, 70% in the auxiliary heads; BN-Inception: 20%.
+  fractions = _dropped_fractions(name)
+  aux_paths = sorted(p for p in fractions if p.startswith("aux_"))
+  main_paths = sorted(set(fractions) - set(aux_paths))
+  assert len(aux_paths) == 2 and len(main_paths) == 1, sorted(fractions)
+  for path in main_paths + aux_paths:
+    rate = main if path in main_paths else aux
+    fraction, n = fractions[path]
+    assert n >= 500, (path, n)  # Enough draws that 4 binomial stds stay under 0.09.
+    std = np.sqrt(rate * (1 - rate) / n)
+    assert abs(fraction - rate) < 4 * std, (path, fraction, rate, n)
 
 
 def test_batch_statistics_update_only_in_training():

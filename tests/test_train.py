@@ -16,6 +16,8 @@ import pytest
 from incres import checkpoint, configs, metrics, train
 from incres import state as state_lib
 
+import tiny_config as tiny  # tests/ is on the path (pytest's rootdir-relative import).
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _compilation_cache(tmp_path_factory):
@@ -32,23 +34,8 @@ def _compilation_cache(tmp_path_factory):
 
 
 def tiny_config(steps: int = 6, **overrides):
-  config = configs.base_config()
-  config.model_kwargs.width = 4
-  config.dataset = "digits"
-  config.image_size = 16
-  config.augment = "none"
-  config.batch_size = 16
-  config.eval_batch_size = 64
-  config.eval_split = "test[:128]"
-  config.num_train_steps = steps
-  config.log_every_steps = 2
-  config.eval_every_steps = steps
-  config.checkpoint_every_steps = 2
-  config.lr_boundaries = (4,)
-  config.learning_rate = 0.05
-  for key, value in overrides.items():
-    config[key] = value
-  return config
+  defaults = dict(eval_batch_size=64, eval_split="test[:128]", lr_boundaries=(4,))
+  return tiny.get(steps=steps, every=2, **{**defaults, **overrides})
 
 
 def params_of(workdir: str, **kw):
@@ -186,6 +173,58 @@ def test_train_step_adds_weighted_aux_losses_and_updates_every_parameter(dtype):
   assert int(new_state.step) == 1
   changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params, new_state.params)
   assert all(jax.tree.leaves(changed)), changed
+
+
+def _one_step(config, model, aux_loss_weight, ema_decay=None):
+  """(state before, state after) of one jitted `train_step` on a fixed random batch."""
+  lr_fn = state_lib.create_learning_rate_fn(config)
+  tx = state_lib.create_optimizer(config, lr_fn)
+  state = state_lib.create_train_state(config, model, tx, state_lib.create_mesh())
+  step = jax.jit(
+      lambda s, b: train.train_step(
+          s, b, model=model, tx=tx, learning_rate_fn=lr_fn, aux_loss_weight=aux_loss_weight,
+          label_smoothing=0.0, ema_decay=ema_decay,
+      )
+  )
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(8, 16, 16, 3)).astype(np.float32),
+           "label": rng.integers(0, 10, 8).astype(np.int32)}
+  before = jax.device_get(state)  # Copied before the step can donate or reuse its buffers.
+  return before, jax.device_get(step(state, batch)[0])
+
+
+def test_aux_loss_weight_scales_the_gradient_that_is_applied():
+  # Plain SGD (no momentum, no decay): the update is -lr * gradient of the differentiated loss.
+  # The auxiliary heads' parameters get gradient only from the auxiliary losses, so weighting those
+  # by 0.3 must scale their update by 0.3, and leave the main classifier's update as it is.
+  config = tiny_config(momentum=0.0, weight_decay=0.0, learning_rate=1.0)
+  model = _TinyNetWithAux()
+  moved = {}
+  for weight in (1.0, 0.3):
+    before, after = _one_step(config, model, aux_loss_weight=weight)
+    moved[weight] = jax.tree.map(lambda a, b: np.asarray(b, np.float64) - a, before.params,
+                                 after.params)
+  for head in ("aux1", "aux2"):
+    for name, delta in moved[1.0][head].items():
+      assert np.abs(delta).max() > 1e-3, (head, name)  # The head really moved.
+      np.testing.assert_allclose(moved[0.3][head][name], 0.3 * delta, rtol=1e-4, atol=1e-7,
+                                 err_msg=f"{head}/{name}")
+  np.testing.assert_allclose(moved[0.3]["Dense_0"]["kernel"], moved[1.0]["Dense_0"]["kernel"],
+                             rtol=1e-5, atol=1e-7)
+
+
+def test_ema_step_averages_old_and_new_parameters():
+  # One step from EMA = p0 with decay 0.9 gives 0.9 * p0 + 0.1 * p1 (p1: the updated parameters).
+  config = tiny_config(ema_decay=0.9, learning_rate=1.0)
+  before, after = _one_step(config, _TinyNetWithAux(), aux_loss_weight=0.3, ema_decay=0.9)
+  for p0, e0 in zip(jax.tree.leaves(before.params), jax.tree.leaves(before.ema_params)):
+    np.testing.assert_array_equal(e0, p0)  # The average starts at the initial parameters.
+  flat = jax.tree_util.tree_flatten_with_path(before.params)[0]
+  for (path, p0), p1, ema in zip(flat, jax.tree.leaves(after.params),
+                                 jax.tree.leaves(after.ema_params)):
+    assert np.abs(p1 - p0).max() > 1e-3, jax.tree_util.keystr(path)  # The step moved them.
+    np.testing.assert_allclose(ema, 0.9 * np.asarray(p0, np.float64) + 0.1 * p1, rtol=1e-5,
+                               atol=1e-6, err_msg=jax.tree_util.keystr(path))
 
 
 # --- The loop ------------------------------------------------------------------------------------

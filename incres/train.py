@@ -161,6 +161,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int | None = No
   kwargs = dict(config.model_kwargs)
   if config.get("freeze_backbone", False):
     kwargs["frozen_bn"] = True  # A frozen backbone keeps its BN statistics too (finetune.py).
+  kwargs.setdefault("cpu_conv_vjp", config.get("cpu_conv_vjp", "auto"))  # Old configs lack it.
   return model_cls(num_classes=num_classes, dtype=_DTYPES[config.dtype], **kwargs)
 
 

@@ -122,25 +122,24 @@ def test_switch_off_uses_lax(monkeypatch):
   assert ops.cpu_conv_vjp_enabled() == (jax.default_backend() == "cpu")
 
 
-def _model_takes_custom_path(config: ml_collections.ConfigDict) -> bool:
-  """Whether the model `create_model` builds from `config` traces any custom-gradient op."""
-  model = train.create_model(config, num_classes=10)
-  x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
-  variables = jax.eval_shape(model.init, jax.random.key(0), x)
-  jaxpr = jax.make_jaxpr(model.apply)(variables, x)
-  return "custom_vjp" in str(jaxpr)
-
-
-@pytest.mark.parametrize("name", ["CifarResNet20", "GoogLeNet32"])
-def test_config_value_selects_the_path(monkeypatch, name):
+def _path_taker(name: str):
+  """A function of a `cpu_conv_vjp` setting: whether `name`, built by `create_model`, takes it."""
   config = configs.base_config()
   config.model = name
-  on_cpu = jax.default_backend() == "cpu"  # Other backends never take the custom paths.
+  x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  variables = jax.eval_shape(train.create_model(config, 10).init, jax.random.key(0), x)
 
-  def takes_custom_path(setting):
+  def takes_custom_path(setting: str) -> bool:
     config.cpu_conv_vjp = setting
-    return _model_takes_custom_path(config)
+    jaxpr = jax.make_jaxpr(train.create_model(config, 10).apply)(variables, x)
+    return "custom_vjp" in str(jaxpr)
 
+  return takes_custom_path
+
+
+def test_config_value_selects_the_path(monkeypatch):
+  takes_custom_path = _path_taker("CifarResNet20")
+  on_cpu = jax.default_backend() == "cpu"  # Other backends never take the custom paths.
   assert not takes_custom_path("off")
   assert takes_custom_path("on") == on_cpu
   assert takes_custom_path("auto") == on_cpu
@@ -148,6 +147,12 @@ def test_config_value_selects_the_path(monkeypatch, name):
   monkeypatch.setenv("INCRES_CPU_CONV_VJP", "0")
   assert not takes_custom_path("auto")
   assert takes_custom_path("on") == on_cpu
+
+
+def test_googlenet_takes_the_setting_for_its_convs_and_pools():
+  takes_custom_path = _path_taker("GoogLeNet32")
+  assert not takes_custom_path("off")
+  assert takes_custom_path("on") == (jax.default_backend() == "cpu")
 
 
 def test_off_traces_the_same_program_as_xla_alone():

@@ -30,6 +30,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_classes = -1  # -1: take the dataset's number of classes.
   c.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (parameters stay float32).
   c.model_kwargs = ml_collections.ConfigDict()  # Extra fields for the model (e.g. shortcut="A").
+  # incres.ops's CPU gradients of convolutions and max pools (XLA's results, faster on XLA:CPU):
+  # "auto" (on for the CPU backend unless INCRES_CPU_CONV_VJP=0), "on" or "off" (XLA's own
+  # gradients). GPUs and TPUs always use XLA's own. Not part of the checkpoint's identity.
+  c.cpu_conv_vjp = "auto"
 
   # --- Data (incres.data) ---
   c.dataset = "digits"  # tfds name, "folder:<path>", "digits" or "fake".

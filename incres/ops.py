@@ -15,15 +15,19 @@ CIFAR ResNets, GoogLeNet and ResNet-50. 1x1 convolutions are GEMMs in all three 
 
 The custom gradient is used only when JAX's default backend is the CPU and the convolution is a
 plain 2-D NHWC/HWIO one (no dilation, no groups); everything else goes to `lax.conv_general_dilated`
-unchanged. Turn it off with `INCRES_CPU_CONV_VJP=0` in the environment or
-`set_cpu_conv_vjp(False)` (both are read when a function is traced, so set them before `jit`).
+unchanged. Whether it is used is the config value `cpu_conv_vjp`, which `create_model` gives the
+model and the model gives each `Conv` and `max_pool` (the `cpu_conv_vjp` argument below):
+"auto" (the default) uses it on the CPU, "on" too, and "off" never; GPUs and TPUs never use it.
+For benchmarks, `INCRES_CPU_CONV_VJP=0` in the environment or `set_cpu_conv_vjp(False)` turns
+"auto" off for the whole process (both are read when a function is traced, so set them before
+`jit`); an explicit "on" or "off" ignores them.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -45,22 +49,32 @@ SHIFT_G_MAX_ROWS_RATIO = 1.27
 # at 7x7: ~250 vs ~175 GFLOP/s), where the whole batch fits one chunk and XLA's kernel does better.
 XLA_MAX_OUTPUT_PIXELS, XLA_MIN_KERNEL_TAPS = 64, 25
 
-_enabled: bool | None = None  # None: read INCRES_CPU_CONV_VJP.
+# The values of the config key `cpu_conv_vjp` (module doc).
+CPU_CONV_VJP_VALUES = ("auto", "on", "off")
+
+_enabled: bool | None = None  # The process-wide override of "auto"; None: read the environment.
 
 
 def set_cpu_conv_vjp(enabled: bool | None) -> None:
-  """Forces the CPU weight-gradient path on or off; None defers to `INCRES_CPU_CONV_VJP`."""
+  """Turns "auto" on or off in this process (benchmarks); None defers to `INCRES_CPU_CONV_VJP`."""
   global _enabled
   _enabled = enabled
 
 
-def cpu_conv_vjp_enabled() -> bool:
-  """Whether convolutions traced now take the custom weight gradient."""
+def cpu_conv_vjp_enabled(setting: str = "auto") -> bool:
+  """Whether convolutions and max pools traced now with this `cpu_conv_vjp` take the CPU paths."""
+  if setting not in CPU_CONV_VJP_VALUES:
+    raise ValueError(
+        f"Unknown cpu_conv_vjp {setting!r} (config key `cpu_conv_vjp`); use one of"
+        f" {', '.join(repr(v) for v in CPU_CONV_VJP_VALUES)}."
+    )
+  if jax.default_backend() != "cpu" or setting == "off":
+    return False  # The custom paths are written for, and measured on, XLA:CPU only.
+  if setting == "on":
+    return True
   if _enabled is not None:
     return _enabled
-  if os.environ.get("INCRES_CPU_CONV_VJP", "1").lower() in ("0", "false", "no", "off"):
-    return False
-  return jax.default_backend() == "cpu"
+  return os.environ.get("INCRES_CPU_CONV_VJP", "1").lower() not in ("0", "false", "no", "off")
 
 
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
@@ -241,6 +255,7 @@ def conv_general_dilated(
     batch_group_count: int = 1,
     precision: Any = None,
     preferred_element_type: Any = None,
+    cpu_conv_vjp: str = "auto",
 ) -> jax.Array:
   """`lax.conv_general_dilated`, with the fast weight gradient where it applies (module doc)."""
   plain = (
@@ -253,7 +268,7 @@ def conv_general_dilated(
       and preferred_element_type is None
       and lhs.dtype == rhs.dtype
   )
-  if plain and cpu_conv_vjp_enabled():
+  if plain and cpu_conv_vjp_enabled(cpu_conv_vjp):
     if isinstance(padding, str):
       padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
@@ -328,6 +343,7 @@ def max_pool(
     window: Sequence[int],
     strides: Sequence[int],
     padding: Sequence[tuple[int, int]] | str = "VALID",
+    cpu_conv_vjp: str = "auto",
 ) -> jax.Array:
   """`flax.linen.max_pool` for NHWC inputs (-inf padding), with a fast gradient on XLA:CPU.
 
@@ -337,7 +353,7 @@ def max_pool(
   maximum of its window, as XLA does, with elementwise ops XLA fuses. Elsewhere, `nn.max_pool`.
   """
   window, strides = tuple(int(w) for w in window), tuple(int(s) for s in strides)
-  if x.ndim != 4 or not cpu_conv_vjp_enabled():
+  if x.ndim != 4 or not cpu_conv_vjp_enabled(cpu_conv_vjp):
     return nn.max_pool(x, window, strides=strides, padding=padding)
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(x.shape[1:3], window, strides, padding)
@@ -345,6 +361,30 @@ def max_pool(
 
 
 class Conv(nn.Conv):
-  """`nn.Conv` (same parameters, names and shapes) routed through `conv_general_dilated` above."""
+  """`nn.Conv` (same parameters, names and shapes) routed through `conv_general_dilated` above.
+
+  `conv_factory` binds the `cpu_conv_vjp` setting into `conv_general_dilated`; it is not a
+  parameter, so the checkpoint does not depend on it.
+  """
 
   conv_general_dilated: Any = conv_general_dilated
+
+
+def conv_factory(cpu_conv_vjp: str = "auto", **defaults) -> Callable[..., Conv]:
+  """Returns `conv(features, kernel_size, strides=(1, 1), **kw)`: a `Conv` with k // 2 padding.
+
+  The models' one convolution factory (ResNet's and GoogLeNet's), with `defaults` (dtype,
+  initialisers...) and the `cpu_conv_vjp` setting bound. Torch and Caffe pad symmetrically; XLA's
+  "SAME" pads asymmetrically under stride 2, which would shift every strided window by a pixel
+  relative to the papers' (and torchvision's) networks.
+  """
+
+  defaults.setdefault(
+      "conv_general_dilated", functools.partial(conv_general_dilated, cpu_conv_vjp=cpu_conv_vjp)
+  )
+
+  def conv(features, kernel_size, strides=(1, 1), **kw):
+    pads = tuple((k // 2, k // 2) for k in kernel_size)
+    return Conv(features, kernel_size, strides, padding=pads, **{**defaults, **kw})
+
+  return conv

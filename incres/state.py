@@ -65,6 +65,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int | None = No
   if config.dtype not in DTYPES:
     raise ValueError(f"Unknown dtype {config.dtype!r} in the config; use one of {list(DTYPES)}.")
   kwargs = dict(config.model_kwargs)
+  kwargs.setdefault("cpu_conv_vjp", config.get("cpu_conv_vjp", "auto"))  # Old configs lack it.
   if config.get("freeze_backbone", False):
     kwargs["frozen_bn"] = True  # A frozen backbone keeps its BN statistics too (finetune.py).
   return models.get_model(

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from incres import complexity, models, paper
+from incres import complexity, models, ops, paper
 from incres.models import googlenet, resnet
 
 
@@ -139,6 +139,25 @@ def test_googlenet32_runs_inception_stages_on_16_8_4():
   assert shapes["inception_5b"] == (4, 4, 1024)
 
 
+def test_googlenet_pools_between_stages_follow_pool_after(monkeypatch):
+  # The pools are Table 1's data: moving the first one from after 3b to after 3a moves the grid.
+  monkeypatch.setattr(googlenet, "POOL_AFTER", ("3a", "4e"))
+  shapes = _inception_shapes(models.GoogLeNet32(width=0.25), 32)
+  sizes = {k[len("inception_") :]: v[0] for k, v in shapes.items() if k.startswith("inception_")}
+  assert sizes == {
+      "3a": 16, "3b": 8, "4a": 8, "4b": 8, "4c": 8, "4d": 8, "4e": 8, "5a": 4, "5b": 4
+  }
+
+
+@pytest.mark.parametrize("name", ["GoogLeNet", "GoogLeNetBN", "ResNet50", "CifarResNet20"])
+def test_cpu_conv_vjp_setting_leaves_the_parameters_unchanged(name):
+  trees = [
+      jax.tree.map(lambda a: (a.shape, a.dtype), abstract_params(name, cpu_conv_vjp=setting))
+      for setting in ("auto", "on", "off")
+  ]
+  assert trees[0] == trees[1] == trees[2]
+
+
 def test_googlenet_has_real_5x5_branches_and_bn_variant_has_torchvisions_3x3():
   p = abstract_params("GoogLeNet")["params"]
   assert p["inception_3a"]["b5"]["conv"]["kernel"].shape == (5, 5, 16, 32)
@@ -216,7 +235,7 @@ def test_option_a_shortcut_subsamples_and_pads_zeros_exactly():
 
 def test_option_a_block_is_parameter_free_and_b_c_project():
   def block_params(shortcut, in_ch, stride):
-    conv = resnet.conv_factory(use_bias=False)
+    conv = ops.conv_factory(use_bias=False)
     norm = functools.partial(nn.BatchNorm, use_running_average=True)
     block = resnet.BasicBlock(32, conv, norm, strides=stride, shortcut=shortcut)
     return set(block.init(jax.random.key(0), jnp.ones((1, 8, 8, in_ch)))["params"])

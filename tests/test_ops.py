@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import types
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from incres import models, ops
+from incres import checkpoint, configs, models, ops
+from incres import state as state_lib
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -116,6 +121,86 @@ def test_switch_off_uses_lax(monkeypatch):
   assert not ops.cpu_conv_vjp_enabled()
   monkeypatch.setenv("INCRES_CPU_CONV_VJP", "1")
   assert ops.cpu_conv_vjp_enabled() == (jax.default_backend() == "cpu")
+
+
+def _path_taker(name: str):
+  """A function of a `cpu_conv_vjp` setting: whether `name`, built by `create_model`, takes it."""
+  config = configs.base_config()
+  config.model = name
+  x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  variables = jax.eval_shape(state_lib.create_model(config, 10).init, jax.random.key(0), x)
+
+  def takes_custom_path(setting: str) -> bool:
+    config.cpu_conv_vjp = setting
+    jaxpr = jax.make_jaxpr(state_lib.create_model(config, 10).apply)(variables, x)
+    return "custom_vjp" in str(jaxpr)
+
+  return takes_custom_path
+
+
+def test_config_value_selects_the_path(monkeypatch):
+  takes_custom_path = _path_taker("CifarResNet20")
+  on_cpu = jax.default_backend() == "cpu"  # Other backends never take the custom paths.
+  assert not takes_custom_path("off")
+  assert takes_custom_path("on") == on_cpu
+  assert takes_custom_path("auto") == on_cpu
+  # The environment variable (benchmarks' override) turns "auto" off, not an explicit "on".
+  monkeypatch.setenv("INCRES_CPU_CONV_VJP", "0")
+  assert not takes_custom_path("auto")
+  assert takes_custom_path("on") == on_cpu
+
+
+def test_googlenet_takes_the_setting_for_its_convs_and_pools():
+  takes_custom_path = _path_taker("GoogLeNet32")
+  assert not takes_custom_path("off")
+  assert takes_custom_path("on") == (jax.default_backend() == "cpu")
+
+
+def test_off_traces_the_same_program_as_xla_alone():
+  # "off" is XLA's own gradients exactly: the program the process-wide switch gave before the key.
+  config = configs.base_config()
+  config.model = "GoogLeNet32"
+  config.cpu_conv_vjp = "off"
+  model = state_lib.create_model(config, num_classes=10)
+  x = jnp.zeros((2, 32, 32, 3))
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+
+  def grad_jaxpr(model):
+    def loss(params):
+      (logits, _), _ = model.apply(
+          {**variables, "params": params}, x, train=True, mutable=["batch_stats"],
+          rngs={"dropout": jax.random.key(1)},
+      )
+      return jnp.sum(logits)
+
+    return str(jax.make_jaxpr(jax.grad(loss))(variables["params"]))
+
+  ops.set_cpu_conv_vjp(False)
+  try:
+    xla = grad_jaxpr(model.clone(cpu_conv_vjp="auto"))
+  finally:
+    ops.set_cpu_conv_vjp(None)
+  assert grad_jaxpr(model) == xla
+  assert "custom_vjp" not in xla
+
+
+def test_unknown_setting_is_refused_naming_the_key():
+  with pytest.raises(ValueError, match="cpu_conv_vjp.*'auto', 'on', 'off'"):
+    ops.cpu_conv_vjp_enabled("yes")
+
+
+def test_setting_is_recorded_in_config_json_and_not_part_of_the_identity(tmp_path):
+  config = configs.base_config()
+  config.cpu_conv_vjp = "off"
+  resolved = configs.resolve_config(config, types.SimpleNamespace(num_classes=10, num_train=256))
+  configs.save_config(resolved, str(tmp_path))
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["cpu_conv_vjp"] == "off"
+  assert state_lib.create_model(ml_collections.ConfigDict(saved)).cpu_conv_vjp == "off"
+  # A run may resume with another setting, and a config.json written before the key reads "auto".
+  assert "cpu_conv_vjp" not in checkpoint.IDENTITY_KEYS
+  del saved["cpu_conv_vjp"]
+  assert state_lib.create_model(ml_collections.ConfigDict(saved)).cpu_conv_vjp == "auto"
 
 
 @pytest.mark.parametrize(

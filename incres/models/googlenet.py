@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -65,7 +65,8 @@ TABLE1 = {
     "5a": InceptionRow(256, 160, 320, 32, 128, 128),
     "5b": InceptionRow(384, 192, 384, 48, 128, 128),
 }
-# A max pool 3x3/2 follows these modules (Table 1).
+# Table 1's max pools 3x3/2 between the stages follow these modules (`GoogLeNet.pool4_window` sets
+# the second one's window: torchvision's is 2x2).
 POOL_AFTER = ("3b", "4e")
 AUX_AFTER = ("4a", "4d")
 
@@ -90,7 +91,9 @@ def local_response_norm(
   return (x / (k + alpha / size * window_sum) ** beta).astype(dtype)
 
 
-def max_pool_ceil(x: jnp.ndarray, window: int, stride: int, pad: int = 0) -> jnp.ndarray:
+def max_pool_ceil(
+    x: jnp.ndarray, window: int, stride: int, pad: int = 0, cpu_conv_vjp: str = "auto"
+) -> jnp.ndarray:
   """Max pool with Caffe's / torch's `ceil_mode=True` output size (extra -inf padding at the end)."""
   pads = []
   for n in x.shape[1:3]:
@@ -98,7 +101,7 @@ def max_pool_ceil(x: jnp.ndarray, window: int, stride: int, pad: int = 0) -> jnp
     if (out - 1) * stride >= n + pad:  # The last window must start inside the image (torch rule).
       out -= 1
     pads.append((pad, (out - 1) * stride + window - n - pad))
-  return ops.max_pool(x, (window, window), (stride, stride), pads)
+  return ops.max_pool(x, (window, window), (stride, stride), pads, cpu_conv_vjp=cpu_conv_vjp)
 
 
 def adaptive_avg_pool(x: jnp.ndarray, out_size: int) -> jnp.ndarray:
@@ -127,11 +130,12 @@ class ConvUnit(nn.Module):
   bn_epsilon: float = 1e-3
   train: bool = False
   conv_init: str = "xavier"
+  # Builds the conv with symmetric k // 2 padding; `GoogLeNet` binds its `cpu_conv_vjp` into it.
+  conv: ModuleDef = ops.conv_factory()
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    p = self.kernel // 2
     # The paper does not state its initialisation. "xavier": Xavier (Caffe's: uniform, var
     # 1/fan_in) and constant 0.2 biases, as in the BVLC replication of GoogLeNet; through 22 ReLU
     # layers it shrinks the input-dependent part of the signal about 0.7x per inception module,
@@ -145,12 +149,10 @@ class ConvUnit(nn.Module):
       bias_init = nn.initializers.zeros
     else:
       raise ValueError(f"Unknown GoogLeNet conv_init {self.conv_init!r}; use 'xavier' or 'he'.")
-    # `ops.Conv` is `nn.Conv` (same parameters) with a fast weight gradient on XLA:CPU.
-    x = ops.Conv(
+    x = self.conv(
         self.features,
         (self.kernel, self.kernel),
         (self.stride, self.stride),
-        padding=((p, p), (p, p)),
         use_bias=not self.batch_norm,
         kernel_init=kernel_init,
         bias_init=bias_init,
@@ -181,12 +183,13 @@ class InceptionModule(nn.Module):
   reduce: bool = True
   branch5_kernel: int = 5  # GoogLeNetBN: 3, as torchvision.
   unit: ModuleDef = ConvUnit
+  pool: Callable[..., jnp.ndarray] = max_pool_ceil
 
   @nn.compact
   def __call__(self, x):
     r, unit = self.row, self.unit
     b1 = unit(r.c1, 1, name="b1")(x)
-    pooled = max_pool_ceil(x, 3, 1, pad=1)
+    pooled = self.pool(x, 3, 1, pad=1)
     if self.reduce:
       b3 = unit(r.c3, 3, name="b3")(unit(r.c3_reduce, 1, name="b3_reduce")(x))
       b5 = unit(r.c5, self.branch5_kernel, name="b5")(unit(r.c5_reduce, 1, name="b5_reduce")(x))
@@ -242,17 +245,22 @@ class GoogLeNet(nn.Module):
   transform_input: bool = False
   frozen_bn: bool = False  # Always normalise with the running statistics (frozen fine-tuning).
   conv_init: str = "xavier"  # "xavier" (BVLC replication) or "he"; see ConvUnit.
+  cpu_conv_vjp: str = "auto"  # The CPU gradient paths of incres.ops: "auto", "on" or "off".
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    # `ops.Conv` is `nn.Conv` (same parameters) with a fast weight gradient on XLA:CPU.
     unit = functools.partial(
         ConvUnit,
         batch_norm=self.batch_norm,
         train=train and not self.frozen_bn,
         conv_init=self.conv_init,
+        conv=ops.conv_factory(self.cpu_conv_vjp),
         dtype=self.dtype,
     )
+    pool = functools.partial(max_pool_ceil, cpu_conv_vjp=self.cpu_conv_vjp)
+    pool_windows = dict(zip(POOL_AFTER, (3, self.pool4_window)))
     c = functools.partial(_scaled, width=self.width)
     maybe_lrn = local_response_norm if self.lrn else (lambda y: y)
 
@@ -262,7 +270,7 @@ class GoogLeNet(nn.Module):
     x = jnp.asarray(x, self.dtype)
     if self.stem == "imagenet":
       x = unit(c(64), 7, stride=2, name="conv1")(x)  # 112x112
-      x = max_pool_ceil(x, 3, 2)  # 56x56
+      x = pool(x, 3, 2)  # 56x56
     elif self.stem == "cifar":
       x = unit(c(64), 3, name="conv1")(x)  # 32x32
     else:
@@ -271,13 +279,13 @@ class GoogLeNet(nn.Module):
     x = unit(c(64), 1, name="conv2_reduce")(x)
     x = unit(c(192), 3, name="conv2")(x)
     x = maybe_lrn(x)
-    x = max_pool_ceil(x, 3, 2)  # 28x28 (cifar stem: 16x16)
+    x = pool(x, 3, 2)  # 28x28 (cifar stem: 16x16)
 
     aux_logits = []
     for name, row in TABLE1.items():
       row = InceptionRow(*(c(v) for v in row))
       x = InceptionModule(
-          row, branch5_kernel=self.branch5_kernel, unit=unit, name=f"inception_{name}"
+          row, branch5_kernel=self.branch5_kernel, unit=unit, pool=pool, name=f"inception_{name}"
       )(x)
       # The heads run only in training, but `init` (train=False) must still create their params.
       if name in AUX_AFTER and self.aux_heads and (train or self.is_initializing()):
@@ -291,10 +299,8 @@ class GoogLeNet(nn.Module):
         )(x, train)
         if train:
           aux_logits.append(aux)
-      if name == "3b":
-        x = max_pool_ceil(x, 3, 2)  # 14x14 (8x8)
-      elif name == "4e":
-        x = max_pool_ceil(x, self.pool4_window, 2)  # 7x7 (4x4)
+      if name in pool_windows:
+        x = pool(x, pool_windows[name], 2)  # After 3b: 14x14 (8x8); after 4e: 7x7 (4x4).
 
     features = jnp.mean(x, axis=(1, 2))  # The 7x7 average pool, for any input size.
     y = nn.Dropout(self.dropout_rate, deterministic=not train)(features)

@@ -130,12 +130,18 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9  # Torch's 0.1 in Flax's convention.
   bn_epsilon: float = 1e-5
   frozen_bn: bool = False  # Always normalise with the running statistics (frozen fine-tuning).
+  cpu_conv_vjp: str = "auto"  # The CPU gradient paths of incres.ops: "auto", "on" or "off".
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = conv_factory(
-        use_bias=False, kernel_init=he_normal, dtype=self.dtype, param_dtype=jnp.float32
+    # `ops.Conv` is `nn.Conv` (same parameters) with a fast weight gradient on XLA:CPU.
+    conv = ops.conv_factory(
+        self.cpu_conv_vjp,
+        use_bias=False,
+        kernel_init=he_normal,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
     )
     norm = functools.partial(
         nn.BatchNorm,
@@ -153,7 +159,7 @@ class ResNet(nn.Module):
     if self.stem == "imagenet":
       x = conv(self.width, (7, 7), (2, 2), name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
-      x = ops.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+      x = ops.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), cpu_conv_vjp=self.cpu_conv_vjp)
     elif self.stem == "cifar":
       x = conv(self.width, (3, 3), name="stem_conv")(x)
       x = norm(name="stem_bn")(x)
@@ -183,21 +189,6 @@ class ResNet(nn.Module):
         "features": jnp.asarray(features, jnp.float32),
         "aux_logits": (),
     }
-
-
-def conv_factory(**defaults) -> Callable[..., ops.Conv]:
-  """Returns `conv(features, kernel_size, strides=(1, 1), **kw)` with symmetric k // 2 padding.
-
-  Torch and Caffe pad symmetrically; XLA's "SAME" pads asymmetrically under stride 2, which would
-  shift every strided window by a pixel relative to the papers' (and torchvision's) networks.
-  """
-
-  def conv(features, kernel_size, strides=(1, 1), **kw):
-    pads = tuple((k // 2, k // 2) for k in kernel_size)
-    # `ops.Conv` is `nn.Conv` (same parameters) with a fast weight gradient on XLA:CPU.
-    return ops.Conv(features, kernel_size, strides, padding=pads, **{**defaults, **kw})
-
-  return conv
 
 
 # Torchvision's parameter counts hold for option B (projection shortcuts only where shapes change).

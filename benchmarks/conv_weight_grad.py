@@ -71,15 +71,26 @@ def measure(shape, steps: int = 7) -> dict:
       "incres": jax.jit(lambda x, g: ops._weight_grad(x, g, (k, k), (s, s), pad, None)),
   }
   np.testing.assert_allclose(
-      fns["incres"](x, g), fns["xla"](x, g), rtol=0, atol=1e-4 * float(jnp.abs(fns["xla"](x, g)).max())
+      fns["incres"](x, g),
+      fns["xla"](x, g),
+      rtol=0,
+      atol=1e-4 * float(jnp.abs(fns["xla"](x, g)).max()),
   )
   calls = {
       "xla_forward": lambda: fns["xla_forward"](x, w).block_until_ready(),
       "xla": lambda: fns["xla"](x, g).block_until_ready(),
       "incres": lambda: fns["incres"](x, g).block_until_ready(),
   }
-  tx = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-  tg = torch.from_numpy(np.array(g)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+  tx = (
+      torch.from_numpy(np.array(x))
+      .permute(0, 3, 1, 2)
+      .contiguous(memory_format=torch.channels_last)
+  )
+  tg = (
+      torch.from_numpy(np.array(g))
+      .permute(0, 3, 1, 2)
+      .contiguous(memory_format=torch.channels_last)
+  )
   wshape = (cout, cin, k, k)
   calls["torch"] = lambda: torch.nn.grad.conv2d_weight(tx, wshape, tg, stride=s, padding=k // 2)
   times: dict[str, list[float]] = {name: [] for name in calls}
@@ -103,15 +114,20 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--steps", type=int, default=7)
   args = p.parse_args(argv)
   shapes = [tuple(int(v) for v in s.split(",")) for s in args.shape] if args.shape else SHAPES
-  print("| batch, size, cin->cout, kernel/stride | XLA forward | XLA weight grad | incres weight grad "
-        "| torch weight grad | incres / XLA | incres / torch |")
+  print(
+      "| batch, size, cin->cout, kernel/stride | XLA forward | XLA weight grad | incres weight grad "
+      "| torch weight grad | incres / XLA | incres / torch |"
+  )
   print("|---|---|---|---|---|---|---|")
   for shape in shapes:
     r = measure(shape, args.steps)
     n, size, cin, cout, k, s = shape
     gflops = " | ".join(_fmt(r[k]) for k in ("xla_forward", "xla", "incres", "torch"))
-    print(f"| {n}, {size}, {cin}->{cout}, {k}x{k}/{s} | {gflops} | {r['incres'] / r['xla']:.2f} | "
-          f"{r['incres'] / r['torch']:.2f} |", flush=True)
+    print(
+        f"| {n}, {size}, {cin}->{cout}, {k}x{k}/{s} | {gflops} | {r['incres'] / r['xla']:.2f} | "
+        f"{r['incres'] / r['torch']:.2f} |",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     by_kind[re.sub(r"[._]?\d+$", "", name)] += e["dur"]
     by_op[name] += e["dur"]
   total = sum(by_kind.values())
-  print(f"{args.model}, batch {args.batch}, {args.steps} steps, cpu_conv_vjp="
-        f"{ops.cpu_conv_vjp_enabled()}: {total / 1e3 / args.steps:.0f} ms of op time per step")
+  print(
+      f"{args.model}, batch {args.batch}, {args.steps} steps, cpu_conv_vjp="
+      f"{ops.cpu_conv_vjp_enabled()}: {total / 1e3 / args.steps:.0f} ms of op time per step"
+  )
   for kind, t in sorted(by_kind.items(), key=lambda kv: -kv[1])[:15]:
     print(f"  {100 * t / total:5.1f}%  {kind}")
   print("slowest ops:")

@@ -153,7 +153,9 @@ def setup_jax(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray):
   steps = {"train": (step, train_flops)}
   if not args.skip_infer:
     params, batch_stats, _ = state
-    variables = {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+    variables = (
+        {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+    )
     variables = jax.tree.map(jnp.copy, variables)  # The train step donates (deletes) `state`.
     t0 = time.perf_counter()
     lowered = jax.jit(infer).lower(variables, x)
@@ -180,7 +182,9 @@ def setup_torch(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import torch_twins
 
-  device = torch.device("cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu")
+  device = torch.device(
+      "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+  )
   model = torch_twins.torch_twin(args.model, args.num_classes).to(device)
   if device.type == "cuda":  # The usual fast settings on a GPU (NVIDIA's ResNet-50 recipe's).
     model = model.to(memory_format=torch.channels_last)
@@ -294,7 +298,9 @@ def run(args: argparse.Namespace) -> dict:
   for kind in torch_steps:
     t = statistics.median(times["torch_" + kind])
     result[f"torch_{kind}_img_per_s"] = args.batch / t
-    result[f"{kind}_ratio_vs_torch"] = result[f"{kind}_img_per_s"] / result[f"torch_{kind}_img_per_s"]
+    result[f"{kind}_ratio_vs_torch"] = (
+        result[f"{kind}_img_per_s"] / result[f"torch_{kind}_img_per_s"]
+    )
   result["peak_host_gib_total"] = _max_rss_gib()
   result["load_avg_1min"] = os.getloadavg()[0]
   return result

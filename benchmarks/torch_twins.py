@@ -24,7 +24,6 @@ from torch.nn import functional as F
 
 from incres.models.googlenet import AUX_AFTER, POOL_AFTER, TABLE1, InceptionRow
 
-
 # ---------------------------------------------------------------------------------------- ResNet
 
 
@@ -36,9 +35,7 @@ class _Shortcut(nn.Module):
     self.cout, self.stride = cout, stride
     self.proj = None
     if option == "C" or (option == "B" and (stride > 1 or cin != cout)):
-      self.proj = nn.Sequential(
-          nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-      )
+      self.proj = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     if self.proj is not None:
@@ -117,7 +114,11 @@ class ResNetTwin(nn.Module):
           nn.MaxPool2d(3, 2, 1),
       ]
     else:
-      layers = [nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+      layers = [
+          nn.Conv2d(3, width, 3, 1, 1, bias=False),
+          nn.BatchNorm2d(width),
+          nn.ReLU(inplace=True),
+      ]
     cin = width
     for i, n in enumerate(stage_sizes):
       for j in range(n):
@@ -159,11 +160,16 @@ class _Unit(nn.Sequential):
 
 
 class _Inception(nn.Module):
+
   def __init__(self, cin: int, r: InceptionRow, k5: int, bn: bool):
     super().__init__()
     self.b1 = _Unit(cin, r.c1, 1, batch_norm=bn)
-    self.b3 = nn.Sequential(_Unit(cin, r.c3_reduce, 1, batch_norm=bn), _Unit(r.c3_reduce, r.c3, 3, batch_norm=bn))
-    self.b5 = nn.Sequential(_Unit(cin, r.c5_reduce, 1, batch_norm=bn), _Unit(r.c5_reduce, r.c5, k5, batch_norm=bn))
+    self.b3 = nn.Sequential(
+        _Unit(cin, r.c3_reduce, 1, batch_norm=bn), _Unit(r.c3_reduce, r.c3, 3, batch_norm=bn)
+    )
+    self.b5 = nn.Sequential(
+        _Unit(cin, r.c5_reduce, 1, batch_norm=bn), _Unit(r.c5_reduce, r.c5, k5, batch_norm=bn)
+    )
     self.b4 = nn.Sequential(_max_pool_ceil(3, 1, 1), _Unit(cin, r.pool_proj, 1, batch_norm=bn))
 
   def forward(self, x):
@@ -171,6 +177,7 @@ class _Inception(nn.Module):
 
 
 class _AuxHead(nn.Module):
+
   def __init__(self, cin: int, num_classes: int, fc_in: int, adaptive: bool, bn: bool):
     super().__init__()
     self.pool = nn.AdaptiveAvgPool2d(4) if adaptive else nn.AvgPool2d(5, 3)
@@ -209,8 +216,12 @@ class GoogLeNetTwin(nn.Module):
     else:
       stem_layers = [_Unit(3, 64, 3, 1, bn)]
     self.stem = nn.Sequential(
-        *stem_layers, norm(), _Unit(64, 64, 1, batch_norm=bn), _Unit(64, 192, 3, batch_norm=bn),
-        norm(), _max_pool_ceil(3, 2),
+        *stem_layers,
+        norm(),
+        _Unit(64, 64, 1, batch_norm=bn),
+        _Unit(64, 192, 3, batch_norm=bn),
+        norm(),
+        _max_pool_ceil(3, 2),
     )
     self.blocks, self.aux, self.pools = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
     fc_in = 2048 if stem == "imagenet" or aux_adaptive_pool else 512
@@ -244,9 +255,7 @@ class GoogLeNetTwin(nn.Module):
 
 def _cifar(depth: int, residual: bool = True):
   n = (depth - 2) // 6
-  return lambda num_classes: ResNetTwin(
-      (n,) * 3, False, num_classes, 16, "cifar", "A", residual
-  )
+  return lambda num_classes: ResNetTwin((n,) * 3, False, num_classes, 16, "cifar", "A", residual)
 
 
 TWINS = {
@@ -263,8 +272,14 @@ TWINS = {
         weights=None, num_classes=c, aux_logits=True, init_weights=False
     ),
     "GoogLeNetBN32": lambda c: GoogLeNetTwin(
-        c, stem="cifar", batch_norm=True, lrn=False, branch5_kernel=3, pool4_window=2,
-        dropout_rate=0.2, aux_adaptive_pool=True,
+        c,
+        stem="cifar",
+        batch_norm=True,
+        lrn=False,
+        branch5_kernel=3,
+        pool4_window=2,
+        dropout_rate=0.2,
+        aux_adaptive_pool=True,
     ),
 }
 for _depth in (20, 32, 44, 56, 110, 1202):
@@ -291,4 +306,3 @@ def split_outputs(out) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
 
 def num_params(model: nn.Module) -> int:
   return sum(p.numel() for p in model.parameters())
-

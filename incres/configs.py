@@ -76,7 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmup_epochs = 0.0  # Epochs at warmup_learning_rate before the schedule starts (ResNet-110).
   c.warmup_steps = ml_collections.config_dict.placeholder(int)  # None: from warmup_epochs.
   c.warmup_learning_rate = 0.0
-  c.warmup_shape = "constant"  # "constant" (at warmup_learning_rate) or "linear" (ramp to the rate).
+  c.warmup_shape = (
+      "constant"  # "constant" (at warmup_learning_rate) or "linear" (ramp to the rate).
+  )
   c.label_smoothing = 0.0
   c.aux_loss_weight = 0.3  # GoogLeNet's auxiliary classifiers; ignored by models without them.
   c.grad_clip_norm = ml_collections.config_dict.placeholder(float)  # None: no clipping.

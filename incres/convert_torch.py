@@ -228,6 +228,7 @@ def _check_structure(model, variables, name) -> None:
   from incres import complexity
 
   expected = complexity.abstract_variables(model, 224)
+
   def shapes(tree):
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {jax.tree_util.keystr(p): v.shape for p, v in leaves}
@@ -388,7 +389,8 @@ def _verify(workdir: str, model_name: str, variables) -> None:
   differ = [
       jax.tree_util.keystr(k)
       for k in flat_want.keys() | flat_got.keys()
-      if k not in flat_got or k not in flat_want
+      if k not in flat_got
+      or k not in flat_want
       or not np.array_equal(np.asarray(flat_want[k]), np.asarray(flat_got[k]))
   ]
   if config.model != want or differ:
@@ -426,8 +428,9 @@ def _swap(new: str, out: str, replacing: bool) -> None:
   try:
     shutil.rmtree(aside)
   except OSError as e:
-    print(f"warning: the replaced run is still at {aside} ({e}); delete it by hand.",
-          file=sys.stderr)
+    print(
+        f"warning: the replaced run is still at {aside} ({e}); delete it by hand.", file=sys.stderr
+    )
 
 
 def save(

@@ -974,7 +974,11 @@ def _stream_train_iter(config, source: _StreamSource, train_fn, local: int, star
           counter.skipped += skipped
           logging.warning(
               "Skipped %d unreadable record(s) of %s %s in epoch %d (before record %d).",
-              skipped, config.dataset, config.train_split, e, expected - 1,
+              skipped,
+              config.dataset,
+              config.train_split,
+              e,
+              expected - 1,
           )
         yield batch
       e, skip = e + 1, 0
@@ -1086,7 +1090,9 @@ def _stream_eval_iter(config, source: _StreamSource, eval_fn, local: int):
           counter.skipped += skipped
           logging.warning(
               "Skipped %d unreadable record(s) of %s %s in evaluation.",
-              skipped, config.dataset, config.eval_split,
+              skipped,
+              config.dataset,
+              config.eval_split,
           )
       yield batch
 

@@ -280,9 +280,7 @@ def export_stablehlo(fn, variables, image_size: int, platforms: Sequence[str]) -
   return exported.serialize()
 
 
-def export_saved_model(
-    fn, variables, image_size: int, path: str, platforms: Sequence[str]
-) -> None:
+def export_saved_model(fn, variables, image_size: int, path: str, platforms: Sequence[str]) -> None:
   """Writes a SavedModel whose `serving_default` maps float32 `images` to `{"logits"}`."""
   import jax  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top

@@ -185,7 +185,7 @@ def resolve_init_from(config: ml_collections.ConfigDict) -> tuple[str, int | Non
   if not config.get("init_from"):
     if not config.model:
       raise ValueError(
-          "config.model is empty, which means \"the init_from run's model\", but config.init_from"
+          'config.model is empty, which means "the init_from run\'s model", but config.init_from'
           " is not set. Pass --config.init_from=<a run's workdir or a convert_torch --out>, or"
           " --config.model=<name>."
       )

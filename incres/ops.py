@@ -77,7 +77,9 @@ def cpu_conv_vjp_enabled(setting: str = "auto") -> bool:
   return os.environ.get("INCRES_CPU_CONV_VJP", "1").lower() not in ("0", "false", "no", "off")
 
 
-_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
+_NHWC = lax.ConvDimensionNumbers(
+    lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
+)
 
 
 def _lax_conv(x, w, strides, padding, precision):
@@ -150,9 +152,7 @@ def _weight_grad(x, g, kernel, strides, padding, precision):
   contract = (((0,), (0,)), ((), ()))
 
   def gemm(a, b):
-    return lax.dot_general(
-        a, b, contract, precision=precision, preferred_element_type=jnp.float32
-    )
+    return lax.dot_general(a, b, contract, precision=precision, preferred_element_type=jnp.float32)
 
   def chunk(b):
     xc = lax.dynamic_index_in_dim(xr, b, 1, keepdims=False)
@@ -212,7 +212,9 @@ def _conv_1x1(x, w, strides, precision):
   ResNet-50 that transpose made XLA lay each output gradient out transposed, inside the fused
   BatchNorm backward that produces it (a third of the step's time in strided copies).
   """
-  return lax.dot_general(_subsample(x, strides), w[0, 0], (((3,), (0,)), ((), ())), precision=precision)
+  return lax.dot_general(
+      _subsample(x, strides), w[0, 0], (((3,), (0,)), ((), ())), precision=precision
+  )
 
 
 def _conv_1x1_fwd(x, w, strides, precision):
@@ -225,8 +227,11 @@ def _conv_1x1_bwd(strides, precision, res, g):
   xs = _subsample(x, strides)
   m = n * ho * wo
   dw = lax.dot_general(
-      xs.reshape(m, x.shape[3]), g.reshape(m, o), (((0,), (0,)), ((), ())),
-      precision=precision, preferred_element_type=jnp.float32,
+      xs.reshape(m, x.shape[3]),
+      g.reshape(m, o),
+      (((0,), (0,)), ((), ())),
+      precision=precision,
+      preferred_element_type=jnp.float32,
   )
   dx = lax.dot_general(g, w[0, 0], (((3,), (1,)), ((), ())), precision=precision)
   if strides != (1, 1):  # Scatter back to the strided positions; rows/cols never read get zeros.

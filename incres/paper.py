@@ -59,8 +59,19 @@ GOOGLENET_TABLE1_OPS = {
 }
 
 # Test error (%) of the papers' single models (ResNet Table 3, 10-crop; Table 6, CIFAR-10).
-IMAGENET_TOP1_ERR_10CROP = {"ResNet34": 24.52, "ResNet50": 22.85, "ResNet101": 21.75, "ResNet152": 21.43}
-IMAGENET_TOP5_ERR_10CROP = {"ResNet34": 7.46, "ResNet50": 6.71, "ResNet101": 6.05, "ResNet152": 5.71, "Plain34": 10.02}
+IMAGENET_TOP1_ERR_10CROP = {
+    "ResNet34": 24.52,
+    "ResNet50": 22.85,
+    "ResNet101": 21.75,
+    "ResNet152": 21.43,
+}
+IMAGENET_TOP5_ERR_10CROP = {
+    "ResNet34": 7.46,
+    "ResNet50": 6.71,
+    "ResNet101": 6.05,
+    "ResNet152": 5.71,
+    "Plain34": 10.02,
+}
 CIFAR10_ERR = {
     "CifarResNet20": 8.75,
     "CifarResNet32": 7.51,
@@ -75,5 +86,15 @@ GOOGLENET_TOP5_ERR = {"1crop": 10.07, "10crop": 9.15, "144crop": 7.89}
 # (ResNet-34 there has option A shortcuts; Table 3's B value is in IMAGENET_TOP1_ERR_10CROP).
 IMAGENET_TOP1_ERR_10CROP_TABLE2 = {"Plain18": 27.94, "Plain34": 28.54, "ResNet18": 27.88}
 # ResNet Table 4 (ImageNet val, single model, fully-convolutional multi-scale test; ResNet-34 B).
-IMAGENET_TOP1_ERR_MULTISCALE = {"ResNet34": 21.84, "ResNet50": 20.74, "ResNet101": 19.87, "ResNet152": 19.38}
-IMAGENET_TOP5_ERR_MULTISCALE = {"ResNet34": 5.71, "ResNet50": 5.25, "ResNet101": 4.60, "ResNet152": 4.49}
+IMAGENET_TOP1_ERR_MULTISCALE = {
+    "ResNet34": 21.84,
+    "ResNet50": 20.74,
+    "ResNet101": 19.87,
+    "ResNet152": 19.38,
+}
+IMAGENET_TOP5_ERR_MULTISCALE = {
+    "ResNet34": 5.71,
+    "ResNet50": 5.25,
+    "ResNet101": 4.60,
+    "ResNet152": 4.49,
+}

@@ -156,10 +156,16 @@ def predict(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m incres.predict", description=__doc__.split("\n\n")[0])
-  parser.add_argument("--checkpoint", required=True, help="A workdir or <workdir>/checkpoints/<step>.")
+  parser = argparse.ArgumentParser(
+      prog="python -m incres.predict", description=__doc__.split("\n\n")[0]
+  )
+  parser.add_argument(
+      "--checkpoint", required=True, help="A workdir or <workdir>/checkpoints/<step>."
+  )
   parser.add_argument("--top_k", type=int, default=5)
-  parser.add_argument("--raw", action="store_true", help="Use the raw, not the averaged, parameters.")
+  parser.add_argument(
+      "--raw", action="store_true", help="Use the raw, not the averaged, parameters."
+  )
   parser.add_argument("--batch_size", type=int, default=64, help="Images classified at a time.")
   parser.add_argument("images", nargs="+")
   args = parser.parse_args(argv)

@@ -245,9 +245,7 @@ def init_train_state(
 
 def _replicated(shapes: PyTree, mesh: Mesh) -> PyTree:
   replicated = NamedSharding(mesh, P())
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes
-  )
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes)
 
 
 def abstract_train_state(

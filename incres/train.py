@@ -531,9 +531,7 @@ def train_and_evaluate(
       stream=None if is_chief else open(os.devnull, "w"),
   )
   progress.message(configs.describe_run_length(config, info))
-  p_train_step, p_eval_step = _jit_steps(
-      config, model, tx, learning_rate_fn, state_sharding, mesh
-  )
+  p_train_step, p_eval_step = _jit_steps(config, model, tx, learning_rate_fn, state_sharding, mesh)
 
   log = _TrainLog(progress, last_checkpoint=resume_step)
   step, stopped, pending = start_step, False, None

@@ -158,17 +158,25 @@ def params(extra=""):
 
 
 QUICKSTART = [
-    ("md", "# incres quickstart: train a CIFAR ResNet-20\n\n"
-     "Trains the ResNet paper's CIFAR-10 network with its recipe, through the same "
-     "`incres.train.train_and_evaluate` that `launch.py` calls, then plots the curves and prints "
-     "the test numbers."),
+    (
+        "md",
+        "# incres quickstart: train a CIFAR ResNet-20\n\n"
+        "Trains the ResNet paper's CIFAR-10 network with its recipe, through the same "
+        "`incres.train.train_and_evaluate` that `launch.py` calls, then plots the curves and prints "
+        "the test numbers.",
+    ),
     ("code", params()),
     ("md", PLATFORM_MD),
     ("code", SETUP),
-    ("md", "## The config\n\n`experiments/resnet_cifar.py` is the paper's recipe (batch 128, lr 0.1 "
-     "÷10 at 32k/48k steps, 64k steps). CIFAR-10 needs a download; without network (or with "
-     "`SMOKE`) we fall back to scikit-learn's bundled `digits`."),
-    ("code", r'''
+    (
+        "md",
+        "## The config\n\n`experiments/resnet_cifar.py` is the paper's recipe (batch 128, lr 0.1 "
+        "÷10 at 32k/48k steps, 64k steps). CIFAR-10 needs a download; without network (or with "
+        "`SMOKE`) we fall back to scikit-learn's bundled `digits`.",
+    ),
+    (
+        "code",
+        r"""
 from incres import configs, data, train
 
 dataset = "digits" if SMOKE else "cifar10"
@@ -182,15 +190,24 @@ except data.DatasetError as e:  # No network: the offline dataset.
 config.dtype = DTYPE
 # The run's length in steps comes from the dataset's size (the config states epochs).
 print(config.model, config.dataset, "|", configs.describe_run_length(configs.resolve_config(config, info), info))
-'''.strip()),
+""".strip(),
+    ),
     ("md", "## Train\n\nRe-running the cell resumes from the workdir's newest checkpoint."),
-    ("code", r'''
+    (
+        "code",
+        r"""
 WORKDIR = f"{RUNS}/notebook_quickstart_{config.dataset}" + ("_smoke" if SMOKE else "")
 metrics = train.train_and_evaluate(config, WORKDIR)
-'''.strip()),
-    ("md", "## Curves and numbers\n\nTensorBoard reads the workdir too (`%load_ext tensorboard`, "
-     "`%tensorboard --logdir {RUNS}` in Colab, with your `RUNS`); here the curves are drawn with matplotlib."),
-    ("code", r'''
+""".strip(),
+    ),
+    (
+        "md",
+        "## Curves and numbers\n\nTensorBoard reads the workdir too (`%load_ext tensorboard`, "
+        "`%tensorboard --logdir {RUNS}` in Colab, with your `RUNS`); here the curves are drawn with matplotlib.",
+    ),
+    (
+        "code",
+        r"""
 from IPython.display import Image, display
 from incres import analysis
 
@@ -199,26 +216,35 @@ display(Image(WORKDIR + "/curves.png"))
 print(f"test top-1 {metrics['eval/top1']:.2%}, top-5 {metrics['eval/top5']:.2%} "
       f"after {metrics['step']} steps")
 assert 0.0 <= metrics["eval/top1"] <= 1.0
-'''.strip()),
+""".strip(),
+    ),
 ]
 
 FINETUNE = [
-    ("md", "# Fine-tuning: restore a checkpoint, replace the head, train on a new task\n\n"
-
-     "A source model comes from `INIT_FROM` (a training run's workdir), from torchvision's "
-     "ImageNet weights converted with `incres.convert_torch` (`TORCHVISION_WEIGHTS`, a `.pth` "
-     "file you supply), or, if neither is given, from a short run on `digits` trained here. It is "
-     "fine-tuned with `experiments/finetune.py` onto a new task: by default digits 0–4 written "
-     "as a `folder:` dataset (the layout your own images would have)."),
-    ("code", params(
-        'INIT_FROM = ""  # A workdir to start from; "" trains a small source on digits here.\n'
-        'TORCHVISION_WEIGHTS = ""  # e.g. "resnet50-0676ba61.pth" (converted to INIT_FROM).\n'
-        'TORCHVISION_MODEL = "resnet50"\n'
-        'DATASET = ""  # The new task; "" = digits 0-4 as a folder: dataset.\n'
-        "FREEZE_BACKBONE = True  # Linear probe; False fine-tunes everything.\n")),
+    (
+        "md",
+        "# Fine-tuning: restore a checkpoint, replace the head, train on a new task\n\n"
+        "A source model comes from `INIT_FROM` (a training run's workdir), from torchvision's "
+        "ImageNet weights converted with `incres.convert_torch` (`TORCHVISION_WEIGHTS`, a `.pth` "
+        "file you supply), or, if neither is given, from a short run on `digits` trained here. It is "
+        "fine-tuned with `experiments/finetune.py` onto a new task: by default digits 0–4 written "
+        "as a `folder:` dataset (the layout your own images would have).",
+    ),
+    (
+        "code",
+        params(
+            'INIT_FROM = ""  # A workdir to start from; "" trains a small source on digits here.\n'
+            'TORCHVISION_WEIGHTS = ""  # e.g. "resnet50-0676ba61.pth" (converted to INIT_FROM).\n'
+            'TORCHVISION_MODEL = "resnet50"\n'
+            'DATASET = ""  # The new task; "" = digits 0-4 as a folder: dataset.\n'
+            "FREEZE_BACKBONE = True  # Linear probe; False fine-tunes everything.\n"
+        ),
+    ),
     ("md", PLATFORM_MD),
     ("code", SETUP),
-    ("code", r'''
+    (
+        "code",
+        r"""
 from incres import configs, convert_torch, train
 
 if TORCHVISION_WEIGHTS:
@@ -234,8 +260,11 @@ if not INIT_FROM:  # A source model trained here on all ten digits.
   source.lr_boundaries = tuple(int(source.num_train_steps * f) for f in (0.5, 0.75))
   source.dtype = DTYPE
   train.train_and_evaluate(source, INIT_FROM)
-'''.strip()),
-    ("code", r'''
+""".strip(),
+    ),
+    (
+        "code",
+        r"""
 import numpy as np
 from PIL import Image as PILImage
 from sklearn.datasets import load_digits
@@ -264,9 +293,12 @@ if SMOKE:
 WORKDIR = f"{RUNS}/notebook_finetune" + ("_smoke" if SMOKE else "")
 metrics = train.train_and_evaluate(config, WORKDIR)
 print(open(WORKDIR + "/init_from.txt").read()[:1500])
-'''.strip()),
+""".strip(),
+    ),
     ("md", "## Predictions on the new task"),
-    ("code", r'''
+    (
+        "code",
+        r"""
 import matplotlib.pyplot as plt
 from incres import data
 
@@ -285,26 +317,38 @@ for ax, image, label, guess in zip(axes.flat, batch["image"], batch["label"], pr
 plt.tight_layout()
 plt.show()
 print(f"fine-tuned test top-1 {metrics['eval/top1']:.2%}")
-'''.strip()),
+""".strip(),
+    ),
 ]
 
 ANALYSIS = [
-    ("md", "# Analysis: complexity, Figure 6 and Figure 7\n\n"
-     "The complexity table of every model, then the ResNet paper's Figure 6 (training and test "
-     "error against iterations) and Figure 7 (std of every 3×3 layer's response) for the runs in "
-     "`WORKDIRS` (e.g. those of `experiments/degradation.py`). With no workdirs given, two short "
-     "runs (plain-20 and ResNet-20 on digits) are trained here."),
-    ("code", params('WORKDIRS = []  # e.g. ["runs/degradation/plain20", "runs/degradation/resnet20"]\n')),
+    (
+        "md",
+        "# Analysis: complexity, Figure 6 and Figure 7\n\n"
+        "The complexity table of every model, then the ResNet paper's Figure 6 (training and test "
+        "error against iterations) and Figure 7 (std of every 3×3 layer's response) for the runs in "
+        "`WORKDIRS` (e.g. those of `experiments/degradation.py`). With no workdirs given, two short "
+        "runs (plain-20 and ResNet-20 on digits) are trained here.",
+    ),
+    (
+        "code",
+        params('WORKDIRS = []  # e.g. ["runs/degradation/plain20", "runs/degradation/resnet20"]\n'),
+    ),
     ("md", PLATFORM_MD),
     ("code", SETUP),
-    ("code", r'''
+    (
+        "code",
+        r"""
 from incres import summary
 
 names = ["GoogLeNet", "GoogLeNetBN", "ResNet18", "ResNet34", "ResNet50", "ResNet101", "ResNet152",
          "Plain34", "CifarResNet20", "CifarResNet56", "CifarResNet110", "CifarPlain56"]
 print(summary.format_table(summary.rows(names, xla=False)))
-'''.strip()),
-    ("code", r'''
+""".strip(),
+    ),
+    (
+        "code",
+        r"""
 from incres import configs, train
 
 if not WORKDIRS:
@@ -318,8 +362,11 @@ if not WORKDIRS:
     workdir = f"{RUNS}/notebook_{config.model}" + ("_smoke" if SMOKE else "")
     train.train_and_evaluate(config, workdir)
     WORKDIRS.append(workdir)
-'''.strip()),
-    ("code", r'''
+""".strip(),
+    ),
+    (
+        "code",
+        r"""
 import numpy as np
 from IPython.display import Image, display
 from incres import analysis
@@ -332,7 +379,8 @@ responses = analysis.responses_figure(
 display(Image(f"{RUNS}/notebook_fig7.png"))
 for label, layers in responses.items():
   print(f"{label}: mean std {np.mean(list(layers.values())):.3f} over {len(layers)} 3x3 layers")
-'''.strip()),
+""".strip(),
+    ),
 ]
 
 

@@ -16,8 +16,15 @@ import pytest
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Written by Python, pytest and tools while the suite runs; never a user's data.
 _CACHES = {
-    ".git", "__pycache__", ".pytest_cache", ".venv", "venv", ".mypy_cache", ".ruff_cache",
-    ".ipynb_checkpoints", ".hypothesis",
+    ".git",
+    "__pycache__",
+    ".pytest_cache",
+    ".venv",
+    "venv",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".ipynb_checkpoints",
+    ".hypothesis",
 }
 
 

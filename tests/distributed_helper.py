@@ -1,7 +1,7 @@
 """Runs a tiny training job for tests/test_distributed.py (in a subprocess).
 
-  python tests/distributed_helper.py mesh OUT.json WORKDIR
-      8 forced host devices: trains once on all 8 and once on 1, writes both loss trajectories.
+python tests/distributed_helper.py mesh OUT.json WORKDIR
+    8 forced host devices: trains once on all 8 and once on 1, writes both loss trajectories.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ def tiny_config(steps: int):
   import tiny_config as tiny  # pylint: disable=g-import-not-at-top  (tests/ is this script's path)
 
   # Evaluation is not what these tests compare; keep it short.
-  return tiny.get(steps=steps, every=1, eval_batch_size=32, eval_split="test[:64]",
-                  checkpoint_every_steps=steps)
+  return tiny.get(
+      steps=steps, every=1, eval_batch_size=32, eval_split="test[:64]", checkpoint_every_steps=steps
+  )
 
 
 def main(argv: list[str]) -> None:

@@ -35,8 +35,13 @@ def jax_cache(tmp_path_factory):
 def launch(workdir: str, jax_cache: str, config: str = CONFIG) -> subprocess.Popen:
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   return subprocess.Popen(
-      [sys.executable, LAUNCH, f"--config={config}", f"--workdir={workdir}",
-       f"--jax_cache_dir={jax_cache}"],
+      [
+          sys.executable,
+          LAUNCH,
+          f"--config={config}",
+          f"--workdir={workdir}",
+          f"--jax_cache_dir={jax_cache}",
+      ],
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
       text=True,

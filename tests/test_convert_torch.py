@@ -54,7 +54,8 @@ def _compare(name, size, batch=2, **kwargs):
       tv.fc.bias.div_(scale)
       expected = tv(torch.from_numpy(x)).numpy()
   model, variables = convert_torch.convert(
-      tv.state_dict(), name, transform_input=kwargs.get("transform_input"))
+      tv.state_dict(), name, transform_input=kwargs.get("transform_input")
+  )
   got = jax.jit(functools.partial(model.apply, train=False))(variables, x.transpose(0, 2, 3, 1))[0]
   assert np.abs(expected).max() > 0.1  # Not a trivially small output.
   return np.abs(np.asarray(got) - expected).max()
@@ -266,9 +267,18 @@ def test_a_pickle_with_python_objects_is_refused_unread(tmp_path):
   payload = _CreatesAFile(str(source), str(target))
   torch.save({"fc.weight": torch.zeros(10, 512), "payload": payload}, evil)
   result = subprocess.run(
-      [sys.executable, "-m", "incres.convert_torch", "--model=resnet18", f"--weights={evil}",
-       f"--out={tmp_path / 'out'}"],
-      capture_output=True, text=True, cwd=_REPO, timeout=300,
+      [
+          sys.executable,
+          "-m",
+          "incres.convert_torch",
+          "--model=resnet18",
+          f"--weights={evil}",
+          f"--out={tmp_path / 'out'}",
+      ],
+      capture_output=True,
+      text=True,
+      cwd=_REPO,
+      timeout=300,
   )
   assert result.returncode == 2, result.stderr
   assert f"{evil} contains Python objects beyond tensors; refused" in result.stderr
@@ -298,8 +308,10 @@ def test_user_errors_exit_2_with_one_paragraph(weights, tmp_path, capsys):
       (["--model=resnet18", f"--weights={garbage}", out], "not a PyTorch weights file"),
       (["--model=resnet18", f"--weights={whole_model}", out], "beyond tensors; refused"),
       (["--model=resnet18", f"--weights={path}", f"--out={a_file}", "--overwrite"], "is a file"),
-      (["--model=resnet18", f"--weights={inside}", f"--out={holder}", "--overwrite"],
-       "holds the weights file"),
+      (
+          ["--model=resnet18", f"--weights={inside}", f"--out={holder}", "--overwrite"],
+          "holds the weights file",
+      ),
   ]
   for args, message in cases:
     code, stdout, err = _convert(capsys, *args)

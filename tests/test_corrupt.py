@@ -187,7 +187,11 @@ def run_check(*args: str) -> subprocess.CompletedProcess:
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   return subprocess.run(
       [sys.executable, "-m", "incres.data", "check", *args],
-      capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+      env=env,
+      timeout=300,
   )
 
 

@@ -250,8 +250,14 @@ def test_streamed_eval_gives_every_process_the_same_batch_count(monkeypatch):
 
 def test_mean_std_normalisation_is_torchvisions():
   config = configs.base_config()
-  config.update(dataset="fake", image_size=32, augment="none", eval_preprocess="single",
-                normalize="mean_std", num_classes=3)
+  config.update(
+      dataset="fake",
+      image_size=32,
+      augment="none",
+      eval_preprocess="single",
+      normalize="mean_std",
+      num_classes=3,
+  )
   image = np.full((32, 32, 3), 255, np.uint8)
   out = data.preprocess_for_eval(image, config)
   expected = (1.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])

@@ -38,7 +38,9 @@ def test_8_devices_follow_the_1_device_loss_trajectory(tmp_path):
   result = subprocess.run(
       [sys.executable, HELPER, "mesh", str(out), str(tmp_path)],
       env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
-      capture_output=True, text=True, timeout=400,
+      capture_output=True,
+      text=True,
+      timeout=400,
   )
   assert result.returncode == 0, result.stderr[-3000:]
   with open(out) as f:
@@ -63,14 +65,27 @@ def test_two_processes_end_with_the_parameters_of_one(tmp_path):
   common = [sys.executable, LAUNCH, f"--config={TINY}", f"--jax_cache_dir={cache}"]
   two = [
       subprocess.Popen(
-          common + [f"--workdir={tmp_path / 'two'}", f"--coordinator_address=localhost:{port}",
-                    "--num_processes=2", f"--process_id={i}"],
-          env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+          common
+          + [
+              f"--workdir={tmp_path / 'two'}",
+              f"--coordinator_address=localhost:{port}",
+              "--num_processes=2",
+              f"--process_id={i}",
+          ],
+          env=_env(),
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
       )
       for i in range(2)
   ]
-  one = subprocess.run(common + [f"--workdir={tmp_path / 'one'}"], env=_env(),
-                       capture_output=True, text=True, timeout=400)
+  one = subprocess.run(
+      common + [f"--workdir={tmp_path / 'one'}"],
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=400,
+  )
   assert one.returncode == 0, one.stderr[-3000:]
   for p in two:
     _, err = p.communicate(timeout=400)

@@ -313,6 +313,7 @@ def test_multiscale_with_a_tight_bound_recompiles_and_scores_the_same(run, monke
   made = []
 
   class Recording(evaluate.CompiledPerShape):
+
     def __init__(self, *args, **kwargs):
       super().__init__(*args, **kwargs)
       made.append(self)

@@ -183,8 +183,13 @@ def test_resnet_cifar_digits_quickstart_keeps_the_schedule_proportions():
 )
 def test_smoke_and_fixed_budget_settings_keep_their_step_counts(name, arg, expected):
   c = _resolved(_get(name, arg))  # The smoke settings' lengths do not depend on the size.
-  got = (c.num_train_steps, tuple(c.lr_boundaries), c.lr_decay_steps, c.eval_every_steps,
-         c.log_every_steps)
+  got = (
+      c.num_train_steps,
+      tuple(c.lr_boundaries),
+      c.lr_decay_steps,
+      c.eval_every_steps,
+      c.log_every_steps,
+  )
   assert got == expected
   assert c.checkpoint_every_steps == c.eval_every_steps
 

@@ -19,9 +19,19 @@ import tiny_config as tiny  # tests/ is on the path (pytest's rootdir-relative i
 
 def _config(**overrides):
   # 32x32 crops with CIFAR augmentation and a constant rate: fine-tuning needs a few real epochs.
-  c = tiny.get(steps=150, every=20, image_size=32, augment="cifar", batch_size=32,
-               eval_batch_size=100, learning_rate=0.1, schedule="constant", lr_boundaries=None,
-               eval_every_steps=1000, checkpoint_every_steps=1000)
+  c = tiny.get(
+      steps=150,
+      every=20,
+      image_size=32,
+      augment="cifar",
+      batch_size=32,
+      eval_batch_size=100,
+      learning_rate=0.1,
+      schedule="constant",
+      lr_boundaries=None,
+      eval_every_steps=1000,
+      checkpoint_every_steps=1000,
+  )
   c.update(overrides)
   return c
 
@@ -58,7 +68,8 @@ def test_frozen_backbone_fine_tuning_onto_a_five_class_folder(source_run, tmp_pa
   common = dict(dataset=dataset, init_from=source_run, freeze_backbone=True)
   # Step 0 of the fine-tune (lr 0 for one step): the re-initialised head is at chance.
   before = train.train_and_evaluate(
-      _config(**common, num_train_steps=1, learning_rate=0.0), str(tmp_path / "before"))
+      _config(**common, num_train_steps=1, learning_rate=0.0), str(tmp_path / "before")
+  )
   workdir = str(tmp_path / "after")
   after = train.train_and_evaluate(_config(**common, num_train_steps=80), workdir)
   assert after["eval/top1"] > before["eval/top1"] + 0.2
@@ -95,18 +106,25 @@ def test_full_fine_tuning_with_a_separate_head_rate_changes_the_backbone(source_
 
 def test_backbone_mismatch_is_refused_with_the_paths(source_run, tmp_path):
   with pytest.raises(finetune.BackboneMismatchError, match="width=8.*used 4"):
-    train.train_and_evaluate(_config(init_from=source_run, model_kwargs={"width": 8}),
-                             str(tmp_path / "w"))
+    train.train_and_evaluate(
+        _config(init_from=source_run, model_kwargs={"width": 8}), str(tmp_path / "w")
+    )
   with pytest.raises(finetune.BackboneMismatchError, match="CifarResNet32.*CifarResNet20"):
-    train.train_and_evaluate(_config(init_from=source_run, model="CifarResNet32"),
-                             str(tmp_path / "d"))
+    train.train_and_evaluate(
+        _config(init_from=source_run, model="CifarResNet32"), str(tmp_path / "d")
+    )
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
 
 
 def test_merge_reports_loaded_reinitialised_and_skipped():
   init = {"params": {"conv": {"kernel": jnp.zeros((3, 3))}, "head": {"kernel": jnp.zeros((4, 5))}}}
-  src = {"params": {"conv": {"kernel": jnp.ones((3, 3))}, "head": {"kernel": jnp.ones((4, 10))},
-                    "aux_4a": {"fc": {"kernel": jnp.ones((2, 2))}}}}
+  src = {
+      "params": {
+          "conv": {"kernel": jnp.ones((3, 3))},
+          "head": {"kernel": jnp.ones((4, 10))},
+          "aux_4a": {"fc": {"kernel": jnp.ones((2, 2))}},
+      }
+  }
   merged, log = finetune.merge(init, src)
   np.testing.assert_array_equal(merged["params"]["conv"]["kernel"], 1.0)
   np.testing.assert_array_equal(merged["params"]["head"]["kernel"], 0.0)

@@ -20,7 +20,11 @@ TINY = os.path.join(ROOT, "tests", "tiny_config.py")
 def run_launch(*args: str, cwd: str, timeout: float = 300) -> subprocess.CompletedProcess:
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   return subprocess.run(
-      [sys.executable, LAUNCH, *args], capture_output=True, text=True, cwd=cwd, env=env,
+      [sys.executable, LAUNCH, *args],
+      capture_output=True,
+      text=True,
+      cwd=cwd,
+      env=env,
       timeout=timeout,
   )
 
@@ -50,8 +54,11 @@ def test_misspelled_config_key_names_the_valid_keys(tmp_path):
 
 def test_bad_model_name_is_one_clear_paragraph(tmp_path):
   result = run_launch(
-      f"--config={TINY}", "--config.model=ResNet19", f"--workdir={tmp_path / 'w'}",
-      "--jax_cache_dir=", cwd=str(tmp_path),
+      f"--config={TINY}",
+      "--config.model=ResNet19",
+      f"--workdir={tmp_path / 'w'}",
+      "--jax_cache_dir=",
+      cwd=str(tmp_path),
   )
   assert result.returncode == 2  # A user error: exit 2, the message printed once.
   assert result.stderr.count("Unknown model 'ResNet19'") == 1, result.stderr
@@ -62,8 +69,9 @@ def test_progress_redraws_only_on_a_terminal():
   piped, tty = io.StringIO(), io.StringIO()
   metrics = {"train/loss": 1.5, "train/accuracy": 0.5}
   for stream, interactive in ((piped, False), (tty, True)):
-    p = progress.Progress(100, steps_per_epoch=10, stream=stream, interactive=interactive,
-                          min_interval_s=0)
+    p = progress.Progress(
+        100, steps_per_epoch=10, stream=stream, interactive=interactive, min_interval_s=0
+    )
     p.set_speed(1000.0, batch_size=100)
     for step in range(1, 11):
       p.update(step, metrics)

@@ -95,9 +95,12 @@ def test_output_shapes(name):
   x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
   for train in (False, True):
     logits, extras = jax.eval_shape(
-        lambda v, x: model.apply(v, x, train=train, rngs={"dropout": jax.random.key(0)},
-                                 mutable=["batch_stats"])[0],
-        variables, x)
+        lambda v, x: model.apply(
+            v, x, train=train, rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"]
+        )[0],
+        variables,
+        x,
+    )
     assert logits.shape == (2, 7) and logits.dtype == jnp.float32
     assert set(extras) == {"features", "aux_logits"}
     assert extras["features"].shape == (2, FEATURES[name])
@@ -112,8 +115,13 @@ def _inception_shapes(model, size):
 
   def capture(v, x):
     return model.apply(
-        v, x, train=False, capture_intermediates=lambda m, _: isinstance(m, googlenet.InceptionModule)
-        or m.name == "conv1", mutable=["intermediates"])[1]["intermediates"]
+        v,
+        x,
+        train=False,
+        capture_intermediates=lambda m, _: isinstance(m, googlenet.InceptionModule)
+        or m.name == "conv1",
+        mutable=["intermediates"],
+    )[1]["intermediates"]
 
   inter = jax.eval_shape(capture, variables, x)
   out = {k: v["__call__"][0].shape[1:] for k, v in inter.items() if "__call__" in v}
@@ -124,8 +132,15 @@ def test_googlenet_table1_spatial_sizes():
   shapes = _inception_shapes(models.GoogLeNet(), 224)
   assert shapes["conv1"] == (112, 112, 64)
   expected = {
-      "3a": (28, 256), "3b": (28, 480), "4a": (14, 512), "4b": (14, 512), "4c": (14, 512),
-      "4d": (14, 528), "4e": (14, 832), "5a": (7, 832), "5b": (7, 1024),
+      "3a": (28, 256),
+      "3b": (28, 480),
+      "4a": (14, 512),
+      "4b": (14, 512),
+      "4c": (14, 512),
+      "4d": (14, 528),
+      "4e": (14, 832),
+      "5a": (7, 832),
+      "5b": (7, 1024),
   }
   for name, (hw, c) in expected.items():
     assert shapes[f"inception_{name}"] == (hw, hw, c), name
@@ -144,9 +159,7 @@ def test_googlenet_pools_between_stages_follow_pool_after(monkeypatch):
   monkeypatch.setattr(googlenet, "POOL_AFTER", ("3a", "4e"))
   shapes = _inception_shapes(models.GoogLeNet32(width=0.25), 32)
   sizes = {k[len("inception_") :]: v[0] for k, v in shapes.items() if k.startswith("inception_")}
-  assert sizes == {
-      "3a": 16, "3b": 8, "4a": 8, "4b": 8, "4c": 8, "4d": 8, "4e": 8, "5a": 4, "5b": 4
-  }
+  assert sizes == {"3a": 16, "3b": 8, "4a": 8, "4b": 8, "4c": 8, "4d": 8, "4e": 8, "5a": 4, "5b": 4}
 
 
 @pytest.mark.parametrize("name", ["GoogLeNet", "GoogLeNetBN", "ResNet50", "CifarResNet20"])
@@ -210,8 +223,18 @@ def test_lrn_matches_caffe_formula():
 
 def test_ceil_mode_pool_sizes_match_torch():
   torch = pytest.importorskip("torch")
-  for n, k, s, p in [(112, 3, 2, 0), (56, 3, 2, 0), (28, 3, 2, 0), (14, 2, 2, 0), (14, 3, 1, 1),
-                     (32, 3, 2, 0), (15, 3, 2, 0), (7, 3, 2, 1), (8, 3, 2, 1), (6, 2, 2, 1)]:
+  for n, k, s, p in [
+      (112, 3, 2, 0),
+      (56, 3, 2, 0),
+      (28, 3, 2, 0),
+      (14, 2, 2, 0),
+      (14, 3, 1, 1),
+      (32, 3, 2, 0),
+      (15, 3, 2, 0),
+      (7, 3, 2, 1),
+      (8, 3, 2, 1),
+      (6, 2, 2, 1),
+  ]:
     pool = torch.nn.MaxPool2d(k, s, padding=p, ceil_mode=True)
     expected = tuple(pool(torch.zeros(1, 1, n, n)).shape[2:])
     out = googlenet.max_pool_ceil(jnp.zeros((1, n, n, 1)), k, s, p)
@@ -284,8 +307,12 @@ def _tiny(name, **extra):
 
 def _loss(params, model, variables, x, train=True):
   (logits, extras), _ = model.apply(
-      {**variables, "params": params}, x, train=train, rngs={"dropout": jax.random.key(2)},
-      mutable=["batch_stats"])
+      {**variables, "params": params},
+      x,
+      train=train,
+      rngs={"dropout": jax.random.key(2)},
+      mutable=["batch_stats"],
+  )
   labels = jnp.arange(x.shape[0]) % 5
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
   for aux in extras["aux_logits"]:
@@ -336,8 +363,9 @@ def _dropped_fractions(name: str, batch: int = 32):
     return out
 
   with nn.intercept_methods(interceptor):
-    model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(3)},
-                mutable=["batch_stats"])
+    model.apply(
+        variables, x, train=True, rngs={"dropout": jax.random.key(3)}, mutable=["batch_stats"]
+    )
   fractions = {}
   for path, (inputs, outputs) in seen.items():
     live = np.asarray(inputs) != 0  # Only activations that were non-zero before dropout count.
@@ -365,10 +393,15 @@ def test_dropout_drops_the_papers_fractions(name, main, aux):
 def test_batch_statistics_update_only_in_training():
   model, variables, x = _tiny("CifarResNet20")
   _, eval_vars = model.apply(variables, x, train=False, mutable=["batch_stats"])
-  assert jax.tree.all(jax.tree.map(np.array_equal, eval_vars["batch_stats"], variables["batch_stats"]))
+  assert jax.tree.all(
+      jax.tree.map(np.array_equal, eval_vars["batch_stats"], variables["batch_stats"])
+  )
   _, train_vars = model.apply(variables, x, train=True, mutable=["batch_stats"])
-  changed = jax.tree.leaves(jax.tree.map(
-      lambda a, b: not np.array_equal(a, b), train_vars["batch_stats"], variables["batch_stats"]))
+  changed = jax.tree.leaves(
+      jax.tree.map(
+          lambda a, b: not np.array_equal(a, b), train_vars["batch_stats"], variables["batch_stats"]
+      )
+  )
   assert all(changed)
   # ResNets never drop out: train-mode output is deterministic given the batch.
   out1 = model.apply(variables, x, train=True, mutable=["batch_stats"])[0][0]
@@ -388,8 +421,9 @@ def test_bfloat16_forward_is_finite_and_close_to_float32(name):
   scale = float(jnp.abs(f32).max())
   assert float(jnp.abs(bf16 - f32).max()) < 0.05 * scale + 1e-3
   # The convolutions really run in bfloat16.
-  _, inter = model16.apply(variables, x, train=False, capture_intermediates=True,
-                           mutable=["intermediates"])
+  _, inter = model16.apply(
+      variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
+  )
   conv_dtypes = {v[0].dtype for path, v in _flatten_calls(inter["intermediates"]) if "conv" in path}
   assert conv_dtypes == {jnp.dtype(jnp.bfloat16)}
 
@@ -412,7 +446,9 @@ def test_figure7_responses_are_collected_for_every_3x3_conv():
   assert names[0] == "stem_bn_out" and "stage3_block2/bn_out2" in names
   model50 = models.ResNet50(width=4)
   v50 = complexity.abstract_variables(model50, 64)
-  state50 = jax.eval_shape(lambda v: model50.apply(v, jnp.ones((1, 64, 64, 3)), mutable=["intermediates"])[1], v50)
+  state50 = jax.eval_shape(
+      lambda v: model50.apply(v, jnp.ones((1, 64, 64, 3)), mutable=["intermediates"])[1], v50
+  )
   names50 = [p for p, _ in _flatten_sown(state50["intermediates"])]
   assert len(names50) == 16 and all(n.endswith("bn_out2") for n in names50)  # Only the 3x3s.
 

@@ -117,14 +117,22 @@ REQUIRES = ["jax>=0.10.2", "jaxlib>=0.10.2", "tensorflow-cpu>=2.21", "ml-collect
 
 def test_colab_setup_keeps_colabs_tensorflow_and_jax_when_new_enough():
   colab = {
-      "jax": "0.10.3", "jaxlib": "0.10.3", "tensorflow": "2.21.1", "jax-cuda12-plugin": "0.10.3"
+      "jax": "0.10.3",
+      "jaxlib": "0.10.3",
+      "tensorflow": "2.21.1",
+      "jax-cuda12-plugin": "0.10.3",
   }
   assert _missing(REQUIRES, colab) == ["ml-collections>=1.1.0"]  # Never tensorflow-cpu.
 
 
 def test_colab_setup_upgrades_old_ones_under_their_own_names():
-  colab = {"jax": "0.7.2", "jaxlib": "0.7.2", "tensorflow": "2.19.0", "jax-cuda12-plugin": "0.7.2",
-           "ml-collections": "1.1.0"}
+  colab = {
+      "jax": "0.7.2",
+      "jaxlib": "0.7.2",
+      "tensorflow": "2.19.0",
+      "jax-cuda12-plugin": "0.7.2",
+      "ml-collections": "1.1.0",
+  }
   assert _missing(REQUIRES, colab) == ["jax[cuda12]>=0.10.2", "jaxlib>=0.10.2", "tensorflow>=2.21"]
   tpu = {"jax": "0.7.2", "jaxlib": "0.7.2", "libtpu": "0.0.20"}
   assert _missing(REQUIRES[:1], tpu) == ["jax[tpu]>=0.10.2"]

@@ -59,7 +59,9 @@ def test_conv_gradients_equal_xla(
   pad = ((kernel // 2, kernel // 2),) * 2
   # Chunks of batch // chunks images: one pass, or a loop over three chunks of two.
   out = (size - 1) // stride + 1
-  monkeypatch.setattr(ops, "CHUNK_BYTES", (size + kernel - 1) * out * kernel * cin * 4 * batch // chunks)
+  monkeypatch.setattr(
+      ops, "CHUNK_BYTES", (size + kernel - 1) * out * kernel * cin * 4 * batch // chunks
+  )
   # Both forms of the weight gradient (ops._weight_grad); the shifted-gradient one takes stride 1.
   monkeypatch.setattr(ops, "SHIFT_G_MAX_ROWS_RATIO", 10.0 if shift_g else 0.0)
 
@@ -168,7 +170,10 @@ def test_off_traces_the_same_program_as_xla_alone():
   def grad_jaxpr(model):
     def loss(params):
       (logits, _), _ = model.apply(
-          {**variables, "params": params}, x, train=True, mutable=["batch_stats"],
+          {**variables, "params": params},
+          x,
+          train=True,
+          mutable=["batch_stats"],
           rngs={"dropout": jax.random.key(1)},
       )
       return jnp.sum(logits)
@@ -234,8 +239,9 @@ def test_whole_model_gradients_equal_xla(xla_then_custom, model):
   assert len(flat0) == len(flat1)
   for (path, a), b in zip(flat0, flat1):
     # Whole-network gradients compound rounding through many layers: allow a little more.
-    np.testing.assert_allclose(b, a, rtol=0, atol=1e-4 * float(np.abs(a).max()) + 1e-7,
-                               err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(
+        b, a, rtol=0, atol=1e-4 * float(np.abs(a).max()) + 1e-7, err_msg=jax.tree_util.keystr(path)
+    )
 
 
 @pytest.mark.parametrize(

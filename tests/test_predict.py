@@ -75,7 +75,11 @@ def test_cli_on_a_folder_that_is_not_a_run_exits_2_without_traceback(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT)
   result = subprocess.run(
       [sys.executable, "-m", "incres.predict", f"--checkpoint={tmp_path / 'images'}", image],
-      capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+      capture_output=True,
+      text=True,
+      cwd=tmp_path,
+      env=env,
+      timeout=300,
   )
   assert result.returncode == 2, result.stderr
   assert "is not an incres run (no saved step in" in result.stderr

@@ -92,8 +92,9 @@ def four_steps(tmp_path_factory):
 
 
 def _biggest_array_file(step_dir: str) -> str:
-  return max(glob.glob(os.path.join(step_dir, "state", "ocdbt.process_0", "d", "*")),
-             key=os.path.getsize)
+  return max(
+      glob.glob(os.path.join(step_dir, "state", "ocdbt.process_0", "d", "*")), key=os.path.getsize
+  )
 
 
 DAMAGE = {
@@ -174,8 +175,9 @@ def test_checkpoint_meta_holds_the_training_time(four_steps):
   directory = checkpoint.checkpoint_dir(four_steps)
   reader = checkpoint._reader_manager(directory)  # pylint: disable=protected-access
   try:
-    meta = reader.restore(4, args=checkpoint.ocp.args.Composite(
-        meta=checkpoint.ocp.args.JsonRestore())).meta
+    meta = reader.restore(
+        4, args=checkpoint.ocp.args.Composite(meta=checkpoint.ocp.args.JsonRestore())
+    ).meta
   finally:
     reader.close()
   assert meta["time"]["resumes"] == 0 and meta["time"]["train_s"] > 0
@@ -227,9 +229,11 @@ def test_a_damaged_pixel_mean_cache_is_recomputed(tmp_path, monkeypatch, caplog)
   images = np.stack([np.full((8, 8, 3), v, np.uint8) for v in (0, 51, 102, 255)])
   monkeypatch.setattr(data, "_source", lambda config, split: data._StreamSource(None, split))
   monkeypatch.setattr(
-      data, "_index_dataset",
-      lambda source: data.tf.data.Dataset.from_tensor_slices(
-          (np.arange(4), images)).map(lambda i, x: (i, x)),
+      data,
+      "_index_dataset",
+      lambda source: data.tf.data.Dataset.from_tensor_slices((np.arange(4), images)).map(
+          lambda i, x: (i, x)
+      ),
   )
   config = tiny_config.get_config()
   config.update(dataset="some_tfds_set", data_dir=str(tmp_path), image_size=8)
@@ -260,7 +264,8 @@ def test_lock_names_a_live_holder_and_takes_over_a_dead_ones(tmp_path, caplog):
   workdir = str(tmp_path / "run")
   holder = subprocess.Popen(
       [sys.executable, "-c", _HOLD.format(root=ROOT, workdir=workdir)],
-      stdout=subprocess.PIPE, text=True,
+      stdout=subprocess.PIPE,
+      text=True,
   )
   try:
     assert holder.stdout.readline() == "held\n"
@@ -273,8 +278,9 @@ def test_lock_names_a_live_holder_and_takes_over_a_dead_ones(tmp_path, caplog):
   lock = fileio.WorkdirLock(workdir)
   with caplog.at_level(std_logging.WARNING):
     lock.acquire()
-  assert any(f"Taking over the lock of process {holder.pid}" in r.getMessage()
-             for r in caplog.records)
+  assert any(
+      f"Taking over the lock of process {holder.pid}" in r.getMessage() for r in caplog.records
+  )
   assert lock_holder(workdir)["pid"] == os.getpid()
   lock.release()
   caplog.clear()
@@ -292,15 +298,23 @@ def _env() -> dict[str, str]:
 
 def launch(*args: str) -> subprocess.Popen:
   return subprocess.Popen(
-      [sys.executable, LAUNCH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env=_env(), cwd=ROOT,
+      [sys.executable, LAUNCH, *args],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=_env(),
+      cwd=ROOT,
   )
 
 
 def run_launch(*args: str) -> subprocess.CompletedProcess:
   return subprocess.run(
-      [sys.executable, LAUNCH, "--jax_cache_dir=", *args], capture_output=True, text=True,
-      env=_env(), cwd=ROOT, timeout=TIMEOUT,
+      [sys.executable, LAUNCH, "--jax_cache_dir=", *args],
+      capture_output=True,
+      text=True,
+      env=_env(),
+      cwd=ROOT,
+      timeout=TIMEOUT,
   )
 
 
@@ -371,8 +385,11 @@ def reference_40(tmp_path_factory):
 @pytest.mark.slow  # Real launch.py processes.
 def test_sigkill_at_random_moments_loses_nothing_and_repeats_nothing(reference_40, tmp_path):
   workdir = str(tmp_path / "run")
-  args = [f"--config={TINY}:steps=40,every=2", f"--workdir={workdir}",
-          f"--jax_cache_dir={tmp_path / 'jax_cache'}"]
+  args = [
+      f"--config={TINY}:steps=40,every=2",
+      f"--workdir={workdir}",
+      f"--jax_cache_dir={tmp_path / 'jax_cache'}",
+  ]
   rng = random.Random(0)
   moments = {  # When to kill each run: all are SIGKILL, with no handler and no cleanup.
       "at its first logged step": lambda: metrics.read_metrics(workdir),

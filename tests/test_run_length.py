@@ -85,7 +85,11 @@ def test_explicit_num_train_steps_keeps_the_schedule_proportions():
   # Step values set explicitly are kept as they are.
   c.lr_boundaries, c.eval_every_steps = (100, 900), 7
   r = configs.resolve_config(c, _info(50_000))
-  assert (tuple(r.lr_boundaries), r.eval_every_steps, r.checkpoint_every_steps) == ((100, 900), 7, 62)
+  assert (tuple(r.lr_boundaries), r.eval_every_steps, r.checkpoint_every_steps) == (
+      (100, 900),
+      7,
+      62,
+  )
 
 
 def test_unresolved_schedule_asks_for_resolve_config():

@@ -128,9 +128,7 @@ def test_sigterm_says_preempted(jax_cache, tmp_path):
   assert len(re.findall(r"^Stopped|^Preempted", out, re.MULTILINE)) == 1 and "Ctrl-C" not in out
 
 
-def test_a_second_ctrl_c_exits_at_once_keeping_the_newest_complete_checkpoint(
-    jax_cache, tmp_path
-):
+def test_a_second_ctrl_c_exits_at_once_keeping_the_newest_complete_checkpoint(jax_cache, tmp_path):
   workdir = str(tmp_path / "run")
   p = start_training(workdir, jax_cache, saved=True)
   # The second signal lands while the first one's save (or the step before it) is in flight.

@@ -65,8 +65,9 @@ def test_piecewise_schedule_with_constant_warmup_keeps_absolute_boundaries():
 
 def test_exponential_schedule_is_a_staircase():
   # GoogLeNet: 4% lower every 8 epochs.
-  config = tiny_config(schedule="exponential", learning_rate=0.01, lr_decay_steps=80,
-                       lr_decay_rate=0.96)
+  config = tiny_config(
+      schedule="exponential", learning_rate=0.01, lr_decay_steps=80, lr_decay_rate=0.96
+  )
   lr = state_lib.create_learning_rate_fn(config)
   assert float(lr(79)) == pytest.approx(0.01)
   assert float(lr(80)) == pytest.approx(0.0096)
@@ -88,8 +89,10 @@ def test_cosine_schedule_with_linear_warmup():
 def test_weight_decay_only_touches_kernels():
   config = tiny_config(weight_decay=0.5, momentum=0.0, learning_rate=1.0)
   tx = state_lib.create_optimizer(config, state_lib.create_learning_rate_fn(config))
-  params = {"conv": {"kernel": jnp.ones((3, 3, 2, 2)), "bias": jnp.ones((2,))},
-            "bn": {"scale": jnp.ones((2,))}}
+  params = {
+      "conv": {"kernel": jnp.ones((3, 3, 2, 2)), "bias": jnp.ones((2,))},
+      "bn": {"scale": jnp.ones((2,))},
+  }
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params)
   new = optax.apply_updates(params, updates)
@@ -120,12 +123,15 @@ class _LogitsAreInputs(nn.Module):
 
 
 def test_eval_step_counts_top1_top5_and_ignores_padding():
-  logits = jnp.array([
-      [9, 1, 2, 3, 4, 5, 0],  # label 0: top-1 hit
-      [9, 8, 7, 6, 5, 0, 1],  # label 4: top-5 hit only
-      [9, 8, 7, 6, 5, 4, 3],  # label 6: miss
-      [0, 0, 0, 0, 0, 0, 9],  # padding (label 6 would be a hit)
-  ], jnp.float32)
+  logits = jnp.array(
+      [
+          [9, 1, 2, 3, 4, 5, 0],  # label 0: top-1 hit
+          [9, 8, 7, 6, 5, 0, 1],  # label 4: top-5 hit only
+          [9, 8, 7, 6, 5, 4, 3],  # label 6: miss
+          [0, 0, 0, 0, 0, 0, 9],  # padding (label 6 would be a hit)
+      ],
+      jnp.float32,
+  )
   batch = {"image": logits, "label": jnp.array([0, 4, 6, 6]), "mask": jnp.array([1, 1, 1, 0.0])}
   sums = train.eval_step({}, batch, model=_LogitsAreInputs())
   assert (float(sums["top1"]), float(sums["top5"]), float(sums["count"])) == (1.0, 2.0, 3.0)
@@ -141,8 +147,10 @@ class _TinyNetWithAux(nn.Module):
   def __call__(self, x, train: bool):
     x = nn.relu(nn.Conv(4, (3, 3), strides=2, dtype=self.dtype)(x))
     # Like GoogLeNet, the heads exist (are initialised) in both modes and are returned in training.
-    aux = (nn.Dense(self.num_classes, name="aux1")(x.mean((1, 2))),
-           nn.Dense(self.num_classes, name="aux2")(x.max((1, 2))))
+    aux = (
+        nn.Dense(self.num_classes, name="aux1")(x.mean((1, 2))),
+        nn.Dense(self.num_classes, name="aux2")(x.max((1, 2))),
+    )
     aux = aux if train else ()
     features = nn.Dropout(0.4, deterministic=not train)(x.mean((1, 2)))
     logits = nn.Dense(self.num_classes, dtype=self.dtype)(features).astype(jnp.float32)
@@ -158,13 +166,21 @@ def test_train_step_adds_weighted_aux_losses_and_updates_every_parameter(dtype):
   state = state_lib.create_train_state(config, model, tx, state_lib.create_mesh())
   step = jax.jit(
       lambda s, b: train.train_step(
-          s, b, model=model, tx=tx, learning_rate_fn=lr_fn, aux_loss_weight=0.3,
-          label_smoothing=0.1, ema_decay=None,
+          s,
+          b,
+          model=model,
+          tx=tx,
+          learning_rate_fn=lr_fn,
+          aux_loss_weight=0.3,
+          label_smoothing=0.1,
+          ema_decay=None,
       )
   )
   rng = np.random.default_rng(0)
-  batch = {"image": rng.normal(size=(8, 16, 16, 3)).astype(np.float32),
-           "label": rng.integers(0, 10, 8).astype(np.int32)}
+  batch = {
+      "image": rng.normal(size=(8, 16, 16, 3)).astype(np.float32),
+      "label": rng.integers(0, 10, 8).astype(np.int32),
+  }
   new_state, m = step(state, batch)
   m = jax.device_get(m)
   assert m["aux_loss"] > 0 and all(math.isfinite(float(v)) for v in m.values())
@@ -182,13 +198,21 @@ def _one_step(config, model, aux_loss_weight, ema_decay=None):
   state = state_lib.create_train_state(config, model, tx, state_lib.create_mesh())
   step = jax.jit(
       lambda s, b: train.train_step(
-          s, b, model=model, tx=tx, learning_rate_fn=lr_fn, aux_loss_weight=aux_loss_weight,
-          label_smoothing=0.0, ema_decay=ema_decay,
+          s,
+          b,
+          model=model,
+          tx=tx,
+          learning_rate_fn=lr_fn,
+          aux_loss_weight=aux_loss_weight,
+          label_smoothing=0.0,
+          ema_decay=ema_decay,
       )
   )
   rng = np.random.default_rng(0)
-  batch = {"image": rng.normal(size=(8, 16, 16, 3)).astype(np.float32),
-           "label": rng.integers(0, 10, 8).astype(np.int32)}
+  batch = {
+      "image": rng.normal(size=(8, 16, 16, 3)).astype(np.float32),
+      "label": rng.integers(0, 10, 8).astype(np.int32),
+  }
   before = jax.device_get(state)  # Copied before the step can donate or reuse its buffers.
   return before, jax.device_get(step(state, batch)[0])
 
@@ -202,15 +226,18 @@ def test_aux_loss_weight_scales_the_gradient_that_is_applied():
   moved = {}
   for weight in (1.0, 0.3):
     before, after = _one_step(config, model, aux_loss_weight=weight)
-    moved[weight] = jax.tree.map(lambda a, b: np.asarray(b, np.float64) - a, before.params,
-                                 after.params)
+    moved[weight] = jax.tree.map(
+        lambda a, b: np.asarray(b, np.float64) - a, before.params, after.params
+    )
   for head in ("aux1", "aux2"):
     for name, delta in moved[1.0][head].items():
       assert np.abs(delta).max() > 1e-3, (head, name)  # The head really moved.
-      np.testing.assert_allclose(moved[0.3][head][name], 0.3 * delta, rtol=1e-4, atol=1e-7,
-                                 err_msg=f"{head}/{name}")
-  np.testing.assert_allclose(moved[0.3]["Dense_0"]["kernel"], moved[1.0]["Dense_0"]["kernel"],
-                             rtol=1e-5, atol=1e-7)
+      np.testing.assert_allclose(
+          moved[0.3][head][name], 0.3 * delta, rtol=1e-4, atol=1e-7, err_msg=f"{head}/{name}"
+      )
+  np.testing.assert_allclose(
+      moved[0.3]["Dense_0"]["kernel"], moved[1.0]["Dense_0"]["kernel"], rtol=1e-5, atol=1e-7
+  )
 
 
 def test_ema_step_averages_old_and_new_parameters():
@@ -220,11 +247,17 @@ def test_ema_step_averages_old_and_new_parameters():
   for p0, e0 in zip(jax.tree.leaves(before.params), jax.tree.leaves(before.ema_params)):
     np.testing.assert_array_equal(e0, p0)  # The average starts at the initial parameters.
   flat = jax.tree_util.tree_flatten_with_path(before.params)[0]
-  for (path, p0), p1, ema in zip(flat, jax.tree.leaves(after.params),
-                                 jax.tree.leaves(after.ema_params)):
+  for (path, p0), p1, ema in zip(
+      flat, jax.tree.leaves(after.params), jax.tree.leaves(after.ema_params)
+  ):
     assert np.abs(p1 - p0).max() > 1e-3, jax.tree_util.keystr(path)  # The step moved them.
-    np.testing.assert_allclose(ema, 0.9 * np.asarray(p0, np.float64) + 0.1 * p1, rtol=1e-5,
-                               atol=1e-6, err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(
+        ema,
+        0.9 * np.asarray(p0, np.float64) + 0.1 * p1,
+        rtol=1e-5,
+        atol=1e-6,
+        err_msg=jax.tree_util.keystr(path),
+    )
 
 
 # --- The loop ------------------------------------------------------------------------------------
@@ -261,8 +294,13 @@ def test_run_writes_metrics_tensorboard_config_and_checkpoints(finished_run):
       for raw in tf.data.TFRecordDataset(os.path.join(workdir, name)):
         event = tf.compat.v1.Event.FromString(raw.numpy())
         tags |= {v.tag for v in event.summary.value}
-  assert {"train/loss", "train/learning_rate", "train/images_per_sec", "eval/top1",
-          "eval/top5"} <= tags
+  assert {
+      "train/loss",
+      "train/learning_rate",
+      "train/images_per_sec",
+      "eval/top1",
+      "eval/top5",
+  } <= tags
 
   with open(os.path.join(workdir, "config.json")) as f:
     saved = json.load(f)
@@ -338,9 +376,14 @@ def snapshot(directory: str) -> dict[str, tuple[int, float]]:
 
 @pytest.mark.parametrize(
     "override, names",
-    [({"model_kwargs": {"width": 8}}, ["model_kwargs", "params."]),
-     ({"model": "CifarPlain20"}, ["model: checkpoint 'CifarResNet20', this config 'CifarPlain20'"]),
-     ({"polyak": False}, ["polyak_params"])],
+    [
+        ({"model_kwargs": {"width": 8}}, ["model_kwargs", "params."]),
+        (
+            {"model": "CifarPlain20"},
+            ["model: checkpoint 'CifarResNet20', this config 'CifarPlain20'"],
+        ),
+        ({"polyak": False}, ["polyak_params"]),
+    ],
     ids=["width", "model", "averaging"],
 )
 def test_incompatible_workdir_is_refused_and_untouched(finished_run, override, names):

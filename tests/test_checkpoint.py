@@ -96,6 +96,7 @@ def reference(tmp_path_factory, jax_cache):
   return final_params(workdir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_finishes_the_step_saves_and_exits_zero(reference, jax_cache, tmp_path, sig):
   workdir = str(tmp_path / "run")
@@ -116,6 +117,7 @@ def test_signal_finishes_the_step_saves_and_exits_zero(reference, jax_cache, tmp
     assert_same_bits(final_params(workdir), reference)
 
 
+@pytest.mark.slow
 def test_kill_9_at_any_moment_resumes_from_the_newest_complete_checkpoint(
     reference, jax_cache, tmp_path
 ):

@@ -17,8 +17,12 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from incres import checkpoint
+
+# Subprocess and multi-run tests: out of the quick `-m "not slow"` subset (CI runs them all).
+pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPER = os.path.join(ROOT, "tests", "distributed_helper.py")

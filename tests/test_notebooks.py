@@ -12,6 +12,9 @@ import pytest
 
 from conftest import describe_changes, snapshot_checkout
 
+# Subprocess and multi-run tests: out of the quick `-m "not slow"` subset (CI runs them all).
+pytestmark = pytest.mark.slow
+
 NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks")
 ROOT = os.path.dirname(NOTEBOOKS)
 

@@ -20,6 +20,9 @@ import pytest
 
 from incres import checkpoint, metrics, runtime, train
 
+# Subprocess and multi-run tests: out of the quick `-m "not slow"` subset (CI runs them all).
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch.py")
 STEPS = 200

@@ -79,3 +79,21 @@ def checkout_untouched():
         f" while the suite ran count too; then run it again):\n{changes}",
         pytrace=False,
     )
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+  """A persistent JAX compilation cache for a module whose tests each jit fresh functions
+  (`train_and_evaluate`): repeats of a program then load instead of compiling. Use with
+  `pytestmark = pytest.mark.usefixtures("compilation_cache")`."""
+  import jax  # pylint: disable=g-import-not-at-top  (after torchvision, above)
+
+  old = (
+      jax.config.jax_compilation_cache_dir,
+      jax.config.jax_persistent_cache_min_compile_time_secs,
+  )
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  yield
+  jax.config.update("jax_compilation_cache_dir", old[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])

@@ -28,18 +28,7 @@ BAD = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _compilation_cache(tmp_path_factory):
-  """Each `train_and_evaluate` jits fresh functions; the persistent cache makes repeats cheap."""
-  old = (
-      jax.config.jax_compilation_cache_dir,
-      jax.config.jax_persistent_cache_min_compile_time_secs,
-  )
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  yield
-  jax.config.update("jax_compilation_cache_dir", old[0])
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 @pytest.fixture(autouse=True)

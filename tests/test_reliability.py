@@ -28,26 +28,12 @@ import tiny_config
 from incres import checkpoint, data, fileio, metrics, train
 
 # Subprocess and multi-run tests: out of the quick `-m "not slow"` subset (CI runs them all).
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compilation_cache")]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch.py")
 TINY = os.path.join(ROOT, "tests", "tiny_config.py")
 TIMEOUT = 300
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _compilation_cache(tmp_path_factory):
-  """Each `train_and_evaluate` jits fresh functions; the persistent cache makes repeats cheap."""
-  old = (
-      jax.config.jax_compilation_cache_dir,
-      jax.config.jax_persistent_cache_min_compile_time_secs,
-  )
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  yield
-  jax.config.update("jax_compilation_cache_dir", old[0])
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
 
 
 def config_of(steps: int, every: int = 2, boundary: int | None = 4):

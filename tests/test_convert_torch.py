@@ -190,6 +190,7 @@ def _torch_stem_kernel(torch_model):
   return torch_model.conv1.weight.detach().numpy().transpose(2, 3, 1, 0)
 
 
+@pytest.mark.slow
 def test_converting_into_a_trained_run_changes_nothing_and_overwrite_replaces_it(
     weights, tmp_path, capsys
 ):

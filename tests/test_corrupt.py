@@ -120,6 +120,7 @@ def test_good_batches_are_the_plain_pipelines(tmp_path):
       assert not np.array_equal(a["image"], b["image"])
 
 
+@pytest.mark.slow
 def test_training_runs_through_names_counts_and_resumes_exactly(tmp_path, caplog):
   root = str(tmp_path / "images")
   bad = write_folder(root)

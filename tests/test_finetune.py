@@ -63,6 +63,7 @@ def source_run(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_frozen_backbone_fine_tuning_onto_a_five_class_folder(source_run, tmp_path):
   dataset = _five_digit_folder(str(tmp_path / "five"))
   common = dict(dataset=dataset, init_from=source_run, freeze_backbone=True)
@@ -90,6 +91,7 @@ def test_frozen_backbone_fine_tuning_onto_a_five_class_folder(source_run, tmp_pa
   assert "stage1_block0" not in reinit
 
 
+@pytest.mark.slow
 def test_full_fine_tuning_with_a_separate_head_rate_changes_the_backbone(source_run, tmp_path):
   workdir = str(tmp_path / "ft")
   c = _config(init_from=source_run, num_train_steps=5, learning_rate=0.01, head_learning_rate=0.1)
@@ -192,6 +194,7 @@ def test_every_converted_model_fits_the_finetune_config_without_a_model_flag(nam
   assert log.reinitialized and all(finetune.is_head(p.split("/", 1)[1]) for p in log.reinitialized)
 
 
+@pytest.mark.slow
 def test_the_converters_next_step_fine_tunes_a_converted_resnet18(tmp_path, capsys):
   torch = pytest.importorskip("torch")
   torchvision = pytest.importorskip("torchvision")

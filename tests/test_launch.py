@@ -29,6 +29,7 @@ def run_launch(*args: str, cwd: str, timeout: float = 300) -> subprocess.Complet
   )
 
 
+@pytest.mark.slow
 def test_trains_into_the_default_workdir_with_a_compilation_cache_and_plain_log_lines(tmp_path):
   cache = tmp_path / "jax_cache"
   result = run_launch(f"--config={TINY}:steps=4", f"--jax_cache_dir={cache}", cwd=str(tmp_path))

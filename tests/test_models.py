@@ -320,6 +320,7 @@ def _loss(params, model, variables, x, train=True):
   return loss
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(TINY))
 def test_every_parameter_receives_a_gradient(name):
   model, variables, x = _tiny(name)
@@ -373,6 +374,7 @@ def _dropped_fractions(name: str, batch: int = 32):
   return fractions
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, main, aux", [("GoogLeNet32", 0.4, 0.7), ("GoogLeNetBN32", 0.2, 0.7)]
 )
@@ -409,6 +411,7 @@ def test_batch_statistics_update_only_in_training():
   np.testing.assert_array_equal(out1, out2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["CifarResNet20", "GoogLeNet32", "GoogLeNetBN32"])
 def test_bfloat16_forward_is_finite_and_close_to_float32(name):
   model, variables, x = _tiny(name)

@@ -26,6 +26,7 @@ import yaml
 
 import tiny_config
 from incres import checkpoint, data, fileio, metrics, train
+from test_checkpoint import complete_steps, saving_now  # The kill tests' checkpoint probes.
 
 # Subprocess and multi-run tests: out of the quick `-m "not slow"` subset (CI runs them all).
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compilation_cache")]
@@ -323,18 +324,6 @@ def wait_for(predicate, what: str, process: subprocess.Popen | None = None, poll
       raise AssertionError(f"The run ended before {what}: {process.communicate()[1][-3000:]}")
     time.sleep(poll)
   raise AssertionError(f"Timed out waiting for {what}.")
-
-
-def complete_steps(workdir: str) -> list[int]:
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
-
-
-def saving_now(workdir: str) -> bool:
-  directory = os.path.join(workdir, "checkpoints")
-  return os.path.isdir(directory) and any("tmp" in n for n in os.listdir(directory))
 
 
 def lock_holder(workdir: str) -> dict | None:

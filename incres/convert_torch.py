@@ -39,7 +39,6 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
-import optax
 
 from incres import errors
 from incres import models
@@ -354,9 +353,8 @@ def _write_run(model_name: str, variables, workdir: str, transform_input: bool) 
   if model_name == "googlenet" and "aux_4a" not in params:
     config.model_kwargs.aux_heads = False
   model = state_lib.create_model(config)
-  # The optimizer state's structure does not depend on the schedule's values, which need the
-  # dataset's size (`configs.resolve_config`): a constant schedule stands in for the config's.
-  tx = state_lib.create_optimizer(config, optax.constant_schedule(config.learning_rate))
+  # `import_config` states zero steps, so the config's own schedule needs no dataset.
+  tx = state_lib.create_optimizer(config, state_lib.create_learning_rate_fn(config))
   abstract = state_lib.abstract_train_state(config, model, tx, state_lib.create_mesh())
   # The state a fresh run would have, with the converted variables in place of a random init (not
   # `create_train_state`: compiling the model's init takes longer than the whole conversion).

@@ -28,8 +28,10 @@ Later stages (evaluation, fine-tuning, prediction) load a trained model with `lo
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,6 +51,34 @@ CHECKPOINT_DIR = "checkpoints"
 # Config keys that define what a checkpoint *is*: resuming with any of them changed is refused.
 # Other keys (learning rate, number of steps, ...) may change between runs; the change is logged.
 IDENTITY_KEYS = ("model", "model_kwargs", "num_classes", "dataset", "image_size")
+
+
+def _is_orbax_coroutine(obj: Any) -> bool:
+  code = getattr(obj, "cr_code", None)
+  return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def _finalize_abandoned_reads() -> None:
+  """Finalizes, quietly, the reads orbax abandons when one array of a restore fails.
+
+  When one array file is missing or cut short, orbax raises at once and leaves the other arrays'
+  read coroutines unfinished; whenever the garbage collector later reaches them, Python prints
+  each as "Exception ignored in: <coroutine object _read_array_index_and_device_put ...>" with a
+  long traceback (a hundred of them for a ResNet), long after the damaged step was reported and
+  moved aside. Collecting them here, with only those reports dropped, keeps the run's output to
+  the one warning that matters. Any other unraisable exception is passed on unchanged.
+  """
+  previous = sys.unraisablehook
+
+  def hook(unraisable: Any) -> None:
+    if not _is_orbax_coroutine(unraisable.object):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    gc.collect()
+  finally:
+    sys.unraisablehook = previous
 
 
 class _DropReadOnlyNotices:
@@ -338,6 +368,8 @@ class Checkpointer:
             )
           except Exception as e:  # pylint: disable=broad-except  (a missing or cut array file)
             damage = f"restoring its arrays failed: {_short_error(e)}"
+          if damage is not None:
+            _finalize_abandoned_reads()
         if damage is not None:
           damaged.append((step, damage))
           continue

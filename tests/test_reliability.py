@@ -226,9 +226,7 @@ def test_a_damaged_pixel_mean_cache_is_recomputed(tmp_path, monkeypatch, caplog)
   monkeypatch.setattr(
       data,
       "_index_dataset",
-      lambda source: data.tf.data.Dataset.from_tensor_slices((np.arange(4), images)).map(
-          lambda i, x: (i, x)
-      ),
+      lambda source: data.tf.data.Dataset.from_tensor_slices((np.arange(4), images)),
   )
   config = tiny_config.get_config()
   config.update(dataset="some_tfds_set", data_dir=str(tmp_path), image_size=8)

@@ -88,6 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- Loop, logging, checkpoints (incres.train, incres.checkpoint) ---
   c.log_every_steps = 50
+  c.device_prefetch = 2  # Batches copied to the devices ahead of the step (0: none).
   c.eval_every_epochs = 42.5  # Evaluate four times a run.
   c.eval_every_steps = ml_collections.config_dict.placeholder(int)  # None: from the epochs.
   c.checkpoint_every_epochs = 42.5
@@ -271,6 +272,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
   for key in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
     if config[key] <= 0:
       raise ValueError(f"{key}={config[key]} must be positive.")
+  if config.device_prefetch < 0:
+    raise ValueError(f"device_prefetch={config.device_prefetch} must be 0 (off) or more batches.")
   averaged = [n for n, on in (("eval_ema", config.ema_decay), ("eval_polyak", config.polyak)) if on]
   known = [f"{p}/{m}" for p in ["eval"] + averaged for m in ("top1", "top5", "loss")]
   if config.best_metric and config.best_metric not in known:

@@ -17,6 +17,7 @@ the same parameters, bit for bit, as one that was never interrupted (tested on C
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
@@ -157,6 +158,40 @@ def eval_step(variables: PyTree, batch: Batch, *, model: nn.Module) -> dict[str,
 def make_global_batch(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> Batch:
   """Assembles the per-process batches into global arrays sharded along the batch axis."""
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+class DevicePrefetch:
+  """Global batches already on their way to the devices, `size` steps ahead of the loop.
+
+  `make_global_batch` starts the host-to-device copies without waiting for them, so taking batch k
+  from here queues the copies of batches k+1..k+size, which then overlap step k (and the host's
+  wait for step k-1's metrics). The batches and their order are the iterator's own, so the run and
+  its resume are bitwise those without prefetching; `size=0` is the loop without it. The
+  `skipped` count (unreadable images) includes the batches already prefetched.
+  """
+
+  def __init__(self, batches: Iterator[Any], sharding: NamedSharding, size: int):
+    self._batches = batches
+    self._sharding = sharding
+    self._size = size
+    self._queue: collections.deque[Batch] = collections.deque()
+
+  def __iter__(self) -> DevicePrefetch:
+    return self
+
+  def __next__(self) -> Batch:
+    while len(self._queue) <= self._size:
+      try:
+        self._queue.append(make_global_batch(next(self._batches), self._sharding))
+      except StopIteration:
+        break
+    if not self._queue:
+      raise StopIteration
+    return self._queue.popleft()
+
+  @property
+  def skipped(self) -> int:
+    return getattr(self._batches, "skipped", 0)
 
 
 def evaluate(
@@ -537,12 +572,13 @@ def train_and_evaluate(
   step, stopped, pending = start_step, False, None
   last_train, last_eval = {}, {}
   start_time = time.time()
-  train_iter = data.create_train_iter(config, start_step=start_step)
+  train_iter = DevicePrefetch(
+      data.create_train_iter(config, start_step=start_step), batch_sharding, config.device_prefetch
+  )
   try:
     with _StopRequest() as stop:
       while step < config.num_train_steps:
-        batch = make_global_batch(next(train_iter), batch_sharding)
-        state, step_metrics = p_train_step(state, batch)
+        state, step_metrics = p_train_step(state, next(train_iter))
         step += 1
         # Keep the device busy: read the previous step's metrics only now that this one is queued.
         if pending is not None:

@@ -251,6 +251,38 @@ def test_ema_step_averages_old_and_new_parameters():
 # --- The loop ------------------------------------------------------------------------------------
 
 
+class _Counting:
+  """Batch i is filled with i; counts how many batches were taken."""
+
+  skipped = 5
+
+  def __init__(self, n: int):
+    self.taken, self.n = 0, n
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self.taken == self.n:
+      raise StopIteration
+    self.taken += 1
+    return {"image": np.full((8, 2), self.taken - 1, np.float32)}
+
+
+@pytest.mark.parametrize("size", [0, 2])
+def test_device_prefetch_keeps_size_batches_in_flight_in_order(size):
+  mesh = state_lib.create_mesh()
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  source = _Counting(5)
+  batches = train.DevicePrefetch(source, sharding, size)
+  first = next(batches)
+  assert source.taken == 1 + size  # Batch 0 for the step, `size` more already copied.
+  assert isinstance(first["image"], jax.Array) and first["image"].sharding == sharding
+  rest = [int(b["image"][0, 0]) for b in batches]
+  assert [int(first["image"][0, 0])] + rest == [0, 1, 2, 3, 4]
+  assert batches.skipped == 5  # The source's count of unreadable images passes through.
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
   """6 uninterrupted steps with EMA and Polyak averaging; checkpoints at 2, 4, 6."""
@@ -314,11 +346,15 @@ def test_load_variables_raw_and_averaged(finished_run):
 
 
 def test_resume_is_bitwise_exact(finished_run, tmp_path):
-  """3 steps, then a new run of the same config to 6: the same bits as 6 uninterrupted steps."""
+  """3 steps, then a new run of the same config to 6: the same bits as 6 uninterrupted steps.
+
+  The first 3 steps run without device prefetching: the batches and their order are the same.
+  """
   config, reference, _ = finished_run
   workdir = str(tmp_path / "resumed")
   first = config.copy_and_resolve_references()
   first.num_train_steps = 3
+  first.device_prefetch = 0
   assert train.train_and_evaluate(first, workdir)["step"] == 3
   assert train.train_and_evaluate(config, workdir)["step"] == 6
   for averaged in (False, "ema", "polyak"):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from absl import flags
@@ -43,6 +44,12 @@ class UsageError(errors.ConfigError):
     super().__init__(f"{problem} Run `{prog} --help` for its flags.")
 
 
+def _needs_wrap(paragraph: str) -> bool:
+  """Whether a description paragraph has over-long lines and no hand-made layout."""
+  lines = paragraph.splitlines()
+  return max(map(len, lines)) > 100 and not any(line.startswith(" ") for line in lines)
+
+
 def help_text(
     args: flags.FlagValues, *, prog: str, description: str, positional: str | None = None
 ) -> str:
@@ -53,7 +60,10 @@ def help_text(
   listing = args.get_help(prefix="", include_special_flags=False).splitlines()
   lines = [line for line in listing if line.startswith("  ")]
   lines.append("  -h,--help: Show this help and exit.")
-  return f"{usage}\n\n{description.strip()}\n\nflags:\n" + "\n".join(lines) + "\n"
+  paragraphs = [  # Long lines wrapped; paragraphs laid out by hand (indented commands) kept.
+      textwrap.fill(p, 100) if _needs_wrap(p) else p for p in description.strip().split("\n\n")
+  ]
+  return f"{usage}\n\n" + "\n\n".join(paragraphs) + "\n\nflags:\n" + "\n".join(lines) + "\n"
 
 
 def parse(

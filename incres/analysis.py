@@ -340,11 +340,9 @@ def main(argv: Sequence[str] | None = None) -> Any:
     given = f" (given: {' '.join(rest)})" if rest else ""
     raise cli.UsageError(f"Expected one command, curves or responses{given}", prog)
   command = rest[0]
-  if command == "curves":
-    if wrong := [
-        f"--{n}" for n in ("csv", "dataset", "eval_split", "max_examples") if args[n].present
-    ]:
-      raise cli.UsageError(f"{', '.join(wrong)}: flags of `responses`, not of `curves`", prog)
+  own = [f"--{n}" for n in ("csv", "dataset", "eval_split", "max_examples") if args[n].present]
+  if command == "curves" and own:
+    raise cli.UsageError(f"{', '.join(own)}: flags of `responses`, not of `curves`", prog)
   labels = args.labels.split(",") if args.labels else None
   if command == "curves":
     curves = plot_curves(args.workdir, args.out, labels=labels, title=args.title)

@@ -11,20 +11,21 @@ forward convolution for scale. CPU only (the custom path is used only there).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
+from collections.abc import Sequence
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # As throughput.py: see RESULTS.md.
 
+from absl import flags  # noqa: E402
 import torch  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
-from incres import ops  # noqa: E402
+from incres import cli, errors, ops  # noqa: E402
 
 SHAPES = [
     (128, 32, 16, 16, 3, 1),  # CIFAR ResNet stage 1.
@@ -108,11 +109,15 @@ def _fmt(gflops: float) -> str:
   return f"{gflops:.0f}" if gflops >= 10 else f"{gflops:.2g}"
 
 
-def main(argv: list[str] | None = None) -> None:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--shape", action="append", help="batch,size,cin,cout,kernel,stride (repeatable)")
-  p.add_argument("--steps", type=int, default=7)
-  args = p.parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> None:
+  args = flags.FlagValues()
+  flags.DEFINE_multi_string(
+      "shape", None, "batch,size,cin,cout,kernel,stride (repeatable)", flag_values=args
+  )
+  flags.DEFINE_integer(
+      "steps", 7, "Timed calls per number (the median is reported).", flag_values=args
+  )
+  cli.parse(args, argv, prog="python benchmarks/conv_weight_grad.py", description=__doc__)
   shapes = [tuple(int(v) for v in s.split(",")) for s in args.shape] if args.shape else SHAPES
   print(
       "| batch, size, cin->cout, kernel/stride | XLA forward | XLA weight grad | incres weight grad "
@@ -131,4 +136,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  errors.run(main)  # A flag error: its message and exit status 2, no traceback.

@@ -10,11 +10,13 @@ pipeline keeps it fed (ImageNet recipes need many cores: one core decodes and au
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
+from collections.abc import Sequence
 
-from incres import configs, data
+from absl import flags
+
+from incres import cli, configs, data, errors
 
 IMAGENET_SHAPE = (375, 500, 3)
 
@@ -58,12 +60,17 @@ def _rate(config, evaluate: bool, seconds: float) -> float:
   return count / (time.perf_counter() - start)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
   """Measures every row and prints the table."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--seconds", type=float, default=8.0, help="Timed seconds per row.")
-  parser.add_argument("--batch_size", type=int, default=64)
-  args = parser.parse_args()
+  args = flags.FlagValues()
+  flags.DEFINE_float("seconds", 8.0, "Timed seconds per row.", flag_values=args)
+  flags.DEFINE_integer("batch_size", 64, "Images per batch.", flag_values=args)
+  cli.parse(
+      args,
+      argv,
+      prog="python benchmarks/input_pipeline.py",
+      description=__doc__.split("\n\n")[1],
+  )
 
   print(
       f"Input pipeline on {os.cpu_count()} CPU cores, batch {args.batch_size}, "
@@ -82,4 +89,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  errors.run(main)  # A flag error: its message and exit status 2, no traceback.

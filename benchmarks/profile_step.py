@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 
 import throughput  # noqa: E402
-from incres import ops  # noqa: E402
+from incres import errors, ops  # noqa: E402
 
 
 def _op_events(trace_dir: str) -> list[dict]:
@@ -37,7 +37,7 @@ def _op_events(trace_dir: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-  args = throughput.parse_args(argv)
+  args = throughput.parse_args(argv, prog="python benchmarks/profile_step.py", description=__doc__)
   args.skip_infer = True
   if args.no_cpu_conv_vjp:
     ops.set_cpu_conv_vjp(False)
@@ -69,4 +69,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  errors.run(main)  # A flag error: its message and exit status 2, no traceback.

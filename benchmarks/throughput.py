@@ -20,7 +20,6 @@ run twice to measure a second launch's compile time.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -28,34 +27,44 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any, Callable
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from incres import models, ops
+from incres import cli, errors, models, ops
 
 GiB = 2.0**30
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--model", default="CifarResNet20", choices=sorted(models.MODELS))
-  p.add_argument("--batch", type=int, default=32)
-  p.add_argument("--image_size", type=int, default=None, help="default: the model's design size")
-  p.add_argument("--num_classes", type=int, default=None, help="default: 10 at 32 px, else 1000")
-  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  p.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
-  p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
-  p.add_argument("--vs_torch", action="store_true", help="also time the torch twin, print ratios")
-  p.add_argument("--skip_infer", action="store_true")
-  p.add_argument("--no_cpu_conv_vjp", action="store_true", help="XLA's own conv gradients")
-  p.add_argument("--cache_dir", default=None, help="JAX persistent compilation cache directory")
-  p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-  p.add_argument("--width", type=float, default=None, help="GoogLeNet width (tiny smoke runs)")
-  return p.parse_args(argv)
+def parse_args(
+    argv: Sequence[str] | None = None,
+    prog: str = "python benchmarks/throughput.py",
+    description: str = __doc__,
+) -> flags.FlagValues:
+  """The benchmark's flags (also `profile_step.py`'s), parsed from `argv` (default: sys.argv)."""
+  args = flags.FlagValues()
+  flags.DEFINE_enum("model", "CifarResNet20", sorted(models.MODELS), "The model.", flag_values=args)
+  flags.DEFINE_integer("batch", 32, "Images per step.", flag_values=args)
+  flags.DEFINE_integer("image_size", None, "default: the model's design size", flag_values=args)
+  flags.DEFINE_integer("num_classes", None, "default: 10 at 32 px, else 1000", flag_values=args)
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.", flag_values=args)
+  flags.DEFINE_integer("steps", 5, "timed steps (the median is reported)", flag_values=args)
+  flags.DEFINE_integer("warmup", 2, "untimed steps after compiling", flag_values=args)
+  flags.DEFINE_bool("vs_torch", False, "also time the torch twin, print ratios", flag_values=args)
+  flags.DEFINE_bool("skip_infer", False, "Time the training step only.", flag_values=args)
+  flags.DEFINE_bool("no_cpu_conv_vjp", False, "XLA's own conv gradients", flag_values=args)
+  flags.DEFINE_string(
+      "cache_dir", None, "JAX persistent compilation cache directory", flag_values=args
+  )
+  flags.DEFINE_bool("json", False, "print one JSON object instead of a table", flag_values=args)
+  flags.DEFINE_float("width", None, "GoogLeNet width (tiny smoke runs)", flag_values=args)
+  cli.parse(args, argv, prog=prog, description=description)
+  return args
 
 
 def matmul_peak_flops(dtype: Any = jnp.float32, steps: int = 5) -> float:
@@ -97,7 +106,7 @@ def _cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def setup_jax(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray):
+def setup_jax(args: flags.FlagValues, images: np.ndarray, labels: np.ndarray):
   """Compiles and warms up the JAX train step and inference.
 
   Returns (measurements so far, {"train"/"infer": (step function, XLA's FLOPs per step)}).
@@ -175,7 +184,7 @@ def setup_jax(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray):
   return out, steps
 
 
-def setup_torch(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray):
+def setup_torch(args: flags.FlagValues, images: np.ndarray, labels: np.ndarray):
   """The torch twin's train step and inference, warmed up, as `setup_jax` returns them."""
   import torch  # Only --vs_torch needs torch.
 
@@ -241,7 +250,7 @@ def setup_torch(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray
   return out, steps
 
 
-def synthetic_batch(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_batch(args: flags.FlagValues) -> tuple[np.ndarray, np.ndarray]:
   """A fixed random batch at the model's size; fills in `args.num_classes` if unset."""
   size = args.image_size or models.MODELS[args.model]
   args.num_classes = args.num_classes or (10 if size <= 64 else 1000)
@@ -250,7 +259,7 @@ def synthetic_batch(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
   return images, rng.integers(0, args.num_classes, args.batch).astype(np.int32)
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: flags.FlagValues) -> dict:
   """The whole benchmark; returns the result dict printed by `main`."""
   if args.cache_dir:
     jax.config.update("jax_compilation_cache_dir", args.cache_dir)
@@ -328,4 +337,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  errors.run(main)  # A flag error: its message and exit status 2, no traceback.

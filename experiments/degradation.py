@@ -29,17 +29,17 @@ Run as a script, this file trains the four nets (resuming any that were interrup
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 
+from absl import flags
 import ml_collections
 
 if __package__ in (None, "") and __name__ == "__main__":  # `python experiments/degradation.py`.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from incres import configs  # pylint: disable=g-import-not-at-top
+from incres import cli, configs  # pylint: disable=g-import-not-at-top
 
 # The fixed budget, the same for every net: 300 steps of 64 = 12.8 epochs of the 1,497 digits.
 # Measured on 2 CPU cores shared with other jobs (load ~10): about 7 s / 2 s per step for depth 56 /
@@ -100,18 +100,26 @@ def _train(outdir: str, names: list[str], steps: int, batch: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--outdir", default="runs/degradation")
-  parser.add_argument("--steps", type=int, default=STEPS)
-  parser.add_argument("--batch", type=int, default=BATCH)
-  parser.add_argument(
-      "--parallel", type=int, default=2, help="Training processes at once (each runs its share)."
+  args = flags.FlagValues()
+  flags.DEFINE_string(
+      "outdir", "runs/degradation", "Where the runs and figures go.", flag_values=args
   )
-  parser.add_argument("--only", nargs="*", help="Train only these runs (e.g. plain56); no figures.")
-  parser.add_argument("--skip_training", action="store_true", help="Figures and report only.")
-  args = parser.parse_args(argv)
-
+  flags.DEFINE_integer("steps", STEPS, "Training steps of every run.", flag_values=args)
+  flags.DEFINE_integer("batch", BATCH, "Batch size of every run.", flag_values=args)
+  flags.DEFINE_integer(
+      "parallel", 2, "Training processes at once (each runs its share).", flag_values=args
+  )
+  flags.DEFINE_list(
+      "only", None, "Train only these runs (e.g. plain56,resnet56); no figures.", flag_values=args
+  )
+  flags.DEFINE_bool("skip_training", False, "Figures and report only.", flag_values=args)
+  prog = "python experiments/degradation.py"
+  cli.parse(args, argv, prog=prog, description=__doc__.split("\n\n")[1])
   names = [r[0] for r in RUNS]
+  if unknown := [n for n in args.only or () if n not in names]:
+    raise cli.UsageError(
+        f"--only: unknown run {', '.join(unknown)}; the runs: {', '.join(names)}", prog
+    )
   if not args.skip_training:
     todo = args.only or names
     # Deepest first, so that the two processes finish together: (plain56, plain20), (resnet56, ...).
@@ -127,8 +135,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"--steps={args.steps}",
                   f"--batch={args.batch}",
                   "--parallel=1",
-                  "--only",
-                  *share,
+                  f"--only={','.join(share)}",
               ]
           )
           for share in shares

@@ -17,7 +17,6 @@ descending. The numbers are also written as CSV (`--csv`, default: the figure's 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import re
@@ -25,9 +24,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from absl import flags
 import numpy as np
 
-from incres import errors
+from incres import cli, errors
 
 _MODEL_LABEL = re.compile(r"^(?:Cifar)?(ResNet|Plain)(\d+)$")
 
@@ -306,24 +306,45 @@ def responses_figure(
 
 
 def main(argv: Sequence[str] | None = None) -> Any:
-  parser = argparse.ArgumentParser(
-      prog="python -m incres.analysis", description=__doc__.splitlines()[0]
+  args = flags.FlagValues()
+  flags.DEFINE_multi_string(
+      "workdir", None, "A run; repeat for several.", required=True, flag_values=args
   )
-  sub = parser.add_subparsers(dest="command", required=True)
-  for name, help_text in (("curves", "Figure 6"), ("responses", "Figure 7")):
-    p = sub.add_parser(name, help=help_text)
-    p.add_argument("--workdir", action="append", required=True, help="A run; repeat for several.")
-    p.add_argument("--out", required=True, help="The figure (PNG).")
-    p.add_argument("--labels", default=None, help="Comma-separated legend labels, one per run.")
-    p.add_argument("--title", default=None)
-  responses = sub.choices["responses"]
-  responses.add_argument("--csv", default=None, help="Default: the figure's path with .csv.")
-  responses.add_argument("--dataset", default=None, help="Override the run's dataset.")
-  responses.add_argument("--eval_split", default=None)
-  responses.add_argument("--max_examples", type=int, default=None)
-  args = parser.parse_args(argv)
+  flags.DEFINE_string("out", None, "The figure (PNG).", required=True, flag_values=args)
+  flags.DEFINE_string(
+      "labels", None, "Comma-separated legend labels, one per run.", flag_values=args
+  )
+  flags.DEFINE_string("title", None, "The figure's title.", flag_values=args)
+  # `responses` only:
+  flags.DEFINE_string(
+      "csv", None, "responses: default: the figure's path with .csv.", flag_values=args
+  )
+  flags.DEFINE_string("dataset", None, "responses: override the run's dataset.", flag_values=args)
+  flags.DEFINE_string(
+      "eval_split", None, "responses: override the run's eval split.", flag_values=args
+  )
+  flags.DEFINE_integer(
+      "max_examples", None, "responses: measure on the first examples only.", flag_values=args
+  )
+  prog = "python -m incres.analysis"
+  rest = cli.parse(
+      args,
+      argv,
+      prog=prog,
+      positional="curves|responses",
+      description=__doc__.splitlines()[0]
+      + "\n\ncurves: Figure 6.\nresponses: Figure 7 (the flags that start with 'responses:' are"
+      " its own).",
+  )
+  if len(rest) != 1 or rest[0] not in ("curves", "responses"):
+    given = f" (given: {' '.join(rest)})" if rest else ""
+    raise cli.UsageError(f"Expected one command, curves or responses{given}", prog)
+  command = rest[0]
+  own = [f"--{n}" for n in ("csv", "dataset", "eval_split", "max_examples") if args[n].present]
+  if command == "curves" and own:
+    raise cli.UsageError(f"{', '.join(own)}: flags of `responses`, not of `curves`", prog)
   labels = args.labels.split(",") if args.labels else None
-  if args.command == "curves":
+  if command == "curves":
     curves = plot_curves(args.workdir, args.out, labels=labels, title=args.title)
     for label, c in curves.items():
       train, test = c["train"][1], c["test"][1]

@@ -547,28 +547,47 @@ def next_steps(model_name: str, out: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
   """`python -m incres.convert_torch`: returns 0, or 2 after printing a user error."""
-  import argparse  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
 
-  parser = argparse.ArgumentParser(
+  from incres import cli  # pylint: disable=g-import-not-at-top
+
+  args = flags.FlagValues()
+  flags.DEFINE_enum(
+      "model",
+      None,
+      sorted(TORCHVISION_MODELS),
+      "The torchvision model.",
+      required=True,
+      flag_values=args,
+  )
+  flags.DEFINE_string(
+      "weights", None, "A torchvision .pth state_dict file.", required=True, flag_values=args
+  )
+  flags.DEFINE_string(
+      "out",
+      None,
+      "New (or empty) run directory, usable as config.init_from.",
+      required=True,
+      flag_values=args,
+  )
+  flags.DEFINE_bool(
+      "overwrite",
+      False,
+      "Replace an existing --out (written beside it, read back, then swapped in).",
+      flag_values=args,
+  )
+  flags.DEFINE_bool(
+      "no_transform_input",
+      False,
+      "googlenet: the weights were trained without torchvision's transform_input step.",
+      flag_values=args,
+  )
+  cli.parse(  # A usage error raises cli.UsageError: errors.run prints it and exits 2.
+      args,
+      argv,
       prog="python -m incres.convert_torch",
       description="Convert a torchvision state_dict file into a new incres run directory.",
   )
-  parser.add_argument("--model", required=True, choices=sorted(TORCHVISION_MODELS))
-  parser.add_argument("--weights", required=True, help="A torchvision .pth state_dict file.")
-  parser.add_argument(
-      "--out", required=True, help="New (or empty) run directory, usable as config.init_from."
-  )
-  parser.add_argument(
-      "--overwrite",
-      action="store_true",
-      help="Replace an existing --out (written beside it, read back, then swapped in).",
-  )
-  parser.add_argument(
-      "--no_transform_input",
-      action="store_true",
-      help="googlenet: the weights were trained without torchvision's transform_input step.",
-  )
-  args = parser.parse_args(argv)  # Usage errors exit 2 with argparse's message.
   transform_input = not args.no_transform_input
   try:
     check_out(args.out, args.overwrite, weights=args.weights)  # Before the slow part.

@@ -29,7 +29,6 @@ spare rows of the following batches, which depends only on the files (`create_tr
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import errno
 import functools
@@ -43,16 +42,15 @@ import sys
 import urllib.error
 from typing import Any, Callable, Iterator, Sequence
 
-from absl import logging
+from absl import flags, logging
 import jax
 import ml_collections
 import numpy as np
 import requests
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl import logging
 
-from incres import augment, errors, fileio, runtime
+from incres import augment, cli, errors, fileio, runtime
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -1130,32 +1128,34 @@ def check_folder(root: str) -> tuple[int, list[tuple[str, str]]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """`python -m incres.data check folder:<path>`: lists every unreadable image of a folder."""
-  parser = argparse.ArgumentParser(
-      prog="python -m incres.data", description="Checks of incres datasets."
-  )
-  commands = parser.add_subparsers(dest="command", required=True)
-  check = commands.add_parser(
-      "check",
-      help="Decode every image of a folder: dataset and list the unreadable ones.",
+  prog = "python -m incres.data"
+  rest = cli.parse(
+      flags.FlagValues(),  # `check` has no flags.
+      argv,
+      prog=prog,
+      positional="check DATASET",
       description=(
-          "Decodes every image file under a folder: dataset (every split) as training would, and "
+          "Checks of incres datasets.\n\n"
+          "check DATASET: decodes every image file under a folder: dataset (every split) as "
+          "training would, and "
           "lists each one that fails with the reason. Training skips such files anyway and names "
-          "only the first few; this lists them all. Exit status: 0 if every image decodes, 1 if "
-          "unreadable images were found (listed on stdout), 2 for a usage error (such as a "
-          "folder that does not exist)."
+          "only the first few; this lists them all. DATASET is folder:<path>, as given to "
+          "--config.dataset. Exit status: 0 if every image decodes, 1 if unreadable images were "
+          "found (listed on stdout), 2 for a usage error (such as a folder that does not exist)."
       ),
   )
-  check.add_argument("dataset", help="folder:<path>, as given to --config.dataset.")
-  args = parser.parse_args(argv)
-
-  if not args.dataset.startswith("folder:"):
+  if len(rest) != 2 or rest[0] != "check":
+    given = f" (given: {' '.join(rest)})" if rest else ""
+    raise cli.UsageError(f"Expected `check DATASET`, e.g. check folder:/data/flowers{given}", prog)
+  dataset = rest[1]
+  if not dataset.startswith("folder:"):
     print(
-        f"error: `check` decodes the files of a folder dataset; {args.dataset!r} is not one. Pass "
+        f"error: `check` decodes the files of a folder dataset; {dataset!r} is not one. Pass "
         "folder:<path> (tensorflow-datasets names are checked by tfds when they are prepared).",
         file=sys.stderr,
     )
     return 2
-  root = args.dataset[len("folder:") :]
+  root = dataset[len("folder:") :]
   if not os.path.isdir(root):
     print(
         f"error: folder dataset {root!r} does not exist or is not a directory. Pass the folder "

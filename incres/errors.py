@@ -15,7 +15,8 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable, NoReturn
 
-# Exit status of a command line for a user error (argparse and absl use 2 for usage errors too).
+# Exit status of a command line for a user error, flag errors included (`incres.cli.UsageError`):
+# the usual status of a usage error.
 EXIT_USER_ERROR = 2
 
 

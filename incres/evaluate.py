@@ -37,7 +37,6 @@ box by box; the TensorFlow input pipeline asks it for the boxes of every image.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -45,7 +44,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from absl import flags
 import numpy as np
+
+from incres import cli
 
 PROTOCOLS = ("single", "center", "10crop", "144crop", "multiscale")
 # Lengths for a 224 crop.
@@ -492,22 +494,29 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-  parser = argparse.ArgumentParser(
-      prog="python -m incres.evaluate", description="The papers' test protocols (and ensembles)."
+  args = flags.FlagValues()
+  flags.DEFINE_multi_string(
+      "workdir", None, "A run; repeat for an ensemble.", required=True, flag_values=args
   )
-  parser.add_argument(
-      "--workdir", action="append", required=True, help="A run; repeat for an ensemble."
+  flags.DEFINE_enum("protocol", "center", PROTOCOLS, "The test protocol.", flag_values=args)
+  flags.DEFINE_string("dataset", None, "Override the run's dataset.", flag_values=args)
+  flags.DEFINE_string("eval_split", None, "Override the run's eval split.", flag_values=args)
+  flags.DEFINE_string("data_dir", None, "Override the run's data_dir.", flag_values=args)
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: newest).", flag_values=args)
+  flags.DEFINE_string(
+      "averaged", "false", "false, true, ema or polyak parameters.", flag_values=args
   )
-  parser.add_argument("--protocol", choices=PROTOCOLS, default="center")
-  parser.add_argument("--dataset", default=None, help="Override the run's dataset.")
-  parser.add_argument("--eval_split", default=None, help="Override the run's eval split.")
-  parser.add_argument("--data_dir", default=None)
-  parser.add_argument("--step", type=int, default=None, help="Checkpoint step (default: newest).")
-  parser.add_argument("--averaged", default="false", help="false, true, ema or polyak parameters.")
-  parser.add_argument("--batch_size", type=int, default=None, help="Examples per batch.")
-  parser.add_argument("--max_examples", type=int, default=None)
-  parser.add_argument("--json", default=None, help="Also write the results here.")
-  args = parser.parse_args(argv)
+  flags.DEFINE_integer("batch_size", None, "Examples per batch.", flag_values=args)
+  flags.DEFINE_integer(
+      "max_examples", None, "Score only the first examples (a quick look).", flag_values=args
+  )
+  flags.DEFINE_string("json", None, "Also write the results here.", flag_values=args)
+  cli.parse(
+      args,
+      argv,
+      prog="python -m incres.evaluate",
+      description="The papers' test protocols (and ensembles).",
+  )
   averaged = {"false": False, "true": True}.get(args.averaged.lower(), args.averaged)
   rows = evaluate_workdirs(
       args.workdir,

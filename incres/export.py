@@ -39,7 +39,6 @@ The formats (`--format`, comma-separated; default stablehlo,saved_model):
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import functools
@@ -50,9 +49,10 @@ import sys
 import tempfile
 from typing import Any, Callable, Sequence
 
+from absl import flags
 import numpy as np
 
-from incres import errors
+from incres import cli, errors
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is first imported.
 
@@ -455,43 +455,49 @@ def _unreadable(workdir: str, step: int, error: Exception) -> str:
   )
 
 
-def _averaged_flag(text: str) -> bool | str:
-  value = {"true": True, "false": False}.get(text.lower(), text.lower())
-  if value not in (True, False, "ema", "polyak"):
-    raise argparse.ArgumentTypeError(f"{text!r}: use true, false, ema or polyak")
-  return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
+  args = flags.FlagValues()
+  flags.DEFINE_string(
+      "checkpoint",
+      None,
+      "A workdir or <workdir>/checkpoints/<step>.",
+      required=True,
+      flag_values=args,
+  )
+  flags.DEFINE_string(
+      "out", None, "A new (or empty) directory to write.", required=True, flag_values=args
+  )
+  flags.DEFINE_string(
+      "format",
+      ",".join(DEFAULT_FORMATS),
+      f"Comma-separated: {', '.join(FORMATS)}.",
+      flag_values=args,
+  )
+  flags.DEFINE_enum(
+      "averaged",
+      None,
+      ["true", "false", "ema", "polyak"],
+      "The run's average when it kept one (default), false (raw), true, ema or polyak.",
+      case_sensitive=False,
+      flag_values=args,
+  )
+  flags.DEFINE_string(
+      "platforms",
+      ",".join(DEFAULT_PLATFORMS),
+      "Platforms the StableHLO/SavedModel are lowered for (cpu, cuda, rocm, tpu).",
+      flag_values=args,
+  )
+  cli.parse(
+      args,
+      argv,
       prog="python -m incres.export",
       description="Write a trained run as StableHLO, a TensorFlow SavedModel and/or a torchvision"
       " state_dict (see the module docstring for what the exported functions take).",
   )
-  parser.add_argument(
-      "--checkpoint", required=True, help="A workdir or <workdir>/checkpoints/<step>."
-  )
-  parser.add_argument("--out", required=True, help="A new (or empty) directory to write.")
-  parser.add_argument(
-      "--format", default=",".join(DEFAULT_FORMATS), help=f"Comma-separated: {', '.join(FORMATS)}."
-  )
-  parser.add_argument(
-      "--averaged",
-      type=_averaged_flag,
-      default=None,
-      help="The run's average when it kept one (default), false (raw), true, ema or polyak.",
-  )
-  parser.add_argument(
-      "--platforms",
-      default=",".join(DEFAULT_PLATFORMS),
-      help="Platforms the StableHLO/SavedModel are lowered for (cpu, cuda, rocm, tpu).",
-  )
-  args = parser.parse_args(argv)
+  averaged = {"true": True, "false": False}.get(args.averaged, args.averaged)
   platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
   try:
-    info = export(
-        args.checkpoint, args.out, args.format, averaged=args.averaged, platforms=platforms
-    )
+    info = export(args.checkpoint, args.out, args.format, averaged=averaged, platforms=platforms)
   except errors.UserError as e:  # ExportError, a missing or damaged checkpoint.
     print(errors.message(e), file=sys.stderr)
     return 2

@@ -12,16 +12,16 @@ and skipped; the rest are still classified.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 
+from absl import flags
 import numpy as np
 
-from incres import errors
+from incres import cli, errors
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is first imported.
 
@@ -156,25 +156,29 @@ def predict(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m incres.predict", description=__doc__.split("\n\n")[0]
+  args = flags.FlagValues()
+  flags.DEFINE_string(
+      "checkpoint",
+      None,
+      "A workdir or <workdir>/checkpoints/<step>.",
+      required=True,
+      flag_values=args,
   )
-  parser.add_argument(
-      "--checkpoint", required=True, help="A workdir or <workdir>/checkpoints/<step>."
+  flags.DEFINE_integer("top_k", 5, "Classes printed per image.", flag_values=args)
+  flags.DEFINE_bool("raw", False, "Use the raw, not the averaged, parameters.", flag_values=args)
+  flags.DEFINE_integer(
+      "batch_size", 64, "Images classified at a time.", lower_bound=1, flag_values=args
   )
-  parser.add_argument("--top_k", type=int, default=5)
-  parser.add_argument(
-      "--raw", action="store_true", help="Use the raw, not the averaged, parameters."
+  prog = "python -m incres.predict"
+  images = cli.parse(
+      args, argv, prog=prog, description=__doc__.split("\n\n")[0], positional="IMAGE [IMAGE ...]"
   )
-  parser.add_argument("--batch_size", type=int, default=64, help="Images classified at a time.")
-  parser.add_argument("images", nargs="+")
-  args = parser.parse_args(argv)
-  if args.batch_size < 1:
-    parser.error(f"--batch_size must be at least 1, not {args.batch_size}.")
+  if not images:
+    raise cli.UsageError("Name at least one image file to classify", prog)
   try:
     results, failed = predict(
         args.checkpoint,
-        args.images,
+        images,
         top_k=args.top_k,
         averaged=not args.raw,
         batch_size=args.batch_size,

@@ -15,16 +15,16 @@ the report names the closest paper figure instead. `--figures=DIR` also draws Fi
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from absl import flags
 import ml_collections
 
-from incres import paper
+from incres import cli, paper
 
 
 class PaperFigure(NamedTuple):
@@ -304,20 +304,20 @@ def build_report(
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-  parser = argparse.ArgumentParser(
-      prog="python -m incres.report", description=__doc__.splitlines()[0]
+  args = flags.FlagValues()
+  flags.DEFINE_multi_string(
+      "workdir", None, "A run; repeat for several.", required=True, flag_values=args
   )
-  parser.add_argument(
-      "--workdir", action="append", required=True, help="A run; repeat for several."
+  flags.DEFINE_string(
+      "protocol", None, "Re-evaluate with this incres.evaluate protocol.", flag_values=args
   )
-  parser.add_argument(
-      "--protocol", default=None, help="Re-evaluate with this incres.evaluate protocol."
+  flags.DEFINE_string(
+      "dataset", None, "Override the runs' dataset (with --protocol).", flag_values=args
   )
-  parser.add_argument(
-      "--dataset", default=None, help="Override the runs' dataset (with --protocol)."
+  flags.DEFINE_string(
+      "figures", None, "Draw Figures 6 and 7 into this directory.", flag_values=args
   )
-  parser.add_argument("--figures", default=None, help="Draw Figures 6 and 7 into this directory.")
-  args = parser.parse_args(argv)
+  cli.parse(args, argv, prog="python -m incres.report", description=__doc__.splitlines()[0])
   kwargs = {"dataset": args.dataset} if args.dataset else {}
   text = build_report(args.workdir, protocol=args.protocol, figures_dir=args.figures, **kwargs)
   sys.stdout.write(text)

@@ -7,11 +7,12 @@ cost analysis of the lowered forward pass (flops / 2) beside it as a cross-check
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Sequence
 
-from incres import complexity, errors, models, paper
+from absl import flags
+
+from incres import cli, complexity, errors, models, paper
 
 
 def _fmt(n: float | None, scale: float, unit: str) -> str:
@@ -66,26 +67,24 @@ XLA's lowered cost analysis skips the zero-padded positions, so it reads lower o
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m incres.summary", description=__doc__.splitlines()[0]
+  args = flags.FlagValues()
+  flags.DEFINE_bool("no_xla", False, "Skip XLA's cost analysis (faster).", flag_values=args)
+  flags.DEFINE_alias("no-xla", "no_xla", flag_values=args)
+  names = cli.parse(
+      args,
+      argv,
+      prog="python -m incres.summary",
+      description=__doc__.splitlines()[0] + "\n\nMODEL: model names (default: every model).",
+      positional="[MODEL ...]",
   )
-  parser.add_argument("models", nargs="*", help="Model names (default: every model).")
-  parser.add_argument(
-      "--no_xla",
-      "--no-xla",
-      dest="xla",
-      action="store_false",
-      help="Skip XLA's cost analysis (faster).",
-  )
-  args = parser.parse_args(argv)
-  unknown = [n for n in args.models if n not in models.MODELS]
+  unknown = [n for n in names if n not in models.MODELS]
   if unknown:
     raise errors.ConfigError(
         f"Unknown model {', '.join(map(repr, unknown))}. incres.models has:"
         f" {', '.join(models.MODELS)}."
     )
   start = time.time()
-  print(format_table(rows(args.models or None, xla=args.xla)))
+  print(format_table(rows(names or None, xla=not args.no_xla)))
   print(NOTES.strip())
   print(f"\n({time.time() - start:.1f} s)")
   return 0

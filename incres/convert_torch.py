@@ -4,10 +4,10 @@ Supported: torchvision's `resnet18/34/50/101/152` (to our ResNets with torchvisi
 `stride_in_1x1=False`) and `googlenet` (to `GoogLeNetBN`, torchvision's structure). The converted
 model's `model.apply(variables, nhwc_images, train=False)[0]` equals torchvision's logits on the
 same NCHW images (tested to 1e-4 against torchvision itself). timm's `resnetv2_18/34/50/101/152`
-(pre-activation ResNets, He et al. 2016) convert to `PreActResNet*` in timm's layout (`stem_norm=False,
-stride_in_1x1=False`; see incres/models/preact_resnet.py), tested against timm itself; timm's
-resnetv2 weights expect inputs scaled by mean = std = 0.5, which `transform_input=True` (the default
-for them) builds in, as for GoogLeNet below.
+(pre-activation ResNets, He et al. 2016) convert to `PreActResNet*` in timm's layout
+(`stem_norm=False, stride_in_1x1=False`; see incres/models/preact_resnet.py), tested against timm
+itself; timm's resnetv2 weights expect inputs scaled by mean = std = 0.5, which
+`transform_input=True` (the default for them) builds in, as for GoogLeNet below.
 
 torchvision's pretrained GoogLeNet was ported from TensorFlow and expects its `transform_input`
 step, which maps ImageNet-normalised inputs ((x - mean) / std, per channel) to the [-1, 1] scaling
@@ -104,8 +104,8 @@ def _resnet_module(parts: list[str]) -> tuple[str, ...]:
 
 # --- timm's resnetv2 (pre-activation ResNet) -----------------------------------------------------
 
-# timm's layout of the pre-activation ResNet (see incres/models/preact_resnet.py): no BN in the stem,
-# the first unit pre-activates its own input, the bottleneck strides its 3x3.
+# timm's layout of the pre-activation ResNet (see incres/models/preact_resnet.py): no BN in the
+# stem, the first unit pre-activates its own input, the bottleneck strides its 3x3.
 TIMM_RESNETV2_KWARGS = {"stem_norm": False, "stride_in_1x1": False}
 
 

@@ -1,9 +1,9 @@
-"""Pre-activation ResNet (He et al. 2016, "Identity Mappings in Deep Residual Networks", arXiv 1603.05027).
+"""Pre-activation ResNets, He et al. 2016: "Identity Mappings in Deep Residual Networks".
 
-The "full pre-activation" Residual Unit of Figure 4(e): BN and ReLU come before each weight layer,
-and nothing follows the addition, so the shortcut path from any unit to any later one is a pure
-identity. One `PreActResNet` class over a stage table, as `incres.models.resnet.ResNet`; every named
-model is a `functools.partial` of it.
+arXiv 1603.05027. The "full pre-activation" Residual Unit of Figure 4(e): BN and ReLU come before
+each weight layer, and nothing follows the addition, so the shortcut path from any unit to any
+later one is a pure identity. One `PreActResNet` class over a stage table, as
+`incres.models.resnet.ResNet`; every named model is a `functools.partial` of it.
 
 Faithfulness notes (the paper's Appendix, "Implementation Details", unless said otherwise):
 - First and last units: "we adopt the first activation right after conv1 and before splitting into

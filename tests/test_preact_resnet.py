@@ -236,6 +236,38 @@ def test_export_refuses_a_torchvision_state_dict_for_timms_nets():
     export.torchvision_twin(config)
 
 
+# --- The recipe ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [110, 164, 1001])
+def test_resnet_cifar_preact_selects_the_net_and_the_2016_recipe(depth):
+  from incres import configs, data  # pylint: disable=g-import-not-at-top
+
+  c = configs.load(f"experiments/resnet_cifar.py:preact=True,depth={depth}")
+  assert c.model == f"CifarPreActResNet{depth}" and c.model in models.MODELS
+  c = configs.resolve_config(c, data.DatasetInfo("cifar10", 10, 50_000, 10_000, (32, 32, 3), ()))
+  # Appendix: lr 0.1, /10 at 32k and 48k, batch 128, wd 1e-4, 400 iterations at 0.01 for all depths.
+  assert (c.num_train_steps, tuple(c.lr_boundaries), c.warmup_steps) == (
+      64_000,
+      (32_000, 48_000),
+      400,
+  )
+  assert (c.learning_rate, c.warmup_learning_rate, c.batch_size, c.weight_decay) == (
+      0.1,
+      0.01,
+      128,
+      1e-4,
+  )
+
+
+@pytest.mark.parametrize("arg", ["preact=True,depth=56", "preact=True,depth=164,plain=True"])
+def test_resnet_cifar_preact_refuses_other_depths(arg):
+  from incres import configs  # pylint: disable=g-import-not-at-top
+
+  with pytest.raises(ValueError, match="preact=True takes depth 110, 164 or 1001"):
+    configs.load(f"experiments/resnet_cifar.py:{arg}")
+
+
 # --- Training through train_and_evaluate ---------------------------------------------------------
 
 

@@ -228,6 +228,18 @@ def test_cli_imports_resnetv2_with_its_input_scaling(tmp_path, capsys):
   assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
+def test_an_imported_resnetv2_fits_the_finetune_config_without_a_model_flag():
+  from incres import configs, finetune  # pylint: disable=g-import-not-at-top
+
+  source = convert_torch.import_config("resnetv2_50", num_classes=1000)
+  config = configs.load("experiments/finetune.py:dataset=imagenette")
+  config.num_classes = 10
+  finetune.inherit_architecture(config, source)
+  assert config.model == "PreActResNet50" and config.normalize == "mean_std"
+  kwargs = config.model_kwargs
+  assert (kwargs.stem_norm, kwargs.stride_in_1x1, kwargs.transform_input) == (False, False, True)
+
+
 def test_export_refuses_a_torchvision_state_dict_for_timms_nets():
   from incres import export  # pylint: disable=g-import-not-at-top
 

@@ -227,6 +227,13 @@ def test_cli_imports_resnetv2_with_its_input_scaling(tmp_path, capsys):
   got = np.asarray(model.apply(variables, x, train=False)[0])
   assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
 
+  # Weights of another depth: exit status 2, one paragraph, no traceback, nothing written.
+  other = tmp_path / "other"
+  code = convert_torch.main(["--model=resnetv2_34", f"--weights={weights}", f"--out={other}"])
+  err = capsys.readouterr().err
+  assert code == 2 and "does not fit torchvision's resnetv2_34" in err and "Traceback" not in err
+  assert len(err.strip().splitlines()) == 1 and not other.exists()
+
 
 def test_an_imported_resnetv2_fits_the_finetune_config_without_a_model_flag():
   from incres import configs, finetune  # pylint: disable=g-import-not-at-top

@@ -76,7 +76,7 @@ def test_strides_the_first_1x1_by_default_and_the_3x3_like_timm():
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny_net():
   """An 11-layer bottleneck pre-activation net of width 4, its variables and a 16x16 batch."""
   model = models.CifarPreActResNet164(num_classes=5, width=4, stage_sizes=(1, 1, 1))
   x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
@@ -88,8 +88,8 @@ def _apply(model, **kw):
   return jax.jit(functools.partial(model.apply, **kw), static_argnames="train")
 
 
-def test_same_output_structure_in_both_modes_and_bn_updates_only_in_training(tiny):
-  model, variables, x = tiny
+def test_same_output_structure_in_both_modes_and_bn_updates_only_in_training(tiny_net):
+  model, variables, x = tiny_net
   apply = _apply(model, mutable=["batch_stats"])
   (logits, extras), eval_vars = apply(variables, x, train=False)
   assert logits.shape == (4, 5) and set(extras) == {"features", "aux_logits"}
@@ -105,8 +105,8 @@ def test_same_output_structure_in_both_modes_and_bn_updates_only_in_training(tin
   assert not np.allclose(t_logits, logits)  # Batch statistics differ from the running ones.
 
 
-def test_every_parameter_receives_a_gradient(tiny):
-  model, variables, x = tiny
+def test_every_parameter_receives_a_gradient(tiny_net):
+  model, variables, x = tiny_net
 
   @jax.jit
   def grad(params):
@@ -123,8 +123,8 @@ def test_every_parameter_receives_a_gradient(tiny):
   assert not zero and all(np.all(np.isfinite(g)) for _, g in flat)
 
 
-def test_bfloat16_forward_is_finite_and_close_to_float32(tiny):
-  model, variables, x = tiny
+def test_bfloat16_forward_is_finite_and_close_to_float32(tiny_net):
+  model, variables, x = tiny_net
   model16 = model.clone(dtype=jnp.bfloat16)
   f32 = _apply(model)(variables, x, train=False)[0]
   (bf16, extras), inter = _apply(model16, capture_intermediates=True, mutable=["intermediates"])(
@@ -290,7 +290,7 @@ def test_resnet_cifar_preact_refuses_other_depths(arg):
 # --- Training through train_and_evaluate ---------------------------------------------------------
 
 
-@pytest.mark.slow  # About 20 s on 2 idle cores (compiling the training and evaluation steps).
+@pytest.mark.slow  # Compiles the training and evaluation steps: tens of seconds on 2 cores.
 def test_a_tiny_preact_net_trains_through_train_and_evaluate(tmp_path):
   config = tiny.get(
       steps=4, every=2, eval_split="test[:64]", eval_batch_size=64, lr_boundaries=(2,)

@@ -109,7 +109,8 @@ def _resnet_module(parts: list[str]) -> tuple[str, ...]:
 TIMM_RESNETV2_KWARGS = {"stem_norm": False, "stride_in_1x1": False}
 
 
-def _is_timm_resnetv2(name: str) -> bool:
+def is_timm_resnetv2(name: str) -> bool:
+  """Whether `name` (a key of TORCHVISION_MODELS) is one of timm's resnetv2s, not torchvision's."""
   return name.startswith("resnetv2_")
 
 
@@ -223,7 +224,7 @@ def incres_variable(key: str, name: str, ndim: int) -> tuple[str, tuple[str, ...
     if name == "googlenet":
       path = _googlenet_module(prefix)
     else:
-      path = (_resnetv2_module if _is_timm_resnetv2(name) else _resnet_module)(prefix)
+      path = (_resnetv2_module if is_timm_resnetv2(name) else _resnet_module)(prefix)
   except ConversionError as e:
     raise ConversionError(
         f"{e} The state dict does not look like torchvision's {name}: check that the model name"
@@ -275,7 +276,7 @@ def convert(
     raise ConversionError(
         f"Unknown torchvision model {name!r}; supported: {', '.join(TORCHVISION_MODELS)}."
     )
-  if _is_timm_resnetv2(name):
+  if is_timm_resnetv2(name):
     return convert_timm_resnetv2(state_dict, name, transform_input=transform_input, dtype=dtype)
   is_googlenet = name == "googlenet"
   fc = state_dict.get("fc.weight")
@@ -346,7 +347,7 @@ def import_config(name: str, num_classes: int = 1000, transform_input: bool = Tr
   if name == "googlenet":
     config.augment = "googlenet"
     config.model_kwargs.transform_input = transform_input
-  elif _is_timm_resnetv2(name):
+  elif is_timm_resnetv2(name):
     config.augment = "resnet_imagenet"
     config.model_kwargs.update(TIMM_RESNETV2_KWARGS, transform_input=transform_input)
   else:

@@ -22,14 +22,16 @@ Faithfulness notes (the paper's Appendix, "Implementation Details", unless said 
   does not say. `stride_in_1x1=False` strides the 3x3 (timm, fb.resnet.torch).
 - CIFAR bottleneck nets (ResNet-164/1001): 9n+2 layers, a 3x3 conv of 16 filters, then three
   stages of n bottleneck units with 16/32/64 bottleneck filters and 64/128/256 outputs, as
-  `resnet-pre-act.lua`. Table 4's 1.7M and 10.2M parameters are matched (1,703,258 and 10,327,706).
+  `resnet-pre-act.lua`: 1,703,258 and 10,327,706 parameters. Table 4 gives 1.7M and 10.2M; the
+  latter is the count without BN's scales and shifts (10,178,490), the count with them is 10.3M.
 - He initialisation (fan-out normal), BN momentum and epsilon as `incres.models.resnet`.
 - `stem_norm=False` reproduces timm's `resnetv2_*` (and so imports its weights,
   `incres.convert_torch`): the stem is the 7x7 conv and the max pool only, and the first unit
   pre-activates its own input (its `bn1`), the projection shortcut reading the pre-activated input
   and an identity shortcut the raw one. Same parameter count as the paper's layout (the stem's BN
-  becomes the first unit's); with `stride_in_1x1=False` the parameter trees equal timm's
-  `resnetv2_50/101/152` (25,549,352 / 44,541,480 / 60,185,128) and `resnetv2_18/34`.
+  becomes the first unit's); with `stride_in_1x1=False` every tensor of timm's `resnetv2_18/34/50/
+  101/152` has one twin of its shape here (25,549,352 / 44,541,480 / 60,185,128 parameters for
+  50/101/152), and the logits agree (tests/test_preact_resnet.py).
 - `transform_input`: timm's resnetv2 weights expect inputs scaled by mean = std = 0.5 per channel
   (its `_cfg`); True maps ImageNet mean/std-normalised images to that scale inside the model, as
   `GoogLeNet.transform_input` does for torchvision's GoogLeNet.

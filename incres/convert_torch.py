@@ -3,7 +3,11 @@
 Supported: torchvision's `resnet18/34/50/101/152` (to our ResNets with torchvision's "v1.5" strides,
 `stride_in_1x1=False`) and `googlenet` (to `GoogLeNetBN`, torchvision's structure). The converted
 model's `model.apply(variables, nhwc_images, train=False)[0]` equals torchvision's logits on the
-same NCHW images (tested to 1e-4 against torchvision itself).
+same NCHW images (tested to 1e-4 against torchvision itself). timm's `resnetv2_18/34/50/101/152`
+(pre-activation ResNets, He et al. 2016) convert to `PreActResNet*` in timm's layout
+(`stem_norm=False, stride_in_1x1=False`; see incres/models/preact_resnet.py), tested against timm
+itself; timm's resnetv2 weights expect inputs scaled by mean = std = 0.5, which
+`transform_input=True` (the default for them) builds in, as for GoogLeNet below.
 
 torchvision's pretrained GoogLeNet was ported from TensorFlow and expects its `transform_input`
 step, which maps ImageNet-normalised inputs ((x - mean) / std, per channel) to the [-1, 1] scaling
@@ -50,6 +54,12 @@ TORCHVISION_MODELS = {
     "resnet101": "ResNet101",
     "resnet152": "ResNet152",
     "googlenet": "GoogLeNetBN",
+    # --- timm's pre-activation ResNets (He et al. 2016): `convert_timm_resnetv2` ---
+    "resnetv2_18": "PreActResNet18",
+    "resnetv2_34": "PreActResNet34",
+    "resnetv2_50": "PreActResNet50",
+    "resnetv2_101": "PreActResNet101",
+    "resnetv2_152": "PreActResNet152",
 }
 
 
@@ -90,6 +100,73 @@ def _resnet_module(parts: list[str]) -> tuple[str, ...]:
     if len(rest) == 1 and re.fullmatch(r"(conv|bn)\d", rest[0]):
       return (block, rest[0])
   raise ConversionError(f"Unexpected ResNet tensor prefix {'.'.join(parts)!r}.")
+
+
+# --- timm's resnetv2 (pre-activation ResNet) -----------------------------------------------------
+
+# timm's layout of the pre-activation ResNet (see incres/models/preact_resnet.py): no BN in the
+# stem, the first unit pre-activates its own input, the bottleneck strides its 3x3.
+TIMM_RESNETV2_KWARGS = {"stem_norm": False, "stride_in_1x1": False}
+
+
+def is_timm_resnetv2(name: str) -> bool:
+  """Whether `name` (a key of TORCHVISION_MODELS) is one of timm's resnetv2s, not torchvision's."""
+  return name.startswith("resnetv2_")
+
+
+def _resnetv2_module(parts: list[str]) -> tuple[str, ...]:
+  """timm resnetv2 module path (without the tensor name) -> our PreActResNet module path."""
+  if parts == ["stem", "conv"]:
+    return ("stem_conv",)
+  if parts == ["norm"]:
+    return ("final_bn",)
+  if parts == ["head", "fc"]:
+    return ("head",)
+  if len(parts) >= 5 and parts[0] == "stages" and parts[2] == "blocks":
+    block = f"stage{int(parts[1]) + 1}_block{parts[3]}"
+    rest = parts[4:]
+    if rest == ["downsample", "conv"]:
+      return (block, "proj_conv")
+    m = re.fullmatch(r"(conv|norm)(\d)", rest[0]) if len(rest) == 1 else None
+    if m:
+      return (block, ("conv" if m.group(1) == "conv" else "bn") + m.group(2))
+  raise ConversionError(f"Unexpected resnetv2 tensor prefix {'.'.join(parts)!r}.")
+
+
+def convert_timm_resnetv2(
+    state_dict: Mapping[str, Any], name: str, *, transform_input: bool | None = None, dtype=None
+):
+  """timm's `resnetv2_*` state dict -> `(model, variables)` of the matching `PreActResNet`.
+
+  The model has timm's layout (`TIMM_RESNETV2_KWARGS`); `transform_input` (default True) builds in
+  the step from ImageNet mean/std inputs to the 0.5/0.5 scaling timm's resnetv2 weights expect.
+  """
+  fc = state_dict.get("head.fc.weight")
+  if fc is None:
+    raise ConversionError(
+        f"The state dict has no 'head.fc.weight': is it really a timm {name}? Check that --model"
+        " matches the weights file."
+    )
+  num_classes = int(fc.shape[0])
+  kwargs: dict[str, Any] = {
+      "num_classes": num_classes,
+      **TIMM_RESNETV2_KWARGS,
+      "transform_input": True if transform_input is None else transform_input,
+  }
+  if dtype is not None:
+    kwargs["dtype"] = dtype
+  model = models.get_model(TORCHVISION_MODELS[name], **kwargs)
+  variables: dict = {"params": {}, "batch_stats": {}}
+  for key, tensor in state_dict.items():
+    value = _np(tensor)
+    if key == "head.fc.weight":  # timm's classifier is a 1x1 conv: (classes, features, 1, 1).
+      value = value.reshape(value.shape[0], -1)
+    where = incres_variable(key, name, value.ndim)
+    if where is not None:
+      collection, path = where
+      _set(variables[collection], path, to_incres_layout(value, path))
+  _check_structure(model, variables, name)
+  return model, jax.tree.map(jax.numpy.asarray, variables)
 
 
 _GOOGLENET_BRANCHES = {
@@ -144,7 +221,10 @@ def incres_variable(key: str, name: str, ndim: int) -> tuple[str, tuple[str, ...
   if leaf == "num_batches_tracked":
     return None
   try:
-    path = (_googlenet_module if name == "googlenet" else _resnet_module)(prefix)
+    if name == "googlenet":
+      path = _googlenet_module(prefix)
+    else:
+      path = (_resnetv2_module if is_timm_resnetv2(name) else _resnet_module)(prefix)
   except ConversionError as e:
     raise ConversionError(
         f"{e} The state dict does not look like torchvision's {name}: check that the model name"
@@ -196,6 +276,8 @@ def convert(
     raise ConversionError(
         f"Unknown torchvision model {name!r}; supported: {', '.join(TORCHVISION_MODELS)}."
     )
+  if is_timm_resnetv2(name):
+    return convert_timm_resnetv2(state_dict, name, transform_input=transform_input, dtype=dtype)
   is_googlenet = name == "googlenet"
   fc = state_dict.get("fc.weight")
   if fc is None:
@@ -265,6 +347,9 @@ def import_config(name: str, num_classes: int = 1000, transform_input: bool = Tr
   if name == "googlenet":
     config.augment = "googlenet"
     config.model_kwargs.transform_input = transform_input
+  elif is_timm_resnetv2(name):
+    config.augment = "resnet_imagenet"
+    config.model_kwargs.update(TIMM_RESNETV2_KWARGS, transform_input=transform_input)
   else:
     config.augment = "resnet_imagenet"
     config.model_kwargs.stride_in_1x1 = False

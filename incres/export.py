@@ -179,6 +179,12 @@ def torchvision_twin(config) -> tuple[str, dict[str, Any]]:
         " stablehlo or saved_model instead."
     )
   name = names[config.model]
+  if convert_torch.is_timm_resnetv2(name):
+    raise ExportError(
+        f"{config.model} is imported from timm's {name}, which torchvision does not have:"
+        " --format=torch writes torchvision state_dicts only. Export it as stablehlo or"
+        " saved_model instead."
+    )
   model = state.create_model(config)
   if name == "googlenet":
     reference = models.get_model(config.model, num_classes=model.num_classes)

@@ -98,3 +98,53 @@ IMAGENET_TOP5_ERR_MULTISCALE = {
     "ResNet101": 4.60,
     "ResNet152": 4.49,
 }
+
+# --- Pre-activation ResNets: He et al. 2016, "Identity Mappings in Deep Residual Networks" (arXiv
+# 1603.05027, ECCV 2016). Tables as numbered in the arXiv/ECCV text: Table 3 (CIFAR, original vs
+# pre-activation unit), Table 4 (CIFAR vs the state of the art, with parameter counts; medians of 5
+# runs), Table 5 (ImageNet single crop). Page numbers could not be confirmed from the text found
+# (a transcription without pagination), so none are given. ---
+
+# Exact counts (eval_shape). The ImageNet nets equal timm's resnetv2_18/34/50/101/152 (checked
+# with timm.create_model(name, pretrained=False)); PreActResNet200 is fb.resnet.torch's table.
+# CIFAR: Table 4 gives 1.7M for ResNet-164 and 10.2M for ResNet-1001. Without the BN scales and
+# shifts the counts are 1,679,034 and 10,178,490: Table 4's 10.2M matches that, while the count
+# with BN rounds to 10.3M (the 2015 paper's 19.4M for ResNet-1202 includes BN). ResNet-110's is the
+# 2015 net's: moving BN before the convolutions keeps the number of BN layers.
+PARAMS.update(
+    {
+        "PreActResNet18": 11_687_720,
+        "PreActResNet34": 21_795_880,
+        "PreActResNet50": 25_549_352,
+        "PreActResNet101": 44_541_480,
+        "PreActResNet152": 60_185_128,
+        "PreActResNet200": 64_666_152,
+        "CifarPreActResNet110": 1_727_962,
+        "CifarPreActResNet164": 1_703_258,
+        "CifarPreActResNet1001": 10_327_706,
+    }
+)
+# The 2016 paper gives no multiply-adds; pre-activation moves BN and ReLU, not convolutions, so the
+# 2015 paper's Table 1 figures hold for the same depths (stride on the bottleneck's first 1x1).
+MACS.update(
+    {
+        "PreActResNet18": 1.8e9,
+        "PreActResNet34": 3.6e9,
+        "PreActResNet50": 3.8e9,
+        "PreActResNet101": 7.6e9,
+        "PreActResNet152": 11.3e9,
+    }
+)
+# Test error (%), Table 3 (ResNet-110: also Table 2's "full pre-activation" row) and Table 4;
+# medians of 5 runs (Table 4: ResNet-1001 4.89 ± 0.14 mean on CIFAR-10, 22.68 ± 0.22 on
+# CIFAR-100; with mini-batch 64 instead of 128, 4.62 on CIFAR-10).
+PREACT_CIFAR10_ERR = {
+    "CifarPreActResNet110": 6.37,
+    "CifarPreActResNet164": 5.46,
+    "CifarPreActResNet1001": 4.92,
+}
+PREACT_CIFAR100_ERR = {"CifarPreActResNet164": 24.33, "CifarPreActResNet1001": 22.71}
+# Table 5, ImageNet val, single 320x320 crop from the image resized to 320 (trained on 224 crops,
+# scale augmentation): top-1 / top-5 error (%). No pre-activation figure at 224 is given.
+PREACT_IMAGENET_TOP1_ERR_320CROP = {"PreActResNet152": 21.1, "PreActResNet200": 20.7}
+PREACT_IMAGENET_TOP5_ERR_320CROP = {"PreActResNet152": 5.5, "PreActResNet200": 5.3}

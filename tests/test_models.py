@@ -84,6 +84,12 @@ FEATURES = {
     **{n: 512 for n in ("ResNet18", "ResNet34", "Plain18", "Plain34")},
     **{n: 2048 for n in ("ResNet50", "ResNet101", "ResNet152")},
     **{f"Cifar{kind}{d}": 64 for kind in ("ResNet", "Plain") for d in (20, 32, 44, 56, 110, 1202)},
+    # Pre-activation ResNets (incres/models/preact_resnet.py; their own tests: test_preact_resnet.py).
+    **{f"PreActResNet{d}": 512 for d in (18, 34)},
+    **{f"PreActResNet{d}": 2048 for d in (50, 101, 152, 200)},
+    "CifarPreActResNet110": 64,
+    "CifarPreActResNet164": 256,
+    "CifarPreActResNet1001": 256,
 }
 
 

@@ -34,6 +34,22 @@ from incres.models.resnet import (
     ResNet152,
 )
 
+# --- Pre-activation ResNets (He et al. 2016) ---
+from incres.models.preact_resnet import (
+    CifarPreActResNet110,
+    CifarPreActResNet164,
+    CifarPreActResNet1001,
+    PreActBasicBlock,
+    PreActBottleneck,
+    PreActResNet,
+    PreActResNet18,
+    PreActResNet34,
+    PreActResNet50,
+    PreActResNet101,
+    PreActResNet152,
+    PreActResNet200,
+)
+
 # Named models and the input size each was designed for.
 MODELS = {
     "GoogLeNet": 224,
@@ -58,6 +74,16 @@ MODELS = {
     "CifarPlain44": 32,
     "CifarPlain56": 32,
     "CifarPlain110": 32,
+    # --- Pre-activation ResNets (He et al. 2016) ---
+    "PreActResNet18": 224,
+    "PreActResNet34": 224,
+    "PreActResNet50": 224,
+    "PreActResNet101": 224,
+    "PreActResNet152": 224,
+    "PreActResNet200": 224,
+    "CifarPreActResNet110": 32,
+    "CifarPreActResNet164": 32,
+    "CifarPreActResNet1001": 32,
 }
 
 

@@ -1,0 +1,228 @@
+"""Pre-activation ResNets, He et al. 2016: "Identity Mappings in Deep Residual Networks".
+
+arXiv 1603.05027. The "full pre-activation" Residual Unit of Figure 4(e): BN and ReLU come before
+each weight layer, and nothing follows the addition, so the shortcut path from any unit to any
+later one is a pure identity. One `PreActResNet` class over a stage table, as
+`incres.models.resnet.ResNet`; every named model is a `functools.partial` of it.
+
+Faithfulness notes (the paper's Appendix, "Implementation Details", unless said otherwise):
+- First and last units: "we adopt the first activation right after conv1 and before splitting into
+  two paths" (BN-ReLU `stem_bn`, before the ImageNet stem's max pool as in fb.resnet.torch's
+  `preresnet.lua`, so the first unit has no pre-activation of its own), and "an extra activation
+  right after its element-wise addition" for the last unit (BN-ReLU `final_bn` before the average
+  pool and the classifier).
+- Shortcuts: identity wherever the shape is kept. Where it changes, the bottleneck nets use
+  projection shortcuts (option B) that are "also with pre-activation": the 1x1 conv reads the
+  unit's pre-activated input, and has no BN of its own (a BN there would sit on the shortcut path).
+  The CIFAR basic-block ResNet-110 keeps the 2015 paper's option A (the Appendix names projections
+  only for the bottleneck nets); its subsampled, zero-padded shortcut reads the pre-activated input
+  too, as in fb.resnet.torch's `preresnet.lua`.
+- Bottleneck strides: on the first 1x1 conv (`stride_in_1x1=True`), as in the authors' released
+  code (KaimingHe/resnet-1k-layers, `resnet-pre-act.lua`) and the 2015 paper; the 2016 paper itself
+  does not say. `stride_in_1x1=False` strides the 3x3 (timm, fb.resnet.torch).
+- CIFAR bottleneck nets (ResNet-164/1001): 9n+2 layers, a 3x3 conv of 16 filters, then three
+  stages of n bottleneck units with 16/32/64 bottleneck filters and 64/128/256 outputs, as
+  `resnet-pre-act.lua`: 1,703,258 and 10,327,706 parameters. Table 4 gives 1.7M and 10.2M; the
+  latter is the count without BN's scales and shifts (10,178,490), the count with them is 10.3M.
+- He initialisation (fan-out normal), BN momentum and epsilon as `incres.models.resnet`.
+- `stem_norm=False` reproduces timm's `resnetv2_*` (and so imports its weights,
+  `incres.convert_torch`): the stem is the 7x7 conv and the max pool only, and the first unit
+  pre-activates its own input (its `bn1`), the projection shortcut reading the pre-activated input
+  and an identity shortcut the raw one. Same parameter count as the paper's layout (the stem's BN
+  becomes the first unit's); with `stride_in_1x1=False` every tensor of timm's `resnetv2_18/34/50/
+  101/152` has one twin of its shape here (25,549,352 / 44,541,480 / 60,185,128 parameters for
+  50/101/152), and the logits agree (tests/test_preact_resnet.py).
+- `transform_input`: timm's resnetv2 weights expect inputs scaled by mean = std = 0.5 per channel
+  (its `_cfg`); True maps ImageNet mean/std-normalised images to that scale inside the model, as
+  `GoogLeNet.transform_input` does for torchvision's GoogLeNet.
+- Nothing is sown into `intermediates`: Figure 7's responses (after BN, before the addition) are
+  the original unit's; a pre-activation unit has no BN after its last conv.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from incres import ops
+from incres.models.resnet import he_normal, shortcut_a
+
+ModuleDef = Any
+
+
+class _PreActBlock(nn.Module):
+  """Shared pre-activation and shortcut logic of the basic and bottleneck units."""
+
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  strides: int = 1
+  shortcut: str = "B"
+  preact: bool = True  # False: the input is already activated (the network's first unit).
+  expansion: int = 1
+
+  def preactivate(self, x):
+    """BN-ReLU of the unit's input (`bn1`), or the input itself when it is already activated."""
+    return nn.relu(self.norm(name="bn1")(x)) if self.preact else x
+
+  def add_shortcut(self, x, x_act, y):
+    """y + the shortcut: identity of the raw input, or a projection / option A of `x_act`."""
+    out_channels = self.filters * self.expansion
+    shape_changes = self.strides > 1 or x.shape[-1] != out_channels
+    if self.shortcut == "C" or (self.shortcut == "B" and shape_changes):
+      s = (self.strides, self.strides)
+      return y + self.conv(out_channels, (1, 1), s, name="proj_conv")(x_act)
+    if shape_changes:
+      if self.shortcut not in ("A", "B"):
+        raise ValueError(f"Unknown shortcut option {self.shortcut!r}; use 'A', 'B' or 'C'.")
+      return y + shortcut_a(x_act, out_channels, self.strides)
+    return y + x  # No activation after the addition (Figure 4(e)).
+
+
+class PreActBasicBlock(_PreActBlock):
+  """BN-ReLU-3x3, BN-ReLU-3x3 (Figure 4(e) on the basic unit)."""
+
+  @nn.compact
+  def __call__(self, x):
+    x_act = self.preactivate(x)
+    s = (self.strides, self.strides)
+    y = self.conv(self.filters, (3, 3), s, name="conv1")(x_act)
+    y = nn.relu(self.norm(name="bn2")(y))
+    y = self.conv(self.filters, (3, 3), name="conv2")(y)
+    return self.add_shortcut(x, x_act, y)
+
+
+class PreActBottleneck(_PreActBlock):
+  """BN-ReLU-1x1 reduce, BN-ReLU-3x3, BN-ReLU-1x1 expand (x4)."""
+
+  expansion: int = 4
+  stride_in_1x1: bool = True  # The authors' code; False: timm's and fb.resnet.torch's 3x3.
+
+  @nn.compact
+  def __call__(self, x):
+    x_act = self.preactivate(x)
+    s = (self.strides, self.strides)
+    s1, s3 = (s, (1, 1)) if self.stride_in_1x1 else ((1, 1), s)
+    y = self.conv(self.filters, (1, 1), s1, name="conv1")(x_act)
+    y = nn.relu(self.norm(name="bn2")(y))
+    y = self.conv(self.filters, (3, 3), s3, name="conv2")(y)
+    y = nn.relu(self.norm(name="bn3")(y))
+    y = self.conv(self.filters * self.expansion, (1, 1), name="conv3")(y)
+    return self.add_shortcut(x, x_act, y)
+
+
+class PreActResNet(nn.Module):
+  """A pre-activation ResNet over a stage table.
+
+  `stem="imagenet"`: 7x7/2 conv `width`, 3x3/2 max pool. `stem="cifar"`: one 3x3 conv `width`.
+  Stage i has `stage_sizes[i]` units of `width * 2**i` filters (x4 outputs for bottlenecks); stages
+  after the first start with stride 2. Returns `(logits, {'features', 'aux_logits': ()})` in every
+  mode; the features are the average-pooled output of the final BN-ReLU.
+  """
+
+  stage_sizes: Sequence[int]
+  block: ModuleDef
+  num_classes: int = 1000
+  width: int = 64
+  stem: str = "imagenet"
+  shortcut: str = "B"
+  stride_in_1x1: bool = True
+  stem_norm: bool = True  # False: timm's resnetv2 layout (see the module docstring).
+  transform_input: bool = False  # ImageNet mean/std inputs -> timm's (x - 0.5) / 0.5 scale.
+  bn_momentum: float = 0.9  # Torch's 0.1 in Flax's convention.
+  bn_epsilon: float = 1e-5
+  frozen_bn: bool = False  # Always normalise with the running statistics (frozen fine-tuning).
+  cpu_conv_vjp: str = "auto"  # The CPU gradient paths of incres.ops: "auto", "on" or "off".
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    # `ops.Conv` is `nn.Conv` (same parameters) with a fast weight gradient on XLA:CPU.
+    conv = ops.conv_factory(
+        self.cpu_conv_vjp,
+        use_bias=False,
+        kernel_init=he_normal,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+    )
+    norm = functools.partial(
+        nn.BatchNorm,
+        use_running_average=not train or self.frozen_bn,
+        momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+    )
+    block = self.block
+    if block is PreActBottleneck:
+      block = functools.partial(PreActBottleneck, stride_in_1x1=self.stride_in_1x1)
+
+    if self.transform_input:  # ImageNet mean/std normalisation -> timm resnetv2's 0.5/0.5 scale.
+      mean, std = jnp.array([0.485, 0.456, 0.406]), jnp.array([0.229, 0.224, 0.225])
+      x = x * (std / 0.5) + (mean - 0.5) / 0.5
+    x = jnp.asarray(x, self.dtype)
+    stem_bn = lambda x: nn.relu(norm(name="stem_bn")(x)) if self.stem_norm else x
+    if self.stem == "imagenet":
+      x = stem_bn(conv(self.width, (7, 7), (2, 2), name="stem_conv")(x))
+      x = ops.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), cpu_conv_vjp=self.cpu_conv_vjp)
+    elif self.stem == "cifar":
+      x = stem_bn(conv(self.width, (3, 3), name="stem_conv")(x))
+    else:
+      raise ValueError(f"Unknown stem {self.stem!r}; use 'imagenet' or 'cifar'.")
+
+    for i, num_blocks in enumerate(self.stage_sizes):
+      for j in range(num_blocks):
+        x = block(
+            filters=self.width * 2**i,
+            conv=conv,
+            norm=norm,
+            strides=2 if i > 0 and j == 0 else 1,
+            shortcut=self.shortcut,
+            preact=not (self.stem_norm and i == 0 and j == 0),
+            name=f"stage{i + 1}_block{j}",
+        )(x)
+
+    x = nn.relu(norm(name="final_bn")(x))  # The last unit's extra activation.
+    features = jnp.mean(x, axis=(1, 2))  # Global average pool.
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(
+        features
+    )
+    return jnp.asarray(logits, jnp.float32), {
+        "features": jnp.asarray(features, jnp.float32),
+        "aux_logits": (),
+    }
+
+
+PreActResNet18 = functools.partial(PreActResNet, stage_sizes=(2, 2, 2, 2), block=PreActBasicBlock)
+PreActResNet34 = functools.partial(PreActResNet, stage_sizes=(3, 4, 6, 3), block=PreActBasicBlock)
+PreActResNet50 = functools.partial(PreActResNet, stage_sizes=(3, 4, 6, 3), block=PreActBottleneck)
+PreActResNet101 = functools.partial(PreActResNet, stage_sizes=(3, 4, 23, 3), block=PreActBottleneck)
+PreActResNet152 = functools.partial(PreActResNet, stage_sizes=(3, 8, 36, 3), block=PreActBottleneck)
+# Table 5's deepest ImageNet net (fb.resnet.torch's 200-layer stage table).
+PreActResNet200 = functools.partial(
+    PreActResNet, stage_sizes=(3, 24, 36, 3), block=PreActBottleneck
+)
+
+
+def _cifar(depth: int, bottleneck: bool) -> Callable[..., PreActResNet]:
+  """Basic units: 6n+2 layers, option A (2015 §4.2); bottlenecks: 9n+2 layers, option B."""
+  per_unit = 9 if bottleneck else 6
+  assert (depth - 2) % per_unit == 0, depth
+  n = (depth - 2) // per_unit
+  return functools.partial(
+      PreActResNet,
+      stage_sizes=(n, n, n),
+      block=PreActBottleneck if bottleneck else PreActBasicBlock,
+      num_classes=10,
+      width=16,
+      stem="cifar",
+      shortcut="B" if bottleneck else "A",
+  )
+
+
+CifarPreActResNet110 = _cifar(110, bottleneck=False)
+CifarPreActResNet164 = _cifar(164, bottleneck=True)
+CifarPreActResNet1001 = _cifar(1001, bottleneck=True)

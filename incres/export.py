@@ -180,7 +180,7 @@ def torchvision_twin(config) -> tuple[str, dict[str, Any]]:
     )
   name = names[config.model]
   model = state.create_model(config)
-  if name == "googlenet":
+  if name in convert_torch.TRANSFORM_INPUT_MODELS:  # googlenet, inception_v3.
     reference = models.get_model(config.model, num_classes=model.num_classes)
     kwargs = {
         "num_classes": model.num_classes,

@@ -284,6 +284,9 @@ class InceptionV3(nn.Module):
 
   num_classes: int = 1000
   width: float = 1.0  # Multiplies every channel count (1.0: the released net's; small for tests).
+  # The modules after the stem; tests use a shorter table (one module of each kind) to compile
+  # in a fraction of the time. The auxiliary head follows the module named `AUX_AFTER`.
+  layout: tuple[tuple[str, str, int], ...] = LAYOUT
   dropout_rate: float = 0.5  # torchvision's; TF-slim's is 0.2 (keep 0.8).
   aux_heads: bool = True
   bn_momentum: float = 0.9  # Flax's convention (torch's 0.1); TF-slim trains with 0.9997.
@@ -326,7 +329,7 @@ class InceptionV3(nn.Module):
         x = unit(c(layer.features), k, layer.stride, layer.padding, name=layer.name)(x)
 
     aux_logits = []
-    for name, kind, arg in LAYOUT:
+    for name, kind, arg in self.layout:
       x = blocks[kind](arg, name)(x)
       # The head runs only in training, but `init` (train=False) must still create its params.
       if name == AUX_AFTER and self.aux_heads and (train or self.is_initializing()):

@@ -227,19 +227,21 @@ def test_converted_auxiliary_head_equals_torchvisions():
   np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())
 
 
-def test_state_dict_names_round_trip_and_other_weights_fail_clearly():
+def test_state_dict_round_trips_through_export_and_other_weights_fail_clearly():
+  from incres import export
+
   torch, tv = _torchvision_inception_v3()
   sd = tv.state_dict()
   _, variables = convert_torch.convert(sd, "inception_v3")
+  config = convert_torch.import_config("inception_v3", 10)
+  assert config.image_size == 299 and config.model_kwargs.transform_input
+  back, constructor = export.torch_state_dict(config, variables)  # Loads it with strict=True.
+  assert back.keys() == sd.keys()
   for key, tensor in sd.items():
-    where = convert_torch.incres_variable(key, "inception_v3", tensor.ndim)
-    if where is None:
-      assert key.endswith("num_batches_tracked")
-      continue
-    collection, path = where
-    value = functools.reduce(lambda t, k: t[k], path, variables[collection])
-    back = convert_torch.to_torch_layout(np.asarray(value), path)
-    np.testing.assert_array_equal(back, tensor.numpy())
+    assert torch.equal(back[key], tensor) or key.endswith("num_batches_tracked"), key
+  assert constructor == (
+      "torchvision.models.inception_v3(num_classes=10, aux_logits=True, transform_input=True)"
+  )
   no_aux = {k: v for k, v in sd.items() if not k.startswith("AuxLogits.")}
   assert not convert_torch.convert(no_aux, "inception_v3")[0].aux_heads
   with pytest.raises(convert_torch.ConversionError, match="torchvision's inception_v3"):

@@ -5,13 +5,14 @@ decoding at 299x299 needs many CPU cores (see benchmarks/input_pipeline.py).
 Expected time (estimate, not yet measured): Inception-v3, 100 epochs = 4.0M steps of 32, ~2 days on
 one H100, input pipeline permitting.
 Reproduces Inception-v3 ("Rethinking the Inception Architecture", arXiv 1512.00567): ILSVRC-2012
-validation, single model, single crop, top-1 / top-5 error 21.2 % / 5.6 % (abstract, p. 1; the
-same as the Inception-v4 paper's Table 2), at 5 billion multiply-adds (5.713G counted here).
+validation, single model, single crop, top-1 / top-5 error 21.2 % / 5.6 % (abstract, p. 1; also
+Inception-v3's row in the Inception-v4 paper's Table 2, not re-checked here), at "5 billion"
+multiply-adds (5.713G counted here).
 
 Arguments (`--config=experiments/inception.py:model=v3,...`):
   model: v3 (InceptionV3), v4 (InceptionV4), resnet_v1 (InceptionResNetV1) or resnet_v2
     (InceptionResNetV2); the last three are the Inception-v4 paper's (arXiv 1602.07261) nets, built
-    in incres.models.inception_v4, and take the same recipe (that paper's §4: RMSProp, decay 0.9,
+    in incres.models.inception_v4, and take the same recipe (that paper's training methodology, not re-checked here: RMSProp, decay 0.9,
     epsilon 1.0, lr 0.045 decayed by 0.94 every two epochs).
   dataset: imagenet2012 (default; manual download), imagenette, digits, fake, folder:<path>, ...
     32x32 datasets (digits, CIFAR) are resized to 75x75, the smallest input the networks take, and
@@ -20,11 +21,12 @@ Arguments (`--config=experiments/inception.py:model=v3,...`):
   smoke: True shrinks everything to a few steps (dataset fake by default; ~minutes on a laptop,
     most of it compiling the full-size network).
 
-Recipe (Rethinking §8 as we read it; the brief's numbers): RMSProp with decay 0.9 and epsilon 1.0
+Recipe (Rethinking §8, as quoted from the paper; our search tool only reached its abstract, so
+these are not re-checked against the text here): RMSProp with decay 0.9 and epsilon 1.0
 (TensorFlow's RMSPropOptimizer: epsilon inside the square root, mean square starting at 1,
 momentum 0.9), learning rate 0.045 decayed by 0.94 every two epochs (staircase, optax
-`exponential_decay`), gradient clipping at global norm 2.0, label smoothing 0.1 (§7; v3 only, the
-Inception-v4 paper does not use it), evaluation with a running average of the parameters (EMA,
+`exponential_decay`), gradient clipping at global norm 2.0, label smoothing 0.1 (§7; v3 only: the
+Inception-v4 paper's recipe, as we read it, does not mention it), evaluation with a running average of the parameters (EMA,
 decay 0.9999 as in Google's Inception training code). The paper trained 50 asynchronous replicas
 of batch 32 for 100 epochs; one synchronous batch of 32 here (the paper gives no rule for scaling
 the rate with the batch). Not stated by the paper, taken from TF-slim's Inception code: weight

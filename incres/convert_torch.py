@@ -141,7 +141,9 @@ def _inception_v3_module(parts: list[str]) -> tuple[str, ...]:
   """
   if parts == ["fc"]:
     return ("head",)
-  if parts[0] == "AuxLogits" and (parts[1:] == ["fc"] or parts[1] in ("conv0", "conv1")):
+  if not parts:
+    raise ConversionError("A tensor name without a module path is not Inception-v3's.")
+  if parts[0] == "AuxLogits" and (parts[1:] == ["fc"] or parts[1:2] in (["conv0"], ["conv1"])):
     return ("aux_6e", *parts[1:])
   stem = re.fullmatch(r"Conv2d_\d[ab]_\dx\d", parts[0])
   mixed = re.fullmatch(r"Mixed_\d[a-e]", parts[0])

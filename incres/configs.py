@@ -61,10 +61,13 @@ def base_config() -> ml_collections.ConfigDict:
   # explicit num_train_steps changes the length and the derived values keep their proportions.
   c.num_epochs = 170.0  # About 2,000 steps of 128 on digits' 1,497 training images.
   c.num_train_steps = ml_collections.config_dict.placeholder(int)  # None: from num_epochs.
-  c.optimizer = "sgd"
+  c.optimizer = "sgd"  # "sgd" or "rmsprop" (TensorFlow's, as the Inception papers used it).
   c.learning_rate = 0.1
   c.momentum = 0.9
   c.nesterov = False
+  c.rmsprop_decay = 0.9  # rmsprop: decay of the mean square (Inception-v3 §8: 0.9) ...
+  c.rmsprop_epsilon = 1.0  # ... epsilon, inside the square root (Inception-v3: 1.0) ...
+  c.rmsprop_initial_scale = 1.0  # ... and the mean square's initial value (TensorFlow's: 1).
   c.weight_decay = 1e-4
   c.schedule = "piecewise"  # "piecewise", "exponential", "cosine" or "constant".
   c.lr_boundary_epochs = (85.0, 127.5)  # piecewise: epochs where the rate is multiplied by ...

@@ -1,7 +1,8 @@
 """Import torchvision's ImageNet weights: `convert(state_dict, name) -> (model, variables)`.
 
 Supported: torchvision's `resnet18/34/50/101/152` (to our ResNets with torchvision's "v1.5" strides,
-`stride_in_1x1=False`) and `googlenet` (to `GoogLeNetBN`, torchvision's structure). The converted
+`stride_in_1x1=False`), `googlenet` (to `GoogLeNetBN`, torchvision's structure) and `inception_v3`
+(to `InceptionV3`, whose layer names are torchvision's lower-cased). The converted
 model's `model.apply(variables, nhwc_images, train=False)[0]` equals torchvision's logits on the
 same NCHW images (tested to 1e-4 against torchvision itself). timm's `resnetv2_18/34/50/101/152`
 (pre-activation ResNets, He et al. 2016) convert to `PreActResNet*` in timm's layout
@@ -14,7 +15,10 @@ step, which maps ImageNet-normalised inputs ((x - mean) / std, per channel) to t
 the TensorFlow weights were trained on. `convert(..., transform_input=True)` (the default for
 `googlenet`, as torchvision does when it loads those weights) builds the step into the converted
 model (`GoogLeNet.transform_input`), so both take the same ImageNet-normalised images; pass False
-for a torchvision GoogLeNet built with `transform_input=False`.
+for a torchvision GoogLeNet built with `transform_input=False`. torchvision's `inception_v3` was
+ported the same way and is treated the same way (`InceptionV3.transform_input`, default True here as
+in torchvision's pretrained weights; `--no_transform_input` for a net trained without it). incres's
+own Inception-v3 recipe trains without the step, on channel-mean-subtracted images.
 
 Command line (no network: you supply the file):
   python -m incres.convert_torch --model=resnet50 --weights=resnet50-0676ba61.pth --out=DIR
@@ -54,6 +58,7 @@ TORCHVISION_MODELS = {
     "resnet101": "ResNet101",
     "resnet152": "ResNet152",
     "googlenet": "GoogLeNetBN",
+    "inception_v3": "InceptionV3",
     # --- timm's pre-activation ResNets (He et al. 2016): `convert_timm_resnetv2` ---
     "resnetv2_18": "PreActResNet18",
     "resnetv2_34": "PreActResNet34",
@@ -61,6 +66,10 @@ TORCHVISION_MODELS = {
     "resnetv2_101": "PreActResNet101",
     "resnetv2_152": "PreActResNet152",
 }
+# The torchvision models ported from TensorFlow: their pretrained weights expect `transform_input`.
+TRANSFORM_INPUT_MODELS = ("googlenet", "inception_v3")
+# Each model's auxiliary-head prefix in torchvision's state dict, and the head's name here.
+AUX_PREFIXES = {"googlenet": ("aux1.", "aux_4a"), "inception_v3": ("AuxLogits.", "aux_6e")}
 
 
 class ConversionError(errors.UserError, ValueError):
@@ -198,6 +207,33 @@ def _googlenet_module(parts: list[str]) -> tuple[str, ...]:
   raise ConversionError(f"Unexpected GoogLeNet tensor prefix {'.'.join(parts)!r}.")
 
 
+# --- Inception-v3 (issue #16) ---
+
+
+def _inception_v3_module(parts: list[str]) -> tuple[str, ...]:
+  """torchvision inception_v3 module path -> ours: its names lower-cased, `AuxLogits` -> aux_6e.
+
+  `Conv2d_1a_3x3.conv` -> conv2d_1a_3x3/conv, `Mixed_6b.branch7x7_2.bn` -> mixed_6b/branch7x7_2/bn,
+  `AuxLogits.conv1.conv` -> aux_6e/conv1/conv, `AuxLogits.fc` -> aux_6e/fc, `fc` -> head.
+  """
+  if parts == ["fc"]:
+    return ("head",)
+  if not parts:
+    raise ConversionError("A tensor name without a module path is not Inception-v3's.")
+  if parts[0] == "AuxLogits" and (parts[1:] == ["fc"] or parts[1:2] in (["conv0"], ["conv1"])):
+    return ("aux_6e", *parts[1:])
+  stem = re.fullmatch(r"Conv2d_\d[ab]_\dx\d", parts[0])
+  mixed = re.fullmatch(r"Mixed_\d[a-e]", parts[0])
+  if (stem and len(parts) == 2 or mixed and len(parts) == 3) and parts[-1] in ("conv", "bn"):
+    return tuple(p.lower() for p in parts)
+  raise ConversionError(f"Unexpected Inception-v3 tensor prefix {'.'.join(parts)!r}.")
+
+
+# --- end Inception-v3 ---
+
+_MODULE_MAPS = {"googlenet": _googlenet_module, "inception_v3": _inception_v3_module}
+
+
 # torch tensor name -> (incres collection, variable name). A "weight" is a conv or dense "kernel"
 # (rank 4 or 2) or a BatchNorm "scale" (rank 1); BatchNorm's "num_batches_tracked" has no twin.
 _LEAVES = {
@@ -221,10 +257,10 @@ def incres_variable(key: str, name: str, ndim: int) -> tuple[str, tuple[str, ...
   if leaf == "num_batches_tracked":
     return None
   try:
-    if name == "googlenet":
-      path = _googlenet_module(prefix)
+    if is_timm_resnetv2(name):
+      path = _resnetv2_module(prefix)
     else:
-      path = (_resnetv2_module if is_timm_resnetv2(name) else _resnet_module)(prefix)
+      path = _MODULE_MAPS.get(name, _resnet_module)(prefix)
   except ConversionError as e:
     raise ConversionError(
         f"{e} The state dict does not look like torchvision's {name}: check that the model name"
@@ -278,7 +314,6 @@ def convert(
     )
   if is_timm_resnetv2(name):
     return convert_timm_resnetv2(state_dict, name, transform_input=transform_input, dtype=dtype)
-  is_googlenet = name == "googlenet"
   fc = state_dict.get("fc.weight")
   if fc is None:
     raise ConversionError(f"The state dict has no 'fc.weight': is it really a torchvision {name}?")
@@ -286,8 +321,8 @@ def convert(
   kwargs: dict[str, Any] = {"num_classes": num_classes}
   if dtype is not None:
     kwargs["dtype"] = dtype
-  if is_googlenet:
-    kwargs["aux_heads"] = any(k.startswith("aux1.") for k in state_dict)
+  if name in TRANSFORM_INPUT_MODELS:
+    kwargs["aux_heads"] = any(k.startswith(AUX_PREFIXES[name][0]) for k in state_dict)
     kwargs["transform_input"] = True if transform_input is None else transform_input
   else:
     kwargs["stride_in_1x1"] = False  # torchvision's v1.5.
@@ -308,7 +343,8 @@ def convert(
 def _check_structure(model, variables, name) -> None:
   from incres import complexity
 
-  expected = complexity.abstract_variables(model, 224)
+  # At the model's own input size: Inception-v3's auxiliary head needs 299x299.
+  expected = complexity.abstract_variables(model, models.MODELS[TORCHVISION_MODELS[name]])
 
   def shapes(tree):
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
@@ -336,7 +372,7 @@ def import_config(name: str, num_classes: int = 1000, transform_input: bool = Tr
   config.model = TORCHVISION_MODELS[name]
   config.num_classes = num_classes
   config.dataset = "imagenet2012"
-  config.image_size = 224
+  config.image_size = models.MODELS[config.model]  # 224; Inception-v3: 299.
   config.eval_preprocess = "center"
   config.normalize = "mean_std"  # torchvision's input normalisation.
   # Nothing was trained here: the run's length and schedule are zero steps, not epochs to resolve
@@ -344,8 +380,10 @@ def import_config(name: str, num_classes: int = 1000, transform_input: bool = Tr
   config.num_train_steps, config.lr_boundaries = 0, ()
   config.lr_decay_steps = config.warmup_steps = 0
   config.eval_every_steps = config.checkpoint_every_steps = 1
-  if name == "googlenet":
-    config.augment = "googlenet"
+  if name in TRANSFORM_INPUT_MODELS:
+    config.augment = (
+        "googlenet"  # Inception-v3's crops sample the same way (experiments/inception.py).
+    )
     config.model_kwargs.transform_input = transform_input
   elif is_timm_resnetv2(name):
     config.augment = "resnet_imagenet"
@@ -435,7 +473,7 @@ def _write_run(model_name: str, variables, workdir: str, transform_input: bool) 
   params = variables["params"]
   num_classes = int(params["head"]["kernel"].shape[-1])
   config = import_config(model_name, num_classes, transform_input)
-  if model_name == "googlenet" and "aux_4a" not in params:
+  if model_name in AUX_PREFIXES and AUX_PREFIXES[model_name][1] not in params:
     config.model_kwargs.aux_heads = False
   model = state_lib.create_model(config)
   # `import_config` states zero steps, so the config's own schedule needs no dataset.

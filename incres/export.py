@@ -30,8 +30,9 @@ The formats (`--format`, comma-separated; default stablehlo,saved_model):
                Serving, TensorFlow or converters that read SavedModels.
   torch        `model.pth`: a torchvision `state_dict` for the models `incres.convert_torch`
                imports: ResNet18/34, ResNet50/101/152 with `stride_in_1x1=False` (torchvision's
-               v1.5) and GoogLeNetBN, each with its default widths and stem (anything else is
-               refused: torchvision would compute something else with its weights). It loads with
+               v1.5), GoogLeNetBN and InceptionV3, each with its default widths and stem
+               (anything else is refused: torchvision would compute something else with its
+               weights). It loads with
                `load_state_dict(strict=True)` into the torchvision model `export.json` names,
                which takes NCHW images normalised as `export.json` says (torch applies no
                normalisation inside). Needs torch and torchvision.
@@ -186,7 +187,7 @@ def torchvision_twin(config) -> tuple[str, dict[str, Any]]:
         " saved_model instead."
     )
   model = state.create_model(config)
-  if name == "googlenet":
+  if name in convert_torch.TRANSFORM_INPUT_MODELS:  # googlenet, inception_v3.
     reference = models.get_model(config.model, num_classes=model.num_classes)
     kwargs = {
         "num_classes": model.num_classes,

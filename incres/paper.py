@@ -148,3 +148,25 @@ PREACT_CIFAR100_ERR = {"CifarPreActResNet164": 24.33, "CifarPreActResNet1001": 2
 # scale augmentation): top-1 / top-5 error (%). No pre-activation figure at 224 is given.
 PREACT_IMAGENET_TOP1_ERR_320CROP = {"PreActResNet152": 21.1, "PreActResNet200": 20.7}
 PREACT_IMAGENET_TOP5_ERR_320CROP = {"PreActResNet152": 5.5, "PreActResNet200": 5.3}
+# --- Inception-v3 (Szegedy et al. 2015, "Rethinking the Inception Architecture", arXiv
+# 1512.00567) ---
+# Parameters: torchvision's `inception_v3` (aux_logits=True / False), which is the released TF-slim
+# graph that incres.models.InceptionV3 builds; the paper itself says only "less than 25 million
+# parameters" (abstract, p. 1), which the count without the auxiliary head (the inference network)
+# meets.
+PARAMS["InceptionV3"] = 27_161_264  # With the auxiliary head.
+PARAMS_WITHOUT_AUX["InceptionV3"] = 23_834_568
+# Multiply-adds at 299x299: torchvision's figure for its inception_v3 (5.713 "GFLOPS", which are
+# multiply-adds), equal to the formula count here. The paper's abstract (p. 1) says "a
+# computational cost of 5 billion multiply-adds per inference".
+MACS["InceptionV3"] = 5.713e9
+INCEPTION_V3_PAPER_MACS = 5e9
+# ILSVRC-2012 validation, single model, single crop ("single frame"), top-1 / top-5 error (%):
+# 21.2 / 5.6, stated in the abstract (p. 1) -- confirmed there. The same numbers are the last row
+# of the Rethinking paper's Table 3 ("Inception-v3" = Inception-v2 + RMSProp + label smoothing +
+# factorised 7x7 + BN-auxiliary) and Inception-v3's row of the Inception-v4 paper's Table 2
+# (arXiv 1602.07261, single crop, single model); those two table rows are from our reading of the
+# papers: the search tool returned only the abstract's text, not the tables.
+IMAGENET_TOP1_ERR_1CROP = {"InceptionV3": 21.2}
+IMAGENET_TOP5_ERR_1CROP = {"InceptionV3": 5.6}
+# --- end Inception-v3 ---

@@ -165,7 +165,7 @@ def param_labels(params: PyTree) -> PyTree:
 def create_optimizer(
     config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
 ) -> optax.GradientTransformation:
-  """`optax.chain`: optional global-norm clipping, masked L2 weight decay, SGD with momentum.
+  """`optax.chain`: optional global-norm clipping, masked L2 weight decay, SGD or RMSProp.
 
   Weight decay is added to the gradient before momentum (as in the papers and `torch.optim.SGD`).
   Fine-tuning (`incres.finetune`) splits the chain between the heads and the backbone with
@@ -191,16 +191,32 @@ def _sgd(
     config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
 ) -> optax.GradientTransformation:
   """The optimizer of the whole network (or of one part of it, when fine-tuning splits it)."""
-  if config.optimizer != "sgd":
-    raise ValueError(f"Unknown optimizer {config.optimizer!r}; only 'sgd' is implemented.")
+  if config.optimizer not in ("sgd", "rmsprop"):
+    raise ValueError(f"Unknown optimizer {config.optimizer!r}; use 'sgd' or 'rmsprop'.")
   parts = []
   if config.grad_clip_norm is not None:
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
   if config.weight_decay:
     parts.append(optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask))
-  parts.append(
-      optax.sgd(learning_rate_fn, momentum=config.momentum or None, nesterov=config.nesterov)
-  )
+  if config.optimizer == "rmsprop":
+    # TensorFlow's RMSPropOptimizer, which the Inception papers trained with: epsilon inside the
+    # square root, the mean square starting at `rmsprop_initial_scale` (TF: 1), momentum applied to
+    # the learning-rate-scaled step.
+    parts.append(
+        optax.rmsprop(
+            learning_rate_fn,
+            decay=config.rmsprop_decay,
+            eps=config.rmsprop_epsilon,
+            initial_scale=config.rmsprop_initial_scale,
+            eps_in_sqrt=True,
+            momentum=config.momentum or None,
+            nesterov=config.nesterov,
+        )
+    )
+  else:
+    parts.append(
+        optax.sgd(learning_rate_fn, momentum=config.momentum or None, nesterov=config.nesterov)
+    )
   return optax.chain(*parts)
 
 

@@ -56,7 +56,8 @@ def format_table(table) -> str:
 
 NOTES = """
 Parameters include the auxiliary heads of the GoogLeNets (without them: GoogLeNet 6,998,552,
-GoogLeNetBN 6,624,904). MACs are for one image at the model's input size, inference only.
+GoogLeNetBN 6,624,904) and of InceptionV3 (23,834,568 without; its 5.713G at 299x299 is
+torchvision's figure, which the paper's abstract rounds to "5 billion"). MACs are for one image at the model's input size, inference only.
 GoogLeNet's 1.58G is 5.5% above the paper's "1.5 billion": every Table 1 row matches its
 formula count except two rows that are inconsistent in the paper itself (conv1 lists 34M ops where
 a 7x7x3x64 conv on 112x112 outputs is 118M; 5a lists 54M where its filter counts give 51M); the

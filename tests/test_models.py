@@ -41,7 +41,7 @@ def test_plain_twins_have_the_resnets_parameters(depth):
 
 @pytest.mark.parametrize("name", sorted(n for n in paper.MACS if n != "GoogLeNet"))
 def test_multiply_adds_within_5_percent_of_the_paper(name):
-  macs = complexity.count_macs(models.get_model(name), 224)
+  macs = complexity.count_macs(models.get_model(name), models.MODELS[name])
   assert abs(macs / paper.MACS[name] - 1) < 0.05
 
 
@@ -90,6 +90,12 @@ FEATURES = {
     "CifarPreActResNet110": 64,
     "CifarPreActResNet164": 256,
     "CifarPreActResNet1001": 256,
+    "InceptionV3": 2048,
+}
+# Auxiliary classifiers returned in training.
+AUX_HEADS = {
+    **{n: 2 for n in ("GoogLeNet", "GoogLeNetBN", "GoogLeNet32", "GoogLeNetBN32")},
+    "InceptionV3": 1,
 }
 
 
@@ -111,7 +117,7 @@ def test_output_shapes(name):
     assert set(extras) == {"features", "aux_logits"}
     assert extras["features"].shape == (2, FEATURES[name])
     aux = [a.shape for a in extras["aux_logits"]]
-    assert aux == ([(2, 7), (2, 7)] if train and name.startswith("GoogLeNet") else []), aux
+    assert aux == ([(2, 7)] * AUX_HEADS.get(name, 0) if train else []), aux
 
 
 def _inception_shapes(model, size):

@@ -10,6 +10,11 @@ from incres.models.googlenet import (
     InceptionRow,
     TABLE1,
 )
+
+# --- Inception-v3 (issue #16) ---
+from incres.models.inception_v3 import InceptionV3
+
+# --- end Inception-v3 ---
 from incres.models.resnet import (
     BasicBlock,
     Bottleneck,
@@ -84,6 +89,9 @@ MODELS = {
     "CifarPreActResNet110": 32,
     "CifarPreActResNet164": 32,
     "CifarPreActResNet1001": 32,
+    # --- Inception-v3 (issue #16) ---
+    "InceptionV3": 299,
+    # --- end Inception-v3 ---
 }
 
 

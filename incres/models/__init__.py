@@ -10,6 +10,17 @@ from incres.models.googlenet import (
     InceptionRow,
     TABLE1,
 )
+
+# --- Inception-v4 / Inception-ResNet (incres/models/inception_v4.py) ---
+from incres.models.inception_v4 import (
+    InceptionBlock,
+    InceptionResNetV1,
+    InceptionResNetV2,
+    InceptionResNetV2Timm,
+    InceptionV4,
+    InceptionV4Family,
+    InceptionV4Timm,
+)
 from incres.models.resnet import (
     BasicBlock,
     Bottleneck,
@@ -58,6 +69,12 @@ MODELS = {
     "CifarPlain44": 32,
     "CifarPlain56": 32,
     "CifarPlain110": 32,
+    # --- Inception-v4 / Inception-ResNet ---
+    "InceptionV4": 299,
+    "InceptionV4Timm": 299,
+    "InceptionResNetV1": 299,
+    "InceptionResNetV2": 299,
+    "InceptionResNetV2Timm": 299,
 }
 
 

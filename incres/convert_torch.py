@@ -3,7 +3,10 @@
 Supported: torchvision's `resnet18/34/50/101/152` (to our ResNets with torchvision's "v1.5" strides,
 `stride_in_1x1=False`) and `googlenet` (to `GoogLeNetBN`, torchvision's structure). The converted
 model's `model.apply(variables, nhwc_images, train=False)[0]` equals torchvision's logits on the
-same NCHW images (tested to 1e-4 against torchvision itself).
+same NCHW images (tested to 1e-4 against torchvision itself). Also timm's (not torchvision's)
+`inception_v4` and `inception_resnet_v2` (to `InceptionV4Timm` / `InceptionResNetV2Timm`, the
+TF-slim structures timm ports; tested against timm itself); their weights expect [-1, 1] inputs,
+which `transform_input=True` (the default for them too) computes from ImageNet-normalised images.
 
 torchvision's pretrained GoogLeNet was ported from TensorFlow and expects its `transform_input`
 step, which maps ImageNet-normalised inputs ((x - mean) / std, per channel) to the [-1, 1] scaling
@@ -50,11 +53,23 @@ TORCHVISION_MODELS = {
     "resnet101": "ResNet101",
     "resnet152": "ResNet152",
     "googlenet": "GoogLeNetBN",
+    # --- timm (not torchvision): Inception-v4 / Inception-ResNet-v2 ---
+    "inception_v4": "InceptionV4Timm",
+    "inception_resnet_v2": "InceptionResNetV2Timm",
 }
+# The entries above that are timm's models (`timm.create_model(name)`), not torchvision's.
+TIMM_MODELS = ("inception_v4", "inception_resnet_v2")
+# The classifier's weight, whose first dimension is the number of classes.
+_HEAD_WEIGHT = {"inception_v4": "last_linear.weight", "inception_resnet_v2": "classif.weight"}
 
 
 class ConversionError(errors.UserError, ValueError):
   """The state dict does not match the requested torchvision model."""
+
+
+def _whose(name: str) -> str:
+  """ "timm's" or "torchvision's", for messages about the model `name`."""
+  return "timm's" if name in TIMM_MODELS else "torchvision's"
 
 
 def _np(t) -> np.ndarray:
@@ -121,6 +136,63 @@ def _googlenet_module(parts: list[str]) -> tuple[str, ...]:
   raise ConversionError(f"Unexpected GoogLeNet tensor prefix {'.'.join(parts)!r}.")
 
 
+# --- timm's inception_v4 / inception_resnet_v2 -> InceptionV4Timm / InceptionResNetV2Timm ---
+
+
+def _timm_inception_top(parts: list[str], name: str) -> tuple[str, list[str]]:
+  """timm's top-level module (eating its index, if any) -> (our module name, the rest)."""
+  from incres.models import inception_v4  # pylint: disable=g-import-not-at-top
+
+  head = {"inception_v4": "last_linear", "inception_resnet_v2": "classif"}[name]
+  if not parts:
+    raise ConversionError(f"Unexpected top-level tensor in a {name} state dict.")
+  if parts == [head]:
+    return "head", []
+  if name == "inception_v4":  # features.0 ... features.21: the stem, then the blocks in order.
+    order = [n for n, _ in inception_v4.STEM_V4_TIMM] + inception_v4.block_names((4, 7, 3))
+    if (
+        parts[0] == "features"
+        and len(parts) > 1
+        and parts[1].isdigit()
+        and int(parts[1]) < len(order)
+    ):
+      return order[int(parts[1])], parts[2:]
+    raise ConversionError(f"Unexpected inception_v4 tensor prefix {'.'.join(parts)!r}.")
+  repeats = {"repeat": "inception_a", "repeat_1": "inception_b", "repeat_2": "inception_c"}
+  if parts[0] in repeats and len(parts) > 1 and parts[1].isdigit():
+    return f"{repeats[parts[0]]}{parts[1]}", parts[2:]
+  renamed = {"mixed_6a": "reduction_a", "mixed_7a": "reduction_b", "block8": "inception_c9"}
+  stem = {n for n, _ in inception_v4.STEM_RESNET_V2_TIMM} | {"conv2d_7b"}
+  if parts[0] in renamed:
+    return renamed[parts[0]], parts[1:]
+  if parts[0] in stem:
+    return parts[0], parts[1:]
+  raise ConversionError(f"Unexpected inception_resnet_v2 tensor prefix {'.'.join(parts)!r}.")
+
+
+def _timm_inception_module(parts: list[str], name: str) -> tuple[str, ...]:
+  """timm module path (without the tensor name) -> our module path (InceptionBlock's names)."""
+  top, rest = _timm_inception_top(parts, name)
+  if top in _TIMM_SINGLE and len(rest) == 2 and rest[0] == "conv":
+    return (top, _TIMM_SINGLE[top], rest[1])  # Mixed3a / Mixed5a call their one conv `conv`.
+  if rest in ([], ["conv"], ["bn"]) and top not in _TIMM_SINGLE:
+    return (top, *rest)  # The head, or a conv -> BN -> ReLU unit outside the blocks.
+  if rest == ["conv2d"]:  # The residual blocks' filter-expansion convolution.
+    return (top, "expand")
+  m = re.fullmatch(r"branch(\d)", rest[0]) if rest else None
+  if m and len(rest) == 3 and rest[1].isdigit():  # branch1.0.conv (a Sequential)
+    return (top, f"branch{m.group(1)}_{rest[1]}", rest[2])
+  if m and len(rest) == 2:  # branch0.conv (a single unit)
+    return (top, f"branch{m.group(1)}_0", rest[1])
+  if len(rest) == 2 and re.fullmatch(r"branch\d_\d[ab]?", rest[0]):  # InceptionC's branch2_3a
+    return (top, *rest)
+  raise ConversionError(f"Unexpected {name} tensor prefix {'.'.join(parts)!r}.")
+
+
+# timm's Mixed3a (pool, conv) and Mixed5a (conv, pool) name their one conv `conv`.
+_TIMM_SINGLE = {"mixed_3a": "branch1_0", "mixed_5a": "branch0_0"}
+
+
 # torch tensor name -> (incres collection, variable name). A "weight" is a conv or dense "kernel"
 # (rank 4 or 2) or a BatchNorm "scale" (rank 1); BatchNorm's "num_batches_tracked" has no twin.
 _LEAVES = {
@@ -144,10 +216,13 @@ def incres_variable(key: str, name: str, ndim: int) -> tuple[str, tuple[str, ...
   if leaf == "num_batches_tracked":
     return None
   try:
-    path = (_googlenet_module if name == "googlenet" else _resnet_module)(prefix)
+    if name in TIMM_MODELS:
+      path = _timm_inception_module(prefix, name)
+    else:
+      path = (_googlenet_module if name == "googlenet" else _resnet_module)(prefix)
   except ConversionError as e:
     raise ConversionError(
-        f"{e} The state dict does not look like torchvision's {name}: check that the model name"
+        f"{e} The state dict does not look like {_whose(name)} {name}: check that the model name"
         " matches the weights file."
     ) from None
   if leaf == "weight":
@@ -197,15 +272,19 @@ def convert(
         f"Unknown torchvision model {name!r}; supported: {', '.join(TORCHVISION_MODELS)}."
     )
   is_googlenet = name == "googlenet"
-  fc = state_dict.get("fc.weight")
+  head_key = _HEAD_WEIGHT.get(name, "fc.weight")
+  fc = state_dict.get(head_key)
   if fc is None:
-    raise ConversionError(f"The state dict has no 'fc.weight': is it really a torchvision {name}?")
+    source = "timm" if name in TIMM_MODELS else "torchvision"
+    raise ConversionError(f"The state dict has no {head_key!r}: is it really a {source} {name}?")
   num_classes = int(fc.shape[0])
   kwargs: dict[str, Any] = {"num_classes": num_classes}
   if dtype is not None:
     kwargs["dtype"] = dtype
   if is_googlenet:
     kwargs["aux_heads"] = any(k.startswith("aux1.") for k in state_dict)
+    kwargs["transform_input"] = True if transform_input is None else transform_input
+  elif name in TIMM_MODELS:  # Its weights expect [-1, 1] inputs (timm's mean = std = 0.5).
     kwargs["transform_input"] = True if transform_input is None else transform_input
   else:
     kwargs["stride_in_1x1"] = False  # torchvision's v1.5.
@@ -240,7 +319,7 @@ def _check_structure(model, variables, name) -> None:
   ]
   if problems:
     raise ConversionError(
-        f"The state dict does not fit torchvision's {name} ({len(problems)} problems; first: "
+        f"The state dict does not fit {_whose(name)} {name} ({len(problems)} problems; first: "
         + "; ".join(problems[:5])
         + "). Check --model matches the weights file."
     )
@@ -264,6 +343,10 @@ def import_config(name: str, num_classes: int = 1000, transform_input: bool = Tr
   config.eval_every_steps = config.checkpoint_every_steps = 1
   if name == "googlenet":
     config.augment = "googlenet"
+    config.model_kwargs.transform_input = transform_input
+  elif name in TIMM_MODELS:  # timm's 299x299 view; "center" crops 224/256 of it, as timm's 0.875.
+    config.image_size = 299
+    config.augment = "googlenet"  # Inception-style random-size, random-aspect crops.
     config.model_kwargs.transform_input = transform_input
   else:
     config.augment = "resnet_imagenet"

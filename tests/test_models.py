@@ -84,6 +84,9 @@ FEATURES = {
     **{n: 512 for n in ("ResNet18", "ResNet34", "Plain18", "Plain34")},
     **{n: 2048 for n in ("ResNet50", "ResNet101", "ResNet152")},
     **{f"Cifar{kind}{d}": 64 for kind in ("ResNet", "Plain") for d in (20, 32, 44, 56, 110, 1202)},
+    # Inception-v4 paper Figures 9 and 15 (the average pool's width); TF-slim's 1536 for the twin.
+    **{"InceptionV4": 1536, "InceptionV4Timm": 1536, "InceptionResNetV2Timm": 1536},
+    **{"InceptionResNetV1": 1792, "InceptionResNetV2": 2144},
 }
 
 

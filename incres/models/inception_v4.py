@@ -24,7 +24,7 @@ scaled by `residual_scales` (one factor per block type A, B, C; the paper picked
 0.1 and 0.3" and gives no per-network values, so the default is TF-slim's 0.17, 0.10, 0.20), added
 to the block's input, and the sum goes through a ReLU.
 
-DEVIATIONS FROM THE FIGURES, all forced by the paper contradicting itself:
+DEVIATIONS FROM THE FIGURES (the first two forced by the paper contradicting itself):
 - The expansion convolution always outputs as many channels as the block's input has, as the
   addition requires. Inception-ResNet-v2's Figure 17 prints 1154 where its input (Reduction-A's
   output) has 384 + 384 + 384 = 1152 channels, and Figure 19 prints 2048 where its input
@@ -238,7 +238,7 @@ def _scaled(c: int, width: float) -> int:
 
 
 class ConvBN(nn.Module):
-  """conv (no bias) -> BN -> ReLU; "same" convs pad k // 2 on both sides (torch's, TF's at stride 1)."""
+  """conv (no bias) -> BN -> ReLU; "same" convs pad k // 2 on each side (torch; TF at stride 1)."""
 
   layer: Conv
   width: float = 1.0

@@ -402,3 +402,10 @@ def test_a_tiny_inception_resnet_trains_in_process(tmp_path):
   result = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert result["step"] == 4 and np.isfinite(result["train/loss"])
   assert 0.0 <= result["eval/top1"] <= 1.0
+
+
+def test_torch_export_refuses_the_timm_twins_clearly():
+  from incres import export
+
+  with pytest.raises(export.ExportError, match="torchvision has no twin of InceptionV4Timm"):
+    export.torchvision_twin(convert_torch.import_config("inception_v4", num_classes=10))

@@ -9,6 +9,10 @@ same NCHW images (tested to 1e-4 against torchvision itself). timm's `resnetv2_1
 (`stem_norm=False, stride_in_1x1=False`; see incres/models/preact_resnet.py), tested against timm
 itself; timm's resnetv2 weights expect inputs scaled by mean = std = 0.5, which
 `transform_input=True` (the default for them) builds in, as for GoogLeNet below.
+Also timm's (not torchvision's)
+`inception_v4` and `inception_resnet_v2` (to `InceptionV4Timm` / `InceptionResNetV2Timm`, the
+TF-slim structures timm ports; tested against timm itself); their weights expect [-1, 1] inputs,
+which `transform_input=True` (the default for them too) computes from ImageNet-normalised images.
 
 torchvision's pretrained GoogLeNet was ported from TensorFlow and expects its `transform_input`
 step, which maps ImageNet-normalised inputs ((x - mean) / std, per channel) to the [-1, 1] scaling
@@ -65,15 +69,27 @@ TORCHVISION_MODELS = {
     "resnetv2_50": "PreActResNet50",
     "resnetv2_101": "PreActResNet101",
     "resnetv2_152": "PreActResNet152",
+    # --- timm (not torchvision): Inception-v4 / Inception-ResNet-v2 ---
+    "inception_v4": "InceptionV4Timm",
+    "inception_resnet_v2": "InceptionResNetV2Timm",
 }
 # The torchvision models ported from TensorFlow: their pretrained weights expect `transform_input`.
 TRANSFORM_INPUT_MODELS = ("googlenet", "inception_v3")
 # Each model's auxiliary-head prefix in torchvision's state dict, and the head's name here.
 AUX_PREFIXES = {"googlenet": ("aux1.", "aux_4a"), "inception_v3": ("AuxLogits.", "aux_6e")}
+# The entries above that are timm's models (`timm.create_model(name)`), not torchvision's.
+TIMM_MODELS = ("inception_v4", "inception_resnet_v2")
+# The classifier's weight, whose first dimension is the number of classes.
+_HEAD_WEIGHT = {"inception_v4": "last_linear.weight", "inception_resnet_v2": "classif.weight"}
 
 
 class ConversionError(errors.UserError, ValueError):
   """The state dict does not match the requested torchvision model."""
+
+
+def _whose(name: str) -> str:
+  """ "timm's" or "torchvision's", for messages about the model `name`."""
+  return "timm's" if name in TIMM_MODELS else "torchvision's"
 
 
 def _np(t) -> np.ndarray:
@@ -234,6 +250,63 @@ def _inception_v3_module(parts: list[str]) -> tuple[str, ...]:
 _MODULE_MAPS = {"googlenet": _googlenet_module, "inception_v3": _inception_v3_module}
 
 
+# --- timm's inception_v4 / inception_resnet_v2 -> InceptionV4Timm / InceptionResNetV2Timm ---
+
+
+def _timm_inception_top(parts: list[str], name: str) -> tuple[str, list[str]]:
+  """timm's top-level module (eating its index, if any) -> (our module name, the rest)."""
+  from incres.models import inception_v4  # pylint: disable=g-import-not-at-top
+
+  head = {"inception_v4": "last_linear", "inception_resnet_v2": "classif"}[name]
+  if not parts:
+    raise ConversionError(f"Unexpected top-level tensor in a {name} state dict.")
+  if parts == [head]:
+    return "head", []
+  if name == "inception_v4":  # features.0 ... features.21: the stem, then the blocks in order.
+    order = [n for n, _ in inception_v4.STEM_V4_TIMM] + inception_v4.block_names((4, 7, 3))
+    if (
+        parts[0] == "features"
+        and len(parts) > 1
+        and parts[1].isdigit()
+        and int(parts[1]) < len(order)
+    ):
+      return order[int(parts[1])], parts[2:]
+    raise ConversionError(f"Unexpected inception_v4 tensor prefix {'.'.join(parts)!r}.")
+  repeats = {"repeat": "inception_a", "repeat_1": "inception_b", "repeat_2": "inception_c"}
+  if parts[0] in repeats and len(parts) > 1 and parts[1].isdigit():
+    return f"{repeats[parts[0]]}{parts[1]}", parts[2:]
+  renamed = {"mixed_6a": "reduction_a", "mixed_7a": "reduction_b", "block8": "inception_c9"}
+  stem = {n for n, _ in inception_v4.STEM_RESNET_V2_TIMM} | {"conv2d_7b"}
+  if parts[0] in renamed:
+    return renamed[parts[0]], parts[1:]
+  if parts[0] in stem:
+    return parts[0], parts[1:]
+  raise ConversionError(f"Unexpected inception_resnet_v2 tensor prefix {'.'.join(parts)!r}.")
+
+
+def _timm_inception_module(parts: list[str], name: str) -> tuple[str, ...]:
+  """timm module path (without the tensor name) -> our module path (InceptionBlock's names)."""
+  top, rest = _timm_inception_top(parts, name)
+  if top in _TIMM_SINGLE and len(rest) == 2 and rest[0] == "conv":
+    return (top, _TIMM_SINGLE[top], rest[1])  # Mixed3a / Mixed5a call their one conv `conv`.
+  if rest in ([], ["conv"], ["bn"]) and top not in _TIMM_SINGLE:
+    return (top, *rest)  # The head, or a conv -> BN -> ReLU unit outside the blocks.
+  if rest == ["conv2d"]:  # The residual blocks' filter-expansion convolution.
+    return (top, "expand")
+  m = re.fullmatch(r"branch(\d)", rest[0]) if rest else None
+  if m and len(rest) == 3 and rest[1].isdigit():  # branch1.0.conv (a Sequential)
+    return (top, f"branch{m.group(1)}_{rest[1]}", rest[2])
+  if m and len(rest) == 2:  # branch0.conv (a single unit)
+    return (top, f"branch{m.group(1)}_0", rest[1])
+  if len(rest) == 2 and re.fullmatch(r"branch\d_\d[ab]?", rest[0]):  # InceptionC's branch2_3a
+    return (top, *rest)
+  raise ConversionError(f"Unexpected {name} tensor prefix {'.'.join(parts)!r}.")
+
+
+# timm's Mixed3a (pool, conv) and Mixed5a (conv, pool) name their one conv `conv`.
+_TIMM_SINGLE = {"mixed_3a": "branch1_0", "mixed_5a": "branch0_0"}
+
+
 # torch tensor name -> (incres collection, variable name). A "weight" is a conv or dense "kernel"
 # (rank 4 or 2) or a BatchNorm "scale" (rank 1); BatchNorm's "num_batches_tracked" has no twin.
 _LEAVES = {
@@ -259,11 +332,13 @@ def incres_variable(key: str, name: str, ndim: int) -> tuple[str, tuple[str, ...
   try:
     if is_timm_resnetv2(name):
       path = _resnetv2_module(prefix)
+    elif name in TIMM_MODELS:
+      path = _timm_inception_module(prefix, name)
     else:
       path = _MODULE_MAPS.get(name, _resnet_module)(prefix)
   except ConversionError as e:
     raise ConversionError(
-        f"{e} The state dict does not look like torchvision's {name}: check that the model name"
+        f"{e} The state dict does not look like {_whose(name)} {name}: check that the model name"
         " matches the weights file."
     ) from None
   if leaf == "weight":
@@ -314,15 +389,19 @@ def convert(
     )
   if is_timm_resnetv2(name):
     return convert_timm_resnetv2(state_dict, name, transform_input=transform_input, dtype=dtype)
-  fc = state_dict.get("fc.weight")
+  head_key = _HEAD_WEIGHT.get(name, "fc.weight")
+  fc = state_dict.get(head_key)
   if fc is None:
-    raise ConversionError(f"The state dict has no 'fc.weight': is it really a torchvision {name}?")
+    source = "timm" if name in TIMM_MODELS else "torchvision"
+    raise ConversionError(f"The state dict has no {head_key!r}: is it really a {source} {name}?")
   num_classes = int(fc.shape[0])
   kwargs: dict[str, Any] = {"num_classes": num_classes}
   if dtype is not None:
     kwargs["dtype"] = dtype
   if name in TRANSFORM_INPUT_MODELS:
     kwargs["aux_heads"] = any(k.startswith(AUX_PREFIXES[name][0]) for k in state_dict)
+    kwargs["transform_input"] = True if transform_input is None else transform_input
+  elif name in TIMM_MODELS:  # Its weights expect [-1, 1] inputs (timm's mean = std = 0.5).
     kwargs["transform_input"] = True if transform_input is None else transform_input
   else:
     kwargs["stride_in_1x1"] = False  # torchvision's v1.5.
@@ -358,7 +437,7 @@ def _check_structure(model, variables, name) -> None:
   ]
   if problems:
     raise ConversionError(
-        f"The state dict does not fit torchvision's {name} ({len(problems)} problems; first: "
+        f"The state dict does not fit {_whose(name)} {name} ({len(problems)} problems; first: "
         + "; ".join(problems[:5])
         + "). Check --model matches the weights file."
     )
@@ -388,6 +467,10 @@ def import_config(name: str, num_classes: int = 1000, transform_input: bool = Tr
   elif is_timm_resnetv2(name):
     config.augment = "resnet_imagenet"
     config.model_kwargs.update(TIMM_RESNETV2_KWARGS, transform_input=transform_input)
+  elif name in TIMM_MODELS:  # timm's 299x299 view; "center" crops 224/256 of it, as timm's 0.875.
+    config.image_size = 299
+    config.augment = "googlenet"  # Inception-style random-size, random-aspect crops.
+    config.model_kwargs.transform_input = transform_input
   else:
     config.augment = "resnet_imagenet"
     config.model_kwargs.stride_in_1x1 = False

@@ -172,7 +172,11 @@ def torchvision_twin(config) -> tuple[str, dict[str, Any]]:
   """`(torchvision model name, constructor kwargs)` of the run's model; ExportError if none."""
   from incres import convert_torch, models, state  # pylint: disable=g-import-not-at-top
 
-  names = {ours: tv for tv, ours in convert_torch.TORCHVISION_MODELS.items()}
+  names = {
+      ours: tv
+      for tv, ours in convert_torch.TORCHVISION_MODELS.items()
+      if tv not in convert_torch.TIMM_MODELS  # timm's Inceptions: no torchvision twin.
+  }
   if config.model not in names:
     raise ExportError(
         f"torchvision has no twin of {config.model}: --format=torch writes only the models"

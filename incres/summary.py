@@ -64,6 +64,9 @@ a 7x7x3x64 conv on 112x112 outputs is 118M; 5a lists 54M where its filter counts
 sum of Table 1's ops column with conv1 corrected is 1.586G, 0.2% from the count here.
 ResNet MACs use the paper's strides (v1: stride on the bottleneck's first 1x1).
 XLA's lowered cost analysis skips the zero-padded positions, so it reads lower on padded convs.
+Inception-v4 / Inception-ResNet: the paper gives no parameter or multiply-add counts; InceptionV4
+and the *Timm twins equal timm's parameter counts, the paper's two Inception-ResNets are counted
+from its figures (incres/models/inception_v4.py).
 """
 
 

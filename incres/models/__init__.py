@@ -15,6 +15,16 @@ from incres.models.googlenet import (
 from incres.models.inception_v3 import InceptionV3
 
 # --- end Inception-v3 ---
+# --- Inception-v4 / Inception-ResNet (incres/models/inception_v4.py) ---
+from incres.models.inception_v4 import (
+    InceptionBlock,
+    InceptionResNetV1,
+    InceptionResNetV2,
+    InceptionResNetV2Timm,
+    InceptionV4,
+    InceptionV4Family,
+    InceptionV4Timm,
+)
 from incres.models.resnet import (
     BasicBlock,
     Bottleneck,
@@ -92,6 +102,12 @@ MODELS = {
     # --- Inception-v3 (issue #16) ---
     "InceptionV3": 299,
     # --- end Inception-v3 ---
+    # --- Inception-v4 / Inception-ResNet ---
+    "InceptionV4": 299,
+    "InceptionV4Timm": 299,
+    "InceptionResNetV1": 299,
+    "InceptionResNetV2": 299,
+    "InceptionResNetV2Timm": 299,
 }
 
 

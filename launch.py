@@ -78,7 +78,18 @@ def _parse_flags(argv: list[str]) -> list[str]:
     sys.stderr.write(f"{message} ({type(e).__name__}: {e})\n")
     sys.exit(errors.EXIT_USER_ERROR)
   except flags.Error as e:
-    sys.stderr.write(f"{e}\nRun `python launch.py --helpfull` for the flags.\n")
+    # A config file's own error (e.g. an unknown `:key=value` argument) reaches here re-raised by
+    # config_flags with the traceback's text in its message: report the original error itself.
+    chain, cause = [], e
+    while cause is not None:
+      chain.append(cause)
+      cause = cause.__cause__ or cause.__context__
+    user_errors = [c for c in chain if isinstance(c, errors.UserError)]
+    problem = errors.message(user_errors[-1]) if user_errors else str(e)
+    if "Traceback (most recent call last)" in problem:  # Some other error of the config file.
+      head, _, tail = problem.partition("Traceback (most recent call last)")
+      problem = f"{head.strip()} {tail.strip().splitlines()[-1]}"
+    sys.stderr.write(f"{problem}\nRun `python launch.py --helpfull` for the flags.\n")
     sys.exit(errors.EXIT_USER_ERROR)
 
 

@@ -29,6 +29,11 @@ CASES = [
         ],
         ["config.init_from=", "no_such_run", "neither a workdir"],
     ),
+    (
+        "launch_config_argument",
+        ["launch.py", "--config=experiments/googlenet.py:foo=1", "--workdir={tmp}/run"],
+        ["Unknown config argument 'foo'", "known arguments", "bn"],
+    ),
     ("evaluate", ["-m", "incres.evaluate", "--workdir={tmp}/nowhere"], ["No checkpoints in"]),
     (
         "predict",

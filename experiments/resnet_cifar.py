@@ -60,6 +60,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = f"CifarPlain{a.depth}" if a.plain else f"CifarResNet{a.depth}"
   c.dataset = a.dataset or ("digits" if a.smoke else "cifar10")
   c.smoke = a.smoke
+  if a.depth == 1202:  # 200 blocks a stage: compiled once per stage (incres.models.resnet).
+    c.model_kwargs.scan_blocks = True
 
   c.image_size = 32
   c.augment = "cifar"

@@ -30,9 +30,10 @@ import time
 
 GiB = 2.0**30
 DEFAULT_CASES = (
-    "CifarResNet1202:scan",
+    "CifarResNet1202:remat",
     "CifarResNet20:unrolled",
     "CifarResNet20:scan",
+    "CifarResNet20:remat",
     "CifarResNet56:unrolled",
     "CifarResNet56:scan",
     "CifarResNet110:unrolled",
@@ -42,7 +43,7 @@ DEFAULT_CASES = (
 )
 
 
-def _config(model: str, scan: bool, batch: int | None):
+def _config(model: str, scan: bool, batch: int | None, remat: bool | None = None):
   """The experiment's config for `model`, resolved for a fake dataset of the paper's shapes."""
   from incres import configs, data  # pylint: disable=g-import-not-at-top
 
@@ -61,10 +62,14 @@ def _config(model: str, scan: bool, batch: int | None):
   if batch is not None:
     c.batch_size = batch
   c.model_kwargs.scan_blocks = scan
+  if not scan:
+    c.model_kwargs.pop("remat_blocks", None)
+  elif remat is not None:
+    c.model_kwargs.remat_blocks = remat
   return configs.resolve_config(c, info)
 
 
-def measure_one(model: str, scan: bool, steps: int, batch: int | None) -> dict:
+def measure_one(model: str, layout: str, steps: int, batch: int | None) -> dict:
   """Runs in the child: init, compile and time the train step of one case."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -72,17 +77,20 @@ def measure_one(model: str, scan: bool, steps: int, batch: int | None) -> dict:
   from incres import state as state_lib  # pylint: disable=g-import-not-at-top
   from incres import train  # pylint: disable=g-import-not-at-top
 
-  config = _config(model, scan, batch)
+  scan = layout != "unrolled"
+  config = _config(model, scan, batch, {"scan": False, "remat": True}.get(layout))
   mesh = state_lib.create_mesh()
   model_def = state_lib.create_model(config)
   lr_fn = state_lib.create_learning_rate_fn(config)
   tx = state_lib.create_optimizer(config, lr_fn)
-  out = {"model": model, "layout": "scan" if scan else "unrolled", "batch": config.batch_size}
+  out = {"model": model, "layout": layout, "batch": config.batch_size}
+  print(json.dumps(out), file=sys.stderr, flush=True)  # Progress, for a child that gets killed.
 
   t0 = time.perf_counter()
   state = state_lib.create_train_state(config, model_def, tx, mesh)
   jax.block_until_ready(state)
   out["init_s"] = time.perf_counter() - t0
+  print(json.dumps(out), file=sys.stderr, flush=True)
   out["params"] = int(sum(p.size for p in jax.tree.leaves(state.params)))
 
   sharding = jax.tree.map(lambda a: a.sharding, state)
@@ -98,6 +106,7 @@ def measure_one(model: str, scan: bool, steps: int, batch: int | None) -> dict:
   t0 = time.perf_counter()
   compiled = p_train_step.lower(state, batch_np).compile()
   out["compile_s"] = time.perf_counter() - t0
+  print(json.dumps(out), file=sys.stderr, flush=True)
 
   times = []
   for _ in range(steps):  # Compiled ahead of time: the first call does no tracing or compiling.
@@ -117,9 +126,9 @@ def run_case(case: str, steps: int, batch: int | None, timeout: float) -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), "--child", case, f"--steps={steps}"]
   if batch is not None:
     cmd.append(f"--batch={batch}")
-  with tempfile.TemporaryFile("w+") as stdout:
+  with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr)
     status = None
     while status is None:
       pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -131,7 +140,10 @@ def run_case(case: str, steps: int, batch: int | None, timeout: float) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     stdout.seek(0)
     lines = [l for l in stdout.read().splitlines() if l.startswith("{")]
-  out = json.loads(lines[-1]) if lines else {"model": model, "layout": layout}
+    stderr.seek(0)
+    progress = [l for l in stderr.read().splitlines() if l.startswith("{")]
+  # A child killed (e.g. out of memory) still reports the phases it finished.
+  out = json.loads((lines or progress)[-1]) if lines or progress else {"model": model}
   out["peak_rss_gib"] = round(usage.ru_maxrss * 1024 / GiB, 2)  # Linux: KiB.
   out["wall_s"] = round(time.perf_counter() - t0, 1)
   out["returncode"] = proc.returncode
@@ -140,7 +152,7 @@ def run_case(case: str, steps: int, batch: int | None, timeout: float) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--cases", default=",".join(DEFAULT_CASES), help="MODEL:scan|unrolled, ...")
+  p.add_argument("--cases", default=",".join(DEFAULT_CASES), help="MODEL:unrolled|scan|remat, ...")
   p.add_argument("--steps", type=int, default=1, help="timed train steps (the fastest reported)")
   p.add_argument("--batch", type=int, default=None, help="default: 128 (CIFAR), 8 (ResNet-152)")
   p.add_argument("--timeout", type=float, default=1800, help="seconds per case")
@@ -148,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
   args = p.parse_args(argv)
   if args.child:
     model, layout = args.child.split(":")
-    print(json.dumps(measure_one(model, layout == "scan", args.steps, args.batch)), flush=True)
+    print(json.dumps(measure_one(model, layout, args.steps, args.batch)), flush=True)
     return
   print(f"# load average before: {os.getloadavg()}", flush=True)
   for case in args.cases.split(","):

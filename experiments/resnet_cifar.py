@@ -62,6 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.smoke = a.smoke
   if a.depth == 1202:  # 200 blocks a stage: compiled once per stage (incres.models.resnet).
     c.model_kwargs.scan_blocks = True
+    c.model_kwargs.remat_blocks = True  # Batch 128 would otherwise keep ~19 GiB of activations.
 
   c.image_size = 32
   c.augment = "cifar"

@@ -114,12 +114,14 @@ class Bottleneck(_Block):
     return self.add_shortcut(x, y)
 
 
-def _scan_repeats(module: nn.Module, x: jnp.ndarray, length: int) -> jnp.ndarray:
+def _scan_repeats(module: nn.Module, x: jnp.ndarray, length: int, remat: bool) -> jnp.ndarray:
   """Applies `length` copies of the block `module` in sequence as one `nn.scan` (one compile)."""
 
   def body(module, x, _):
     return module(x), None
 
+  if remat:  # The backward pass recomputes each block from its input (one array per block).
+    body = nn.remat(body)
   scan = nn.scan(
       body,
       variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
@@ -151,6 +153,9 @@ class ResNet(nn.Module):
   frozen_bn: bool = False  # Always normalise with the running statistics (frozen fine-tuning).
   cpu_conv_vjp: str = "auto"  # The CPU gradient paths of incres.ops: "auto", "on" or "off".
   scan_blocks: bool = False  # Blocks 1.. of each stage as one `nn.scan` (see the module docstring).
+  remat_blocks: bool = (
+      False  # With scan_blocks: keep only each block's input for the backward pass.
+  )
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -201,7 +206,9 @@ class ResNet(nn.Module):
       # Block 0 changes the width and (after the first stage) the resolution; the rest repeat it.
       x = stage_block(strides=2 if i > 0 else 1, name=f"stage{i + 1}_block0")(x)
       if self.scan_blocks and num_blocks > 1:
-        x = _scan_repeats(stage_block(name=f"stage{i + 1}_blocks"), x, num_blocks - 1)
+        x = _scan_repeats(
+            stage_block(name=f"stage{i + 1}_blocks"), x, num_blocks - 1, self.remat_blocks
+        )
       else:
         for j in range(1, num_blocks):
           x = stage_block(name=f"stage{i + 1}_block{j}")(x)

@@ -14,6 +14,21 @@ Faithfulness notes:
   projection (+BN) only where the shape changes; "C" projects in every block.
 - Every 3x3 conv's output after BN and before the nonlinearity (ReLU or the addition) is sown into
   the `intermediates` collection as `<stage>_<block>/bn_out<i>` (Figure 7's "responses").
+
+Layouts. By default every block is its own module (`stage<i>_block<j>`) and XLA compiles each one
+separately, which for CifarResNet1202 (600 blocks) took 4 min for the init and grew past 24 GiB of
+host memory compiling the train step. `scan_blocks=True` keeps each stage's block 0 (it changes the
+width and stride) and runs blocks 1.. as one `nn.scan` named `stage<i>_blocks`: compiled once, with
+params, batch statistics and sown intermediates stacked on a leading axis. `stack_blocks` and
+`unstack_blocks` convert variables exactly between the layouts; analysis, torchvision import and
+fine-tuning accept either. `remat_blocks=True` (with `scan_blocks`) recomputes each repeated block
+in the backward pass, keeping one array per block instead of all its activations.
+
+Which layout (benchmarks/RESULTS.md, "Compile time by depth"): unscanned is the default for every
+model but CifarResNet1202, because on XLA:CPU a convolution's gradient inside a loop is slow (the
+scanned CifarResNet20's train step took 3-4x as long; with XLA's own weight gradients, 20x), while
+the unscanned nets up to ResNet-152 compile in reasonable time. `experiments/resnet_cifar.py`
+scans (and rematerialises) CifarResNet1202, which cannot be compiled unscanned here.
 """
 
 from __future__ import annotations

@@ -62,10 +62,8 @@ def _config(model: str, scan: bool, batch: int | None, remat: bool | None = None
   if batch is not None:
     c.batch_size = batch
   c.model_kwargs.scan_blocks = scan
-  if not scan:
-    c.model_kwargs.pop("remat_blocks", None)
-  elif remat is not None:
-    c.model_kwargs.remat_blocks = remat
+  if remat is not None or not scan:
+    c.model_kwargs.remat_blocks = bool(remat) and scan
   return configs.resolve_config(c, info)
 
 

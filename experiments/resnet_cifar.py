@@ -6,7 +6,9 @@ Reproduces ResNet §4.2 / Table 6, CIFAR-10 test error: ResNet-20/32/44/56/110/1
 7.17 / 6.97 / 6.43 (best of 5; mean 6.61) / 7.93 %; `plain=True` gives Figure 6's plain nets.
 
 Arguments (`--config=experiments/resnet_cifar.py:depth=110,plain=False,...`):
-  depth: 20 | 32 | 44 | 56 | 110 | 1202 (plain nets: up to 110).
+  depth: 20 | 32 | 44 | 56 | 110 | 1202 (plain nets: up to 110). 1202 is built in the scanned,
+    rematerialised layout (`model_kwargs.scan_blocks`, `remat_blocks`; incres.models.resnet): the
+    unscanned one does not compile in 24 GiB. The other depths keep the faster unscanned layout.
   plain: True for the plain twin (same layers, no shortcuts).
   dataset: cifar10 (default), cifar100, digits, fake, folder:<path>, any tfds name.
   val_split: True trains on the first 90% of the training split and evaluates on the last 10%

@@ -1,12 +1,13 @@
 r"""Compile time and peak host memory of the training step, by depth, in both ResNet layouts.
 
   python benchmarks/compile_depth.py                      # the table in benchmarks/RESULTS.md
-  python benchmarks/compile_depth.py --cases=CifarResNet1202:scan --steps=2
+  python benchmarks/compile_depth.py --cases=CifarResNet1202:remat --steps=2
 
 Every case runs in its own subprocess (a fresh XLA, so one case's compile cache or memory does not
 help or hurt another), through the training loop's own pieces: the experiment's config
-(`experiments/resnet_cifar.py:depth=N`, `experiments/resnet_imagenet.py:depth=152`) with
-`model_kwargs.scan_blocks` set per case, `incres.state.create_train_state` (the jitted init) and
+(`experiments/resnet_cifar.py:depth=N`, `experiments/resnet_imagenet.py:depth=152`) in the case's
+layout (`MODEL:unrolled`: `scan_blocks=False`; `MODEL:scan`: `scan_blocks=True`; `MODEL:remat`:
+both `scan_blocks` and `remat_blocks`), `incres.state.create_train_state` (the jitted init) and
 the train step that `incres.train` jits (SGD with momentum, weight decay, BN statistics, metrics),
 compiled ahead of time for the batch. Per case: the init's time (compile and run), the train
 step's compile time, the child's peak resident memory (`os.wait4`'s `ru_maxrss`, the whole
@@ -15,7 +16,8 @@ process: Python, XLA and the arrays), and the time of `--steps` train steps (the
 CIFAR nets use the paper's batch of 128 at 32 px; ResNet-152 a batch of 8 at 224 px (a CPU-sized
 batch: the compile is what is measured, and it does not depend much on the batch). The unscanned
 CifarResNet1202 is left out by default: its train step's compile grew past 24 GiB of host memory
-(issue #15); `--cases=CifarResNet1202:unrolled` runs it anyway.
+(issue #15); `--cases=CifarResNet1202:unrolled` runs it anyway. `CifarResNet1202:scan` (without
+remat) was killed by the OOM killer at 18.8 GiB on a 24 GiB machine, so it is left out too.
 """
 
 from __future__ import annotations

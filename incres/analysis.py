@@ -186,6 +186,7 @@ def layer_responses(
   import ml_collections  # pylint: disable=g-import-not-at-top
 
   from incres import checkpoint, data  # pylint: disable=g-import-not-at-top
+  from incres.models import resnet  # pylint: disable=g-import-not-at-top
 
   run_config, model, variables = checkpoint.load_variables(workdir, step=step)
   config = ml_collections.ConfigDict(run_config.to_dict())
@@ -196,8 +197,10 @@ def layer_responses(
   @jax.jit
   def moments(variables, images, mask):
     _, state = model.apply(variables, images, train=False, mutable=["intermediates"])
+    # A scanned ResNet sows each stage's repeated blocks stacked: split them into layers.
+    responses = resnet.unstack_blocks(state.get("intermediates", {}))
     out = {}
-    for name, x in _flatten(state.get("intermediates", {})).items():
+    for name, x in _flatten(responses).items():
       x = x.astype(jnp.float32)
       m = mask.reshape((-1,) + (1,) * (x.ndim - 1))
       axes = tuple(range(x.ndim - 1))

@@ -32,8 +32,20 @@ def count_macs(model: nn.Module, image_size: int, variables=None) -> int:
   return sum(macs_by_layer(model, image_size, variables).values())
 
 
+def _unscanned(model: nn.Module, variables):
+  """A scanned ResNet as its unscanned twin: a scan's body runs (and is counted) only once."""
+  if not getattr(model, "scan_blocks", False):
+    return model, variables
+  from incres.models import resnet  # pylint: disable=g-import-not-at-top
+
+  return model.clone(scan_blocks=False), (
+      None if variables is None else resnet.unstack_blocks(variables)
+  )
+
+
 def macs_by_layer(model: nn.Module, image_size: int, variables=None) -> dict[str, int]:
   """Multiply-adds of each conv / dense layer, keyed by its module path ("inception_3a/b1/conv")."""
+  model, variables = _unscanned(model, variables)
   if variables is None:
     variables = abstract_variables(model, image_size)
   counts = {}
@@ -64,6 +76,7 @@ def xla_macs(model: nn.Module, image_size: int, variables=None) -> float:
   A cross-check of the formula count; it also counts the element-wise work (BN, ReLU, pooling)
   that the papers leave out, so it reads a little higher than `count_macs` on most models.
   """
+  model, variables = _unscanned(model, variables)
   if variables is None:
     variables = abstract_variables(model, image_size)
   x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)

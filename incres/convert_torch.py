@@ -54,6 +54,7 @@ import numpy as np
 
 from incres import errors
 from incres import models
+from incres.models import resnet
 
 TORCHVISION_MODELS = {
     "resnet18": "ResNet18",
@@ -380,9 +381,17 @@ def to_torch_layout(value: np.ndarray, path: tuple[str, ...]) -> np.ndarray:
 
 
 def convert(
-    state_dict: Mapping[str, Any], name: str, *, transform_input: bool | None = None, dtype=None
+    state_dict: Mapping[str, Any],
+    name: str,
+    *,
+    transform_input: bool | None = None,
+    dtype=None,
+    scan_blocks: bool = False,
 ):
-  """Converts a torchvision state dict into `(model, variables)` of the matching incres model."""
+  """Converts a torchvision state dict into `(model, variables)` of the matching incres model.
+
+  `scan_blocks`: a ResNet in the scanned layout (`incres.models.resnet`; `save` records it).
+  """
   if name not in TORCHVISION_MODELS:
     raise ConversionError(
         f"Unknown torchvision model {name!r}; supported: {', '.join(TORCHVISION_MODELS)}."
@@ -405,6 +414,8 @@ def convert(
     kwargs["transform_input"] = True if transform_input is None else transform_input
   else:
     kwargs["stride_in_1x1"] = False  # torchvision's v1.5.
+    if scan_blocks:
+      kwargs["scan_blocks"] = True
   model = models.get_model(TORCHVISION_MODELS[name], **kwargs)
 
   variables: dict = {"params": {}, "batch_stats": {}}
@@ -414,6 +425,8 @@ def convert(
     if where is not None:
       collection, path = where
       _set(variables[collection], path, to_incres_layout(value, path))
+  if scan_blocks and not is_googlenet:
+    variables = resnet.stack_blocks(variables)
 
   _check_structure(model, variables, name)
   return model, jax.tree.map(jax.numpy.asarray, variables)
@@ -558,6 +571,8 @@ def _write_run(model_name: str, variables, workdir: str, transform_input: bool) 
   config = import_config(model_name, num_classes, transform_input)
   if model_name in AUX_PREFIXES and AUX_PREFIXES[model_name][1] not in params:
     config.model_kwargs.aux_heads = False
+  if resnet.has_stacked_blocks(params):  # Converted with scan_blocks=True: record the layout.
+    config.model_kwargs.scan_blocks = True
   model = state_lib.create_model(config)
   # `import_config` states zero steps, so the config's own schedule needs no dataset.
   tx = state_lib.create_optimizer(config, state_lib.create_learning_rate_fn(config))

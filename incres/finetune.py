@@ -37,6 +37,7 @@ from absl import logging
 from incres import checkpoint
 from incres import fileio
 from incres import state as state_lib
+from incres.models import resnet
 from incres.state import is_head  # Heads are what fine-tuning re-initialises (and trains alone).
 
 from incres import errors
@@ -134,6 +135,9 @@ def resolve_source(init_from: str, step: int | None = None) -> tuple[str, int | 
 
 # model_kwargs that only shape the heads or the training mode, not the backbone's arrays.
 _NON_BACKBONE_KWARGS = ("aux_heads", "frozen_bn", "dropout_rate")
+# model_kwargs that only lay the same arrays out differently: inherited when unset, free to differ
+# (`initialize_from` converts the source's variables to the new model's layout).
+_LAYOUT_KWARGS = ("scan_blocks",)
 
 
 def inherit_architecture(config, source_config) -> list[str]:
@@ -144,7 +148,8 @@ def inherit_architecture(config, source_config) -> list[str]:
   v1.5 strides of converted torchvision ResNets, which no parameter shape would reveal), and the
   input normalisation when `config.normalize` is "auto". Values the user set are kept, and must
   describe the same backbone: a different model, or a backbone keyword set differently in both,
-  fails with `BackboneMismatchError`.
+  fails with `BackboneMismatchError`. The exception is a ResNet's `scan_blocks`, a layout of the
+  same arrays: inherited when unset, it may be set either way.
   """
   filled = []
   if not config.get("model"):
@@ -163,7 +168,7 @@ def inherit_architecture(config, source_config) -> list[str]:
     if key not in config.model_kwargs:
       config.model_kwargs[key] = value
       filled.append(f"model_kwargs.{key}={value!r}")
-    elif config.model_kwargs[key] != value:
+    elif config.model_kwargs[key] != value and key not in _LAYOUT_KWARGS:
       raise BackboneMismatchError(
           f"config.model_kwargs.{key}={config.model_kwargs[key]!r} but the init_from run used"
           f" {value!r}: the backbone would differ. Drop the override to inherit the source's."
@@ -211,9 +216,10 @@ def initialize_from(
   (by the chief process). The optimizer state and the parameter averages start afresh.
   """
   _, _, source_vars = checkpoint.load_variables(*source)
-  merged, log = merge(
-      {"params": state.params, "batch_stats": state.batch_stats}, jax.device_get(source_vars)
-  )
+  init = {"params": state.params, "batch_stats": state.batch_stats}
+  # A ResNet run of the other layout (`scan_blocks`) holds the same arrays, stacked differently.
+  source_vars = resnet.to_layout(jax.device_get(source_vars), resnet.has_stacked_blocks(init))
+  merged, log = merge(init, source_vars)
   summary = f"init_from {source[0]} (step {source[1] or 'newest'}):\n{log.summary()}"
   logging.info("%s", summary)
   if is_chief:

@@ -14,15 +14,35 @@ Faithfulness notes:
   projection (+BN) only where the shape changes; "C" projects in every block.
 - Every 3x3 conv's output after BN and before the nonlinearity (ReLU or the addition) is sown into
   the `intermediates` collection as `<stage>_<block>/bn_out<i>` (Figure 7's "responses").
+
+Layouts. By default every block is its own module (`stage<i>_block<j>`) and XLA compiles each one
+separately, which for CifarResNet1202 (600 blocks) took 4 min for the init and grew past 24 GiB of
+host memory compiling the train step. `scan_blocks=True` keeps each stage's block 0 (it changes the
+width and stride) and runs blocks 1.. as one `nn.scan` named `stage<i>_blocks`: compiled once, with
+params, batch statistics and sown intermediates stacked on a leading axis. `stack_blocks` and
+`unstack_blocks` convert variables exactly between the layouts; analysis, torchvision import and
+fine-tuning accept either. `remat_blocks=True` (with `scan_blocks`) recomputes each repeated block
+in the backward pass, keeping one array per block instead of all its activations.
+
+Which layout (benchmarks/RESULTS.md, "Compile time by depth"): unscanned is the default for every
+model but CifarResNet1202, because on XLA:CPU a convolution's gradient inside a loop is slow (the
+scanned CIFAR ResNet-20/56/110 train steps took 3x/4.6x/5.8x as long; with XLA's own weight
+gradients, ResNet-20's backward pass took 20x as long), while the unscanned nets up to ResNet-152
+compile in 10-90 s. `experiments/resnet_cifar.py` scans (and rematerialises) CifarResNet1202,
+which cannot be compiled unscanned here (scanned: a 32 s compile, 4.3 GiB peak).
 """
 
 from __future__ import annotations
 
 import functools
+import re
+from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from incres import ops
 
@@ -110,6 +130,23 @@ class Bottleneck(_Block):
     return self.add_shortcut(x, y)
 
 
+def _scan_repeats(module: nn.Module, x: jnp.ndarray, length: int, remat: bool) -> jnp.ndarray:
+  """Applies `length` copies of the block `module` in sequence as one `nn.scan` (one compile)."""
+
+  def body(module, x, _):
+    return module(x), None
+
+  if remat:  # The backward pass recomputes each block from its input (one array per block).
+    body = nn.remat(body)
+  scan = nn.scan(
+      body,
+      variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
+      split_rngs={"params": True},
+      length=length,
+  )
+  return scan(module, x, None)[0]
+
+
 class ResNet(nn.Module):
   """A ResNet or plain net over a stage table.
 
@@ -131,6 +168,8 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   frozen_bn: bool = False  # Always normalise with the running statistics (frozen fine-tuning).
   cpu_conv_vjp: str = "auto"  # The CPU gradient paths of incres.ops: "auto", "on" or "off".
+  scan_blocks: bool = False  # Blocks 1.. of each stage as one `nn.scan` (see the module docstring).
+  remat_blocks: bool = False  # With scan_blocks: recompute the blocks in the backward pass.
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -169,17 +208,24 @@ class ResNet(nn.Module):
       raise ValueError(f"Unknown stem {self.stem!r}; use 'imagenet' or 'cifar'.")
 
     for i, num_blocks in enumerate(self.stage_sizes):
-      for j in range(num_blocks):
-        x = block(
-            filters=self.width * 2**i,
-            conv=conv,
-            norm=norm,
-            strides=2 if i > 0 and j == 0 else 1,
-            shortcut=self.shortcut,
-            residual=self.residual,
-            zero_init_last_bn=self.zero_init_last_bn,
-            name=f"stage{i + 1}_block{j}",
-        )(x)
+      stage_block = functools.partial(
+          block,
+          filters=self.width * 2**i,
+          conv=conv,
+          norm=norm,
+          shortcut=self.shortcut,
+          residual=self.residual,
+          zero_init_last_bn=self.zero_init_last_bn,
+      )
+      # Block 0 changes the width and (after the first stage) the resolution; the rest repeat it.
+      x = stage_block(strides=2 if i > 0 else 1, name=f"stage{i + 1}_block0")(x)
+      if self.scan_blocks and num_blocks > 1:
+        x = _scan_repeats(
+            stage_block(name=f"stage{i + 1}_blocks"), x, num_blocks - 1, self.remat_blocks
+        )
+      else:
+        for j in range(1, num_blocks):
+          x = stage_block(name=f"stage{i + 1}_block{j}")(x)
 
     features = jnp.mean(x, axis=(1, 2))  # Global average pool.
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(
@@ -228,3 +274,77 @@ CifarPlain32 = _cifar(32, False)
 CifarPlain44 = _cifar(44, False)
 CifarPlain56 = _cifar(56, False)
 CifarPlain110 = _cifar(110, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The two layouts of the same variables
+# ---------------------------------------------------------------------------------------------
+
+_BLOCK = re.compile(r"^(stage\d+)_block(\d+)$")
+_BLOCKS = re.compile(r"^(stage\d+)_blocks$")
+
+
+def _stack(leaves: Sequence[Any]) -> Any:
+  """Stacks along a new leading axis, in NumPy when every leaf is a NumPy array."""
+  if all(isinstance(a, np.ndarray) for a in leaves):
+    return np.stack(leaves)
+  return jnp.stack(leaves)
+
+
+def stack_blocks(tree: Mapping[str, Any]) -> dict[str, Any]:
+  """Unscanned layout -> scanned (`scan_blocks=True`): `stage<i>_block1..` -> `stage<i>_blocks`.
+
+  `tree` is any nesting of mappings holding the blocks (variables `{"params", "batch_stats"}`, one
+  collection, or the `intermediates` a model sowed); each stage's blocks 1.. are stacked leaf by
+  leaf on a new leading axis, in block order. A pure re-arrangement: `unstack_blocks` inverts it,
+  and a tree already in the scanned layout (or with no ResNet blocks) comes back unchanged.
+  """
+  out: dict[str, Any] = {}
+  repeats: dict[str, dict[int, Any]] = {}
+  for key, value in tree.items():
+    match = _BLOCK.match(str(key))
+    if match and int(match.group(2)) > 0:
+      repeats.setdefault(match.group(1), {})[int(match.group(2))] = value
+    elif isinstance(value, Mapping):
+      out[key] = stack_blocks(value)
+    else:
+      out[key] = value
+  for stage, blocks in repeats.items():
+    if sorted(blocks) != list(range(1, len(blocks) + 1)):
+      raise ValueError(f"{stage}: blocks {sorted(blocks)} are not 1..{len(blocks)}; cannot stack.")
+    trees = [blocks[j] for j in range(1, len(blocks) + 1)]
+    out[f"{stage}_blocks"] = jax.tree.map(lambda *xs: _stack(xs), *trees)
+  return out
+
+
+def unstack_blocks(tree: Mapping[str, Any]) -> dict[str, Any]:
+  """Scanned layout -> unscanned: `stage<i>_blocks` -> `stage<i>_block1..` (inverts `stack_blocks`).
+
+  Also gives Figure 7's per-layer responses from a scanned net's `intermediates`, under the
+  unscanned names.
+  """
+  out: dict[str, Any] = {}
+  for key, value in tree.items():
+    match = _BLOCKS.match(str(key))
+    if match:
+      length = jax.tree.leaves(value)[0].shape[0]
+      for j in range(length):
+        out[f"{match.group(1)}_block{j + 1}"] = jax.tree.map(lambda a, j=j: a[j], value)
+    elif isinstance(value, Mapping):
+      out[key] = unstack_blocks(value)
+    else:
+      out[key] = value
+  return out
+
+
+def has_stacked_blocks(tree: Mapping[str, Any]) -> bool:
+  """Whether `tree` (variables, or one collection) is in the scanned layout."""
+  return any(
+      _BLOCKS.match(str(key)) or (isinstance(value, Mapping) and has_stacked_blocks(value))
+      for key, value in tree.items()
+  )
+
+
+def to_layout(tree: Mapping[str, Any], scanned: bool) -> dict[str, Any]:
+  """`tree` in the scanned (`stack_blocks`) or the unscanned layout, from either."""
+  return stack_blocks(tree) if scanned else unstack_blocks(tree)

@@ -414,8 +414,7 @@ def convert(
     kwargs["transform_input"] = True if transform_input is None else transform_input
   else:
     kwargs["stride_in_1x1"] = False  # torchvision's v1.5.
-    if scan_blocks:
-      kwargs["scan_blocks"] = True
+    kwargs["scan_blocks"] = scan_blocks
   model = models.get_model(TORCHVISION_MODELS[name], **kwargs)
 
   variables: dict = {"params": {}, "batch_stats": {}}
@@ -425,7 +424,7 @@ def convert(
     if where is not None:
       collection, path = where
       _set(variables[collection], path, to_incres_layout(value, path))
-  if scan_blocks and not is_googlenet:
+  if kwargs.get("scan_blocks"):  # Only the ResNets have the scanned layout.
     variables = resnet.stack_blocks(variables)
 
   _check_structure(model, variables, name)

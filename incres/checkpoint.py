@@ -58,27 +58,44 @@ def _is_orbax_coroutine(obj: Any) -> bool:
   return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
 
 
-def _finalize_abandoned_reads() -> None:
-  """Finalizes, quietly, the reads orbax abandons when one array of a restore fails.
+def _is_closed_loop_callback(unraisable: Any) -> bool:
+  """A TensorStore read finishing after orbax closed the event loop that awaited it."""
+  exc, tb = unraisable.exc_value, unraisable.exc_traceback
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  return (
+      isinstance(exc, RuntimeError)
+      and str(exc) == "Event loop is closed"
+      and tb is not None
+      and f"{os.sep}asyncio{os.sep}" in tb.tb_frame.f_code.co_filename
+  )
 
-  When one array file is missing or cut short, orbax raises at once and leaves the other arrays'
-  read coroutines unfinished; whenever the garbage collector later reaches them, Python prints
-  each as "Exception ignored in: <coroutine object _read_array_index_and_device_put ...>" with a
-  long traceback (a hundred of them for a ResNet), long after the damaged step was reported and
-  moved aside. Collecting them here, with only those reports dropped, keeps the run's output to
-  the one warning that matters. Any other unraisable exception is passed on unchanged.
+
+_quiet_hook_installed = False
+
+
+def _quiet_abandoned_reads() -> None:
+  """Drops, for the rest of the process, the reports of the reads a failed restore abandons.
+
+  When one array file of a step is missing or cut short, orbax raises at once and leaves the other
+  arrays' reads unfinished: their coroutines report "Exception ignored in: <coroutine object
+  _read_array_index_and_device_put ...>" whenever the garbage collector reaches them, and their
+  TensorStore callbacks report "Event loop is closed" when they complete, in other threads, long
+  after the damaged step was named and moved aside (a hundred tracebacks for a ResNet). Those
+  two kinds of report are dropped from then on and the abandoned coroutines are collected now;
+  every other unraisable exception still reaches the previous hook.
   """
-  previous = sys.unraisablehook
+  global _quiet_hook_installed
+  if not _quiet_hook_installed:
+    previous = sys.unraisablehook
 
-  def hook(unraisable: Any) -> None:
-    if not _is_orbax_coroutine(unraisable.object):
-      previous(unraisable)
+    def hook(unraisable: Any) -> None:
+      if not (_is_orbax_coroutine(unraisable.object) or _is_closed_loop_callback(unraisable)):
+        previous(unraisable)
 
-  sys.unraisablehook = hook
-  try:
-    gc.collect()
-  finally:
-    sys.unraisablehook = previous
+    sys.unraisablehook = hook
+    _quiet_hook_installed = True
+  gc.collect()
 
 
 class _DropReadOnlyNotices:
@@ -369,7 +386,7 @@ class Checkpointer:
           except Exception as e:  # pylint: disable=broad-except  (a missing or cut array file)
             damage = f"restoring its arrays failed: {_short_error(e)}"
           if damage is not None:
-            _finalize_abandoned_reads()
+            _quiet_abandoned_reads()
         if damage is not None:
           damaged.append((step, damage))
           continue

@@ -166,15 +166,17 @@ class DevicePrefetch:
   `make_global_batch` starts the host-to-device copies without waiting for them, so taking batch k
   from here queues the copies of batches k+1..k+size, which then overlap step k (and the host's
   wait for step k-1's metrics). The batches and their order are the iterator's own, so the run and
-  its resume are bitwise those without prefetching; `size=0` is the loop without it. The
-  `skipped` count (unreadable images) includes the batches already prefetched.
+  its resume are bitwise those without prefetching; `size=0` is the loop without it. `skipped`
+  (unreadable images, counted by `data.create_train_iter`) is the source's count as of the batch
+  last handed out, not of the batches still in flight.
   """
 
   def __init__(self, batches: Iterator[Any], sharding: NamedSharding, size: int):
     self._batches = batches
     self._sharding = sharding
     self._size = size
-    self._queue: collections.deque[Batch] = collections.deque()
+    self._queue: collections.deque[tuple[Batch, int]] = collections.deque()
+    self._skipped = 0
 
   def __iter__(self) -> DevicePrefetch:
     return self
@@ -182,16 +184,18 @@ class DevicePrefetch:
   def __next__(self) -> Batch:
     while len(self._queue) <= self._size:
       try:
-        self._queue.append(make_global_batch(next(self._batches), self._sharding))
+        batch = make_global_batch(next(self._batches), self._sharding)
       except StopIteration:
         break
+      self._queue.append((batch, getattr(self._batches, "skipped", 0)))
     if not self._queue:
       raise StopIteration
-    return self._queue.popleft()
+    batch, self._skipped = self._queue.popleft()
+    return batch
 
   @property
   def skipped(self) -> int:
-    return getattr(self._batches, "skipped", 0)
+    return self._skipped
 
 
 def evaluate(

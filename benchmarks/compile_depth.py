@@ -22,7 +22,6 @@ remat) was killed by the OOM killer at 18.8 GiB on a 24 GiB machine, so it is le
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -151,13 +150,25 @@ def run_case(case: str, steps: int, batch: int | None, timeout: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--cases", default=",".join(DEFAULT_CASES), help="MODEL:unrolled|scan|remat, ...")
-  p.add_argument("--steps", type=int, default=1, help="timed train steps (the fastest reported)")
-  p.add_argument("--batch", type=int, default=None, help="default: 128 (CIFAR), 8 (ResNet-152)")
-  p.add_argument("--timeout", type=float, default=1800, help="seconds per case")
-  p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-  args = p.parse_args(argv)
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  from incres import cli  # pylint: disable=g-import-not-at-top
+
+  args = flags.FlagValues()
+  flags.DEFINE_string(
+      "cases", ",".join(DEFAULT_CASES), "MODEL:unrolled|scan|remat, ...", flag_values=args
+  )
+  flags.DEFINE_integer(
+      "steps", 1, "Timed train steps (the fastest reported).", lower_bound=0, flag_values=args
+  )
+  flags.DEFINE_integer(
+      "batch", None, "Default: 128 (CIFAR), 8 (ResNet-152).", lower_bound=1, flag_values=args
+  )
+  flags.DEFINE_float("timeout", 1800, "Seconds per case.", flag_values=args)
+  flags.DEFINE_string(
+      "child", None, "(internal) Measure one case in this process.", flag_values=args
+  )
+  cli.parse(args, argv, prog="python benchmarks/compile_depth.py", description=__doc__)
   if args.child:
     model, layout = args.child.split(":")
     print(json.dumps(measure_one(model, layout, args.steps, args.batch)), flush=True)
@@ -170,4 +181,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  from incres import errors  # pylint: disable=g-import-not-at-top
+
+  errors.run(main)  # A flag error: its message and exit status 2, no traceback.

@@ -49,6 +49,7 @@ TOOLS = [
     ("throughput", lambda: _script("benchmarks/throughput.py"), "--[no]vs_torch"),
     ("profile_step", lambda: _script("benchmarks/profile_step.py"), "--[no]no_cpu_conv_vjp"),
     ("conv_weight_grad", lambda: _script("benchmarks/conv_weight_grad.py"), "--shape"),
+    ("compile_depth", lambda: _script("benchmarks/compile_depth.py"), "--cases"),
 ]
 IDS = [t[0] for t in TOOLS]
 

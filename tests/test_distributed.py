@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 
+import conftest
 from incres import checkpoint
 
 # Subprocess and multi-run tests: out of the quick `-m "not slow"` subset (CI runs them all).
@@ -32,8 +33,9 @@ TINY = os.path.join(ROOT, "tests", "tiny_config.py") + ":steps=4,every=1"
 
 def _env(**extra):
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  env.pop("XLA_FLAGS", None)
   env.update(extra)
+  # The suite's compile flags (conftest), then the test's own; not the parent's device count.
+  env["XLA_FLAGS"] = f"{conftest.TEST_XLA_FLAGS} {extra.get('XLA_FLAGS', '')}".strip()
   return env
 
 

@@ -3,9 +3,9 @@
 `tests/data/golden_tiny.json` holds the metrics.jsonl rows (timing fields dropped), the resolved
 config and a SHA-256 of the final variables of `tests/tiny_config.py:steps=6,every=3` (6 steps,
 checkpoints at 3 and 6, one evaluation); `tests/data/golden_tiny.npz` holds the variables. The
-test reruns that config: on the recording's CPU model with the recording's jax and jaxlib it
-asserts bitwise equality; elsewhere XLA may pick other kernels, so it asserts a relative
-tolerance of 1e-5 and says so in its output.
+test reruns that config: on the recording's CPU model, jax, jaxlib and XLA_FLAGS (the suite's,
+set in conftest) it asserts bitwise equality; elsewhere XLA may pick other kernels, so it asserts
+a relative tolerance of 1e-5 and says so in its output.
 
 Re-record (after a change that is meant to alter training numerics, and say why in the commit):
 
@@ -51,7 +51,13 @@ def _cpu_model() -> str:
 
 
 def _environment() -> dict[str, str]:
-  return {"cpu": _cpu_model(), "jax": jax.__version__, "jaxlib": jaxlib.__version__}
+  # XLA_FLAGS: the suite compiles at LLVM -O0 (conftest), which rounds differently from -O3.
+  return {
+      "cpu": _cpu_model(),
+      "jax": jax.__version__,
+      "jaxlib": jaxlib.__version__,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
 
 
 def _is_timing(key: str) -> bool:

@@ -98,6 +98,19 @@ def test_mismatched_weights_fail_clearly():
     convert_torch.convert(sd, "vgg16")
 
 
+@pytest.mark.parametrize(
+    "name", ["googlenet", "inception_v3", "inception_v4", "inception_resnet_v2", "resnetv2_50"]
+)
+def test_scan_blocks_is_refused_for_models_without_the_scanned_layout(name):
+  # Refused before the state dict is read: an empty one would fail later with another message.
+  with pytest.raises(
+      convert_torch.ConversionError,
+      match=rf"scan_blocks=True applies to torchvision's ResNets only \(resnet18, .*resnet152\);"
+      rf" {name} has no scanned layout",
+  ):
+    convert_torch.convert({}, name, scan_blocks=True)
+
+
 def test_cli_round_trip_and_predict(tmp_path, capsys):
   from PIL import Image
 

@@ -234,8 +234,13 @@ def test_same_outputs_in_both_modes_and_no_auxiliary_heads(name):
   np.testing.assert_array_equal(logits, _eval(model, variables, x)[0])  # Eval is deterministic.
 
 
+# The stem and the two reductions only: what the tests below check happens at every BN layer or at
+# the input, and the blocks would only add compile time.
+NO_BLOCKS = dict(num_blocks=(0, 0, 0))
+
+
 def test_frozen_bn_keeps_the_statistics_in_training():
-  model, variables, x = _tiny(frozen_bn=True, dropout_rate=0.0)
+  model, variables, x = _tiny(frozen_bn=True, dropout_rate=0.0, **NO_BLOCKS)
   (logits_t, _), updated = _train(model, variables, x)
   assert jax.tree.all(
       jax.tree.map(np.array_equal, updated["batch_stats"], variables["batch_stats"])
@@ -281,7 +286,7 @@ def test_bfloat16_forward_is_finite_and_close_to_float32():
 
 
 def test_transform_input_maps_imagenet_normalisation_to_minus_one_one():
-  model, variables, _ = _tiny("InceptionV4Timm")
+  model, variables, _ = _tiny("InceptionV4Timm", **NO_BLOCKS)
   images = jax.random.uniform(jax.random.key(3), (2, 75, 75, 3))
   mean, std = jnp.array([0.485, 0.456, 0.406]), jnp.array([0.229, 0.224, 0.225])
   with_step = _eval(model.clone(transform_input=True), variables, (images - mean) / std)[0]
@@ -355,10 +360,13 @@ def test_a_tiny_inception_resnet_trains_in_process(tmp_path):
 
   from incres import train
 
-  config = tiny_config.get(steps=4, every=2, model="InceptionResNetV2", image_size=75, batch_size=8)
+  config = tiny_config.get(steps=2, every=2, model="InceptionResNetV2", image_size=75, batch_size=4)
   config.model_kwargs = dict(width=0.0625, num_blocks=(1, 1, 1))
+  # XLA's own CPU gradients (as the Inception-v3 recipe test): compiling the train step is most of
+  # this test, and incres.ops' weight gradients add a loop of GEMMs per convolution to the program.
+  config.cpu_conv_vjp = "off"
   result = train.train_and_evaluate(config, str(tmp_path / "run"))
-  assert result["step"] == 4 and np.isfinite(result["train/loss"])
+  assert result["step"] == 2 and np.isfinite(result["train/loss"])
   assert 0.0 <= result["eval/top1"] <= 1.0
 
 

@@ -37,6 +37,8 @@ random order -- the same sampling as TF-slim's `inception_preprocessing` except 
 range of 5%-100%. Evaluation: shorter side 342, centre 299 crop (87.4% of the side; TF-slim's
 central fraction is 87.5%). Pixels are channel-mean-subtracted on [0, 1]; TF-slim scales to
 [-1, 1], a difference the first BatchNorm absorbs.
+The data pipeline, the evaluation crops and the run layout are experiments/googlenet.py's: this
+config loads that one and overrides the network, the image size and the recipe.
 
 The schedule is stated in epochs (100; decay every 2; evaluation and checkpoints every 4) and
 resolved at run time from the training split's actual size (incres.configs.resolve_config): on
@@ -45,6 +47,8 @@ evaluation every 160,146.
 """
 
 from __future__ import annotations
+
+import os
 
 import ml_collections
 
@@ -59,7 +63,6 @@ MODELS = {
 }
 EPOCHS = 100
 DECAY_EVERY_EPOCHS = 2
-SMALL_IMAGE_DATASETS = ("digits", "cifar10", "cifar100")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -70,32 +73,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         f"Unknown model={a.model!r} in --config=experiments/inception.py:{arg}; use one of"
         f" {', '.join(MODELS)} (e.g. --config=experiments/inception.py:model=v3)."
     )
-  c = configs.base_config()
+  # GoogLeNet's data and run layout: datasets and splits, its augmentation, the centre-crop
+  # evaluation, batch 32, fake and smoke sizes, a staircase exponential decay stated in epochs,
+  # evaluation and checkpoints every 4 epochs. Everything else is overridden below.
+  googlenet = os.path.join(os.path.dirname(os.path.abspath(__file__)), "googlenet.py")
+  c = configs.load(
+      f"{googlenet}:bn=True,smoke={a.smoke}" + (f",dataset={a.dataset}" if a.dataset else "")
+  )
   c.model = MODELS[a.model]
-  c.dataset = a.dataset or ("fake" if a.smoke else "imagenet2012")
-  c.smoke = a.smoke
-  small = c.dataset in SMALL_IMAGE_DATASETS
+  small = c.image_size == 32  # googlenet.py's 32x32 datasets (digits, CIFAR).
   if a.model == "v3":
     c.model_kwargs.dropout_rate = 0.2  # TF-slim's keep probability 0.8.
     if small:
       c.model_kwargs.aux_heads = False  # Needs a 299x299 input (see above).
-
-  c.train_split = "train"
-  c.eval_split = "validation" if c.dataset in ("imagenet2012", "imagenette") else "test"
   c.image_size = 75 if small else 299
-  c.augment = "googlenet"
-  c.eval_preprocess = "single" if small else "center"
-  c.normalize = "channel_mean"
 
-  c.batch_size = 32
-  c.eval_batch_size = 500
   c.optimizer = "rmsprop"
   c.rmsprop_decay = 0.9
   c.rmsprop_epsilon = 1.0
   c.rmsprop_initial_scale = 1.0  # TensorFlow's RMSPropOptimizer.
   c.momentum = 0.9  # TF-slim's rmsprop_momentum; the paper does not state one.
   c.learning_rate = 0.045
-  c.schedule = "exponential"
   c.lr_decay_rate = 0.94
   c.grad_clip_norm = 2.0
   c.label_smoothing = 0.1 if a.model == "v3" else 0.0
@@ -104,19 +102,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ema_decay = 0.9999
   c.polyak = False
 
-  if c.dataset == "fake":
-    c.fake_image_shape = (375, 500, 3)  # A typical ImageNet photo.
-    c.num_classes = 1000
   if a.smoke:
-    c.batch_size, c.eval_batch_size = 4, 4
-    c.fake_image_shape, c.fake_num_train, c.fake_num_eval = (320, 320, 3), 16, 8
-    c.num_classes = 10 if c.dataset == "fake" else c.num_classes
+    c.fake_image_shape = (320, 320, 3)  # Crops of 299 from every image.
   c.num_epochs = EPOCHS
   c.lr_decay_epochs = DECAY_EVERY_EPOCHS
-  c.lr_boundary_epochs = ()  # Unused by the exponential schedule.
-  c.log_every_steps = 100
-  c.eval_every_epochs = c.checkpoint_every_epochs = 4
-  if a.smoke:  # A fixed handful of steps on any dataset.
-    c.num_train_steps, c.lr_decay_steps = 3, 1
-    c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 1, 3, 3
   return c

@@ -135,6 +135,11 @@ def _resnet_module(parts: list[str]) -> tuple[str, ...]:
 TIMM_RESNETV2_KWARGS = {"stem_norm": False, "stride_in_1x1": False}
 
 
+def is_torchvision_resnet(name: str) -> bool:
+  """Whether `name` (a TORCHVISION_MODELS key) is one of torchvision's ResNets (not timm's v2)."""
+  return TORCHVISION_MODELS[name].startswith("ResNet")
+
+
 def is_timm_resnetv2(name: str) -> bool:
   """Whether `name` (a key of TORCHVISION_MODELS) is one of timm's resnetv2s, not torchvision's."""
   return name.startswith("resnetv2_")
@@ -391,10 +396,17 @@ def convert(
   """Converts a torchvision state dict into `(model, variables)` of the matching incres model.
 
   `scan_blocks`: a ResNet in the scanned layout (`incres.models.resnet`; `save` records it).
+  Only torchvision's ResNets have that layout: for any other model it raises `ConversionError`.
   """
   if name not in TORCHVISION_MODELS:
     raise ConversionError(
         f"Unknown torchvision model {name!r}; supported: {', '.join(TORCHVISION_MODELS)}."
+    )
+  if scan_blocks and not is_torchvision_resnet(name):
+    resnets = ", ".join(n for n in TORCHVISION_MODELS if is_torchvision_resnet(n))
+    raise ConversionError(
+        f"scan_blocks=True applies to torchvision's ResNets only ({resnets}); {name} has no"
+        " scanned layout. Convert it without scan_blocks."
     )
   if is_timm_resnetv2(name):
     return convert_timm_resnetv2(state_dict, name, transform_input=transform_input, dtype=dtype)

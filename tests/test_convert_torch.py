@@ -7,13 +7,13 @@ import shutil
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from incres import convert_torch, errors
 from incres.models import googlenet
+
+import torch_helpers  # tests/ is on the path (pytest's rootdir-relative import).
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -22,51 +22,38 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _torchvision_model(name, **kwargs):
-  torch.manual_seed(0)
-  if name == "googlenet":
-    kwargs.setdefault("aux_logits", True)
-    kwargs.setdefault("init_weights", True)
-  model = getattr(torchvision.models, name)(weights=None, num_classes=10, **kwargs)
-  # Randomise BN so that the statistics and affine parameters are really exercised.
-  g = torch.Generator().manual_seed(1)
-  for m in model.modules():
-    if isinstance(m, torch.nn.BatchNorm2d):
-      c = m.num_features
-      m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-      m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-      m.weight.data.copy_(0.5 + 0.5 * torch.rand(c, generator=g))
-      m.bias.data.copy_(0.1 * torch.randn(c, generator=g))
-    elif isinstance(m, torch.nn.Linear):  # torchvision's GoogLeNet init gives ~0.01 logits.
-      m.weight.data.copy_(torch.randn(m.weight.shape, generator=g) / m.in_features**0.5)
-  return model.eval()
+  if name == "googlenet":  # Both auxiliary heads, and torchvision's truncated-normal init.
+    kwargs = {"aux_logits": True, "init_weights": True, **kwargs}
+  return torch_helpers.torchvision_model(name, **kwargs)
 
 
-def _compare(name, size, batch=2, **kwargs):
+def _compare(name, size, batch=2, scan_blocks=False, **kwargs):
+  """The largest absolute logit difference between torchvision's `name` and its conversion."""
   tv = _torchvision_model(name, **kwargs)
-  x = np.random.default_rng(0).normal(size=(batch, 3, size, size)).astype(np.float32)
-  with torch.no_grad():
-    expected = tv(torch.from_numpy(x)).numpy()
-    # Random BN statistics through 150 layers give logits in the thousands, where 1e-4 is below
-    # float32's resolution; rescale the classifier so logits are O(10), as trained weights give.
-    scale = np.abs(expected).max() / 10.0
-    if scale > 1.0:
-      tv.fc.weight.div_(scale)
-      tv.fc.bias.div_(scale)
-      expected = tv(torch.from_numpy(x)).numpy()
+  x = torch_helpers.images(size, batch)
+  expected = torch_helpers.scale_logits(tv, tv.fc, x)
   model, variables = convert_torch.convert(
-      tv.state_dict(), name, transform_input=kwargs.get("transform_input")
+      tv.state_dict(), name, transform_input=kwargs.get("transform_input"), scan_blocks=scan_blocks
   )
-  got = jax.jit(functools.partial(model.apply, train=False))(variables, x.transpose(0, 2, 3, 1))[0]
+  got = torch_helpers.incres_logits(model, variables, x)
   assert np.abs(expected).max() > 0.1  # Not a trivially small output.
-  return np.abs(np.asarray(got) - expected).max()
+  return np.abs(got - expected).max()
 
 
 @pytest.mark.parametrize(
-    "name,size",
-    [("resnet18", 224), ("resnet34", 64), ("resnet50", 224), ("resnet101", 64), ("resnet152", 64)],
+    "name,size,scan_blocks",
+    [
+        ("resnet18", 224, False),
+        ("resnet34", 64, False),
+        ("resnet50", 224, False),
+        # The deepest two in the scanned layout, which compiles each stage's repeated block once
+        # instead of once per block; it converts through the same per-tensor mapping.
+        ("resnet101", 64, True),
+        ("resnet152", 64, True),
+    ],
 )
-def test_resnet_logits_equal_torchvision(name, size):
-  assert _compare(name, size) <= 1e-4
+def test_resnet_logits_equal_torchvision(name, size, scan_blocks):
+  assert _compare(name, size, scan_blocks=scan_blocks) <= 1e-4
 
 
 @pytest.mark.parametrize("size,transform_input", [(224, False), (224, True), (97, False)])
@@ -79,8 +66,7 @@ def test_googlenet_auxiliary_heads_equal_torchvision():
   tv = _torchvision_model("googlenet")
   _, variables = convert_torch.convert(tv.state_dict(), "googlenet", transform_input=False)
   feat = np.random.default_rng(0).normal(size=(2, 512, 14, 14)).astype(np.float32)
-  with torch.no_grad():
-    expected = tv.aux1(torch.from_numpy(feat)).numpy()
+  expected = torch_helpers.torch_logits(tv.aux1, feat)
   import flax.linen as nn  # noqa: F401  (documents that the head runs as a plain linen module)
 
   unit = functools.partial(googlenet.ConvUnit, batch_norm=True, train=False)
@@ -98,6 +84,19 @@ def test_mismatched_weights_fail_clearly():
     convert_torch.convert(sd, "vgg16")
 
 
+@pytest.mark.parametrize(
+    "name", ["googlenet", "inception_v3", "inception_v4", "inception_resnet_v2", "resnetv2_50"]
+)
+def test_scan_blocks_is_refused_for_models_without_the_scanned_layout(name):
+  # Refused before the state dict is read: an empty one would fail later with another message.
+  with pytest.raises(
+      convert_torch.ConversionError,
+      match=rf"scan_blocks=True applies to torchvision's ResNets only \(resnet18, .*resnet152\);"
+      rf" {name} has no scanned layout",
+  ):
+    convert_torch.convert({}, name, scan_blocks=True)
+
+
 def test_cli_round_trip_and_predict(tmp_path, capsys):
   from PIL import Image
 
@@ -112,11 +111,9 @@ def test_cli_round_trip_and_predict(tmp_path, capsys):
 
   config, model, variables = checkpoint.load_variables(str(out))
   assert config.model == "ResNet18" and config.num_classes == 10
-  x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
-  with torch.no_grad():
-    expected = tv(torch.from_numpy(x)).numpy()
-  got = model.apply(variables, x.transpose(0, 2, 3, 1), train=False)[0]
-  assert np.abs(np.asarray(got) - expected).max() <= 1e-4
+  x = torch_helpers.images(64)
+  got = torch_helpers.incres_logits(model, variables, x)
+  assert np.abs(got - torch_helpers.torch_logits(tv, x)).max() <= 1e-4
 
   image = tmp_path / "cat.png"
   Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), np.uint8)).save(image)
@@ -139,8 +136,6 @@ def test_imagenet_class_names_ship_with_the_package():
 
 
 # --- The command line: never lose a run, refuse what is not plain weights, user errors exit 2 ---
-
-_TINY_CONFIG = os.path.join(os.path.dirname(__file__), "tiny_config.py")
 
 
 def _tree(root):
@@ -191,20 +186,24 @@ def _torch_stem_kernel(torch_model):
 
 @pytest.mark.slow
 def test_converting_into_a_trained_run_changes_nothing_and_overwrite_replaces_it(
-    weights, tmp_path, capsys
+    weights, tmp_path, tmp_path_factory, capsys
 ):
-  from incres import checkpoint, configs, train
+  from test_evaluate import trained_run  # The tiny trained run, shared across the test files.
+
+  from incres import checkpoint
 
   run = tmp_path / "runs" / "trained"
-  train.train_and_evaluate(configs.load(_TINY_CONFIG), str(run))  # Checkpoints 4, 8 and 12.
+  shutil.copytree(trained_run(tmp_path_factory), run)  # A copy: this test replaces it.
   capsys.readouterr()
   before = _tree(run)
-  assert {"checkpoints/4", "checkpoints/8", "checkpoints/12", "config.json"} <= set(before)
+  steps = sorted(int(n) for n in os.listdir(run / "checkpoints") if n.isdigit())
+  assert steps and {f"checkpoints/{s}" for s in steps} | {"config.json"} <= set(before)
 
   path, torch_model = weights[0]
   code, out, err = _convert(capsys, "--model=resnet18", f"--weights={path}", f"--out={run}")
   assert code == 2 and not out and "Traceback" not in err
-  assert "holds a training run: checkpoints 4, 8, 12" in err and "Nothing was changed" in err
+  assert f"holds a training run: checkpoints {', '.join(map(str, steps))}" in err
+  assert "Nothing was changed" in err
   assert _tree(run) == before  # Every file byte-identical, nothing added.
   assert os.listdir(run.parent) == ["trained"]
 
@@ -217,11 +216,9 @@ def test_converting_into_a_trained_run_changes_nothing_and_overwrite_replaces_it
   assert sorted(os.listdir(run / "checkpoints")) == ["0"]
   config, model, variables = checkpoint.load_variables(str(run))
   assert config.model == "ResNet18" and config.num_classes == 10
-  x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
-  with torch.no_grad():
-    expected = torch_model(torch.from_numpy(x)).numpy()
-  got = model.apply(variables, x.transpose(0, 2, 3, 1), train=False)[0]
-  assert np.abs(np.asarray(got) - expected).max() <= 1e-4
+  x = torch_helpers.images(64)
+  got = torch_helpers.incres_logits(model, variables, x)
+  assert np.abs(got - torch_helpers.torch_logits(torch_model, x)).max() <= 1e-4
 
 
 def test_different_weights_give_different_checkpoints_and_none_are_kept_silently(

@@ -16,6 +16,8 @@ import pytest
 from incres import complexity, configs, convert_torch, data, metrics, models, paper, state, train
 from incres.models import inception_v3
 
+import torch_helpers  # tests/ is on the path (pytest's rootdir-relative import).
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One module of each kind (the aux head still follows mixed_6e), 2-28 channels per conv.
 SHORT = (
@@ -37,29 +39,11 @@ def _recipe(arg=None):
   return module.get_config(arg)
 
 
-def _random_variables(model, x):
-  """He-scaled random variables of `model`'s shapes (XLA:CPU takes ~40 s to compile its init)."""
-  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    name, shape = path[-1].key, leaf.shape
-    if name == "kernel":
-      value = rng.normal(size=shape) * np.sqrt(2.0 / np.prod(shape[:-1]))
-    elif name in ("scale", "var"):
-      value = 0.5 + rng.random(shape)
-    else:  # bias, mean
-      value = 0.1 * rng.normal(size=shape)
-    return jnp.asarray(value, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 def _tiny(size=75, **kw):
   """A width-1/16 InceptionV3 without the auxiliary head (which needs 299 inputs) and its input."""
   model = models.InceptionV3(**{**TINY, "aux_heads": False, **kw})
   x = jax.random.normal(jax.random.key(1), (4, size, size, 3))
-  return model, _random_variables(model, x), x
+  return model, torch_helpers.random_variables(model, x), x
 
 
 # --- Structure (full size, shapes only) ----------------------------------------------------------
@@ -176,50 +160,36 @@ def test_bfloat16_forward_is_finite_and_close_to_float32():
 # --- torchvision ---------------------------------------------------------------------------------
 
 
-def _torchvision_inception_v3(num_classes=10):
-  """torchvision's inception_v3 with random weights and random BatchNorm statistics, eval mode."""
-  torch = pytest.importorskip("torch")
-  torchvision = pytest.importorskip("torchvision")
-  torch.manual_seed(0)
-  tv = torchvision.models.inception_v3(
-      weights=None, aux_logits=True, init_weights=False, num_classes=num_classes
+def _torchvision_inception_v3():
+  """torchvision's inception_v3 with random weights and statistics and its auxiliary head."""
+  # linear_gain 10: logits of O(1-10), as trained weights give.
+  return torch_helpers.torchvision_model(
+      "inception_v3", linear_gain=10.0, aux_logits=True, init_weights=False
   )
-  g = torch.Generator().manual_seed(1)
-  for m in tv.modules():
-    if isinstance(m, torch.nn.BatchNorm2d):
-      c = m.num_features
-      m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-      m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-      m.weight.data.copy_(0.5 + 0.5 * torch.rand(c, generator=g))
-      m.bias.data.copy_(0.1 * torch.randn(c, generator=g))
-    elif isinstance(m, torch.nn.Linear):  # Logits of O(1-10), as trained weights give.
-      m.weight.data.copy_(10 * torch.randn(m.weight.shape, generator=g) / m.in_features**0.5)
-  return torch, tv.eval()
 
 
 @pytest.mark.slow
 def test_converted_logits_equal_torchvisions():
   # 107x107 (any input from 75 up runs in evaluation), with torchvision's transform_input step.
-  torch, tv = _torchvision_inception_v3()
+  tv = _torchvision_inception_v3()
   tv.transform_input = True
-  x = np.random.default_rng(0).normal(size=(2, 3, 107, 107)).astype(np.float32)
-  with torch.no_grad():
-    expected = tv(torch.from_numpy(x)).numpy()
+  x = torch_helpers.images(107)
+  expected = torch_helpers.torch_logits(tv, x)
   model, variables = convert_torch.convert(tv.state_dict(), "inception_v3")
   assert model.transform_input and model.aux_heads  # torchvision's pretrained weights' setting.
-  got = jax.jit(functools.partial(model.apply, train=False))(variables, x.transpose(0, 2, 3, 1))[0]
-  scale = np.abs(expected).max()
-  assert scale > 1.0
-  assert np.abs(np.asarray(got) - expected).max() <= 1e-4 * scale
+  assert np.abs(expected).max() > 1.0
+  assert (
+      torch_helpers.relative_error(torch_helpers.incres_logits(model, variables, x), expected)
+      <= 1e-4
+  )
 
 
 def test_converted_auxiliary_head_equals_torchvisions():
-  torch, tv = _torchvision_inception_v3()
+  tv = _torchvision_inception_v3()
   model, variables = convert_torch.convert(tv.state_dict(), "inception_v3", transform_input=False)
   assert not model.transform_input
   feat = np.random.default_rng(0).normal(size=(2, 768, 17, 17)).astype(np.float32)
-  with torch.no_grad():
-    expected = tv.AuxLogits(torch.from_numpy(feat)).numpy()
+  expected = torch_helpers.torch_logits(tv.AuxLogits, feat)
   unit = functools.partial(inception_v3.ConvBN, train=False)
   head = inception_v3.AuxHead(10, unit, lambda c: c)
   aux_vars = {k: v["aux_6e"] for k, v in variables.items()}
@@ -230,8 +200,8 @@ def test_converted_auxiliary_head_equals_torchvisions():
 def test_state_dict_round_trips_through_export_and_other_weights_fail_clearly():
   from incres import export
 
-  torch, tv = _torchvision_inception_v3()
-  sd = tv.state_dict()
+  torch = pytest.importorskip("torch")
+  sd = _torchvision_inception_v3().state_dict()
   _, variables = convert_torch.convert(sd, "inception_v3")
   config = convert_torch.import_config("inception_v3", 10)
   assert config.image_size == 299 and config.model_kwargs.transform_input

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 
 from incres import ops
+from incres.models.layers import ConvBN  # torchvision's `BasicConv2d` (eps 1e-3, He init).
 
 ModuleDef = Any
 
@@ -91,52 +92,6 @@ AUX_AFTER = "mixed_6e"  # The last 17x17 module.
 
 def _scaled(c: int, width: float) -> int:
   return max(1, int(round(c * width)))
-
-
-class ConvBN(nn.Module):
-  """conv (no bias) -> BatchNorm (eps 1e-3) -> ReLU: torchvision's `BasicConv2d`."""
-
-  features: int
-  kernel: tuple[int, int]
-  stride: int = 1
-  padding: str = "same"  # "same": k // 2 on each side of each axis; "valid": none.
-  train: bool = False
-  bn_momentum: float = 0.9  # torch's momentum 0.1.
-  kernel_init: Callable[..., jax.Array] = nn.initializers.variance_scaling(
-      2.0, "fan_in", "truncated_normal"  # He (TF-slim's arg scope); the paper states none.
-  )
-  cpu_conv_vjp: str = "auto"
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    if self.padding == "same":
-      pads = tuple((k // 2, k // 2) for k in self.kernel)
-    else:
-      pads = ((0, 0), (0, 0))
-    x = ops.Conv(
-        self.features,
-        self.kernel,
-        (self.stride, self.stride),
-        padding=pads,
-        use_bias=False,
-        kernel_init=self.kernel_init,
-        dtype=self.dtype,
-        param_dtype=jnp.float32,
-        conv_general_dilated=functools.partial(
-            ops.conv_general_dilated, cpu_conv_vjp=self.cpu_conv_vjp
-        ),
-        name="conv",
-    )(x)
-    x = nn.BatchNorm(
-        use_running_average=not self.train,
-        momentum=self.bn_momentum,
-        epsilon=1e-3,
-        dtype=self.dtype,
-        param_dtype=jnp.float32,
-        name="bn",
-    )(x)
-    return nn.relu(x)
 
 
 def _avg_pool_3x3(x):

@@ -61,6 +61,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from incres import ops
+from incres.models import layers
 
 ModuleDef = Any
 
@@ -237,43 +238,26 @@ def _scaled(c: int, width: float) -> int:
   return max(1, int(round(c * width)))
 
 
-class ConvBN(nn.Module):
-  """conv (no bias) -> BN -> ReLU; "same" convs pad k // 2 on each side (torch; TF at stride 1)."""
+# Returns the shared module rather than wrapping it in one, so that each unit's variables stay at
+# `<name>/conv` and `<name>/bn` (the paths checkpoints and weight import use).
+def ConvBN(  # pylint: disable=invalid-name
+    layer: Conv,
+    width: float = 1.0,
+    **kwargs: Any,
+) -> layers.ConvBN:
+  """The conv (no bias) -> BN -> ReLU unit of the table row `layer`, its filters scaled by `width`.
 
-  layer: Conv
-  width: float = 1.0
-  train: bool = False
-  bn_epsilon: float = 1e-3
-  cpu_conv_vjp: str = "auto"
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    spec = self.layer
-    padding = "VALID" if spec.valid else tuple((k // 2, k // 2) for k in spec.kernel)
-    x = ops.Conv(
-        _scaled(spec.features, self.width),
-        spec.kernel,
-        (spec.stride, spec.stride),
-        padding=padding,
-        use_bias=False,
-        kernel_init=nn.initializers.variance_scaling(2.0, "fan_in", "normal"),
-        dtype=self.dtype,
-        param_dtype=jnp.float32,
-        conv_general_dilated=functools.partial(
-            ops.conv_general_dilated, cpu_conv_vjp=self.cpu_conv_vjp
-        ),
-        name="conv",
-    )(x)
-    x = nn.BatchNorm(
-        use_running_average=not self.train,
-        momentum=0.9,
-        epsilon=self.bn_epsilon,
-        dtype=self.dtype,
-        param_dtype=jnp.float32,
-        name="bn",
-    )(x)
-    return nn.relu(x)
+  `kwargs` (train, bn_epsilon, cpu_conv_vjp, dtype, name) go to `layers.ConvBN`; "same" convs pad
+  k // 2 on each side (torch; TensorFlow's "SAME" at stride 1).
+  """
+  return layers.ConvBN(
+      _scaled(layer.features, width),
+      layer.kernel,
+      layer.stride,
+      padding="valid" if layer.valid else "same",
+      kernel_init=nn.initializers.variance_scaling(2.0, "fan_in", "normal"),
+      **kwargs,
+  )
 
 
 def _pool(x, pool: Pool, cpu_conv_vjp: str):

@@ -48,7 +48,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from incres import ops
-from incres.models.resnet import he_normal, shortcut_a
+from incres.models.resnet import layer_factories, shortcut_a
 
 ModuleDef = Any
 
@@ -140,22 +140,7 @@ class PreActResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    # `ops.Conv` is `nn.Conv` (same parameters) with a fast weight gradient on XLA:CPU.
-    conv = ops.conv_factory(
-        self.cpu_conv_vjp,
-        use_bias=False,
-        kernel_init=he_normal,
-        dtype=self.dtype,
-        param_dtype=jnp.float32,
-    )
-    norm = functools.partial(
-        nn.BatchNorm,
-        use_running_average=not train or self.frozen_bn,
-        momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon,
-        dtype=self.dtype,
-        param_dtype=jnp.float32,
-    )
+    conv, norm = layer_factories(self, train)
     block = self.block
     if block is PreActBottleneck:
       block = functools.partial(PreActBottleneck, stride_in_1x1=self.stride_in_1x1)

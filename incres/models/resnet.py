@@ -61,6 +61,31 @@ def shortcut_a(x: jnp.ndarray, out_channels: int, stride: int) -> jnp.ndarray:
   return x
 
 
+def layer_factories(net: nn.Module, train: bool) -> tuple[Callable[..., nn.Module], ModuleDef]:
+  """The conv and BatchNorm factories of `ResNet` and `PreActResNet`, from `net`'s fields.
+
+  `net` has `cpu_conv_vjp`, `dtype`, `bn_momentum`, `bn_epsilon` and `frozen_bn`. Convolutions
+  have no bias, He initialisation and k // 2 padding; parameters are float32 whatever `dtype`.
+  """
+  # `ops.Conv` is `nn.Conv` (same parameters) with a fast weight gradient on XLA:CPU.
+  conv = ops.conv_factory(
+      net.cpu_conv_vjp,
+      use_bias=False,
+      kernel_init=he_normal,
+      dtype=net.dtype,
+      param_dtype=jnp.float32,
+  )
+  norm = functools.partial(
+      nn.BatchNorm,
+      use_running_average=not train or net.frozen_bn,
+      momentum=net.bn_momentum,
+      epsilon=net.bn_epsilon,
+      dtype=net.dtype,
+      param_dtype=jnp.float32,
+  )
+  return conv, norm
+
+
 class _Block(nn.Module):
   """Shared shortcut logic of the basic and bottleneck blocks."""
 
@@ -174,22 +199,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    # `ops.Conv` is `nn.Conv` (same parameters) with a fast weight gradient on XLA:CPU.
-    conv = ops.conv_factory(
-        self.cpu_conv_vjp,
-        use_bias=False,
-        kernel_init=he_normal,
-        dtype=self.dtype,
-        param_dtype=jnp.float32,
-    )
-    norm = functools.partial(
-        nn.BatchNorm,
-        use_running_average=not train or self.frozen_bn,
-        momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon,
-        dtype=self.dtype,
-        param_dtype=jnp.float32,
-    )
+    conv, norm = layer_factories(self, train)
     block = self.block
     if block is Bottleneck:
       block = functools.partial(Bottleneck, stride_in_1x1=self.stride_in_1x1)

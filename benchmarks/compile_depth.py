@@ -52,7 +52,12 @@ def _config(model: str, scan: bool, batch: int | None, remat: bool | None = None
   if model.startswith("Cifar"):
     from experiments import resnet_cifar  # pylint: disable=g-import-not-at-top
 
-    c = resnet_cifar.get_config(f"depth={model.removeprefix('CifarResNet')},dataset=fake")
+    if model.startswith("CifarPreActResNet"):
+      c = resnet_cifar.get_config(
+          f"preact=True,depth={model.removeprefix('CifarPreActResNet')},dataset=fake"
+      )
+    else:
+      c = resnet_cifar.get_config(f"depth={model.removeprefix('CifarResNet')},dataset=fake")
     info = data.DatasetInfo("fake", 10, 50_000, 10_000, (32, 32, 3), ())
   else:
     from experiments import resnet_imagenet  # pylint: disable=g-import-not-at-top

@@ -6,10 +6,10 @@ Reproduces ResNet §4.2 / Table 6, CIFAR-10 test error: ResNet-20/32/44/56/110/1
 7.17 / 6.97 / 6.43 (best of 5; mean 6.61) / 7.93 %; `plain=True` gives Figure 6's plain nets.
 
 Arguments (`--config=experiments/resnet_cifar.py:depth=110,plain=False,...`):
-  depth: 20 | 32 | 44 | 56 | 110 | 1202 (plain nets: up to 110; preact: 110 | 164 | 1001). 1202 is
-    built in the scanned, rematerialised layout (`model_kwargs.scan_blocks`, `remat_blocks`;
-    incres.models.resnet): the unscanned one does not compile in 24 GiB. The other depths keep the
-    faster unscanned layout.
+  depth: 20 | 32 | 44 | 56 | 110 | 1202 (plain nets: up to 110; preact: 110 | 164 | 1001). 1202 and
+    1001 are built in the scanned, rematerialised layout (`model_kwargs.scan_blocks`,
+    `remat_blocks`; incres.models.resnet): the unscanned 1202 does not compile in 24 GiB. The other
+    depths keep the faster unscanned layout.
   plain: True for the plain twin (same layers, no shortcuts).
   preact: True for the pre-activation ResNets of He et al. 2016 (see below).
   dataset: cifar10 (default), cifar100, digits, fake, folder:<path>, any tfds name.
@@ -88,7 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = f"CifarPlain{a.depth}" if a.plain else f"CifarResNet{a.depth}"
   c.dataset = a.dataset or ("digits" if a.smoke else "cifar10")
   c.smoke = a.smoke
-  if a.depth == 1202:  # 200 blocks a stage: compiled once per stage (incres.models.resnet).
+  if a.depth in (1001, 1202):  # 111 / 200 units a stage: compiled once per stage (scan_blocks).
     c.model_kwargs.scan_blocks = True
     c.model_kwargs.remat_blocks = True  # Batch 128 would otherwise keep ~19 GiB of activations.
 

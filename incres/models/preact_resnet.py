@@ -35,6 +35,11 @@ Faithfulness notes (the paper's Appendix, "Implementation Details", unless said 
 - `transform_input`: timm's resnetv2 weights expect inputs scaled by mean = std = 0.5 per channel
   (its `_cfg`); True maps ImageNet mean/std-normalised images to that scale inside the model, as
   `GoogLeNet.transform_input` does for torchvision's GoogLeNet.
+- Layouts: `scan_blocks` and `remat_blocks` as `incres.models.resnet` (units 1.. of each stage as
+  one `nn.scan` named `stage<i>_blocks`; `resnet.stack_blocks`/`unstack_blocks` convert the
+  variables). Unscanned is the default; `experiments/resnet_cifar.py:preact=True,depth=1001`
+  scans and rematerialises, as for CifarResNet1202 (benchmarks/RESULTS.md, "Compile time by
+  depth").
 - Nothing is sown into `intermediates`: Figure 7's responses (after BN, before the addition) are
   the original unit's; a pre-activation unit has no BN after its last conv.
 """
@@ -48,7 +53,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from incres import ops
-from incres.models.resnet import layer_factories, shortcut_a
+from incres.models.resnet import layer_factories, scan_repeats, shortcut_a
 
 ModuleDef = Any
 
@@ -136,6 +141,8 @@ class PreActResNet(nn.Module):
   bn_epsilon: float = 1e-5
   frozen_bn: bool = False  # Always normalise with the running statistics (frozen fine-tuning).
   cpu_conv_vjp: str = "auto"  # The CPU gradient paths of incres.ops: "auto", "on" or "off".
+  scan_blocks: bool = False  # Units 1.. of each stage as one `nn.scan` (see the module docstring).
+  remat_blocks: bool = False  # With scan_blocks: recompute the units in the backward pass.
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -159,16 +166,20 @@ class PreActResNet(nn.Module):
       raise ValueError(f"Unknown stem {self.stem!r}; use 'imagenet' or 'cifar'.")
 
     for i, num_blocks in enumerate(self.stage_sizes):
-      for j in range(num_blocks):
-        x = block(
-            filters=self.width * 2**i,
-            conv=conv,
-            norm=norm,
-            strides=2 if i > 0 and j == 0 else 1,
-            shortcut=self.shortcut,
-            preact=not (self.stem_norm and i == 0 and j == 0),
-            name=f"stage{i + 1}_block{j}",
-        )(x)
+      unit = functools.partial(
+          block, filters=self.width * 2**i, conv=conv, norm=norm, shortcut=self.shortcut
+      )
+      # Unit 0 changes the width and (after the first stage) the resolution; the rest repeat it.
+      x = unit(
+          strides=2 if i > 0 else 1,
+          preact=not (self.stem_norm and i == 0),
+          name=f"stage{i + 1}_block0",
+      )(x)
+      if self.scan_blocks and num_blocks > 1:
+        x = scan_repeats(unit(name=f"stage{i + 1}_blocks"), x, num_blocks - 1, self.remat_blocks)
+      else:
+        for j in range(1, num_blocks):
+          x = unit(name=f"stage{i + 1}_block{j}")(x)
 
     x = nn.relu(norm(name="final_bn")(x))  # The last unit's extra activation.
     features = jnp.mean(x, axis=(1, 2))  # Global average pool.

@@ -155,7 +155,7 @@ class Bottleneck(_Block):
     return self.add_shortcut(x, y)
 
 
-def _scan_repeats(module: nn.Module, x: jnp.ndarray, length: int, remat: bool) -> jnp.ndarray:
+def scan_repeats(module: nn.Module, x: jnp.ndarray, length: int, remat: bool) -> jnp.ndarray:
   """Applies `length` copies of the block `module` in sequence as one `nn.scan` (one compile)."""
 
   def body(module, x, _):
@@ -230,7 +230,7 @@ class ResNet(nn.Module):
       # Block 0 changes the width and (after the first stage) the resolution; the rest repeat it.
       x = stage_block(strides=2 if i > 0 else 1, name=f"stage{i + 1}_block0")(x)
       if self.scan_blocks and num_blocks > 1:
-        x = _scan_repeats(
+        x = scan_repeats(
             stage_block(name=f"stage{i + 1}_blocks"), x, num_blocks - 1, self.remat_blocks
         )
       else:

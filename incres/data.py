@@ -18,6 +18,9 @@ batches never straddle epochs (the remainder of each epoch is dropped), and resu
 current epoch's records up to the step *without decoding them*: exact, at the cost of reading at
 most one epoch of raw records.
 
+Encoded images reach the augmentations and evaluation views undecoded: from a JPEG the ResNet and
+GoogLeNet crops and the centre view decode only the window they use (`incres.augment`).
+
 Evaluation pads the last batch and carries a mask, so every example counts exactly once (unlike
 the Flax ImageNet example, issue #262).
 

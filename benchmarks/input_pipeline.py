@@ -193,13 +193,17 @@ def main(argv: Sequence[str] | None = None) -> None:
       print(f"{name:<26} {shape:>11} {size:>9} {rate:>9.0f}", flush=True)
 
   if args.side_by_side == "both":
-    # Per core: the same benchmark in a child pinned to one core (TensorFlow's own pools too).
-    command = [sys.executable, os.path.abspath(__file__), "--table=false", "--side_by_side=here"]
-    command += [f"--seconds={args.seconds}", f"--batch_size={args.batch_size}"]
-    command += [f"--rounds={args.rounds}"]
-    core = min(os.sched_getaffinity(0))
+    # Per core: the same benchmark in a child that pins itself to one core before TensorFlow
+    # starts a thread (so its pools have one core too).
+    flags_ = ["--table=false", "--side_by_side=here", f"--seconds={args.seconds}"]
+    flags_ += [f"--batch_size={args.batch_size}", f"--rounds={args.rounds}"]
+    pin = (
+        f"import os, runpy, sys; os.sched_setaffinity(0, {{{min(os.sched_getaffinity(0))}}}); "
+        f"sys.argv = {[os.path.abspath(__file__)] + flags_!r}; "
+        "runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
     sys.stdout.flush()
-    subprocess.run(command, check=True, preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+    subprocess.run([sys.executable, "-c", pin], check=True)
   if args.side_by_side != "none":
     _print_side_by_side(args, cores)
 

@@ -96,7 +96,7 @@ def _before_issue_15():
     augment.resnet_imagenet_train, augment.eval_center = train, center
 
 
-def _plain_iter(batch_size: int, threads: int | None):
+def _plain_iter(batch_size: int):
   """A plain tf.data pipeline: decode the whole JPEG, resize (bilinear), random crop, flip."""
   pool = tf.constant(data._fake_pool(IMAGENET_SHAPE, data.FAKE_POOL_SIZE).astype(bytes))
 
@@ -113,18 +113,16 @@ def _plain_iter(batch_size: int, threads: int | None):
 
   ds = tf.data.Dataset.range(2**62).map(example, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  if threads == 1:  # Per core: as incres' pipelines (which also set this on all cores).
+  if data._host_threads() == 1:  # Per core: as incres' pipelines (which set it everywhere).
     options = tf.data.Options()
-    options.threading.private_threadpool_size = threads
+    options.threading.private_threadpool_size = 1
     options.threading.max_intra_op_parallelism = 1
     ds = ds.with_options(options)
   return ds.as_numpy_iterator()
 
 
-def side_by_side(batch_size: int, seconds: float, rounds: int, threads: int | None) -> dict:
+def side_by_side(batch_size: int, seconds: float, rounds: int) -> dict:
   """{name: [images/s per round]}: before/after/plain, alternating within each round."""
-  data.INPUT_THREADS = threads
-  threads = threads or data._host_threads()
   train = _config(batch_size, augment="resnet_imagenet", image_size=224)
   center = _config(batch_size, eval_preprocess="center", image_size=224)
 
@@ -135,17 +133,14 @@ def side_by_side(batch_size: int, seconds: float, rounds: int, threads: int | No
   cases = {
       "resnet train, before": lambda: before(train, False),
       "resnet train, after": lambda: _rate(train, False, seconds),
-      "plain tf.data": lambda: _timed(lambda: _plain_iter(batch_size, threads), seconds),
+      "plain tf.data": lambda: _timed(lambda: _plain_iter(batch_size), seconds),
       "center eval, before": lambda: before(center, True),
       "center eval, after": lambda: _rate(center, True, seconds),
   }
   rates = {name: [] for name in cases}
-  try:
-    for _ in range(rounds):
-      for name, run in cases.items():
-        rates[name].append(run())
-  finally:
-    data.INPUT_THREADS = None
+  for _ in range(rounds):
+    for name, run in cases.items():
+      rates[name].append(run())
   return rates
 
 
@@ -211,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _print_side_by_side(args, cores: int) -> None:
   """The before/after/plain table on the cores this process may use."""
   label = "per core (pinned to one core)" if cores == 1 else f"on all {cores} cores"
-  rates = side_by_side(args.batch_size, args.seconds, args.rounds, None)
+  rates = side_by_side(args.batch_size, args.seconds, args.rounds)
   med = {name: statistics.median(r) for name, r in rates.items()}
   print(
       f"\nSide by side, {label}: images/s, median of {args.rounds} alternating rounds "

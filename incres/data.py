@@ -834,11 +834,6 @@ def _base_seed(config, stream: int) -> tf.Tensor:
 _PERMUTATION, _AUGMENT, _STREAM, _SPARE = 1, 2, 3, 4
 
 
-# Threads of each input pipeline's private pool; None: every core this process may run on. (The
-# benchmark sets 1 to measure the rate per core.)
-INPUT_THREADS: int | None = None
-
-
 def _host_threads() -> int:
   """Cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
   try:
@@ -854,9 +849,10 @@ def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
   options.autotune.enabled = True  # Parallel calls and prefetch buffers sized at run time.
   options.experimental_optimization.map_parallelization = True
   # A pool of its own, one thread per core, rather than the process-wide inter-op pool.
-  options.threading.private_threadpool_size = INPUT_THREADS or _host_threads()
-  # Parallelism comes from decoding many images at once (map()), not from threads inside one op:
-  # measured in benchmarks/RESULTS.md ("Input pipeline").
+  options.threading.private_threadpool_size = _host_threads()
+  # Parallelism comes from decoding many images at once (map()), not from threads inside one op
+  # (kept from before: on the shared 2-core machine the alternatives could not be told apart,
+  # benchmarks/RESULTS.md, "Input pipeline").
   options.threading.max_intra_op_parallelism = 1
   return ds.with_options(options)
 

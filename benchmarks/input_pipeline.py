@@ -1,22 +1,35 @@
-r"""python benchmarks/input_pipeline.py [--seconds=8] [--batch_size=64]
+r"""python benchmarks/input_pipeline.py [--seconds=8] [--batch_size=64] [--rounds=3]
 
 Images per second of each training augmentation and evaluation view on this machine, through
 `incres.data.create_train_iter` / `create_eval_iter` exactly as training uses them: fake
 ImageNet-sized photos (375×500 smooth-noise JPEGs) go through the real JPEG decode path; the CIFAR
 recipe is measured on 32×32 images (fake JPEGs, and the in-memory digits of the quickstart).
-Default run: about a minute. Compare with the accelerator's step rate to see whether the input
-pipeline keeps it fed (ImageNet recipes need many cores: one core decodes and augments ~100/s).
+
+Then, side by side (issue #15), alternating in rounds in this one process: the ResNet augmentation
+and the centre evaluation view as they were before (`augment._resnet_imagenet_train_reference`:
+decode all, resize all, crop) and as they are (decode and resample only the crop), and a plain
+tf.data pipeline on the same JPEGs (decode_jpeg of the whole image, bilinear resize without
+antialiasing to a shorter side drawn in [256, 480], random 224 crop, flip); once per core (a child
+process pinned to one core, so tf.data and TensorFlow have one thread's worth of CPU) and once on
+all cores. Medians over the rounds.
+Default run: about five minutes. Compare with the accelerator's step rate to see whether the input
+pipeline keeps it fed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 
 from absl import flags
+import tensorflow as tf
 
-from incres import cli, configs, data, errors
+from incres import augment, cli, configs, data, errors
 
 IMAGENET_SHAPE = (375, 500, 3)
 
@@ -39,13 +52,17 @@ ROWS = (
 )
 
 
-def _rate(config, evaluate: bool, seconds: float) -> float:
-  """Images per second after a warm-up, over about `seconds`."""
-  make = (
-      (lambda: data.create_eval_iter(config))
-      if evaluate
-      else (lambda: data.create_train_iter(config))
-  )
+def _config(batch_size: int, **overrides):
+  """A `fake` ImageNet-sized config with `overrides`."""
+  c = configs.base_config()
+  c.update(dataset="fake", fake_image_shape=IMAGENET_SHAPE, num_classes=1000, fake_num_eval=4096)
+  c.update(overrides)
+  c.batch_size = c.eval_batch_size = batch_size
+  return c
+
+
+def _timed(make, seconds: float) -> float:
+  """Images per second of the batches of `make()` after a warm-up, over about `seconds`."""
   it = make()
   for _ in range(3):  # Warm-up: graph tracing, thread pools, the prefetch buffer.
     next(it)
@@ -60,11 +77,94 @@ def _rate(config, evaluate: bool, seconds: float) -> float:
   return count / (time.perf_counter() - start)
 
 
+def _rate(config, evaluate: bool, seconds: float) -> float:
+  """Images per second of incres' own iterator for `config`."""
+  if evaluate:
+    return _timed(lambda: data.create_eval_iter(config), seconds)
+  return _timed(lambda: data.create_train_iter(config), seconds)
+
+
+@contextlib.contextmanager
+def _before_issue_15():
+  """The ResNet augmentation and centre view as they were: decode all, resize all, crop."""
+  train, center = augment.resnet_imagenet_train, augment.eval_center
+  augment.resnet_imagenet_train = augment._resnet_imagenet_train_reference
+  augment.eval_center = lambda image, **kw: center(augment.decode(image), **kw)
+  try:
+    yield
+  finally:
+    augment.resnet_imagenet_train, augment.eval_center = train, center
+
+
+def _plain_iter(batch_size: int):
+  """A plain tf.data pipeline: decode the whole JPEG, resize (bilinear), random crop, flip."""
+  pool = tf.constant(data._fake_pool(IMAGENET_SHAPE, data.FAKE_POOL_SIZE).astype(bytes))
+
+  def example(i):
+    seed = tf.stack([tf.constant(0, tf.int64), i])
+    scale_seed, crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    image = tf.io.decode_jpeg(pool[i % data.FAKE_POOL_SIZE], channels=3)
+    shorter = tf.random.stateless_uniform([], scale_seed, 256, 481, tf.int32)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    new = tf.cast(tf.round(shape * tf.cast(shorter, tf.float32) / tf.reduce_min(shape)), tf.int32)
+    image = tf.image.resize(image, new) / 255.0  # Bilinear, no antialiasing.
+    image = tf.image.stateless_random_crop(image, [224, 224, 3], crop_seed)
+    return {"image": tf.image.stateless_random_flip_left_right(image, flip_seed), "label": i}
+
+  ds = tf.data.Dataset.range(2**62).map(example, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  if data._host_threads() == 1:  # Per core: as incres' pipelines (which set it everywhere).
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    ds = ds.with_options(options)
+  return ds.as_numpy_iterator()
+
+
+def side_by_side(batch_size: int, seconds: float, rounds: int) -> dict:
+  """{name: [images/s per round]}: before/after/plain, alternating within each round."""
+  train = _config(batch_size, augment="resnet_imagenet", image_size=224)
+  center = _config(batch_size, eval_preprocess="center", image_size=224)
+
+  def before(config, evaluate):
+    with _before_issue_15():
+      return _rate(config, evaluate, seconds)
+
+  cases = {
+      "resnet train, before": lambda: before(train, False),
+      "resnet train, after": lambda: _rate(train, False, seconds),
+      "plain tf.data": lambda: _timed(lambda: _plain_iter(batch_size), seconds),
+      "center eval, before": lambda: before(center, True),
+      "center eval, after": lambda: _rate(center, True, seconds),
+  }
+  rates = {name: [] for name in cases}
+  for _ in range(rounds):
+    for name, run in cases.items():
+      rates[name].append(run())
+  return rates
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-  """Measures every row and prints the table."""
+  """Measures every row and prints the tables."""
   args = flags.FlagValues()
-  flags.DEFINE_float("seconds", 8.0, "Timed seconds per row.", flag_values=args)
+  flags.DEFINE_float(
+      "seconds", 8.0, "Timed seconds per row (per case and round side by side).", flag_values=args
+  )
   flags.DEFINE_integer("batch_size", 64, "Images per batch.", flag_values=args)
+  flags.DEFINE_integer(
+      "rounds", 3, "Alternating rounds of the side-by-side cases.", flag_values=args
+  )
+  flags.DEFINE_bool(
+      "table", True, "Also measure every augmentation (the first table).", flag_values=args
+  )
+  flags.DEFINE_enum(
+      "side_by_side",
+      "both",
+      ["both", "here", "none"],
+      "both: per core (a child process pinned to one core) and on all cores; here: in this "
+      "process only, on the cores it may use.",
+      flag_values=args,
+  )
   cli.parse(
       args,
       argv,
@@ -72,20 +172,56 @@ def main(argv: Sequence[str] | None = None) -> None:
       description=__doc__.split("\n\n")[1],
   )
 
+  cores = data._host_threads()
+  load = os.getloadavg()[0]
   print(
-      f"Input pipeline on {os.cpu_count()} CPU cores, batch {args.batch_size}, "
-      f"{args.seconds:g} s per row."
+      f"Input pipeline on {cores} CPU cores (1-min load average {load:.2f} at the start), "
+      f"batch {args.batch_size}."
   )
-  print(f"{'pipeline':<26} {'input':>11} {'output':>9} {'images/s':>9}")
-  for name, overrides, evaluate in ROWS:
-    c = configs.base_config()
-    c.update(dataset="fake", fake_image_shape=IMAGENET_SHAPE, num_classes=1000, fake_num_eval=4096)
-    c.update(overrides)
-    c.batch_size = c.eval_batch_size = args.batch_size
-    shape = "32x32" if c.dataset == "digits" else "x".join(map(str, c.fake_image_shape[:2]))
-    rate = _rate(c, evaluate, args.seconds)
-    size = f"{c.image_size}x{c.image_size}"
-    print(f"{name:<26} {shape:>11} {size:>9} {rate:>9.0f}", flush=True)
+  if args.table:
+    print(f"\n{'pipeline':<26} {'input':>11} {'output':>9} {'images/s':>9}   ({args.seconds:g} s)")
+    for name, overrides, evaluate in ROWS:
+      c = _config(args.batch_size, **overrides)
+      shape = "32x32" if c.dataset == "digits" else "x".join(map(str, c.fake_image_shape[:2]))
+      rate = _rate(c, evaluate, args.seconds)
+      size = f"{c.image_size}x{c.image_size}"
+      print(f"{name:<26} {shape:>11} {size:>9} {rate:>9.0f}", flush=True)
+
+  if args.side_by_side == "both":
+    # Per core: the same benchmark in a child that pins itself to one core before TensorFlow
+    # starts a thread (so its pools have one core too).
+    flags_ = ["--table=false", "--side_by_side=here", f"--seconds={args.seconds}"]
+    flags_ += [f"--batch_size={args.batch_size}", f"--rounds={args.rounds}"]
+    pin = (
+        f"import os, runpy, sys; os.sched_setaffinity(0, {{{min(os.sched_getaffinity(0))}}}); "
+        f"sys.argv = {[os.path.abspath(__file__)] + flags_!r}; "
+        "runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    sys.stdout.flush()
+    subprocess.run([sys.executable, "-c", pin], check=True)
+  if args.side_by_side != "none":
+    _print_side_by_side(args, cores)
+
+
+def _print_side_by_side(args, cores: int) -> None:
+  """The before/after/plain table on the cores this process may use."""
+  label = "per core (pinned to one core)" if cores == 1 else f"on all {cores} cores"
+  rates = side_by_side(args.batch_size, args.seconds, args.rounds)
+  med = {name: statistics.median(r) for name, r in rates.items()}
+  print(
+      f"\nSide by side, {label}: images/s, median of {args.rounds} alternating rounds "
+      f"(1-min load average now {os.getloadavg()[0]:.2f})"
+  )
+  for name, r in rates.items():
+    each = " ".join(f"{x:.0f}" for x in r)
+    print(f"  {name:<22} {med[name]:>7.0f}   ({each})")
+  train_after = med["resnet train, after"]
+  print(
+      f"  resnet train after/before {train_after / med['resnet train, before']:.2f}x, "
+      f"after/plain {train_after / med['plain tf.data']:.2f}x; center eval after/before "
+      f"{med['center eval, after'] / med['center eval, before']:.2f}x",
+      flush=True,
+  )
 
 
 if __name__ == "__main__":

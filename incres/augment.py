@@ -1,7 +1,9 @@
 """The papers' augmentations and test views, as seeded, stateless TensorFlow functions.
 
-Every function maps one uint8 image `[H, W, 3]` and a `[2]` integer seed to a float32 image. Only
-stateless random ops are used, so the output is a pure function of (image, seed): the same eagerly
+Every function maps one image and a `[2]` integer seed to a float32 image. The image is either
+decoded, uint8 `[H, W, 3]`, or encoded bytes (a scalar string: JPEG, PNG, BMP, GIF); from a JPEG
+the crops decode only the window they use (`tf.image.decode_and_crop_jpeg`, issue #15), which gives
+the same view as decoding everything and cropping after. Only stateless random ops are used, so the output is a pure function of (image, seed): the same eagerly
 and inside `tf.data`, whatever the parallelism, which is what makes resumed training exact
 (`incres.data` seeds each example by its position in the training stream).
 
@@ -60,17 +62,22 @@ def _to_float(image: tf.Tensor) -> tf.Tensor:
   return tf.cast(image, tf.float32) / 255.0
 
 
-def resize_shorter_side(image: tf.Tensor, size: tf.Tensor | int) -> tf.Tensor:
-  """Resizes (bilinear, antialiased) so that the shorter side is `size`, keeping the aspect."""
-  shape = tf.shape(image)
-  h = tf.cast(shape[0], tf.float32)
-  w = tf.cast(shape[1], tf.float32)
+def _shorter_side_shape(height: tf.Tensor, width: tf.Tensor, size: tf.Tensor | int) -> tf.Tensor:
+  """`[new_h, new_w]` (int32) with the shorter side `size` and the aspect kept."""
+  h = tf.cast(height, tf.float32)
+  w = tf.cast(width, tf.float32)
   size = tf.cast(size, tf.float32)
   scale = size / tf.minimum(h, w)
   # Rounding the longer side only: the shorter one must be exactly `size`.
   new_h = tf.where(h <= w, size, tf.round(h * scale))
   new_w = tf.where(h <= w, tf.round(w * scale), size)
-  new_shape = tf.cast(tf.stack([new_h, new_w]), tf.int32)
+  return tf.cast(tf.stack([new_h, new_w]), tf.int32)
+
+
+def resize_shorter_side(image: tf.Tensor, size: tf.Tensor | int) -> tf.Tensor:
+  """Resizes (bilinear, antialiased) so that the shorter side is `size`, keeping the aspect."""
+  shape = tf.shape(image)
+  new_shape = _shorter_side_shape(shape[0], shape[1], size)
   return tf.image.resize(image, new_shape, method="bilinear", antialias=True)
 
 
@@ -93,6 +100,155 @@ def _resized_to(x: tf.Tensor, size: int) -> tf.Tensor:
   return tf.ensure_shape(x, [size, size, 3])
 
 
+# ---------------------------------------------------------------------------------------------
+# Decoding only what a view uses
+# ---------------------------------------------------------------------------------------------
+
+# A view that shrinks the image by more than this factor is resampled with the antialiased
+# (triangle) kernel of `tf.image.resize(..., antialias=True)`, as the whole-image implementation
+# did; up to it, with plain bilinear interpolation at the same sampling positions (identical when
+# the view is enlarged). Up to 2x every source pixel still reaches the output. On the noisy 375x500
+# fake JPEGs of benchmarks/input_pipeline.py (a harsh case) bilinear ResNet crops differ from the
+# antialiased ones by 0.3/255 per pixel on average (1.4/255 for the worst of 40 views), the centre
+# view by 2.0/255; on one core the antialiased resampler (`tf.raw_ops.ScaleAndTranslate`) took
+# 3.7 ms a view against 2.1 for bilinear (`tf.image.crop_and_resize`) and 2.2 for decoding the
+# window. ImageNet's ResNet crops shrink by at most shorter side / 256 (1.46 for a 375-pixel
+# side), so only large photos take the antialiased path.
+ANTIALIAS_ABOVE = 2.0
+
+
+def decode(image: tf.Tensor) -> tf.Tensor:
+  """uint8 `[H, W, 3]` of an encoded image (JPEG, PNG, BMP, first GIF frame); decoded ones as is."""
+  if image.dtype != tf.string:
+    return image
+  return tf.io.decode_image(image, channels=3, expand_animations=False)
+
+
+def _is_complete_jpeg(data: tf.Tensor) -> tf.Tensor:
+  """A JPEG that ends with its end-of-image marker.
+
+  A truncated JPEG is decoded whole (and fails, as it always did) rather than by window: a window
+  above the cut would decode, so whether a damaged file is skipped would depend on the crop drawn.
+  """
+  tail = tf.strings.substr(data, tf.maximum(tf.strings.length(data) - 2, 0), 2)
+  return tf.io.is_jpeg(data) & tf.equal(tail, b"\xff\xd9")
+
+
+def _decode_window(image: tf.Tensor, window_fn):
+  """`(pixels, extras)`: the box `[top, left, h, w]` of `window_fn(height, width) -> (box, extras)`
+  of `image` (uint8 or encoded), decoding only that box of a JPEG."""
+  if image.dtype != tf.string:
+    shape = tf.shape(image)
+    box, extras = window_fn(shape[0], shape[1])
+    return tf.image.crop_to_bounding_box(image, box[0], box[1], box[2], box[3]), extras
+
+  def jpeg():
+    shape = tf.image.extract_jpeg_shape(image)  # Reads the header only.
+    box, extras = window_fn(shape[0], shape[1])
+    return tf.image.decode_and_crop_jpeg(image, box, channels=3), extras
+
+  def other():
+    decoded = decode(image)
+    shape = tf.shape(decoded)
+    box, extras = window_fn(shape[0], shape[1])
+    return tf.image.crop_to_bounding_box(decoded, box[0], box[1], box[2], box[3]), extras
+
+  return tf.cond(_is_complete_jpeg(image), jpeg, other)
+
+
+def _source_span(length: tf.Tensor, new_length: tf.Tensor, start: tf.Tensor, size: int):
+  """`(scale, lo, hi)`: rows `[lo, hi)` of the original that `[start, start + size)` of it resized
+  to `new_length` reads, with the resampling kernel's reach (+1) as margin."""
+  scale = tf.cast(new_length, tf.float32) / tf.cast(length, tf.float32)
+  reach = tf.math.ceil(tf.maximum(1.0 / scale, 1.0)) + 1.0
+  start = tf.cast(start, tf.float32)
+  lo = tf.maximum(tf.floor(start / scale) - reach, 0.0)
+  hi = tf.minimum(tf.math.ceil((start + size) / scale) + reach, tf.cast(length, tf.float32))
+  return scale, tf.cast(lo, tf.int32), tf.cast(hi, tf.int32)
+
+
+def _resample(window: tf.Tensor, size: int, scale, offset) -> tf.Tensor:
+  """float32 `[size, size, 3]` (0-255): output pixel `(i, j)` of `window` scaled by `scale` (per axis)
+  and shifted by `offset`: the window's continuous coordinate `(i + 0.5 + offset) / scale`, as in
+  `tf.image.resize` (half-pixel centres). Antialiased above ANTIALIAS_ABOVE, bilinear up to it."""
+  scale = tf.stack(scale)
+  offset = tf.cast(tf.stack(offset), tf.float32)
+
+  def antialiased():
+    # tf.image.resize(antialias=True) is this op with translation 0 (exactly the same pixels).
+    return tf.raw_ops.ScaleAndTranslate(
+        images=window[None],
+        size=[size, size],
+        scale=scale,
+        translation=-offset,
+        kernel_type="triangle",
+        antialias=True,
+    )[0]
+
+  def bilinear():
+    # The sampling positions of `tf.image.resize` (pixel k's centre at k); at the image's edges it
+    # clamps, which one replicated row and column each side reproduces (an upscaled view samples
+    # up to half a pixel outside). Inside the image the margin of `_source_span` is read instead.
+    x = tf.concat([window[:1], window, window[-1:]], 0)
+    x = tf.concat([x[:, :1], x, x[:, -1:]], 1)
+    extent = tf.cast(tf.shape(x)[:2], tf.float32) - 1.0
+    first = (offset + 0.5) / scale + 0.5  # -0.5 in the window, +1 for the replicated edge.
+    last = (offset + size - 0.5) / scale + 0.5
+    box = tf.concat([first, last], 0) / tf.tile(extent, [2])
+    return tf.image.crop_and_resize(x[None], box[None], [0], [size, size])[0]
+
+  shrink = tf.reduce_max(1.0 / scale)
+  x = tf.cond(shrink > ANTIALIAS_ABOVE, antialiased, bilinear)
+  return tf.ensure_shape(x, [size, size, 3])
+
+
+def resized_crop(image: tf.Tensor, size: int, box_fn) -> tf.Tensor:
+  """float32 `[size, size, 3]` on [0, 1]: the `size` square at `(top, left)` of the image resized
+  to `new_h`×`new_w`, where `box_fn(height, width) -> (new_h, new_w, top, left)`.
+
+  Only the window of the original under that square is decoded and resampled (crop, then resize):
+  the view a whole-image resize then crop gives, without the work outside the crop.
+  """
+
+  def window_fn(height, width):
+    new_h, new_w, top, left = box_fn(height, width)
+    scale_y, r0, r1 = _source_span(height, new_h, top, size)
+    scale_x, c0, c1 = _source_span(width, new_w, left, size)
+    # The square starts `top - r0 * scale_y` resized pixels into the window.
+    offset_y = tf.cast(top, tf.float32) - tf.cast(r0, tf.float32) * scale_y
+    offset_x = tf.cast(left, tf.float32) - tf.cast(c0, tf.float32) * scale_x
+    return tf.stack([r0, c0, r1 - r0, c1 - c0]), (scale_y, scale_x, offset_y, offset_x)
+
+  window, (scale_y, scale_x, offset_y, offset_x) = _decode_window(image, window_fn)
+  return _resample(window, size, (scale_y, scale_x), (offset_y, offset_x)) / 255.0
+
+
+def resnet_scale_and_offset(
+    height: tf.Tensor,
+    width: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    size: int,
+    scale_range: tuple[int, int] = RESNET_SCALE_RANGE,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """ResNet §3.4's draw for an image of `height`×`width`: `(shorter, [new_h, new_w], [top, left])`.
+
+  The shorter side, the resized shape and the `size` crop's offset in the resized image, drawn
+  with the ops of the original implementation (`tf.random.stateless_uniform` for the side,
+  `tf.image.stateless_random_crop`'s offset draw), so that a seed gives the same view as before.
+  """
+  scale_seed, crop_seed, _, _ = _seeds(seed, 4)
+  lo = round(scale_range[0] * size / 224)
+  hi = round(scale_range[1] * size / 224)
+  shorter = tf.random.stateless_uniform([], scale_seed, minval=lo, maxval=hi + 1, dtype=tf.int32)
+  new_shape = _shorter_side_shape(height, width, shorter)
+  # `tf.image.stateless_random_crop(x, [size, size, 3], crop_seed)` on the resized image draws its
+  # offset thus (tensorflow/python/ops/random_crop_ops.py).
+  limit = tf.concat([new_shape - size + 1, [1]], 0)
+  offset = tf.random.stateless_uniform([3], crop_seed, maxval=tf.int32.max, dtype=tf.int32) % limit
+  return shorter, new_shape, offset[:2]
+
+
 def cifar_train(
     image: tf.Tensor, seed: tf.Tensor, *, mean: tf.Tensor, pad: int = 4, size: int | None = None
 ) -> tf.Tensor:
@@ -105,7 +261,7 @@ def cifar_train(
   view `eval_single` gives and the per-pixel mean is computed in; a 32×32 image is untouched.
   """
   crop_seed, flip_seed = _seeds(seed, 2)
-  x = _to_float(image)
+  x = _to_float(decode(image))
   if size is not None:
     x = _resized_to(x, size)
   x = x - mean
@@ -135,13 +291,44 @@ def resnet_imagenet_train(
   """ResNet §3.4: shorter side uniform in [256, 480], random 224 crop, flip, mean, PCA colour.
 
   `scale_range` is given for a 224 crop and scaled by `size / 224`, so smaller inputs (e.g. 32×32
-  digits) get the same relative augmentation.
+  digits) get the same relative augmentation. The crop is made before the resize: a 224 crop of the
+  image resized to shorter side S is the resized crop of side 224·short/S of the original, so only
+  that window is decoded (of a JPEG) and resampled (`resized_crop`). Same draws as
+  `_resnet_imagenet_train_reference`, the whole-image implementation, and the same pixels up to
+  the resampling kernel (ANTIALIAS_ABOVE).
+  """
+  _, _, flip_seed, pca_seed = _seeds(seed, 4)
+
+  def box(height, width):
+    _, new_shape, offset = resnet_scale_and_offset(
+        height, width, seed, size=size, scale_range=scale_range
+    )
+    return new_shape[0], new_shape[1], offset[0], offset[1]
+
+  x = resized_crop(image, size, box)
+  x = tf.image.stateless_random_flip_left_right(x, seed=flip_seed)
+  return pca_lighting(x - mean, pca_seed, pca_std)
+
+
+def _resnet_imagenet_train_reference(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    size: int,
+    mean: tf.Tensor,
+    scale_range: tuple[int, int] = RESNET_SCALE_RANGE,
+    pca_std: float = 0.1,
+) -> tf.Tensor:
+  """`resnet_imagenet_train` as it was before issue #15: decode all, resize all, then crop.
+
+  Kept as the reference the tests and `benchmarks/input_pipeline.py` compare the crop-first path
+  with; not used for training.
   """
   scale_seed, crop_seed, flip_seed, pca_seed = _seeds(seed, 4)
   lo = round(scale_range[0] * size / 224)
   hi = round(scale_range[1] * size / 224)
   shorter = tf.random.stateless_uniform([], scale_seed, minval=lo, maxval=hi + 1, dtype=tf.int32)
-  x = resize_shorter_side(_to_float(image), shorter)
+  x = resize_shorter_side(_to_float(decode(image)), shorter)
   x = tf.image.stateless_random_crop(x, [size, size, 3], seed=crop_seed)
   x = tf.image.stateless_random_flip_left_right(x, seed=flip_seed)
   return pca_lighting(x - mean, pca_seed, pca_std)
@@ -223,9 +410,8 @@ def googlenet_train(
   AlexNet uses (and the Inception reference preprocessing does).
   """
   crop_seed, resize_seed, flip_seed, color_seed = _seeds(seed, 4)
-  shape = tf.shape(image)
-  window = sample_crop_window(shape[0], shape[1], crop_seed)
-  x = tf.image.crop_to_bounding_box(image, window[0], window[1], window[2], window[3])
+  # Of a JPEG only the crop is decoded.
+  x, _ = _decode_window(image, lambda h, w: (sample_crop_window(h, w, crop_seed), ()))
   x = random_resize(_to_float(x), size, resize_seed)
   if flip:
     x = tf.image.stateless_random_flip_left_right(x, seed=flip_seed)
@@ -235,10 +421,23 @@ def googlenet_train(
 
 def eval_single(image: tf.Tensor, *, size: int, mean: tf.Tensor) -> tf.Tensor:
   """The single original view (ResNet §4.2), resized to `size`×`size` only if it is not so."""
-  return _resized_to(_to_float(image), size) - mean
+  return _resized_to(_to_float(decode(image)), size) - mean
 
 
 def eval_center(image: tf.Tensor, *, size: int, mean: tf.Tensor) -> tf.Tensor:
-  """Shorter side 256, centre 224 crop (scaled by `size / 224` for other crop sizes)."""
-  x = resize_shorter_side(_to_float(image), round(size * EVAL_RESIZE_RATIO))
+  """Shorter side 256, centre 224 crop (scaled by `size / 224` for other crop sizes).
+
+  An encoded image is cropped first (`resized_crop`: of a JPEG only the centre window is decoded).
+  A decoded one is resized whole, then cropped: the reference, which `incres.evaluate`'s view
+  tables reproduce pixel for pixel; the two agree up to the resampling kernel (ANTIALIAS_ABOVE).
+  """
+  shorter = round(size * EVAL_RESIZE_RATIO)
+  if image.dtype == tf.string:
+
+    def box(height, width):
+      new_shape = _shorter_side_shape(height, width, shorter)
+      return new_shape[0], new_shape[1], (new_shape[0] - size) // 2, (new_shape[1] - size) // 2
+
+    return resized_crop(image, size, box) - mean
+  x = resize_shorter_side(_to_float(image), shorter)
   return tf.ensure_shape(center_crop(x, size), [size, size, 3]) - mean

@@ -18,6 +18,9 @@ batches never straddle epochs (the remainder of each epoch is dropped), and resu
 current epoch's records up to the step *without decoding them*: exact, at the cost of reading at
 most one epoch of raw records.
 
+Encoded images reach the augmentations and evaluation views undecoded: from a JPEG the ResNet and
+GoogLeNet crops and the centre view decode only the window they use (`incres.augment`).
+
 Evaluation pads the last batch and carries a mask, so every example counts exactly once (unlike
 the Flax ImageNet example, issue #262).
 
@@ -587,7 +590,7 @@ def _scaled_by_std(config, fn: Callable[..., tf.Tensor]) -> Callable[..., tf.Ten
 
 
 def _train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-  """(uint8 image, seed) -> float32 [S, S, 3] for `config.augment`."""
+  """(image, seed) -> float32 [S, S, 3] for `config.augment`; the image uint8 or encoded bytes."""
   return _scaled_by_std(config, _unscaled_train_fn(config))
 
 
@@ -614,7 +617,7 @@ def preprocess_for_eval(image: np.ndarray, config) -> np.ndarray:
 
 
 def _eval_fn(config) -> Callable[[tf.Tensor], tf.Tensor]:
-  """uint8 image -> float32 [S, S, 3] for `config.eval_preprocess` (and `config.normalize`)."""
+  """Image (uint8 or encoded) -> float32 [S, S, 3] for `config.eval_preprocess`, `config.normalize`."""
   return _scaled_by_std(config, _unscaled_eval_fn(config))
 
 
@@ -629,30 +632,37 @@ def _unscaled_eval_fn(config) -> Callable[[tf.Tensor], tf.Tensor]:
 
 def _decode(data: tf.Tensor) -> tf.Tensor:
   """Encoded image bytes -> uint8 [H, W, 3]; fails (InvalidArgumentError) on unreadable bytes."""
-  return tf.io.decode_image(data, channels=3, expand_animations=False)
+  return augment.decode(data)
 
 
-def _loader(source: _ArraySource) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
-  """index -> (uint8 image [H, W, 3], int32 label), for a random-access source."""
+def _loader(
+    source: _ArraySource, *, decode: bool = True
+) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+  """index -> (uint8 image [H, W, 3], int32 label), for a random-access source.
+
+  With `decode=False` encoded images stay encoded (a scalar string), for the augmentations, which
+  decode only the part they use.
+  """
   images = tf.constant(source.images if source.kind == "array" else source.images.astype(bytes))
   labels = tf.constant(source.labels, tf.int32)
+  finish = _decode if decode else (lambda data: data)
 
   def load(index):
     if source.kind == "array":
       image = tf.gather(images, index)
     elif source.kind == "encoded":
-      image = _decode(tf.gather(images, index % tf.size(images, tf.int64)))
+      image = finish(tf.gather(images, index % tf.size(images, tf.int64)))
     else:
-      image = _decode(tf.io.read_file(tf.gather(images, index)))
+      image = finish(tf.io.read_file(tf.gather(images, index)))
     return image, tf.gather(labels, index)
 
   return load
 
 
 def _decodes(load: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]], index: int) -> bool:
-  """Whether example `index` of a random-access source loads (decodes) on its own."""
+  """Whether example `index` of a random-access source loads and decodes (whole) on its own."""
   try:
-    load(tf.constant(index, tf.int64))
+    _decode(load(tf.constant(index, tf.int64))[0])
     return True
   except tf.errors.OpError:
     return False
@@ -824,12 +834,26 @@ def _base_seed(config, stream: int) -> tf.Tensor:
 _PERMUTATION, _AUGMENT, _STREAM, _SPARE = 1, 2, 3, 4
 
 
+def _host_threads() -> int:
+  """Cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    return os.cpu_count() or 1
+
+
 def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
-  """Deterministic order (the resume guarantee) with the usual optimisations."""
+  """Deterministic order (the resume guarantee), tf.data's own parallelism sized to the host."""
   options = tf.data.Options()
-  options.deterministic = True
+  options.deterministic = True  # Parallel map() still yields in order: batch k is batch k.
+  options.autotune.enabled = True  # Parallel calls and prefetch buffers sized at run time.
   options.experimental_optimization.map_parallelization = True
-  options.threading.max_intra_op_parallelism = 1  # Parallelism comes from map(), not inside ops.
+  # A pool of its own, one thread per core, rather than the process-wide inter-op pool.
+  options.threading.private_threadpool_size = _host_threads()
+  # Parallelism comes from decoding many images at once (map()), not from threads inside one op
+  # (kept from before: on the shared 2-core machine the alternatives could not be told apart,
+  # benchmarks/RESULTS.md, "Input pipeline").
+  options.threading.max_intra_op_parallelism = 1
   return ds.with_options(options)
 
 
@@ -862,7 +886,7 @@ def create_train_iter(config, *, start_step: int = 0) -> Iterator[dict[str, np.n
   lo = jax.process_index() * local
   perm_seed, aug_seed = _base_seed(config, _PERMUTATION), _base_seed(config, _AUGMENT)
   spare_seed = _base_seed(config, _SPARE)
-  load = _loader(source)
+  load = _loader(source, decode=False)  # The augmentation decodes (of a JPEG, only its crop).
 
   def epoch(e):
     # A fresh permutation per epoch from a stateless RNG: epoch e's order is a function of e.
@@ -950,9 +974,7 @@ def _stream_train_iter(config, source: _StreamSource, train_fn, local: int, star
     ds = ds.enumerate().skip(skip_steps * local)
 
     def example(i, ex):
-      image = train_fn(
-          _decode(ex["image"]), tf.random.experimental.stateless_fold_in(aug_seed, e * n + i)
-      )
+      image = train_fn(ex["image"], tf.random.experimental.stateless_fold_in(aug_seed, e * n + i))
       return {"image": image, "label": tf.cast(ex["label"], tf.int32), "record": i}
 
     # Unreadable records are dropped; the records past the epoch's last whole batch stand in.
@@ -1004,7 +1026,7 @@ def create_eval_iter(config) -> Iterator[dict[str, np.ndarray]]:
   # Row r of global batch b is example b * global_batch + r; indices past the end are padding.
   rows = np.arange(num_batches)[:, None] * global_batch + lo + np.arange(local)[None, :]
   rows = rows.reshape(-1).astype(np.int64)
-  load = _loader(source)
+  load = _loader(source, decode=False)  # The view decodes (of a JPEG, only its crop).
 
   def example(index):
     valid = index < n
@@ -1059,7 +1081,7 @@ def _stream_eval_iter(config, source: _StreamSource, eval_fn, local: int):
   ds = source.builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
   ds = ds.enumerate().map(
       lambda i, ex: {
-          "image": eval_fn(_decode(ex["image"])),
+          "image": eval_fn(ex["image"]),
           "label": tf.cast(ex["label"], tf.int32),
           "mask": tf.constant(1.0),
           "record": i,

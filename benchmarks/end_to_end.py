@@ -148,7 +148,7 @@ def run_loop(args: flags.FlagValues, spec: str, config, workdir: str) -> dict[st
   command = [
       sys.executable,
       LAUNCH,
-      f"--config={os.path.abspath(path)}:{arg}",
+      f"--config={os.path.abspath(path)}" + (f":{arg}" if arg else ""),
       f"--workdir={workdir}",
       "--jax_cache_dir=",  # Every run compiles afresh; compilation is not timed anyway.
   ]

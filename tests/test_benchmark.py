@@ -121,10 +121,16 @@ def test_vs_torch_runs_each_side_in_its_own_process(capsys):
 
 @pytest.mark.slow
 def test_throughput_imports_without_tensorflow():
-  # The GPU machine has no TensorFlow: the model-only benchmark and its torch side must not need it.
+  # The GPU machines have neither TensorFlow nor ml_collections: the model-only benchmark and its
+  # torch side must need neither (end_to_end.py needs ml_collections, and TensorFlow only to run).
   code = (
-      "import sys; sys.modules['tensorflow'] = None; sys.modules['tensorflow_datasets'] = None;"
-      f"sys.path.insert(0, {BENCHMARKS!r}); import throughput, torch_twins, end_to_end"
+      "import sys\n"
+      "for name in ('tensorflow', 'tensorflow_datasets', 'ml_collections'):\n"
+      "  sys.modules[name] = None\n"
+      f"sys.path.insert(0, {BENCHMARKS!r})\n"
+      "import throughput, torch_twins\n"
+      "del sys.modules['ml_collections']\n"
+      "import end_to_end\n"
   )
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr

@@ -1,7 +1,9 @@
-"""Training and inference throughput of an incres model, optionally against its PyTorch twin.
+"""Training and inference throughput of an incres model and of its PyTorch twin, each alone.
 
-  python benchmarks/throughput.py --model=ResNet50 --batch=32 --vs_torch
-  python benchmarks/throughput.py --model=CifarResNet20 --batch=128 --vs_torch --json
+  python benchmarks/throughput.py --model=ResNet50 --batch=32
+  python benchmarks/throughput.py --model=ResNet50 --batch=32 --vs_torch --rounds=3 --json
+  python benchmarks/throughput.py --model=ResNet50 --batch=256 --dtype=bfloat16 --vs_torch \
+      --rounds=1 --torch_compile --steps=20 --warmup=5 --json   # on a GPU
 
 Prints images/s for one SGD-with-momentum training step (forward, backward, BN statistics, weight
 decay, the update; GoogLeNet's auxiliary losses weighted 0.3) and for inference, each the median of
@@ -10,12 +12,20 @@ host memory (and device memory on an accelerator); and the achieved FLOP/s (XLA'
 the lowered step over the median step time) as a fraction of a large matmul in the same dtype timed
 in the same run. Each step's batch is copied from host memory, as an input pipeline would feed it.
 
-`--vs_torch` also runs the torch twin of the same architecture (benchmarks/torch_twins.py) in the
-same process, its timed steps alternating with JAX's so that both see the same load, and prints
-JAX/torch ratios: on a shared machine only ratios measured side by side mean anything.
+`--side=torch` times the torch twin of the same architecture (benchmarks/torch_twins.py) instead
+of JAX, on CUDA if torch sees a GPU; with `--torch_compile` the twin is wrapped in
+`torch.compile` (its compile time is reported apart). `--vs_torch` measures both sides honestly:
+each in its own process (this script with `--side=jax`, then `--side=torch`, then, with
+`--torch_compile`, the compiled twin), alternating A B A B for `--rounds` rounds on the same
+machine, and prints the medians of each side over the rounds, the JAX/torch ratios of those
+medians and each round's ratio, with the CPU's name and the load average when each process
+started. Timing the two frameworks step by step in one process, as this script used to, distorts
+both (their thread pools compete, and each evicts the other's caches): on an idle 2-core machine
+it cut JAX's ResNet-50 training from 7.47 to 4.82 images/s and torch's inference from 31.5 to 19.1
+(benchmarks/RESULTS.md).
 `--no_cpu_conv_vjp` measures XLA's own convolution and max-pool gradients (incres.ops documents
 the custom ones). `--cache_dir` turns on JAX's persistent compilation cache:
-run twice to measure a second launch's compile time.
+run twice to measure a second launch's compile time. Needs no TensorFlow.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -55,7 +66,24 @@ def parse_args(
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.", flag_values=args)
   flags.DEFINE_integer("steps", 5, "timed steps (the median is reported)", flag_values=args)
   flags.DEFINE_integer("warmup", 2, "untimed steps after compiling", flag_values=args)
-  flags.DEFINE_bool("vs_torch", False, "also time the torch twin, print ratios", flag_values=args)
+  flags.DEFINE_enum(
+      "side", "jax", ["jax", "torch"], "Which framework this process times.", flag_values=args
+  )
+  flags.DEFINE_bool(
+      "vs_torch",
+      False,
+      "Time JAX and the torch twin, each in its own process, alternating for --rounds rounds.",
+      flag_values=args,
+  )
+  flags.DEFINE_integer(
+      "rounds", 3, "A/B rounds of --vs_torch (medians are reported)", flag_values=args
+  )
+  flags.DEFINE_bool(
+      "torch_compile",
+      False,
+      "Wrap the torch twin in torch.compile (--vs_torch: a third process each round).",
+      flag_values=args,
+  )
   flags.DEFINE_bool("skip_infer", False, "Time the training step only.", flag_values=args)
   flags.DEFINE_bool("no_cpu_conv_vjp", False, "XLA's own conv gradients", flag_values=args)
   flags.DEFINE_string(
@@ -64,6 +92,8 @@ def parse_args(
   flags.DEFINE_bool("json", False, "print one JSON object instead of a table", flag_values=args)
   flags.DEFINE_float("width", None, "GoogLeNet width (tiny smoke runs)", flag_values=args)
   cli.parse(args, argv, prog=prog, description=description)
+  if args.rounds < 1:
+    raise cli.UsageError(f"--rounds={args.rounds} must be at least 1", prog)
   return args
 
 
@@ -106,16 +136,19 @@ def _cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def setup_jax(args: flags.FlagValues, images: np.ndarray, labels: np.ndarray):
-  """Compiles and warms up the JAX train step and inference.
+def setup_jax(
+    args: flags.FlagValues, images: np.ndarray, labels: np.ndarray, model: Any = None
+) -> tuple[dict[str, Any], dict[str, tuple[Callable[[], None], float | None]]]:
+  """Compiles and warms up the JAX train step and inference of `model` (default: `args.model`).
 
   Returns (measurements so far, {"train"/"infer": (step function, XLA's FLOPs per step)}).
   """
-  dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-  kwargs = {"num_classes": args.num_classes, "dtype": dtype}
-  if args.width is not None:
-    kwargs["width"] = args.width
-  model = models.get_model(args.model, **kwargs)
+  if model is None:
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    kwargs = {"num_classes": args.num_classes, "dtype": dtype}
+    if args.width is not None:
+      kwargs["width"] = args.width
+    model = models.get_model(args.model, **kwargs)
   variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.asarray(images[:1]), train=False))()
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
@@ -185,21 +218,24 @@ def setup_jax(args: flags.FlagValues, images: np.ndarray, labels: np.ndarray):
 
 
 def setup_torch(args: flags.FlagValues, images: np.ndarray, labels: np.ndarray):
-  """The torch twin's train step and inference, warmed up, as `setup_jax` returns them."""
-  import torch  # Only --vs_torch needs torch.
+  """The torch twin's train step and inference, warmed up, as `setup_jax` returns them.
+
+  With `args.torch_compile` the twin is wrapped in `torch.compile` (the optimizer step stays
+  eager) and the measurements' keys start with `torch_compile_` instead of `torch_`.
+  """
+  import torch  # Only the torch side needs torch.
 
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import torch_twins
 
-  device = torch.device(
-      "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
-  )
-  model = torch_twins.torch_twin(args.model, args.num_classes).to(device)
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  twin = torch_twins.torch_twin(args.model, args.num_classes).to(device)
   if device.type == "cuda":  # The usual fast settings on a GPU (NVIDIA's ResNet-50 recipe's).
-    model = model.to(memory_format=torch.channels_last)
+    twin = twin.to(memory_format=torch.channels_last)
     torch.backends.cudnn.benchmark = True
+  model = torch.compile(twin) if args.torch_compile else twin
   autocast = torch.autocast(device.type, torch.bfloat16, enabled=args.dtype == "bfloat16")
-  opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+  opt = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
   images_nchw = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
   sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -235,18 +271,27 @@ def setup_torch(args: flags.FlagValues, images: np.ndarray, labels: np.ndarray):
 
     return run
 
+  prefix = "torch_compile_" if args.torch_compile else "torch_"
   steps = {"train": (train_mode(step, True), None)}
   if not args.skip_infer:
     steps["infer"] = (train_mode(infer, False), None)
+  out: dict[str, Any] = {}
+  for kind, (fn, _) in steps.items():  # The first call compiles under torch.compile.
+    out[f"{prefix}first_{kind}_step_s"] = _timed(fn)
   for _ in range(args.warmup):
     for fn, _ in steps.values():
       fn()
-  out = {
-      "torch_params": torch_twins.num_params(model),
-      "torch_version": torch.__version__,
-      "torch_threads": torch.get_num_threads(),
-      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-  }
+  out.update(
+      {
+          "torch_params": torch_twins.num_params(twin),
+          "torch_version": torch.__version__,
+          "torch_device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(),
+          "torch_threads": torch.get_num_threads(),
+          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+      }
+  )
+  if device.type == "cuda":
+    out["torch_peak_device_gib"] = torch.cuda.max_memory_allocated() / GiB
   return out, steps
 
 
@@ -259,8 +304,44 @@ def synthetic_batch(args: flags.FlagValues) -> tuple[np.ndarray, np.ndarray]:
   return images, rng.integers(0, args.num_classes, args.batch).astype(np.int32)
 
 
-def run(args: flags.FlagValues) -> dict:
-  """The whole benchmark; returns the result dict printed by `main`."""
+def time_steps(
+    steps: dict[str, tuple[Callable[[], None], float | None]], n: int
+) -> dict[str, list[float]]:
+  """Seconds of each of `n` calls of every step function, the kinds alternating call by call."""
+  times: dict[str, list[float]] = {kind: [] for kind in steps}
+  for _ in range(n):
+    for kind, (fn, _) in steps.items():
+      times[kind].append(_timed(fn))
+  return times
+
+
+def cpu_name() -> str:
+  """The CPU's model name as `lscpu` gives it (else the platform's processor string)."""
+  try:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+  except (OSError, subprocess.CalledProcessError):
+    out = ""
+  for line in out.splitlines():
+    key, _, value = line.partition(":")
+    if key.strip() == "Model name":
+      return value.strip()
+  return platform.processor() or platform.machine()
+
+
+def _machine(args: flags.FlagValues, size: int) -> dict[str, Any]:
+  return {
+      "model": args.model,
+      "batch": args.batch,
+      "image_size": size,
+      "dtype": args.dtype,
+      "cpu": cpu_name(),
+      "cpu_count": os.cpu_count(),
+      "load_avg": list(os.getloadavg()),  # 1, 5 and 15 minutes, when the measurement started.
+  }
+
+
+def run_jax(args: flags.FlagValues) -> dict:
+  """JAX's side alone: the result dict printed by `main` for `--side=jax`."""
   if args.cache_dir:
     jax.config.update("jax_compilation_cache_dir", args.cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -268,55 +349,127 @@ def run(args: flags.FlagValues) -> dict:
   if args.no_cpu_conv_vjp:
     ops.set_cpu_conv_vjp(False)
   images, labels = synthetic_batch(args)
-  size = images.shape[1]
-
-  dev = jax.devices()[0]
-  result: dict[str, Any] = {
-      "model": args.model,
-      "batch": args.batch,
-      "image_size": size,
-      "dtype": args.dtype,
-      "backend": jax.default_backend(),
-      "device": dev.device_kind,
-      "cpu_conv_vjp": ops.cpu_conv_vjp_enabled(),
-      "jax_version": jax.__version__,
-      "cpu": platform.processor() or platform.machine(),
-      "cpu_count": os.cpu_count(),
-  }
+  result = _machine(args, images.shape[1])
+  result.update(
+      {
+          "side": "jax",
+          "backend": jax.default_backend(),
+          "device": jax.devices()[0].device_kind,
+          "cpu_conv_vjp": ops.cpu_conv_vjp_enabled(),
+          "jax_version": jax.__version__,
+      }
+  )
   peak = matmul_peak_flops(jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
   result["matmul_peak_tflop_per_s"] = peak / 1e12
-  measured, jax_steps = setup_jax(args, images, labels)
+  measured, steps = setup_jax(args, images, labels)
   result.update(measured)
-  torch_steps = {}
-  if args.vs_torch:
-    measured, torch_steps = setup_torch(args, images, labels)
-    result.update(measured)
-  # Timed steps alternate between the frameworks, so that both see the same machine load.
-  times: dict[str, list[float]] = {}
-  for _ in range(args.steps):
-    for prefix, steps in (("", jax_steps), ("torch_", torch_steps)):
-      for kind, (fn, _) in steps.items():
-        times.setdefault(prefix + kind, []).append(_timed(fn))
-  for kind, (_, flops) in jax_steps.items():
+  times = time_steps(steps, args.steps)
+  for kind, (_, flops) in steps.items():
     t = statistics.median(times[kind])
     result[f"{kind}_img_per_s"] = args.batch / t
     result[f"{kind}_step_s"] = t
     if flops:
       result[f"{kind}_tflop_per_s"] = flops / t / 1e12
       result[f"{kind}_fraction_of_matmul_peak"] = flops / t / peak
-  for kind in torch_steps:
-    t = statistics.median(times["torch_" + kind])
-    result[f"torch_{kind}_img_per_s"] = args.batch / t
-    result[f"{kind}_ratio_vs_torch"] = (
-        result[f"{kind}_img_per_s"] / result[f"torch_{kind}_img_per_s"]
-    )
   result["peak_host_gib_total"] = _max_rss_gib()
-  result["load_avg_1min"] = os.getloadavg()[0]
+  return result
+
+
+def run_torch(args: flags.FlagValues) -> dict:
+  """The torch twin's side alone (eager, or compiled with `--torch_compile`)."""
+  images, labels = synthetic_batch(args)
+  result = _machine(args, images.shape[1])
+  result["side"] = "torch_compile" if args.torch_compile else "torch"
+  measured, steps = setup_torch(args, images, labels)
+  result.update(measured)
+  prefix = "torch_compile_" if args.torch_compile else "torch_"
+  times = time_steps(steps, args.steps)
+  for kind in steps:
+    t = statistics.median(times[kind])
+    result[f"{prefix}{kind}_img_per_s"] = args.batch / t
+    result[f"{prefix}{kind}_step_s"] = t
+  result["peak_host_gib_total"] = _max_rss_gib()
+  return result
+
+
+def run(args: flags.FlagValues) -> dict:
+  """One side, in this process: the result dict printed by `main` without `--vs_torch`."""
+  return run_torch(args) if args.side == "torch" else run_jax(args)
+
+
+# The flags a side's process gets from the `--vs_torch` driver (its own are added).
+_SIDE_FLAGS = (
+    "model",
+    "batch",
+    "image_size",
+    "num_classes",
+    "dtype",
+    "steps",
+    "warmup",
+    "skip_infer",
+    "no_cpu_conv_vjp",
+    "cache_dir",
+    "width",
+)
+
+
+def _run_side(args: flags.FlagValues, side: str) -> dict:
+  """Runs this script for one side in a fresh process; returns its JSON result."""
+  argv = [args[name].serialize() for name in _SIDE_FLAGS if args[name].value is not None]
+  argv += [f"--side={'jax' if side == 'jax' else 'torch'}", "--json"]
+  argv.append("--torch_compile" if side == "torch_compile" else "--notorch_compile")
+  proc = subprocess.run(
+      [sys.executable, os.path.abspath(__file__), *argv], capture_output=True, text=True
+  )
+  lines = proc.stdout.strip().splitlines()
+  if proc.returncode != 0 or not lines:
+    tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+    raise RuntimeError(f"The {side} process failed (exit status {proc.returncode}):\n{tail}")
+  return json.loads(lines[-1])
+
+
+def _median_or_first(values: list[Any]) -> Any:
+  """Measurements (floats): their median; descriptions and counts: the first round's."""
+  return statistics.median(values) if all(isinstance(v, float) for v in values) else values[0]
+
+
+def run_ab(args: flags.FlagValues) -> dict:
+  """`--vs_torch`: each side in its own process, A B A B for `args.rounds` rounds; medians."""
+  sides = ["jax", "torch"] + (["torch_compile"] if args.torch_compile else [])
+  runs: dict[str, list[dict]] = {side: [] for side in sides}
+  for r in range(args.rounds):
+    for side in sides:
+      runs[side].append(_run_side(args, side))
+      rate = [v for k, v in runs[side][-1].items() if k.endswith("train_img_per_s")][0]
+      print(f"round {r + 1}/{args.rounds}: {side} train {rate:.4g} img/s", file=sys.stderr)
+  result: dict[str, Any] = {"rounds": args.rounds, "steps": args.steps, "warmup": args.warmup}
+  for side in reversed(sides):  # JAX's machine description last: it wins.
+    for key in runs[side][0]:
+      if key not in ("load_avg", "side"):
+        result[key] = _median_or_first([run[key] for run in runs[side]])
+  result["load_avg"] = {side: [run["load_avg"] for run in runs[side]] for side in sides}
+  for kind in ("train", "infer"):
+    ours = [run.get(f"{kind}_img_per_s") for run in runs["jax"]]
+    if None in ours:
+      continue
+    result[f"{kind}_img_per_s_rounds"] = ours
+    for side in sides[1:]:
+      theirs = [run[f"{side}_{kind}_img_per_s"] for run in runs[side]]
+      result[f"{side}_{kind}_img_per_s_rounds"] = theirs
+      name = f"{kind}_ratio_vs_{side}"
+      result[name] = statistics.median(ours) / statistics.median(theirs)
+      result[f"{name}_rounds"] = [a / b for a, b in zip(ours, theirs)]
   return result
 
 
 def _fmt(v: Any) -> str:
-  return f"{v:.4g}" if isinstance(v, float) else str(v)
+  if isinstance(v, float):
+    return f"{v:.4g}"
+  if isinstance(v, list):
+    return "[" + ", ".join(map(_fmt, v)) + "]"
+  if isinstance(v, dict):
+    return "; ".join(f"{k}: {_fmt(x)}" for k, x in v.items())
+  return str(v)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -327,7 +480,11 @@ def main(argv: list[str] | None = None) -> None:
   # OMP_WAIT_POLICY already in the environment wins.
   os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
   args = parse_args(argv)
-  result = run(args)
+  if args.side == "torch" and not args.vs_torch:
+    # Nothing here should start JAX's GPU client; if something did, it must not take 75% of the
+    # memory the torch twin needs.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  result = run_ab(args) if args.vs_torch else run(args)
   if args.json:
     print(json.dumps(result))
   else:

@@ -1,39 +1,35 @@
-"""A smoke run of benchmarks/throughput.py on a tiny configuration (no timing assertions)."""
+"""Smoke runs of the benchmarks on tiny configurations (no timing assertions)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import subprocess
 import sys
 
 import jax
 import pytest
 
-from incres import complexity, models
+from incres import complexity, errors, metrics, models
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks")
+sys.path.insert(0, BENCHMARKS)
 import throughput  # noqa: E402  (benchmarks/ is not a package)
 
 
-def test_throughput_json_vs_torch(capsys):
-  pytest.importorskip("torch")
-  pytest.importorskip("torchvision")
-  throughput.main(
-      ["--model=CifarResNet20", "--batch=2", "--steps=1", "--warmup=0", "--vs_torch", "--json"]
-  )
+def test_throughput_json_jax_side(capsys):
+  throughput.main(["--model=CifarResNet20", "--batch=2", "--steps=1", "--warmup=0", "--json"])
   result = json.loads(capsys.readouterr().out)
-  for key in ("model", "batch", "train_img_per_s", "infer_img_per_s", "compile_s"):
+  for key in ("model", "batch", "train_img_per_s", "infer_img_per_s", "compile_s", "load_avg"):
     assert key in result, key
-  assert result["model"] == "CifarResNet20" and result["batch"] == 2
+  assert result["model"] == "CifarResNet20" and result["batch"] == 2 and result["side"] == "jax"
   assert result["image_size"] == 32 and result["jax_version"] == jax.__version__
+  assert not any(k.startswith("torch_") for k in result), result  # JAX alone.
   for kind in ("train", "infer"):
     speed = result[f"{kind}_img_per_s"]
     assert math.isfinite(speed) and speed > 0, kind
     assert speed * result[f"{kind}_step_s"] == pytest.approx(2)  # Images per second of batch 2.
-    torch_speed = result[f"torch_{kind}_img_per_s"]
-    assert math.isfinite(torch_speed) and torch_speed > 0, kind
-    assert result[f"{kind}_ratio_vs_torch"] == pytest.approx(speed / torch_speed)
   # Compilation is timed apart from the steps, and a step is not a recompilation.
   assert 0 < result["compile_s"] and result["train_step_s"] < result["compile_s"]
   # XLA's FLOPs per step against incres.complexity's multiply-adds (2 FLOPs each): inference is
@@ -44,8 +40,147 @@ def test_throughput_json_vs_torch(capsys):
   flops = {k: result[f"{k}_tflop_per_s"] * 1e12 * result[f"{k}_step_s"] for k in ("train", "infer")}
   assert 0.8 < flops["infer"] / (2 * macs) < 1.2, flops
   assert 2.5 < flops["train"] / (2 * macs) < 3.5, flops
-  # The twin is the same network: same number of parameters.
+  assert result["params"] == 269_722
+
+
+def test_throughput_json_torch_side(capsys):
+  pytest.importorskip("torch")
+  pytest.importorskip("torchvision")
+  throughput.main(
+      ["--model=CifarResNet20", "--batch=2", "--steps=1", "--warmup=0", "--side=torch", "--json"]
+  )
+  result = json.loads(capsys.readouterr().out)
+  assert result["side"] == "torch" and result["torch_device"] == "cpu"
+  assert "train_img_per_s" not in result and "jax_version" not in result  # torch alone.
+  for kind in ("train", "infer"):
+    speed = result[f"torch_{kind}_img_per_s"]
+    assert math.isfinite(speed) and speed > 0, kind
+    assert speed * result[f"torch_{kind}_step_s"] == pytest.approx(2)
+  # The twin is the same network: the JAX side's number of parameters.
+  assert result["torch_params"] == 269_722
+
+
+def test_vs_torch_alternates_processes_and_takes_medians(monkeypatch, capsys):
+  calls = []
+  rates = {"jax": iter([10.0, 30.0, 20.0]), "torch": iter([20.0, 20.0, 50.0])}
+
+  def fake_side(args, side):  # A side's process: its JSON result.
+    calls.append(side)
+    rate = next(rates[side])
+    prefix = "" if side == "jax" else "torch_"
+    return {
+        "model": args.model,
+        "side": side,
+        "load_avg": [len(calls), 0.0, 0.0],
+        "cpu": "A CPU",
+        f"{prefix}train_img_per_s": rate,
+        f"{prefix}params": 7,
+    }
+
+  monkeypatch.setattr(throughput, "_run_side", fake_side)
+  throughput.main(["--model=CifarResNet20", "--vs_torch", "--rounds=3", "--skip_infer", "--json"])
+  result = json.loads(capsys.readouterr().out)
+  assert calls == ["jax", "torch"] * 3  # A B A B A B.
+  assert result["train_img_per_s"] == 20 and result["torch_train_img_per_s"] == 20
+  assert result["train_ratio_vs_torch"] == 1.0
+  assert result["train_ratio_vs_torch_rounds"] == [0.5, 1.5, 0.4]
+  assert result["train_img_per_s_rounds"] == [10, 30, 20]
+  assert result["load_avg"] == {
+      "jax": [[1, 0, 0], [3, 0, 0], [5, 0, 0]],
+      "torch": [[2, 0, 0], [4, 0, 0], [6, 0, 0]],
+  }
+  assert result["cpu"] == "A CPU" and result["params"] == result["torch_params"] == 7
+  assert result["rounds"] == 3 and "infer_ratio_vs_torch" not in result
+
+
+@pytest.mark.slow
+def test_vs_torch_runs_each_side_in_its_own_process(capsys):
+  pytest.importorskip("torch")
+  pytest.importorskip("torchvision")
+  throughput.main(
+      [
+          "--model=CifarResNet20",
+          "--batch=2",
+          "--steps=1",
+          "--warmup=0",
+          "--skip_infer",
+          "--vs_torch",
+          "--rounds=1",
+          "--json",
+      ]
+  )
+  result = json.loads(capsys.readouterr().out)
+  assert set(result["load_avg"]) == {"jax", "torch"}
+  jax_rate, torch_rate = result["train_img_per_s"], result["torch_train_img_per_s"]
+  assert math.isfinite(jax_rate) and jax_rate > 0 and math.isfinite(torch_rate) and torch_rate > 0
+  assert result["train_ratio_vs_torch"] == pytest.approx(jax_rate / torch_rate)
+  assert result["train_ratio_vs_torch_rounds"] == [pytest.approx(jax_rate / torch_rate)]
   assert result["params"] == result["torch_params"] == 269_722
+  assert result["cpu"] and result["cpu_count"] >= 1
+
+
+@pytest.mark.slow
+def test_throughput_imports_without_tensorflow():
+  # The GPU machines have neither TensorFlow nor ml_collections: the model-only benchmark and its
+  # torch side must need neither (end_to_end.py needs ml_collections, and TensorFlow only to run).
+  code = (
+      "import sys\n"
+      "for name in ('tensorflow', 'tensorflow_datasets', 'ml_collections'):\n"
+      "  sys.modules[name] = None\n"
+      f"sys.path.insert(0, {BENCHMARKS!r})\n"
+      "import throughput, torch_twins\n"
+      "del sys.modules['ml_collections']\n"
+      "import end_to_end\n"
+  )
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr
+
+
+TINY_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_config.py")
+
+
+@pytest.mark.slow
+def test_end_to_end_json(tmp_path, capsys):
+  import end_to_end  # noqa: E402  (benchmarks/ is not a package)
+
+  workdir = tmp_path / "run"
+  end_to_end.main(
+      [
+          f"--config={TINY_CONFIG}",
+          "--batch=4",
+          "--steps=2",
+          "--warmup=2",
+          "--fake_image_shape=20,24,3",
+          f"--workdir={workdir}",
+          "--json",
+      ]
+  )
+  result = json.loads(capsys.readouterr().out)
+  for key in ("loop", "model", "input"):
+    rate = result[f"{key}_img_per_s"]
+    assert math.isfinite(rate) and rate > 0, key
+  assert result["loop_fraction_of_model"] == pytest.approx(
+      result["loop_img_per_s"] / result["model_img_per_s"]
+  )
+  assert result["input_bound"] == (result["input_img_per_s"] < result["model_img_per_s"])
+  assert result["model"] == "CifarResNet20" and result["batch"] == 4 and result["steps"] == 2
+  assert result["fake_image_shape"] == [20, 24, 3] and result["cpu"]
+  # launch.py really trained in the workdir, inside tmp_path: 4 steps, logged at 2 and 4.
+  assert result["workdir"] == str(workdir) and workdir.is_relative_to(tmp_path)
+  logged = [r["step"] for r in metrics.read_metrics(str(workdir)) if "train/images_per_sec" in r]
+  assert logged == [2, 4]
+
+
+def test_end_to_end_refuses_a_used_workdir(tmp_path, capsys):
+  import end_to_end  # noqa: E402
+
+  (tmp_path / "metrics.jsonl").write_text("{}\n")
+  with pytest.raises(SystemExit) as exit_info:
+    errors.run(lambda: end_to_end.main([f"--config={TINY_CONFIG}", f"--workdir={tmp_path}"]))
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 2 and "exists and is not empty" in err, err
+  assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+  assert (tmp_path / "metrics.jsonl").read_text() == "{}\n"  # Untouched.
 
 
 def test_profile_step_attributes_time_to_xla_ops(capsys):

@@ -47,6 +47,7 @@ TOOLS = [
     ("degradation", lambda: _script("experiments/degradation.py"), "--[no]skip_training"),
     ("input_pipeline", lambda: _script("benchmarks/input_pipeline.py"), "--seconds"),
     ("throughput", lambda: _script("benchmarks/throughput.py"), "--[no]vs_torch"),
+    ("end_to_end", lambda: _script("benchmarks/end_to_end.py"), "--fake_image_shape"),
     ("profile_step", lambda: _script("benchmarks/profile_step.py"), "--[no]no_cpu_conv_vjp"),
     ("conv_weight_grad", lambda: _script("benchmarks/conv_weight_grad.py"), "--shape"),
     ("compile_depth", lambda: _script("benchmarks/compile_depth.py"), "--cases"),

@@ -93,6 +93,23 @@ def test_vs_torch_alternates_processes_and_takes_medians(monkeypatch, capsys):
   assert result["rounds"] == 3 and "infer_ratio_vs_torch" not in result
 
 
+def test_vs_torch_with_torch_compile_adds_a_third_process(monkeypatch, capsys):
+  calls = []
+
+  def fake_side(args, side):
+    calls.append(side)
+    prefix = {"jax": "", "torch": "torch_", "torch_compile": "torch_compile_"}[side]
+    rate = {"jax": 6.0, "torch": 3.0, "torch_compile": 4.0}[side]
+    return {"load_avg": [1.0, 1.0, 1.0], f"{prefix}train_img_per_s": rate}
+
+  monkeypatch.setattr(throughput, "_run_side", fake_side)
+  throughput.main(["--vs_torch", "--torch_compile", "--rounds=2", "--skip_infer", "--json"])
+  result = json.loads(capsys.readouterr().out)
+  assert calls == ["jax", "torch", "torch_compile"] * 2
+  assert result["train_ratio_vs_torch"] == 2.0 and result["train_ratio_vs_torch_compile"] == 1.5
+  assert result["torch_compile_train_img_per_s_rounds"] == [4.0, 4.0]
+
+
 @pytest.mark.slow
 def test_vs_torch_runs_each_side_in_its_own_process(capsys):
   pytest.importorskip("torch")

@@ -362,9 +362,6 @@ def test_a_tiny_inception_resnet_trains_in_process(tmp_path):
 
   config = tiny_config.get(steps=2, every=2, model="InceptionResNetV2", image_size=75, batch_size=4)
   config.model_kwargs = dict(width=0.0625, num_blocks=(1, 1, 1))
-  # XLA's own CPU gradients (as the Inception-v3 recipe test): compiling the train step is most of
-  # this test, and incres.ops' weight gradients add a loop of GEMMs per convolution to the program.
-  config.cpu_conv_vjp = "off"
   result = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert result["step"] == 2 and np.isfinite(result["train/loss"])
   assert 0.0 <= result["eval/top1"] <= 1.0

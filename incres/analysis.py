@@ -162,6 +162,7 @@ def plot_pairs(
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker  # pylint: disable=g-import-not-at-top
 
   fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 3.4), dpi=90)
   styles = ("-", "--", ":", "-.")
@@ -175,6 +176,8 @@ def plot_pairs(
   if threshold is not None:
     left.axhline(threshold, color="0.5", linewidth=0.8, linestyle=":")
   left.set_yscale("log")
+  left.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 0.5, not 5 x 10^-1.
+  left.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
   left.set_ylabel("training loss (window mean)")
   right.set_ylabel("test error (%)")
   for ax in (left, right):

@@ -394,8 +394,8 @@ def format_pair_section(
     )
     lines += [
         "",
-        f"{arms[0].label} against {arms[1].label}, seed by seed ({len(pairs)} pairs): reaches"
-        f" training loss {threshold:g} first in {faster}, ends with the lower training loss in"
+        f"{arms[0].label} against {arms[1].label}, seed by seed ({len(pairs)}"
+        f" pair{'s' if len(pairs) > 1 else ''}): reaches training loss {threshold:g} first in {faster}, ends with the lower training loss in"
         f" {lower}, with the lower final test error in {better_test}.",
     ]
   if figure:

@@ -1,8 +1,11 @@
 r"""python experiments/residual_study.py --outdir=runs/residual_study
 
-Hardware: sized for 2 shared CPU cores (no accelerator). Expected time: about 45 minutes for the
-eight runs (two processes in parallel, 2 seeds of 4 nets), plus a minute for the figures and the
-report; `--seeds=1` halves it. Measured times are in the README's "Residual study" section.
+Hardware: sized for 2 CPU cores (no accelerator). Expected time: about 40 minutes (estimated) for
+the eight runs (2 seeds of 4 nets, two processes in parallel) on lightly loaded cores, from the
+step times measured at load average 3-9 (0.65 s a step for the Inception nets, 2.3 s for
+ResNet-56), plus a minute for the figures and the report; `--seeds=1` halves it. At load average
+15-22 (cores shared with other jobs) one Inception run took 38-41 minutes and a ResNet-56 run about
+an hour (README, "Residual connections and pre-activation on digits").
 Reproduces, in miniature, on scikit-learn's bundled `digits` (1,497 training and 300 test images,
 32×32), two claims of the papers that joined Inception and ResNet:
 

@@ -28,6 +28,9 @@ def test_inception_v3_trains_through_the_launch_py_subprocess(tmp_path):
       f"--config={INCEPTION}:model=v3,dataset=digits,smoke=True,tiny=True",
       f"--workdir={workdir}",
       "--jax_cache_dir=",
+      # Score 16 test digits, not all 300 at the smoke setting's batch of 4: the test's cost.
+      "--config.eval_split=test[:16]",
+      "--config.eval_batch_size=16",
       cwd=str(tmp_path),
   )
   assert result.returncode == 0, result.stderr[-3000:]
@@ -60,7 +63,7 @@ def test_new_family_trains_a_few_steps_as_launch_py_runs_it(tmp_path, spec, mode
   config = configs.load(spec)
   if model == "PreActResNet18":
     config.model_kwargs.update(width=4, stage_sizes=(1, 1, 1, 1))
-    config.eval_split, config.eval_batch_size = "test[:64]", 64
+  config.eval_split, config.eval_batch_size = "test[:16]", 16  # As in the subprocess test.
   config.num_train_steps = min(config.num_train_steps, 3)
   config.eval_every_steps = config.checkpoint_every_steps = config.num_train_steps
   assert config.model == model

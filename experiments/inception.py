@@ -20,6 +20,8 @@ Arguments (`--config=experiments/inception.py:model=v3,...`):
     of a 299x299 input).
   smoke: True shrinks everything to a few steps (dataset fake by default; ~minutes on a laptop,
     most of it compiling the full-size network).
+  tiny: True also shrinks the network (a sixteenth of the filters, one module of each kind), so
+    that `smoke=True,tiny=True` compiles in seconds: the test suite's launch.py path.
 
 Recipe (Rethinking §8, as quoted from the paper; our search tool only reached its abstract, so
 these are not re-checked against the text here): RMSProp with decay 0.9 and epsilon 1.0
@@ -63,11 +65,20 @@ MODELS = {
 }
 EPOCHS = 100
 DECAY_EVERY_EPOCHS = 2
+# tiny=True: Inception-v3's modules cut to one of each kind (the auxiliary head still follows
+# mixed_6e); the Inception-v4 family's A, B and C blocks to one each.
+TINY_V3_LAYOUT = (
+    ("mixed_5b", "A", 32),
+    ("mixed_6a", "B", 0),
+    ("mixed_6e", "C", 192),
+    ("mixed_7a", "D", 0),
+    ("mixed_7b", "E", 0),
+)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The Inception-v3 / v4 recipe for the network chosen by `model`."""
-  a = configs.parse_arg(arg, model="v3", dataset="", smoke=False)
+  a = configs.parse_arg(arg, model="v3", dataset="", smoke=False, tiny=False)
   if a.model not in MODELS:
     raise errors.ConfigError(
         f"Unknown model={a.model!r} in --config=experiments/inception.py:{arg}; use one of"
@@ -86,6 +97,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model_kwargs.dropout_rate = 0.2  # TF-slim's keep probability 0.8.
     if small:
       c.model_kwargs.aux_heads = False  # Needs a 299x299 input (see above).
+
+  if a.tiny:
+    c.model_kwargs.width = 0.0625
+    if a.model == "v3":
+      c.model_kwargs.layout = TINY_V3_LAYOUT
+    else:
+      c.model_kwargs.num_blocks = (1, 1, 1)
   c.image_size = 75 if small else 299
 
   c.optimizer = "rmsprop"

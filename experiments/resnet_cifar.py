@@ -16,6 +16,8 @@ Arguments (`--config=experiments/resnet_cifar.py:depth=110,plain=False,...`):
   val_split: True trains on the first 90% of the training split and evaluates on the last 10%
     (CIFAR-10: the paper's 45k/5k split used to choose the recipe).
   smoke: True shrinks everything to run in about a minute on a laptop (dataset digits by default).
+  tiny: True also shrinks the network to width 4 and one unit a stage (whatever the depth), so that
+    `smoke=True,tiny=True` compiles in seconds: the test suite's launch.py path.
 
 Recipe (paper): batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at 32k and
 48k iterations, stop at 64k; 4-pixel pad + random 32×32 crop + flip, per-pixel mean subtraction;
@@ -69,7 +71,14 @@ DIGITS_EPOCHS = 34.2  # Quickstart: 400 steps of 128 on digits' 1,497 training i
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The CIFAR ResNet / plain net of `depth` with the paper's recipe."""
   a = configs.parse_arg(
-      arg, depth=20, plain=False, preact=False, dataset="", val_split=False, smoke=False
+      arg,
+      depth=20,
+      plain=False,
+      preact=False,
+      dataset="",
+      val_split=False,
+      smoke=False,
+      tiny=False,
   )
   if a.preact:
     if a.plain or a.depth not in (110, 164, 1001):
@@ -88,9 +97,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = f"CifarPlain{a.depth}" if a.plain else f"CifarResNet{a.depth}"
   c.dataset = a.dataset or ("digits" if a.smoke else "cifar10")
   c.smoke = a.smoke
-  if a.depth in (1001, 1202):  # 111 / 200 units a stage: compiled once per stage (scan_blocks).
+  # 111 / 200 units a stage: compiled once per stage (scan_blocks).
+  if a.depth in (1001, 1202) and not a.tiny:
     c.model_kwargs.scan_blocks = True
     c.model_kwargs.remat_blocks = True  # Batch 128 would otherwise keep ~19 GiB of activations.
+
+  if a.tiny:
+    c.model_kwargs.width, c.model_kwargs.stage_sizes = 4, (1, 1, 1)
 
   c.image_size = 32
   c.augment = "cifar"

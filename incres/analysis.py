@@ -124,6 +124,74 @@ def plot_curves(
 
 
 # ---------------------------------------------------------------------------------------------
+# Paired studies (experiments/residual_study.py): training loss and test error of twin nets
+# ---------------------------------------------------------------------------------------------
+
+
+def loss_curves(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """{"loss": (steps, training loss), "test": (steps, test error %)} from `metrics.jsonl`.
+
+  The training loss is the logging window's mean (`train/loss`), the test error `eval/top1`'s.
+  """
+  from incres import metrics  # pylint: disable=g-import-not-at-top
+
+  records = metrics.read_metrics(workdir)
+  if not records:
+    raise errors.MissingFileError(f"No metrics in {os.path.join(workdir, metrics.METRICS_FILE)}.")
+  curves = {}
+  for name, key, scale in (("loss", "train/loss", None), ("test", "eval/top1", 100.0)):
+    points = {}
+    for r in records:  # A resumed run may repeat a step: the last record wins.
+      if key in r and isinstance(r[key], (int, float)):
+        points[int(r["step"])] = float(r[key]) if scale is None else scale * (1.0 - float(r[key]))
+    steps = np.array(sorted(points), dtype=np.int64)
+    curves[name] = (steps, np.array([points[s] for s in steps], dtype=np.float64))
+  return curves
+
+
+def plot_pairs(
+    arms: Sequence[tuple[str, Sequence[str]]],
+    out: str,
+    *,
+    title: str | None = None,
+    threshold: float | None = None,
+) -> None:
+  """Training loss (left, log scale) and test error (right) of each arm's runs, one colour per
+  arm and one line style per seed; `arms` is [(label, [workdir of seed 0, seed 1, ...])]."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker  # pylint: disable=g-import-not-at-top
+
+  fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 3.4), dpi=90)
+  styles = ("-", "--", ":", "-.")
+  for i, (label, workdirs) in enumerate(arms):
+    for j, workdir in enumerate(workdirs):
+      curves = loss_curves(workdir)
+      kwargs = dict(color=f"C{i}", linestyle=styles[j % len(styles)], linewidth=1.2)
+      name = f"{label} ({os.path.basename(os.path.normpath(workdir))})"
+      left.plot(*curves["loss"], label=name, **kwargs)
+      right.plot(*curves["test"], marker="o", markersize=2.5, label=name, **kwargs)
+  if threshold is not None:
+    left.axhline(threshold, color="0.5", linewidth=0.8, linestyle=":")
+  left.set_yscale("log")
+  left.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 0.5, not 5 x 10^-1.
+  left.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+  left.set_ylabel("training loss (window mean)")
+  right.set_ylabel("test error (%)")
+  for ax in (left, right):
+    ax.set_xlabel("iterations")
+    ax.grid(True, alpha=0.3)
+  right.legend(fontsize=6)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  _save(fig, out)
+  plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
 # Figure 7: responses
 # ---------------------------------------------------------------------------------------------
 

@@ -303,6 +303,111 @@ def build_report(
   return format_report(rows, figures=figures, responses=responses)
 
 
+# ---------------------------------------------------------------------------------------------
+# Paired studies (experiments/residual_study.py): a net against its twin at equal budget
+# ---------------------------------------------------------------------------------------------
+
+
+class Arm(NamedTuple):
+  """One net of a paired study: its label and its runs, one workdir per seed (seed order)."""
+
+  label: str
+  workdirs: tuple[str, ...]
+
+
+def steps_to_threshold(steps: Sequence[int], losses: Sequence[float], threshold: float):
+  """The first logged step whose training loss is at or below `threshold` (None: never)."""
+  return next((int(s) for s, l in zip(steps, losses) if l <= threshold), None)
+
+
+def summarize_run(workdir: str, threshold: float) -> dict[str, Any]:
+  """Final training loss, final and best test error (%), steps to `threshold`, from metrics."""
+  from incres import analysis  # pylint: disable=g-import-not-at-top
+
+  curves = analysis.loss_curves(workdir)
+  (steps, loss), (_, err) = curves["loss"], curves["test"]
+  return {
+      "steps": int(steps[-1]) if len(steps) else 0,
+      "final_loss": float(loss[-1]) if len(loss) else None,
+      "final_test_err": float(err[-1]) if len(err) else None,
+      "best_test_err": float(err.min()) if len(err) else None,
+      "to_threshold": steps_to_threshold(steps, loss, threshold),
+  }
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+  values = [v for v in values if v is not None]
+  return sum(values) / len(values) if values else None
+
+
+def format_pair_section(
+    title: str,
+    claim: str,
+    arms: Sequence[Arm],
+    threshold: float,
+    *,
+    figure: str | None = None,
+) -> str:
+  """A Markdown section: one row per run and per net (mean over seeds), and the claim checked
+  seed by seed (the first arm is the net the paper says trains faster)."""
+  lines = [f"## {title}", "", claim, ""]
+  lines += [
+      f"| net | run | steps | final training loss | final test error (%) | best test error (%) |"
+      f" steps to training loss ≤ {threshold:g} |",
+      "|---|---|---|---|---|---|---|",
+  ]
+  summaries = {}
+  for arm in arms:
+    rows = [summarize_run(w, threshold) for w in arm.workdirs]
+    summaries[arm.label] = rows
+    for w, r in zip(arm.workdirs, rows):
+      lines.append(
+          f"| {arm.label} | {os.path.basename(os.path.normpath(w))} | {r['steps']} |"
+          f" {_fmt(r['final_loss'], 3)} | {_fmt(r['final_test_err'])} |"
+          f" {_fmt(r['best_test_err'])} | {r['to_threshold'] or 'not reached'} |"
+      )
+    if len(rows) > 1:
+      reached = [r["to_threshold"] for r in rows]
+      to = _fmt(_mean(reached), 0) if all(x is not None for x in reached) else "–"
+      lines.append(
+          f"| **{arm.label}** | mean of {len(rows)} seeds | |"
+          f" {_fmt(_mean([r['final_loss'] for r in rows]), 3)} |"
+          f" {_fmt(_mean([r['final_test_err'] for r in rows]))} |"
+          f" {_fmt(_mean([r['best_test_err'] for r in rows]))} | {to} |"
+      )
+  if len(arms) == 2:
+    first, second = (summaries[a.label] for a in arms)
+    pairs = list(zip(first, second))
+    inf = float("inf")
+    faster = sum((a["to_threshold"] or inf) < (b["to_threshold"] or inf) for a, b in pairs)
+    lower = sum(
+        a["final_loss"] is not None
+        and b["final_loss"] is not None
+        and a["final_loss"] < b["final_loss"]
+        for a, b in pairs
+    )
+    better_test = sum(
+        a["final_test_err"] is not None
+        and b["final_test_err"] is not None
+        and a["final_test_err"] < b["final_test_err"]
+        for a, b in pairs
+    )
+    lines += [
+        "",
+        f"{arms[0].label} against {arms[1].label}, seed by seed ({len(pairs)}"
+        f" pair{'s' if len(pairs) > 1 else ''}): reaches training loss {threshold:g} first in {faster}, ends with the lower training loss in"
+        f" {lower}, with the lower final test error in {better_test}.",
+    ]
+  if figure:
+    lines += ["", f"![{title}]({figure})"]
+  return "\n".join(lines) + "\n"
+
+
+def study_report(sections: Sequence[str], title: str = "Residual study") -> str:
+  """The sections of `format_pair_section` under one title."""
+  return "\n".join([f"# {title}", "", *sections]).rstrip() + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> str:
   args = flags.FlagValues()
   flags.DEFINE_multi_string(

@@ -93,7 +93,7 @@ FEATURES = {
     "InceptionV3": 2048,
     # Inception-v4 paper Figures 9 and 15 (the average pool's width); TF-slim's 1536 for the twin.
     **{"InceptionV4": 1536, "InceptionV4Timm": 1536, "InceptionResNetV2Timm": 1536},
-    **{"InceptionResNetV1": 1792, "InceptionResNetV2": 2144},
+    **{"InceptionResNetV1": 1792, "InceptionResNetV1_32": 1792, "InceptionResNetV2": 2144},
 }
 # Auxiliary classifiers returned in training.
 AUX_HEADS = {

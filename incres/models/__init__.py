@@ -19,6 +19,7 @@ from incres.models.inception_v3 import InceptionV3
 from incres.models.inception_v4 import (
     InceptionBlock,
     InceptionResNetV1,
+    InceptionResNetV1_32,
     InceptionResNetV2,
     InceptionResNetV2Timm,
     InceptionV4,
@@ -106,6 +107,7 @@ MODELS = {
     "InceptionV4": 299,
     "InceptionV4Timm": 299,
     "InceptionResNetV1": 299,
+    "InceptionResNetV1_32": 32,
     "InceptionResNetV2": 299,
     "InceptionResNetV2Timm": 299,
 }

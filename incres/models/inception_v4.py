@@ -14,6 +14,9 @@ channels; a branch is a sequence of `Conv` (conv + BN + ReLU; `valid` is the fig
   192, 192, 256, 384), 22,756,328 parameters. There are no public weights; the count is checked in
   tests/test_inception_v4.py against sums written out by hand from each figure's filter sizes
   (every block, the stem and the head separately), not against this file's tables.
+- `InceptionResNetV1_32` (not in the paper): InceptionResNetV1 for 32x32 inputs (digits, CIFAR),
+  its stem without the first stride (`STEM_RESNET_V1_32`); with `residual=False`, its non-residual
+  twin (experiments/residual_study.py).
 - `InceptionResNetV2`: Figures 3, 16, 7, 17, 18, 19 and 15 (5 A, 10 B, 5 C blocks; k, l, m, n =
   256, 256, 384, 384), 32,433,928 parameters.
 
@@ -142,6 +145,19 @@ STEM_RESNET_V1 = (
     ("conv2d_3b", _c(80)),  # 73x73x80
     ("conv2d_4a", _c(192, 3, valid=True)),  # 71x71x192
     ("conv2d_4b", _c(256, 3, 2, True)),  # 35x35x256
+)
+# 32x32-input variant (`InceptionResNetV1_32`, not in the paper): Figure 14's stem without its
+# first stride and with "same" padding, so that only the max pool reduces the grid (as GoogLeNet32
+# keeps one of its stem's two reductions): the A blocks run on 15x15, the B blocks on 7x7 and the
+# C blocks on 3x3 maps, the ImageNet net's 35/17/8 grid scaled to CIFAR / digits.
+STEM_RESNET_V1_32 = (
+    ("conv2d_1a", _c(32, 3)),  # 32x32x32
+    ("conv2d_2a", _c(32, 3)),  # 32x32x32
+    ("conv2d_2b", _c(64, 3)),  # 32x32x64
+    ("maxpool_3a", MAX),  # 15x15x64
+    ("conv2d_3b", _c(80)),  # 15x15x80
+    ("conv2d_4a", _c(192, 3)),  # 15x15x192
+    ("conv2d_4b", _c(256, 3)),  # 15x15x256
 )
 # TF-slim's / timm's Inception-ResNet-v2 stem (not in the paper): 299x299x3 -> 35x35x320.
 STEM_RESNET_V2_TIMM = STEM_RESNET_V1[:-1] + (
@@ -278,6 +294,8 @@ class InceptionBlock(nn.Module):
   unit: ModuleDef = ConvBN
   residual_scale: float | None = None  # None: no residual connection (Inception-v4, reductions).
   relu_after_add: bool = True  # TF-slim's last Inception-ResNet-v2 block: False.
+  # False: the non-residual twin of an Inception-ResNet block (the model's `residual` field).
+  residual: bool = True
   cpu_conv_vjp: str = "auto"
   dtype: Any = jnp.float32
 
@@ -311,6 +329,8 @@ class InceptionBlock(nn.Module):
         ),
         name="expand",
     )(y)
+    if not self.residual:  # The twin: the scaling belongs to the addition (Section 3.3) and goes.
+      return nn.relu(y) if self.relu_after_add else y
     y = x + self.residual_scale * y
     return nn.relu(y) if self.relu_after_add else y
 
@@ -334,6 +354,11 @@ class InceptionV4Family(nn.Module):
   residual_scales: tuple[float, float, float] | None = None
   last_block_linear: bool = False  # TF-slim: the last C block unscaled (1.0), no ReLU after it.
   final_conv: int = 0  # TF-slim's 1x1 "conv2d_7b" before the pool (1536); 0: none (the paper).
+  # False removes the residual connection of every Inception-ResNet block, the identity term and
+  # the scaling that exists for it (Section 3.3), and keeps everything else (the expansion conv,
+  # the ReLU): the non-residual twin of the digits study (experiments/residual_study.py). Same
+  # parameters; no effect on Inception-v4's blocks or the reductions.
+  residual: bool = True
   width: float = 1.0  # Multiplies every filter count (1.0: the paper's; small values for tests).
   dropout_rate: float = 0.2  # Figures 9 and 15: "Dropout (keep 0.8)".
   bn_epsilon: float = 1e-3
@@ -382,7 +407,13 @@ class InceptionV4Family(nn.Module):
         last = self.last_block_linear and name == names[-1]
         if last:  # TF-slim: Block8(scale=1.0, activation_fn=None).
           scale = 1.0
-        x = block(branches, residual_scale=scale, relu_after_add=not last, name=name)(x)
+        x = block(
+            branches,
+            residual_scale=scale,
+            relu_after_add=not last,
+            residual=self.residual,
+            name=name,
+        )(x)
     if self.final_conv:
       x = unit(Conv(self.final_conv), name="conv2d_7b")(x)
 
@@ -428,3 +459,5 @@ InceptionResNetV2Timm = functools.partial(
     last_block_linear=True,
     final_conv=1536,
 )
+# 32x32 inputs (digits, CIFAR): the stem above; blocks, reductions and head as InceptionResNetV1.
+InceptionResNetV1_32 = functools.partial(InceptionResNetV1, stem=STEM_RESNET_V1_32, num_classes=10)

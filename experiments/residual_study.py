@@ -1,0 +1,278 @@
+r"""python experiments/residual_study.py --outdir=runs/residual_study
+
+Hardware: sized for 2 CPU cores (no accelerator). Expected time: about 40 minutes (estimated) for
+the eight runs (2 seeds of 4 nets, two processes in parallel) on lightly loaded cores, from the
+step times measured at load average 3-9 (0.65 s a step for the Inception nets, 2.3 s for
+ResNet-56), plus a minute for the figures and the report; `--seeds=1` halves it. At load average
+15-22 (cores shared with other jobs) one Inception run took 38-41 minutes and a ResNet-56 run about
+an hour (README, "Residual connections and pre-activation on digits").
+Reproduces, in miniature, on scikit-learn's bundled `digits` (1,497 training and 300 test images,
+32×32), two claims of the papers that joined Inception and ResNet:
+
+- `study=inception`: "residual connections accelerate the training of Inception networks
+  significantly" (Szegedy et al. 2016, arXiv 1602.07261, abstract and §5, Figures 21-26: training
+  curves of Inception-ResNet against a similarly expensive non-residual Inception).
+  `InceptionResNetV1_32` (Inception-ResNet-v1's blocks after a 32-pixel stem, at a quarter of the
+  filters) against its non-residual twin: the same network with the identity term of every block
+  removed (`model_kwargs.residual=False`; same parameters and multiply-adds).
+- `study=preact`: pre-activation units train more easily than the original ones (He et al. 2016,
+  arXiv 1603.05027, Figure 1 and Table 3: CIFAR-10 ResNet-110 6.61% -> 6.37%, ResNet-164 5.93% ->
+  5.46%, with lower training loss). CIFAR ResNet-56 (the deepest pair that fits this machine's
+  budget; 110 takes about 6 s a step here) against its pre-activation twin, the basic-unit
+  `CifarPreActResNet110` layout with 9 units a stage (option A shortcuts, as the original).
+
+Each net is also an ordinary experiment config:
+
+  python launch.py --config=experiments/residual_study.py:study=inception,residual=False,seed=1 \
+      --workdir=runs/inception_plain_s1
+
+Arguments (`:study=inception,residual=True,preact=False,depth=56,width=0.25,seed=0,...`):
+  study: inception | preact.
+  residual (inception): False for the non-residual twin.
+  clip (inception): the gradient clipping norm (the recipe's 2.0; 0: none, a diagnostic run).
+  width (inception): multiplies every filter count of the Inception-ResNet (1.0: the paper's).
+  preact (preact): True for the pre-activation ResNet, False for the original (He et al. 2015).
+  depth (preact): 20 | 32 | 44 | 56 | 110 (basic units).
+  seed: the run's seed (initialisation, data order, augmentation).
+  steps, batch: the one budget both nets of a study get (defaults below, chosen for the CPU).
+  smoke: True shrinks the budget to a few steps (a check that everything runs).
+
+Recipes: each study's paper recipe, identical for its two nets, shortened to the CPU budget.
+- inception: `experiments/inception.py`'s (RMSProp decay 0.9, epsilon 1.0, momentum 0.9, lr 0.045
+  x0.94 every 2 epochs, clipping at global norm 2.0, weight decay 4e-5, dropout 0.2, batch 32),
+  with three changes for 32-pixel digits: 32x32 input instead of 299 (so the 32-pixel stem), the
+  CIFAR augmentation (4-pixel pad, random crop, flip) instead of Inception crops of 8-100% of the
+  area, and no parameter EMA (its decay 0.9999 averages over 10,000 steps, longer than the run).
+- preact: `experiments/resnet_cifar.py`'s (SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided by
+  10 at 50% and 75% of the steps, pad 4 + random crop + flip, per-pixel mean), batch 64 and no
+  warm-up for either net (as `experiments/degradation.py`, whose ResNet-56 is the same run).
+Evaluated on the test digits 10 times per run.
+
+Run as a script, this file trains the runs (resuming any that were interrupted), then writes
+`inception.png`, `preact.png` and `report.md` in `--outdir` (`--skip_training` redraws them from
+the runs; `incres.report.format_pair_section` writes each section).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from absl import flags
+import ml_collections
+
+if __package__ in (None, "") and __name__ == "__main__":  # `python experiments/residual_study.py`.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from incres import cli, configs, errors  # pylint: disable=g-import-not-at-top
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DIGITS_NUM_TRAIN = 1_497  # digits' training split (incres.data): the budget in epochs is exact.
+NUM_EVALS = 10
+# The budget of each study, the same for both of its nets: inception 600 steps of 32 (12.8 epochs;
+# ~0.7 s a step on 2 loaded cores), preact 300 steps of 64 (12.8 epochs; ~2 s a step for depth 56).
+BUDGETS = {"inception": (600, 32), "preact": (300, 64)}
+# Training loss the "steps to threshold" column of the report counts up to (the window mean).
+LOSS_THRESHOLDS = {"inception": 0.5, "preact": 0.5}
+SEEDS = (0, 1)
+# The runs of each net are `<name>_s<seed>`; seed 0 of every net trains first, so that one seed is
+# complete early. Per study, the first net is the one its paper says trains faster.
+ARMS = (
+    ("inception_residual", "study=inception,residual=True", "Inception-ResNet-v1-32"),
+    ("inception_plain", "study=inception,residual=False", "non-residual twin"),
+    ("resnet56_preact", "study=preact,preact=True", "pre-activation ResNet-56"),
+    ("resnet56_original", "study=preact,preact=False", "original ResNet-56"),
+)
+STUDIES = {
+    "inception": (
+        "Residual connections and the training speed of Inception networks",
+        "Szegedy et al. 2016 (arXiv 1602.07261, §5 and Figures 21-26): residual connections"
+        " speed up the training of Inception networks. Here Inception-ResNet-v1's blocks after a"
+        " 32-pixel stem, a quarter of the filters (1.32M parameters), against the same net with"
+        " the residual connection of every block removed; 600 steps of 32 on digits, the"
+        " Inception-v4 recipe (RMSProp, lr 0.045, clipping 2.0).",
+        ("inception_residual", "inception_plain"),
+    ),
+    "preact": (
+        "Pre-activation against the original ResNet",
+        "He et al. 2016 (arXiv 1603.05027, Figure 1 and Table 3): pre-activation units ease"
+        " optimisation (lower training loss) and generalise better, most visibly at 164 and 1001"
+        " layers on CIFAR. Here CIFAR ResNet-56 (0.85M parameters), the deepest pair this CPU"
+        " budget trains; 300 steps of 64 on digits, the CIFAR recipe (SGD, lr 0.1, /10 at 50% and"
+        " 75%).",
+        ("resnet56_preact", "resnet56_original"),
+    ),
+}
+
+
+def run_names(seeds=SEEDS) -> list[str]:
+  """`<arm>_s<seed>`, seed by seed."""
+  return [f"{name}_s{seed}" for seed in seeds for name, _, _ in ARMS]
+
+
+def run_arg(name: str) -> str:
+  """The config string of a run name (`inception_plain_s1` -> `study=...,seed=1`)."""
+  arm, seed = name.rsplit("_s", 1)
+  return f"{next(a for n, a, _ in ARMS if n == arm)},seed={int(seed)}"
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """One net of a study on digits with the study's fixed CPU budget."""
+  a = configs.parse_arg(
+      arg,
+      study="inception",
+      residual=True,
+      width=0.25,
+      clip=2.0,
+      preact=False,
+      depth=56,
+      seed=0,
+      steps=0,
+      batch=0,
+      smoke=False,
+  )
+  if a.study not in BUDGETS:
+    raise errors.ConfigError(
+        f"Unknown study={a.study!r} in --config=experiments/residual_study.py:{arg}; use"
+        " study=inception or study=preact."
+    )
+  steps, batch = BUDGETS[a.study]
+  steps, batch = a.steps or steps, a.batch or batch
+  if a.smoke:
+    steps, batch = 4, 16
+  if a.study == "inception":
+    c = configs.load(os.path.join(HERE, "inception.py") + ":model=resnet_v1,dataset=digits")
+    c.model = "InceptionResNetV1_32"
+    c.model_kwargs.width = a.width
+    c.model_kwargs.residual = a.residual
+    c.image_size = 32  # The 32-pixel stem (incres.models.inception_v4), not a 75-pixel resize.
+    c.augment = "cifar"  # Inception crops of 8% of a 32-pixel digit leave too little of it.
+    c.ema_decay = None  # 0.9999 averages over 10k steps: the whole run would be the init.
+    c.grad_clip_norm = a.clip or None  # clip=0: none (a diagnostic; the recipe clips at 2.0).
+  else:
+    if a.depth not in (20, 32, 44, 56, 110):
+      raise errors.ConfigError(
+          f"depth must be 20, 32, 44, 56 or 110 for study=preact, not {a.depth}."
+      )
+    c = configs.load(os.path.join(HERE, "resnet_cifar.py") + f":depth={a.depth},dataset=digits")
+    if a.preact:
+      n = (a.depth - 2) // 6
+      c.model = "CifarPreActResNet110"  # Basic units, option A; the depth by its stage table.
+      if a.depth != 110:
+        c.model_kwargs.stage_sizes = (n, n, n)
+    # One budget for both nets, so that only the unit differs: no warm-up for depth 110 either.
+    c.warmup_epochs, c.warmup_learning_rate = 0.0, 0.0
+  c.seed = a.seed
+  c.batch_size = batch
+  c.eval_batch_size = 300  # The whole test split in one batch.
+  # The budget in epochs of digits, which resolve_config turns back into exactly `steps` steps.
+  c.num_epochs = steps * batch / DIGITS_NUM_TRAIN
+  if a.study == "preact":
+    c.lr_boundary_epochs = (c.num_epochs * 0.5, c.num_epochs * 0.75)  # The paper's 32k/64k, 48k.
+  c.log_every_steps = max(1, steps // 60)
+  c.eval_every_epochs = c.checkpoint_every_epochs = c.num_epochs / NUM_EVALS
+  c.keep_checkpoints = 1
+  c.smoke = a.smoke
+  return c
+
+
+def _train(outdir: str, names: list[str]) -> None:
+  """Trains the named runs one after the other, each in its own launch.py process."""
+  root = os.path.dirname(HERE)
+  for name in names:
+    cmd = [
+        sys.executable,
+        os.path.join(root, "launch.py"),
+        f"--config={os.path.abspath(__file__)}:{run_arg(name)}",
+        f"--workdir={os.path.join(outdir, name)}",
+    ]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=root)
+
+
+def main(argv: list[str] | None = None) -> None:
+  args = flags.FlagValues()
+  flags.DEFINE_string(
+      "outdir", "runs/residual_study", "Where the runs and figures go.", flag_values=args
+  )
+  flags.DEFINE_integer("seeds", len(SEEDS), "Seeds per net (0, 1, ...).", flag_values=args)
+  flags.DEFINE_integer(
+      "parallel", 2, "Training processes at once (each runs its share).", flag_values=args
+  )
+  flags.DEFINE_list(
+      "only", None, "Train only these runs (e.g. inception_plain_s0); no figures.", flag_values=args
+  )
+  flags.DEFINE_bool("skip_training", False, "Figures and report only.", flag_values=args)
+  prog = "python experiments/residual_study.py"
+  cli.parse(args, argv, prog=prog, description=__doc__.split("\n\n")[1])
+  if args.seeds < 1:
+    raise cli.UsageError(f"--seeds must be at least 1, not {args.seeds}", prog)
+  names = run_names(range(args.seeds))
+  if unknown := [n for n in args.only or () if n not in run_names(range(max(args.seeds, 10)))]:
+    raise cli.UsageError(
+        f"--only: unknown run {', '.join(unknown)}; the runs: {', '.join(names)}", prog
+    )
+  if not args.skip_training:
+    todo = args.only or names
+    if args.parallel > 1:
+      # Round robin over the seed-major order: each process gets both studies and finishes seed 0
+      # of its share first.
+      shares = [todo[i :: args.parallel] for i in range(args.parallel)]
+      procs = [
+          subprocess.Popen(
+              [
+                  sys.executable,
+                  os.path.abspath(__file__),
+                  f"--outdir={args.outdir}",
+                  "--parallel=1",
+                  f"--only={','.join(share)}",
+              ]
+          )
+          for share in shares
+          if share
+      ]
+      if any(p.wait() for p in procs):
+        sys.exit("A training process failed; see its output above.")
+    else:
+      _train(args.outdir, todo)
+    if args.only:
+      return
+
+  text = study_report(args.outdir, args.seeds)
+  with open(os.path.join(args.outdir, "report.md"), "w") as f:
+    f.write(text)
+  print(text)
+
+
+def study_report(outdir: str, seeds: int = len(SEEDS)) -> str:
+  """Draws `<study>.png` in `outdir` for every study with finished runs; returns the report."""
+  from incres import analysis, report  # pylint: disable=g-import-not-at-top  (heavy imports)
+
+  labels = {name: label for name, _, label in ARMS}
+  sections = []
+  for study, (title, claim, names) in STUDIES.items():
+    arms = []
+    for name in names:
+      runs = [os.path.join(outdir, f"{name}_s{seed}") for seed in range(seeds)]
+      runs = tuple(w for w in runs if os.path.exists(os.path.join(w, "metrics.jsonl")))
+      if runs:
+        arms.append(report.Arm(labels[name], runs))
+    if not arms:
+      continue
+    figure = os.path.join(outdir, f"{study}.png")
+    threshold = LOSS_THRESHOLDS[study]
+    analysis.plot_pairs([tuple(a) for a in arms], figure, title=title, threshold=threshold)
+    sections.append(
+        report.format_pair_section(title, claim, arms, threshold, figure=os.path.basename(figure))
+    )
+  if not sections:
+    raise errors.MissingFileError(
+        f"No finished runs in {outdir} (expected {', '.join(run_names(range(seeds)))}); train"
+        " them first: python experiments/residual_study.py --outdir=" + outdir
+    )
+  return report.study_report(sections)
+
+
+if __name__ == "__main__":
+  errors.run(main)  # A user error: its message and exit status 2, no traceback.

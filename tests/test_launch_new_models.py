@@ -1,0 +1,72 @@
+"""Every model family of issue #16 trains a few steps on the path `launch.py` takes, at tiny widths.
+
+One real `launch.py` subprocess (Inception-v3 through `experiments/inception.py`); the other
+families through `incres.train.train_and_evaluate`, the function launch.py's `main` calls, with
+the configs launch.py would load (`configs.load` of the same config string).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from incres import configs, train
+
+from test_launch import ROOT, run_launch
+
+INCEPTION = os.path.join(ROOT, "experiments", "inception.py")
+RESNET_CIFAR = os.path.join(ROOT, "experiments", "resnet_cifar.py")
+
+
+@pytest.mark.slow
+def test_inception_v3_trains_through_the_launch_py_subprocess(tmp_path):
+  workdir = tmp_path / "v3"
+  result = run_launch(
+      f"--config={INCEPTION}:model=v3,dataset=digits,smoke=True,tiny=True",
+      f"--workdir={workdir}",
+      "--jax_cache_dir=",
+      # Score 16 test digits, not all 300 at the smoke setting's batch of 4: the test's cost.
+      "--config.eval_split=test[:16]",
+      "--config.eval_batch_size=16",
+      cwd=str(tmp_path),
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(workdir / "config.json") as f:
+    config = json.load(f)
+  assert config["model"] == "InceptionV3" and config["model_kwargs"]["width"] == 0.0625
+  assert "step 3/3 (100.0%)" in result.stdout and "eval at step 3" in result.stdout
+  with open(workdir / "metrics.jsonl") as f:
+    losses = [r["train/loss"] for r in map(json.loads, f) if "train/loss" in r]
+  assert len(losses) == 3 and np.all(np.isfinite(losses))
+
+
+# (config string, model it must build): every other new family, as launch.py would load it.
+IN_PROCESS = [
+    (f"{INCEPTION}:model=v4,dataset=digits,smoke=True,tiny=True", "InceptionV4"),
+    (f"{INCEPTION}:model=resnet_v1,dataset=digits,smoke=True,tiny=True", "InceptionResNetV1"),
+    (f"{INCEPTION}:model=resnet_v2,dataset=digits,smoke=True,tiny=True", "InceptionResNetV2"),
+    (f"{RESNET_CIFAR}:preact=True,depth=164,smoke=True,tiny=True", "CifarPreActResNet164"),
+    # No experiment config trains the ImageNet pre-activation nets yet: the tests' tiny recipe.
+    (
+        os.path.join(ROOT, "tests", "tiny_config.py") + ":model=PreActResNet18,steps=3,every=3",
+        "PreActResNet18",
+    ),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec,model", IN_PROCESS, ids=[m for _, m in IN_PROCESS])
+def test_new_family_trains_a_few_steps_as_launch_py_runs_it(tmp_path, spec, model):
+  config = configs.load(spec)
+  if model == "PreActResNet18":
+    config.model_kwargs.update(width=4, stage_sizes=(1, 1, 1, 1))
+  config.eval_split, config.eval_batch_size = "test[:16]", 16  # As in the subprocess test.
+  config.num_train_steps = min(config.num_train_steps, 3)
+  config.eval_every_steps = config.checkpoint_every_steps = config.num_train_steps
+  assert config.model == model
+  result = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert result["step"] == 3 and np.isfinite(result["train/loss"])
+  assert 0.0 <= result["eval/top1"] <= 1.0

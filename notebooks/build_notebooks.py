@@ -255,9 +255,9 @@ if TORCHVISION_WEIGHTS:
     convert_torch.save(TORCHVISION_MODEL, variables, INIT_FROM)
 if not INIT_FROM:  # A source model trained here on all ten digits.
   INIT_FROM = f"{RUNS}/notebook_source_digits" + ("_smoke" if SMOKE else "")
-  source = configs.load("experiments/resnet_cifar.py:dataset=digits")
-  source.num_train_steps = 30 if SMOKE else 400
-  source.lr_boundaries = tuple(int(source.num_train_steps * f) for f in (0.5, 0.75))
+  source = configs.load(f"experiments/resnet_cifar.py:dataset=digits,smoke={SMOKE}")
+  if not SMOKE:
+    source.num_train_steps, source.lr_boundaries = 400, (200, 300)
   source.dtype = DTYPE
   train.train_and_evaluate(source, INIT_FROM)
 """.strip(),

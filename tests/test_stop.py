@@ -165,6 +165,18 @@ def test_missing_imagenet_is_one_message_exit_2_no_traceback(tmp_path):
 
 
 def test_stop_request_handler():
+  # The process's own handlers, whatever the test runner left (an xdist worker may ignore SIGINT).
+  outer = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  try:
+    _check_stop_request_handler()
+  finally:
+    signal.signal(signal.SIGINT, outer[0])
+    signal.signal(signal.SIGTERM, outer[1])
+
+
+def _check_stop_request_handler():
   with train._StopRequest() as request:
     assert request.reason is None and not request.preempted
     os.kill(os.getpid(), signal.SIGTERM)

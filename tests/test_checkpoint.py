@@ -117,33 +117,9 @@ def test_signal_finishes_the_step_saves_and_exits_zero(reference, jax_cache, tmp
     assert_same_bits(final_params(workdir), reference)
 
 
-@pytest.mark.slow
-def test_kill_9_at_any_moment_resumes_from_the_newest_complete_checkpoint(
-    reference, jax_cache, tmp_path
-):
-  workdir = str(tmp_path / "run")
-  killed_mid_save = 0
-  for delay in (None, 0.0, 0.3):  # None: kill as soon as a save is in progress.
-    before = complete_steps(workdir)
-    p = launch(workdir, jax_cache)
-    if delay is None:
-      wait_for(lambda: complete_steps(workdir) and saving_now(workdir), "a save in progress")
-    else:
-      wait_for(lambda: complete_steps(workdir)[-1:] > before[-1:], "a new checkpoint")
-      time.sleep(delay)
-    killed_mid_save += saving_now(workdir)
-    p.kill()  # SIGKILL: no handler, no cleanup.
-    p.communicate(timeout=TIMEOUT)
-    assert p.returncode == -signal.SIGKILL
-    latest = complete_steps(workdir)[-1]
-    assert latest < 60, "the run finished before it could be killed; make it longer"
-    _, _, variables = checkpoint.load_variables(workdir)  # The newest complete one restores.
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
-  assert killed_mid_save >= 1
-  _, err = run_to_end(workdir, jax_cache)
-  assert f"at step {latest}." in err
-  assert not any("tmp" in n for n in os.listdir(os.path.join(workdir, "checkpoints")))
-  assert_same_bits(final_params(workdir), reference)
+# SIGKILL at any moment (mid-save included): tests/test_reliability.py's
+# test_sigkill_at_random_moments_loses_nothing_and_repeats_nothing, which also checks that the
+# newest complete checkpoint restores after each kill and that no temporary directory is left.
 
 
 def test_checkpointer_keeps_the_last_k_and_the_best(tmp_path):

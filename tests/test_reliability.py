@@ -390,10 +390,16 @@ def test_sigkill_at_random_moments_loses_nothing_and_repeats_nothing(reference_4
     p.kill()
     p.communicate(timeout=TIMEOUT)
     assert p.returncode == -signal.SIGKILL, f"the run finished before it was killed {what}"
+    if complete_steps(workdir):  # The newest complete checkpoint restores, whatever was killed.
+      _, _, variables = checkpoint.load_variables(workdir)
+      assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables)), what
   assert killed_mid_save >= 1
+  latest = complete_steps(workdir)[-1]
   p = launch(*args)
   _, err = p.communicate(timeout=TIMEOUT)
   assert p.returncode == 0, err[-3000:]
+  assert f"at step {latest}." in err  # Resumed from the newest complete checkpoint.
+  assert not any("tmp" in n for n in os.listdir(os.path.join(workdir, "checkpoints")))
   with open(os.path.join(workdir, metrics.METRICS_FILE)) as f:
     raw = f.read()
   assert raw.endswith("\n") and all(json.loads(line) for line in raw.splitlines())  # No torn line.

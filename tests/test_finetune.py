@@ -218,6 +218,8 @@ def test_the_converters_next_step_fine_tunes_a_converted_resnet18(tmp_path, caps
   config = configs.load(spec)
   config.init_from = flags["--config.init_from"]
   config.num_train_steps = 2
+  # The test's cost: 64-pixel views and 32 test digits instead of 224 and all 300.
+  config.image_size, config.eval_split = 64, "test[:32]"
   workdir = str(tmp_path / "ft")
   metrics = train.train_and_evaluate(config, workdir)
   assert metrics["step"] == 2 and np.isfinite(metrics["train/loss"])

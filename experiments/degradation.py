@@ -30,7 +30,6 @@ Run as a script, this file trains the four nets (resuming any that were interrup
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 from absl import flags
@@ -39,7 +38,7 @@ import ml_collections
 if __package__ in (None, "") and __name__ == "__main__":  # `python experiments/degradation.py`.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from incres import cli, configs  # pylint: disable=g-import-not-at-top
+from incres import cli, configs, studies  # pylint: disable=g-import-not-at-top
 
 # The fixed budget, the same for every net: 300 steps of 64 = 12.8 epochs of the 1,497 digits.
 # Measured on 2 CPU cores shared with other jobs (load ~10): about 7 s / 2 s per step for depth 56 /
@@ -83,22 +82,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
-def _train(outdir: str, names: list[str], steps: int, batch: int) -> None:
-  """Trains the named runs one after the other, each in its own launch.py process."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  for name in names:
-    _, depth, plain = next(r for r in RUNS if r[0] == name)
-    arg = f"depth={depth},plain={plain},steps={steps},batch={batch}"
-    cmd = [
-        sys.executable,
-        os.path.join(root, "launch.py"),
-        f"--config={os.path.abspath(__file__)}:{arg}",
-        f"--workdir={os.path.join(outdir, name)}",
-    ]
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=root)
-
-
 def main(argv: list[str] | None = None) -> None:
   args = flags.FlagValues()
   flags.DEFINE_string(
@@ -121,30 +104,18 @@ def main(argv: list[str] | None = None) -> None:
         f"--only: unknown run {', '.join(unknown)}; the runs: {', '.join(names)}", prog
     )
   if not args.skip_training:
-    todo = args.only or names
-    # Deepest first, so that the two processes finish together: (plain56, plain20), (resnet56, ...).
-    if args.parallel > 1:
-      order = sorted(todo, key=lambda n: -int(n[-2:]))
-      shares = [order[i :: args.parallel] for i in range(args.parallel)]
-      procs = [
-          subprocess.Popen(
-              [
-                  sys.executable,
-                  os.path.abspath(__file__),
-                  f"--outdir={args.outdir}",
-                  f"--steps={args.steps}",
-                  f"--batch={args.batch}",
-                  "--parallel=1",
-                  f"--only={','.join(share)}",
-              ]
-          )
-          for share in shares
-          if share
-      ]
-      if any(p.wait() for p in procs):
-        sys.exit("A training process failed; see its output above.")
-    else:
-      _train(args.outdir, todo, args.steps, args.batch)
+    # Deepest first, so that the processes finish together: (plain56, plain20), (resnet56, ...).
+    todo = sorted(args.only or names, key=lambda n: -int(n[-2:]))
+    runs = []
+    for name in todo:
+      _, depth, plain = next(r for r in RUNS if r[0] == name)
+      arg = f"depth={depth},plain={plain},steps={args.steps},batch={args.batch}"
+      runs.append((f"{os.path.abspath(__file__)}:{arg}", os.path.join(args.outdir, name)))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+      studies.train_runs(os.path.join(root, "launch.py"), runs, args.parallel, cwd=root)
+    except studies.StudyError as e:
+      sys.exit(str(e))
     if args.only:
       return
 

@@ -56,7 +56,6 @@ the runs; `incres.report.format_pair_section` writes each section).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 from absl import flags
@@ -65,7 +64,7 @@ import ml_collections
 if __package__ in (None, "") and __name__ == "__main__":  # `python experiments/residual_study.py`.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from incres import cli, configs, errors  # pylint: disable=g-import-not-at-top
+from incres import cli, configs, errors, studies  # pylint: disable=g-import-not-at-top
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DIGITS_NUM_TRAIN = 1_497  # digits' training split (incres.data): the budget in epochs is exact.
@@ -177,20 +176,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
-def _train(outdir: str, names: list[str]) -> None:
-  """Trains the named runs one after the other, each in its own launch.py process."""
-  root = os.path.dirname(HERE)
-  for name in names:
-    cmd = [
-        sys.executable,
-        os.path.join(root, "launch.py"),
-        f"--config={os.path.abspath(__file__)}:{run_arg(name)}",
-        f"--workdir={os.path.join(outdir, name)}",
-    ]
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=root)
-
-
 def main(argv: list[str] | None = None) -> None:
   args = flags.FlagValues()
   flags.DEFINE_string(
@@ -214,28 +199,17 @@ def main(argv: list[str] | None = None) -> None:
         f"--only: unknown run {', '.join(unknown)}; the runs: {', '.join(names)}", prog
     )
   if not args.skip_training:
-    todo = args.only or names
-    if args.parallel > 1:
-      # Round robin over the seed-major order: each process gets both studies and finishes seed 0
-      # of its share first.
-      shares = [todo[i :: args.parallel] for i in range(args.parallel)]
-      procs = [
-          subprocess.Popen(
-              [
-                  sys.executable,
-                  os.path.abspath(__file__),
-                  f"--outdir={args.outdir}",
-                  "--parallel=1",
-                  f"--only={','.join(share)}",
-              ]
-          )
-          for share in shares
-          if share
-      ]
-      if any(p.wait() for p in procs):
-        sys.exit("A training process failed; see its output above.")
-    else:
-      _train(args.outdir, todo)
+    # Seed-major order, dealt round robin: each process gets both studies and finishes seed 0 of
+    # its share first.
+    runs = [
+        (f"{os.path.abspath(__file__)}:{run_arg(name)}", os.path.join(args.outdir, name))
+        for name in args.only or names
+    ]
+    root = os.path.dirname(HERE)
+    try:
+      studies.train_runs(os.path.join(root, "launch.py"), runs, args.parallel, cwd=root)
+    except studies.StudyError as e:
+      sys.exit(str(e))
     if args.only:
       return
 

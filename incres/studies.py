@@ -1,0 +1,43 @@
+"""Training the runs of a small study (`experiments/degradation.py`, `experiments/residual_study.py`).
+
+Each run is its own `launch.py` process, exactly as a user would start it, so a study's runs are
+ordinary workdirs: resumable, and readable by `incres.analysis` and `incres.report`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import subprocess
+import sys
+from collections.abc import Sequence
+
+
+class StudyError(RuntimeError):
+  """A run of the study failed (its launch.py process printed why)."""
+
+
+def train_runs(
+    launch: str, runs: Sequence[tuple[str, str]], parallel: int = 1, cwd: str | None = None
+) -> None:
+  """Trains every `(config spec, workdir)` with `python launch.py`, `parallel` processes at once.
+
+  The runs are dealt round robin in the given order (run i goes to process i % parallel), and each
+  process runs its share one after the other: callers put the longest runs first so that the
+  processes finish together. Each command is printed before it starts. Raises `StudyError` after
+  all processes end if any run failed.
+  """
+
+  def share(runs: Sequence[tuple[str, str]]) -> list[str]:
+    failed = []
+    for spec, workdir in runs:
+      cmd = [sys.executable, launch, f"--config={spec}", f"--workdir={workdir}"]
+      print("+", " ".join(cmd), flush=True)
+      if subprocess.run(cmd, cwd=cwd, check=False).returncode != 0:
+        failed.append(workdir)
+    return failed
+
+  parallel = max(1, min(parallel, len(runs)))
+  with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+    failed = sum(pool.map(share, [runs[i::parallel] for i in range(parallel)]), [])
+  if failed:
+    raise StudyError(f"Training failed for {', '.join(failed)}; see its output above.")

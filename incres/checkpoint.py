@@ -81,9 +81,10 @@ def _quiet_abandoned_reads() -> None:
   arrays' reads unfinished: their coroutines report "Exception ignored in: <coroutine object
   _read_array_index_and_device_put ...>" whenever the garbage collector reaches them, and their
   TensorStore callbacks report "Event loop is closed" when they complete, in other threads, long
-  after the damaged step was named and moved aside (a hundred tracebacks for a ResNet). Those
-  two kinds of report are dropped from then on and the abandoned coroutines are collected now;
-  every other unraisable exception still reaches the previous hook.
+  after the damaged step was named and moved aside (a hundred tracebacks for a ResNet). Installed
+  before the first restore (a callback can fire before the failed restore returns), the filter
+  drops those two kinds of report from then on; every other unraisable exception still reaches the
+  previous hook. `_collect_abandoned_reads` then collects the abandoned coroutines at once.
   """
   global _quiet_hook_installed
   if not _quiet_hook_installed:
@@ -95,6 +96,11 @@ def _quiet_abandoned_reads() -> None:
 
     sys.unraisablehook = hook
     _quiet_hook_installed = True
+
+
+def _collect_abandoned_reads() -> None:
+  """After a failed restore: its abandoned read coroutines, collected now (and their reports
+  dropped by `_quiet_abandoned_reads`'s filter)."""
   gc.collect()
 
 
@@ -376,6 +382,7 @@ class Checkpointer:
       for step in sorted(reader.all_steps(), reverse=True):
         damage, _ = self._inspect(reader, step, abstract_state)
         if damage is None:
+          _quiet_abandoned_reads()
           try:
             restored = reader.restore(
                 step,
@@ -386,7 +393,7 @@ class Checkpointer:
           except Exception as e:  # pylint: disable=broad-except  (a missing or cut array file)
             damage = f"restoring its arrays failed: {_short_error(e)}"
           if damage is not None:
-            _quiet_abandoned_reads()
+            _collect_abandoned_reads()
         if damage is not None:
           damaged.append((step, damage))
           continue

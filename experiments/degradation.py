@@ -45,7 +45,6 @@ from incres import cli, configs, studies  # pylint: disable=g-import-not-at-top
 # 20 with two runs in parallel, so about 45 minutes in all. Idle cores are several times faster.
 STEPS = 300
 BATCH = 64
-DIGITS_NUM_TRAIN = 1_497  # digits' training split (incres.data): the budget in epochs is exact.
 NUM_EVALS = 10
 RUNS = (
     ("plain20", 20, True),
@@ -70,14 +69,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   # One budget for every net, so that only depth and shortcuts differ: no warm-up for depth 110.
   c.warmup_epochs, c.warmup_learning_rate = 0.0, 0.0
-  c.batch_size = a.batch
-  c.eval_batch_size = 300  # The whole test split in one batch.
-  # The budget in epochs of digits, which resolve_config turns back into exactly `steps` steps.
-  c.num_epochs = a.steps * a.batch / DIGITS_NUM_TRAIN
+  studies.digits_budget(c, a.steps, a.batch, NUM_EVALS)
   c.lr_boundary_epochs = (c.num_epochs * 0.5, c.num_epochs * 0.75)  # The paper's 32k/64k, 48k/64k.
-  c.log_every_steps = max(1, a.steps // 60)
-  c.eval_every_epochs = c.checkpoint_every_epochs = c.num_epochs / NUM_EVALS
-  c.keep_checkpoints = 1
   c.smoke = a.smoke
   return c
 

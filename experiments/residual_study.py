@@ -67,7 +67,6 @@ if __package__ in (None, "") and __name__ == "__main__":  # `python experiments/
 from incres import cli, configs, errors, studies  # pylint: disable=g-import-not-at-top
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DIGITS_NUM_TRAIN = 1_497  # digits' training split (incres.data): the budget in epochs is exact.
 NUM_EVALS = 10
 # The budget of each study, the same for both of its nets: inception 600 steps of 32 (12.8 epochs;
 # ~0.7 s a step on 2 loaded cores), preact 300 steps of 64 (12.8 epochs; ~2 s a step for depth 56).
@@ -163,15 +162,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # One budget for both nets, so that only the unit differs: no warm-up for depth 110 either.
     c.warmup_epochs, c.warmup_learning_rate = 0.0, 0.0
   c.seed = a.seed
-  c.batch_size = batch
-  c.eval_batch_size = 300  # The whole test split in one batch.
-  # The budget in epochs of digits, which resolve_config turns back into exactly `steps` steps.
-  c.num_epochs = steps * batch / DIGITS_NUM_TRAIN
+  studies.digits_budget(c, steps, batch, NUM_EVALS)
   if a.study == "preact":
     c.lr_boundary_epochs = (c.num_epochs * 0.5, c.num_epochs * 0.75)  # The paper's 32k/64k, 48k.
-  c.log_every_steps = max(1, steps // 60)
-  c.eval_every_epochs = c.checkpoint_every_epochs = c.num_epochs / NUM_EVALS
-  c.keep_checkpoints = 1
   c.smoke = a.smoke
   return c
 

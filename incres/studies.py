@@ -41,3 +41,21 @@ def train_runs(
     failed = sum(pool.map(share, [runs[i::parallel] for i in range(parallel)]), [])
   if failed:
     raise StudyError(f"Training failed for {', '.join(failed)}; see its output above.")
+
+
+DIGITS_NUM_TRAIN = 1_497  # digits' training split (incres.data): a budget in epochs is exact.
+
+
+def digits_budget(config, steps: int, batch: int, num_evals: int = 10) -> None:
+  """Sets `config` (a ConfigDict) to train `steps` steps of `batch` on digits' training split.
+
+  The budget is stated in epochs, which `incres.configs.resolve_config` turns back into exactly
+  `steps` steps; evaluation (of the whole test split in one batch) and a checkpoint `num_evals`
+  times, the loss logged about 60 times, one checkpoint kept.
+  """
+  config.batch_size = batch
+  config.eval_batch_size = 300  # The whole test split in one batch.
+  config.num_epochs = steps * batch / DIGITS_NUM_TRAIN
+  config.log_every_steps = max(1, steps // 60)
+  config.eval_every_epochs = config.checkpoint_every_epochs = config.num_epochs / num_evals
+  config.keep_checkpoints = 1

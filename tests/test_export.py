@@ -15,6 +15,8 @@ import pytest
 from incres import checkpoint, convert_torch, data, export
 from incres import state as state_lib
 
+import torch_helpers
+
 torch = pytest.importorskip("torch")  # conftest.py imports torchvision before TensorFlow.
 torchvision = pytest.importorskip("torchvision")
 
@@ -147,15 +149,7 @@ def test_averaged_false_exports_the_raw_parameters(run, tmp_path):
 def _torchvision_model(name, **kwargs):
   torch.manual_seed(0)
   model = getattr(torchvision.models, name)(weights=None, num_classes=10, **kwargs)
-  g = torch.Generator().manual_seed(1)
-  for m in model.modules():  # Random BN statistics and affine parameters.
-    if isinstance(m, torch.nn.BatchNorm2d):
-      c = m.num_features
-      m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-      m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-      m.weight.data.copy_(0.5 + 0.5 * torch.rand(c, generator=g))
-      m.bias.data.copy_(0.1 * torch.randn(c, generator=g))
-  return model.eval()
+  return torch_helpers.randomize(model, seed=1).eval()  # Random BN statistics and affine params.
 
 
 def _assert_same_state_dict(got, expected):

@@ -41,6 +41,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from incres import checkpoint as checkpoint_lib
 from incres import configs
 from incres import errors
+from incres import fileio
 from incres import finetune
 from incres import metrics as metrics_lib
 from incres import progress as progress_lib
@@ -541,6 +542,8 @@ def train_and_evaluate(
       keep=config.keep_checkpoints,
       best_metric=config.best_metric or None,
   )
+  if is_chief:  # A run training here now: refused before its checkpoints are read mid-save.
+    fileio.raise_if_in_use(workdir)
   resume_step = ckpt.check_compatible(abstract_state)  # Reads only; raises on a mismatch.
 
   # From here on the workdir is ours.

@@ -130,25 +130,6 @@ def _read_holder(fd: int) -> dict[str, Any] | None:
   return holder if isinstance(holder, dict) else None
 
 
-def raise_if_in_use(workdir: str) -> None:
-  """Raises `WorkdirInUseError` if a live process holds `workdir`'s lock; creates nothing.
-
-  For the checks a run makes before it takes the lock (reading a workdir's checkpoints while
-  their writer saves or prunes them would fail on files that vanish under it).
-  """
-  try:
-    fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR)
-  except OSError:  # No lock file: a new workdir, or one no run has locked.
-    return
-  try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      raise WorkdirInUseError(_in_use_message(os.path.abspath(workdir), _read_holder(fd))) from None
-  finally:
-    os.close(fd)  # Also drops the probe's own flock.
-
-
 class WorkdirLock:
   """An exclusive lock on a workdir, held from `acquire()` until `release()` or process exit."""
 

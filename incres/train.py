@@ -543,7 +543,7 @@ def train_and_evaluate(
       best_metric=config.best_metric or None,
   )
   if is_chief:  # A run training here now: refused before its checkpoints are read mid-save.
-    fileio.raise_if_in_use(workdir)
+    fileio.raise_if_locked(workdir)
   resume_step = ckpt.check_compatible(abstract_state)  # Reads only; raises on a mismatch.
 
   # From here on the workdir is ours.

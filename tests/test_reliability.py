@@ -267,12 +267,12 @@ def test_lock_names_a_live_holder_and_takes_over_a_dead_ones(tmp_path, caplog):
     assert f"process {holder.pid} on host {socket.gethostname()}" in str(e.value)
     # The probe a run makes before reading the workdir's checkpoints says the same.
     with pytest.raises(fileio.WorkdirInUseError, match=f"process {holder.pid} on host"):
-      fileio.raise_if_in_use(workdir)
+      fileio.raise_if_locked(workdir)
   finally:
     holder.kill()
     holder.communicate()
-  fileio.raise_if_in_use(workdir)  # A dead holder's lock: free.
-  fileio.raise_if_in_use(str(tmp_path / "new"))  # No workdir: free, and nothing is created.
+  fileio.raise_if_locked(workdir)  # A dead holder's lock: free.
+  fileio.raise_if_locked(str(tmp_path / "new"))  # No workdir: free, and nothing is created.
   assert not os.path.exists(tmp_path / "new")
   lock = fileio.WorkdirLock(workdir)
   with caplog.at_level(std_logging.WARNING):

@@ -347,9 +347,11 @@ def format_pair_section(
     threshold: float,
     *,
     figure: str | None = None,
+    verdict: bool = True,
 ) -> str:
-  """A Markdown section: one row per run and per net (mean over seeds), and the claim checked
-  seed by seed (the first arm is the net the paper says trains faster)."""
+  """A Markdown section: one row per run and per net (mean over seeds), and (with `verdict`) the
+  claim checked seed by seed: the first arm, the net the paper says trains faster, against the
+  second; further arms (diagnostics) get their rows only."""
   lines = [f"## {title}", "", claim, ""]
   lines += [
       f"| net | run | steps | final training loss | final test error (%) | best test error (%) |"
@@ -375,8 +377,8 @@ def format_pair_section(
           f" {_fmt(_mean([r['final_test_err'] for r in rows]))} |"
           f" {_fmt(_mean([r['best_test_err'] for r in rows]))} | {to} |"
       )
-  if len(arms) == 2:
-    first, second = (summaries[a.label] for a in arms)
+  if verdict and len(arms) >= 2:
+    first, second = (summaries[a.label] for a in arms[:2])
     pairs = list(zip(first, second))
     inf = float("inf")
     faster = sum((a["to_threshold"] or inf) < (b["to_threshold"] or inf) for a, b in pairs)

@@ -56,6 +56,19 @@ def _reference_draw(h: int, w: int, i: int) -> tuple[int, tuple[int, int], tuple
   return shorter, (nh, nw), divmod(corner, nw)
 
 
+def test_the_fused_flip_decides_as_tf_image_stateless_random_flip():
+  """The crop samples its columns in reverse (`augment._flips`) exactly when the reference's
+  `tf.image.stateless_random_flip_left_right` with the same seed mirrors the image."""
+  ramp = tf.constant([[[0.0], [1.0]]])  # Mirrored, its first pixel is 1.
+  decisions = []
+  for i in range(200):
+    _, _, flip_seed, _ = augment._seeds(_seed(i), 4)
+    mirrored = float(tf.image.stateless_random_flip_left_right(ramp, seed=flip_seed)[0, 0, 0])
+    assert bool(augment._flips(flip_seed)) == (mirrored == 1.0), i
+    decisions.append(mirrored)
+  assert 70 < sum(decisions) < 130  # Both outcomes are exercised.
+
+
 @pytest.mark.parametrize("h,w", [(45, 60), (60, 45), (40, 40), (33, 90)])
 def test_scale_and_crop_box_are_those_of_the_whole_image_implementation(h, w):
   for i in range(40):

@@ -36,7 +36,8 @@ def _resolved(name: str):
 
 def test_the_twins_of_a_study_differ_only_in_the_net_and_the_seed():
   differing = {"model", "model_kwargs", "seed"}
-  for study_name, (_, _, (first, second)) in study.STUDIES.items():
+  for study_name, (_, _, names) in study.STUDIES.items():
+    first, second = names[:2]  # The claim's pair.
     a, b = _resolved(f"{first}_s0").to_dict(), _resolved(f"{second}_s1").to_dict()
     assert {k for k in a if a[k] != b[k]} <= differing, study_name
     steps, batch = study.BUDGETS[study_name]
@@ -44,10 +45,22 @@ def test_the_twins_of_a_study_differ_only_in_the_net_and_the_seed():
     assert (a["seed"], b["seed"]) == (0, 1)
 
 
+def test_the_diagnostic_twin_differs_from_the_twin_only_in_clipping():
+  plain = _resolved("inception_plain_s0").to_dict()
+  noclip = _resolved("inception_plain_noclip_s0").to_dict()
+  assert plain["grad_clip_norm"] == 2.0 and noclip["grad_clip_norm"] is None
+  assert {k for k in plain if plain[k] != noclip[k]} == {"grad_clip_norm"}
+  assert study.STUDIES["inception"][2] == (
+      "inception_residual",
+      "inception_plain",
+      "inception_plain_noclip",
+  )
+
+
 def test_the_twins_have_the_same_parameter_count():
-  for _, _, (first, second) in study.STUDIES.values():
+  for _, _, names in study.STUDIES.values():
     counts = []
-    for name in (first, second):
+    for name in names:
       c = _resolved(f"{name}_s0")
       c.num_classes = 10
       if c.model.startswith("Inception"):  # One block of each kind: a quicker eval_shape.
@@ -55,7 +68,7 @@ def test_the_twins_have_the_same_parameter_count():
       counts.append(
           complexity.count_params(complexity.abstract_variables(state.create_model(c), 32))
       )
-    assert counts[0] == counts[1], (first, second, counts)
+    assert len(set(counts)) == 1, (names, counts)
 
 
 def test_an_unknown_study_is_a_config_error():
@@ -64,7 +77,8 @@ def test_an_unknown_study_is_a_config_error():
 
 
 @pytest.mark.slow  # Four tiny compilations of the training and evaluation steps.
-@pytest.mark.parametrize("arm", [n for n, _, _ in study.ARMS])
+# The no-clipping twin is the twin's net and config but for clipping (tested above): not repeated.
+@pytest.mark.parametrize("arm", [n for n, _, _ in study.ARMS if n != "inception_plain_noclip"])
 def test_each_net_trains_two_steps(tmp_path, arm):
   config = study.get_config(study.run_arg(f"{arm}_s0") + ",smoke=True")
   # Same code path at a fraction of the compile time: one block (unit) of each kind, few filters.
@@ -94,6 +108,7 @@ def test_the_report_and_figures_render_from_metrics(tmp_path):
   for seed in (0, 1):
     _fake_run(f"{out}/inception_residual_s{seed}", [2.0, 0.8, 0.4, 0.2], [50.0, 10.0])
     _fake_run(f"{out}/inception_plain_s{seed}", [2.3, 2.2, 1.0, 0.45 + seed], [90.0, 40.0])
+  _fake_run(f"{out}/inception_plain_noclip_s0", [2.3, 0.3, 0.2, 0.1], [80.0, 5.0])
   _fake_run(f"{out}/resnet56_preact_s0", [2.0, 1.0, 0.6, 0.3], [30.0, 5.0])
   text = study.study_report(out)
   assert os.path.getsize(tmp_path / "inception.png") > 0 and (tmp_path / "preact.png").exists()
@@ -109,6 +124,9 @@ def test_the_report_and_figures_render_from_metrics(tmp_path):
       "(2 pairs): reaches training loss 0.5 first in 2, ends with the lower training loss in 2"
       in text
   )
+  # The diagnostic arm gets its row; the verdict stays residual against the clipped twin.
+  assert "| twin, no clipping | inception_plain_noclip_s0 | 40 | 0.100 | 5.00 | 5.00 | 20 |" in text
+  assert text.count("seed by seed") == 1
   assert "![" in text and "(inception.png)" in text
   # A study with one net (the other's runs missing) still gets its rows, without the verdict.
   assert "| pre-activation ResNet-56 | resnet56_preact_s0 | 40 | 0.300 | 5.00 | 5.00 | 40 |" in text

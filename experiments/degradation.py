@@ -77,25 +77,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def main(argv: list[str] | None = None) -> None:
   args = flags.FlagValues()
-  flags.DEFINE_string(
-      "outdir", "runs/degradation", "Where the runs and figures go.", flag_values=args
-  )
+  studies.define_flags(args, "runs/degradation", "plain56,resnet56")
   flags.DEFINE_integer("steps", STEPS, "Training steps of every run.", flag_values=args)
   flags.DEFINE_integer("batch", BATCH, "Batch size of every run.", flag_values=args)
-  flags.DEFINE_integer(
-      "parallel", 2, "Training processes at once (each runs its share).", flag_values=args
-  )
-  flags.DEFINE_list(
-      "only", None, "Train only these runs (e.g. plain56,resnet56); no figures.", flag_values=args
-  )
-  flags.DEFINE_bool("skip_training", False, "Figures and report only.", flag_values=args)
   prog = "python experiments/degradation.py"
   cli.parse(args, argv, prog=prog, description=__doc__.split("\n\n")[1])
   names = [r[0] for r in RUNS]
-  if unknown := [n for n in args.only or () if n not in names]:
-    raise cli.UsageError(
-        f"--only: unknown run {', '.join(unknown)}; the runs: {', '.join(names)}", prog
-    )
+  studies.check_only(args.only, names, prog)
   if not args.skip_training:
     # Deepest first, so that the processes finish together: (plain56, plain20), (resnet56, ...).
     todo = sorted(args.only or names, key=lambda n: -int(n[-2:]))
@@ -104,11 +92,7 @@ def main(argv: list[str] | None = None) -> None:
       _, depth, plain = next(r for r in RUNS if r[0] == name)
       arg = f"depth={depth},plain={plain},steps={args.steps},batch={args.batch}"
       runs.append((f"{os.path.abspath(__file__)}:{arg}", os.path.join(args.outdir, name)))
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-      studies.train_runs(os.path.join(root, "launch.py"), runs, args.parallel, cwd=root)
-    except studies.StudyError as e:
-      sys.exit(str(e))
+    studies.train_or_exit(runs, args.parallel)
     if args.only:
       return
 

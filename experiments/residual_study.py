@@ -174,26 +174,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def main(argv: list[str] | None = None) -> None:
   args = flags.FlagValues()
-  flags.DEFINE_string(
-      "outdir", "runs/residual_study", "Where the runs and figures go.", flag_values=args
-  )
+  studies.define_flags(args, "runs/residual_study", "inception_plain_s0")
   flags.DEFINE_integer("seeds", len(SEEDS), "Seeds per net (0, 1, ...).", flag_values=args)
-  flags.DEFINE_integer(
-      "parallel", 2, "Training processes at once (each runs its share).", flag_values=args
-  )
-  flags.DEFINE_list(
-      "only", None, "Train only these runs (e.g. inception_plain_s0); no figures.", flag_values=args
-  )
-  flags.DEFINE_bool("skip_training", False, "Figures and report only.", flag_values=args)
   prog = "python experiments/residual_study.py"
   cli.parse(args, argv, prog=prog, description=__doc__.split("\n\n")[1])
   if args.seeds < 1:
     raise cli.UsageError(f"--seeds must be at least 1, not {args.seeds}", prog)
   names = run_names(range(args.seeds))
-  if unknown := [n for n in args.only or () if n not in run_names(range(max(args.seeds, 10)))]:
-    raise cli.UsageError(
-        f"--only: unknown run {', '.join(unknown)}; the runs: {', '.join(names)}", prog
-    )
+  studies.check_only(args.only, run_names(range(max(args.seeds, 10))), prog, listed=names)
   if not args.skip_training:
     # Seed-major order, dealt round robin: each process gets both studies and finishes seed 0 of
     # its share first.
@@ -201,11 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         (f"{os.path.abspath(__file__)}:{run_arg(name)}", os.path.join(args.outdir, name))
         for name in args.only or names
     ]
-    root = os.path.dirname(HERE)
-    try:
-      studies.train_runs(os.path.join(root, "launch.py"), runs, args.parallel, cwd=root)
-    except studies.StudyError as e:
-      sys.exit(str(e))
+    studies.train_or_exit(runs, args.parallel)
     if args.only:
       return
 

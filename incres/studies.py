@@ -7,9 +7,14 @@ ordinary workdirs: resumable, and readable by `incres.analysis` and `incres.repo
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
+
+from absl import flags
+
+from incres import cli
 
 
 class StudyError(RuntimeError):
@@ -41,6 +46,39 @@ def train_runs(
     failed = sum(pool.map(share, [runs[i::parallel] for i in range(parallel)]), [])
   if failed:
     raise StudyError(f"Training failed for {', '.join(failed)}; see its output above.")
+
+
+def define_flags(values: flags.FlagValues, outdir: str, only_example: str) -> None:
+  """The flags every study script shares: `--outdir`, `--parallel`, `--only`, `--skip_training`."""
+  flags.DEFINE_string("outdir", outdir, "Where the runs and figures go.", flag_values=values)
+  flags.DEFINE_integer(
+      "parallel", 2, "Training processes at once (each runs its share).", flag_values=values
+  )
+  flags.DEFINE_list(
+      "only", None, f"Train only these runs (e.g. {only_example}); no figures.", flag_values=values
+  )
+  flags.DEFINE_bool("skip_training", False, "Figures and report only.", flag_values=values)
+
+
+def check_only(
+    only: Sequence[str] | None, known: Sequence[str], prog: str, listed: Sequence[str] = ()
+) -> None:
+  """A usage error naming the runs of `--only` that are not in `known` (and listing `listed`, or
+  `known`)."""
+  if unknown := [n for n in only or () if n not in known]:
+    raise cli.UsageError(
+        f"--only: unknown run {', '.join(unknown)}; the runs: {', '.join(listed or known)}", prog
+    )
+
+
+def train_or_exit(runs: Sequence[tuple[str, str]], parallel: int) -> None:
+  """`train_runs` with this checkout's launch.py (run from the checkout); exits with the failed
+  runs' names if any failed (their own output above says why)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    train_runs(os.path.join(root, "launch.py"), runs, parallel, cwd=root)
+  except StudyError as e:
+    sys.exit(str(e))
 
 
 DIGITS_NUM_TRAIN = 1_497  # digits' training split (incres.data): a budget in epochs is exact.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 
@@ -139,16 +140,41 @@ def test_training_runs_through_names_counts_and_resumes_exactly(tmp_path, caplog
   take(it, 12)
   assert sum(counts) == it.skipped >= 3
 
-  # "Killed" at a step whose batch needs repair, then resumed: the same bits.
+  # A real launch.py run on the same folder, killed with SIGKILL after its first checkpoint (no
+  # handler, no cleanup), then resumed by a second launch.py: the same bits as the uninterrupted
+  # run, with batches that skip bad images after the resume point.
+  from test_checkpoint import complete_steps  # pylint: disable=g-import-not-at-top
+  from test_reliability import launch, wait_for  # pylint: disable=g-import-not-at-top
+
   workdir = str(tmp_path / "resumed")
-  first = config.copy_and_resolve_references()
-  first.num_train_steps = steps[0]
-  assert train.train_and_evaluate(first, workdir)["step"] == steps[0]
-  assert train.train_and_evaluate(config, workdir)["step"] == 12
+  args = [
+      f"--config={os.path.join(ROOT, 'tests', 'tiny_config.py')}:steps=12,every=4",
+      f"--config.dataset=folder:{root}",
+      "--config.batch_size=8",
+      "--config.eval_batch_size=8",
+      "--config.lr_boundaries=(8,)",
+      f"--workdir={workdir}",
+      f"--jax_cache_dir={tmp_path / 'jax_cache'}",
+  ]
+  p = launch(*args)
+  wait_for(lambda: complete_steps(workdir), "its first checkpoint", p)
+  p.kill()
+  p.communicate(timeout=300)
+  assert p.returncode == -signal.SIGKILL, "the run finished before it was killed"
+  resumed_at = complete_steps(workdir)[-1]
+  assert resumed_at < 12 and any(s >= resumed_at for s in steps), (resumed_at, steps)
+  p = launch(*args)
+  _, err = p.communicate(timeout=300)
+  assert p.returncode == 0, err[-3000:]
+  assert f"at step {resumed_at}." in err  # It resumed, and from that checkpoint.
   a = jax.device_get(checkpoint.load_variables(workdir)[2])
   b = jax.device_get(checkpoint.load_variables(reference)[2])
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(x, y)
+  rows = metrics.read_metrics(workdir)
+  assert [r["step"] for r in rows if "train/loss" in r] == [4, 8, 12]  # Each step logged once.
+  resumed_counts = [r["train/skipped_images"] for r in rows if "train/skipped_images" in r]
+  assert resumed_counts == counts  # Counted as the uninterrupted run counted them.
 
 
 def test_unreadable_eval_image_is_masked_out_and_named(tmp_path, caplog):

@@ -8,6 +8,15 @@ Reproduces Inception-v3 ("Rethinking the Inception Architecture", arXiv 1512.005
 validation, single model, single crop, top-1 / top-5 error 21.2 % / 5.6 % (abstract, p. 1; also
 Inception-v3's row in the Inception-v4 paper's Table 2, not re-checked here), at "5 billion"
 multiply-adds (5.713G counted here).
+The Inception-v4 paper's nets (arXiv 1602.07261, Table 2: single crop, single model, top-1 / top-5
+error on the non-blacklisted part of the ILSVRC-2012 validation set, about 0.3 / 0.15 points better
+than the whole set, Section 5): model=v4 20.0 % / 5.0 %, model=resnet_v1 21.3 % / 5.5 %,
+model=resnet_v2 19.9 % / 4.9 % (incres.paper.INCEPTION_V4_TOP1_ERR_1CROP / _TOP5_; the v4 and
+resnet_v2 values and the table's caption were checked with the search tool, the resnet_v1 row and
+the table's page are from our reading of the paper: the stored copies hold the table as an image).
+Same hardware; expected time (estimate, not measured): a step costs 2.1x (v4), 1.1x (resnet_v1)
+and 1.6x (resnet_v2) Inception-v3's multiply-adds (`python -m incres.summary`), so roughly that
+multiple of Inception-v3's ~2 days on one H100.
 
 Arguments (`--config=experiments/inception.py:model=v3,...`):
   model: v3 (InceptionV3), v4 (InceptionV4), resnet_v1 (InceptionResNetV1) or resnet_v2

@@ -1,11 +1,9 @@
 r"""python experiments/residual_study.py --outdir=runs/residual_study
 
-Hardware: sized for 2 CPU cores (no accelerator). Expected time: about 40 minutes (estimated) for
-the eight runs (2 seeds of 4 nets, two processes in parallel) on lightly loaded cores, from the
-step times measured at load average 3-9 (0.65 s a step for the Inception nets, 2.3 s for
-ResNet-56), plus a minute for the figures and the report; `--seeds=1` halves it. At load average
-15-22 (cores shared with other jobs) one Inception run took 38-41 minutes and a ResNet-56 run about
-an hour (README, "Residual connections and pre-activation on digits").
+Hardware: sized for 2 CPU cores (no accelerator). Measured: 34 minutes for the ten runs (2 seeds of
+5 nets, two processes in parallel) on a 2-core AMD EPYC at load average 4-5 (5-6 minutes per
+Inception run, 7.5-9 per ResNet-56 run), plus a minute for the figures and the report;
+`--seeds=1` halves it (README, "Residual connections and pre-activation on digits").
 Reproduces, in miniature, on scikit-learn's bundled `digits` (1,497 training and 300 test images,
 32×32), two claims of the papers that joined Inception and ResNet:
 
@@ -14,7 +12,8 @@ Reproduces, in miniature, on scikit-learn's bundled `digits` (1,497 training and
   curves of Inception-ResNet against a similarly expensive non-residual Inception).
   `InceptionResNetV1_32` (Inception-ResNet-v1's blocks after a 32-pixel stem, at a quarter of the
   filters) against its non-residual twin: the same network with the identity term of every block
-  removed (`model_kwargs.residual=False`; same parameters and multiply-adds).
+  removed (`model_kwargs.residual=False`; same parameters and multiply-adds); and, as a diagnostic,
+  the twin without the recipe's gradient clipping (`clip=0`).
 - `study=preact`: pre-activation units train more easily than the original ones (He et al. 2016,
   arXiv 1603.05027, Figure 1 and Table 3: CIFAR-10 ResNet-110 6.61% -> 6.37%, ResNet-164 5.93% ->
   5.46%, with lower training loss). CIFAR ResNet-56 (the deepest pair that fits this machine's

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,13 +157,19 @@ def test_training_runs_through_names_counts_and_resumes_exactly(tmp_path, caplog
       f"--workdir={workdir}",
       f"--jax_cache_dir={tmp_path / 'jax_cache'}",
   ]
-  p = launch(*args)
-  wait_for(lambda: complete_steps(workdir), "its first checkpoint", p)
-  p.kill()
-  p.communicate(timeout=300)
-  assert p.returncode == -signal.SIGKILL, "the run finished before it was killed"
+  for attempt in range(3):  # A run that reached its end before the kill is tried afresh.
+    shutil.rmtree(workdir, ignore_errors=True)
+    p = launch(*args)
+    wait_for(lambda: complete_steps(workdir), "its first checkpoint", p)
+    p.kill()
+    p.communicate(timeout=300)
+    if p.returncode == -signal.SIGKILL and complete_steps(workdir)[-1] < 12:
+      break
+  else:
+    raise AssertionError(f"the run finished before it was killed, {attempt + 1} times")
+  # Killed after checkpoint 4 or (rarely) 8: either way batches with bad images come later.
   resumed_at = complete_steps(workdir)[-1]
-  assert resumed_at < 12 and any(s >= resumed_at for s in steps), (resumed_at, steps)
+  assert any(s >= resumed_at for s in steps), (resumed_at, steps)
   p = launch(*args)
   _, err = p.communicate(timeout=300)
   assert p.returncode == 0, err[-3000:]

@@ -376,20 +376,22 @@ class Conv(nn.Conv):
 
 
 def conv_factory(cpu_conv_vjp: str = "auto", **defaults) -> Callable[..., Conv]:
-  """Returns `conv(features, kernel_size, strides=(1, 1), **kw)`: a `Conv` with k // 2 padding.
+  """Returns `conv(features, kernel_size, strides=(1, 1), padding=None, **kw)`: a `Conv` with
+  k // 2 padding on each side unless `padding` is given.
 
-  The models' one convolution factory (ResNet's and GoogLeNet's), with `defaults` (dtype,
-  initialisers...) and the `cpu_conv_vjp` setting bound. Torch and Caffe pad symmetrically; XLA's
-  "SAME" pads asymmetrically under stride 2, which would shift every strided window by a pixel
-  relative to the papers' (and torchvision's) networks.
+  The models' one convolution factory (ResNet's, GoogLeNet's, the Inception nets'), with
+  `defaults` (dtype, initialisers...) and the `cpu_conv_vjp` setting bound. Torch and Caffe pad
+  symmetrically; XLA's "SAME" pads asymmetrically under stride 2, which would shift every strided
+  window by a pixel relative to the papers' (and torchvision's) networks.
   """
 
   defaults.setdefault(
       "conv_general_dilated", functools.partial(conv_general_dilated, cpu_conv_vjp=cpu_conv_vjp)
   )
 
-  def conv(features, kernel_size, strides=(1, 1), **kw):
-    pads = tuple((k // 2, k // 2) for k in kernel_size)
-    return Conv(features, kernel_size, strides, padding=pads, **{**defaults, **kw})
+  def conv(features, kernel_size, strides=(1, 1), padding=None, **kw):
+    if padding is None:
+      padding = tuple((k // 2, k // 2) for k in kernel_size)
+    return Conv(features, kernel_size, strides, padding=padding, **{**defaults, **kw})
 
   return conv

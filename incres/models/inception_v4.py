@@ -318,15 +318,10 @@ class InceptionBlock(nn.Module):
     if self.residual_scale is None:
       return y
     # The filter-expansion layer: linear, as many channels as the input (module doc).
-    y = ops.Conv(
+    y = ops.conv_factory(self.cpu_conv_vjp, dtype=self.dtype, param_dtype=jnp.float32)(
         x.shape[-1],
         (1, 1),
         kernel_init=nn.initializers.variance_scaling(2.0, "fan_in", "normal"),
-        dtype=self.dtype,
-        param_dtype=jnp.float32,
-        conv_general_dilated=functools.partial(
-            ops.conv_general_dilated, cpu_conv_vjp=self.cpu_conv_vjp
-        ),
         name="expand",
     )(y)
     if not self.residual:  # The twin: the scaling belongs to the addition (Section 3.3) and goes.

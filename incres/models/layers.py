@@ -7,7 +7,6 @@ TF-slim's `conv2d` under its Inception arg scope.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -40,25 +39,18 @@ class ConvBN(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    if self.padding == "same":
-      pads = tuple((k // 2, k // 2) for k in self.kernel)
-    elif self.padding == "valid":
-      pads = ((0, 0), (0, 0))
-    else:
+    if self.padding not in ("same", "valid"):
       raise ValueError(f"Unknown padding {self.padding!r}; use 'same' or 'valid'.")
     # `ops.Conv` is `nn.Conv` (same parameters) with a fast weight gradient on XLA:CPU.
-    x = ops.Conv(
+    conv = ops.conv_factory(
+        self.cpu_conv_vjp, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32
+    )
+    x = conv(
         self.features,
         self.kernel,
         (self.stride, self.stride),
-        padding=pads,
-        use_bias=False,
+        padding=None if self.padding == "same" else ((0, 0), (0, 0)),
         kernel_init=self.kernel_init,
-        dtype=self.dtype,
-        param_dtype=jnp.float32,
-        conv_general_dilated=functools.partial(
-            ops.conv_general_dilated, cpu_conv_vjp=self.cpu_conv_vjp
-        ),
         name="conv",
     )(x)
     x = nn.BatchNorm(

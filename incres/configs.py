@@ -42,6 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_split = "test"
   c.image_size = 32  # Training / evaluation crop size.
   c.augment = "cifar"  # "cifar", "resnet_imagenet", "googlenet" or "none".
+  # Where "googlenet"'s photometric distortions run: "auto" (on the accelerator when JAX has one,
+  # else on the host), "host" or "device" (incres.photometric: same draws, float32 rounding apart).
+  c.photometric = "auto"
   c.eval_preprocess = "single"  # "single" (original view) or "center" (shorter side 256, 224 crop).
   c.batch_size = 128  # Global batch size, split across all devices and hosts.
   c.eval_batch_size = 256  # Global evaluation batch size (the last batch is padded and masked).
@@ -197,6 +200,9 @@ def load(spec: str) -> ml_collections.ConfigDict:
 
 # --- A run's config ------------------------------------------------------------------------------
 
+# Values of `photometric` (where GoogLeNet's photometric distortions run).
+PHOTOMETRIC_PLACES = ("auto", "host", "device")
+
 # Step-valued config keys and the epoch-valued keys they are derived from by `resolve_config`.
 EPOCH_KEYS = (
     ("lr_boundaries", "lr_boundary_epochs"),
@@ -277,6 +283,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
       raise ValueError(f"{key}={config[key]} must be positive.")
   if config.device_prefetch < 0:
     raise ValueError(f"device_prefetch={config.device_prefetch} must be 0 (off) or more batches.")
+  if config.get("photometric", "auto") not in PHOTOMETRIC_PLACES:
+    raise ValueError(
+        f"photometric={config.photometric!r}: use one of {', '.join(PHOTOMETRIC_PLACES)}."
+    )
   averaged = [n for n, on in (("eval_ema", config.ema_decay), ("eval_polyak", config.polyak)) if on]
   known = [f"{p}/{m}" for p in ["eval"] + averaged for m in ("top1", "top5", "loss")]
   if config.best_metric and config.best_metric not in known:

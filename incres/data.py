@@ -20,6 +20,9 @@ most one epoch of raw records.
 
 Encoded images reach the augmentations and evaluation views undecoded: from a JPEG the ResNet and
 GoogLeNet crops and the centre view decode only the window they use (`incres.augment`).
+GoogLeNet's photometric distortions run on the accelerator when there is one (config
+`photometric`): its batches then carry the [0, 1] image and the drawn distortions
+(`'photometric'`), and `device_preprocess(config)` finishes them inside the train step.
 
 Evaluation pads the last batch and carries a mask, so every example counts exactly once (unlike
 the Flax ImageNet example, issue #262).
@@ -53,7 +56,7 @@ import requests
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from incres import augment, cli, errors, fileio, runtime
+from incres import augment, cli, configs, errors, fileio, runtime
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -589,9 +592,47 @@ def _scaled_by_std(config, fn: Callable[..., tf.Tensor]) -> Callable[..., tf.Ten
   return lambda *args: fn(*args) / std
 
 
-def _train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-  """(image, seed) -> float32 [S, S, 3] for `config.augment`; the image uint8 or encoded bytes."""
+def photometric_on_device(config) -> bool:
+  """Whether GoogLeNet's photometric distortions run in the train step (config `photometric`)."""
+  if config.augment != "googlenet":
+    return False
+  place = config.get("photometric", "auto")
+  if place not in configs.PHOTOMETRIC_PLACES:
+    raise ValueError(f"photometric={place!r}: use one of {', '.join(configs.PHOTOMETRIC_PLACES)}.")
+  return place == "device" or (place == "auto" and jax.default_backend() != "cpu")
+
+
+def device_preprocess(config) -> Callable[[dict[str, Any]], Any] | None:
+  """`batch -> model input` for the train step when the pipeline leaves work to the accelerator
+  (`photometric_on_device`), else None (the batch's 'image' is the input)."""
+  if not photometric_on_device(config):
+    return None
+  from incres import photometric  # Plain jax.numpy; imported where it is used.
+
+  mean = np.asarray(normalization_mean(config), np.float32)
+  std = np.asarray(augment.IMAGENET_STD_RGB, np.float32)
+  std = std if normalization(config) == "mean_std" else None
+  return lambda batch: photometric.finish(batch["image"], batch["photometric"], mean, std)
+
+
+def _train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor | dict[str, tf.Tensor]]:
+  """(image, seed) -> float32 [S, S, 3] for `config.augment`; the image uint8 or encoded bytes.
+
+  With `photometric_on_device(config)`: a dict of the [0, 1] image and its `'photometric'` draws
+  (the mean, std and distortions are applied by `device_preprocess`)."""
+  if photometric_on_device(config):
+    return functools.partial(
+        augment.googlenet_train,
+        size=config.image_size,
+        mean=0.0,
+        photometric_on_device=True,
+    )
   return _scaled_by_std(config, _unscaled_train_fn(config))
+
+
+def _example(out: tf.Tensor | dict[str, tf.Tensor], label: tf.Tensor) -> dict[str, tf.Tensor]:
+  """A training example from a `_train_fn` output and its label."""
+  return {**out, "label": label} if isinstance(out, dict) else {"image": out, "label": label}
 
 
 def _unscaled_train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
@@ -858,7 +899,8 @@ def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def create_train_iter(config, *, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """Yields {'image': float32 [B_local, S, S, 3], 'label': int32 [B_local]} forever.
+  """Yields {'image': float32 [B_local, S, S, 3], 'label': int32 [B_local]} forever (and
+  'photometric' float32 [B_local, 8] where `photometric_on_device(config)`).
 
   B_local = config.batch_size // jax.process_count(). The batch at step k depends only on
   (config, k) (and, for streamed tfds datasets, the process count), so
@@ -903,8 +945,7 @@ def create_train_iter(config, *, start_step: int = 0) -> Iterator[dict[str, np.n
 
   def example(g, index, seed=aug_seed):
     image, label = load(index)
-    image = train_fn(image, tf.random.experimental.stateless_fold_in(seed, g))
-    return {"image": image, "label": label}
+    return _example(train_fn(image, tf.random.experimental.stateless_fold_in(seed, g)), label)
 
   def batches(step):
     ds = rows(step).map(example, num_parallel_calls=AUTOTUNE).batch(local, drop_remainder=True)
@@ -936,7 +977,7 @@ def create_train_iter(config, *, start_step: int = 0) -> Iterator[dict[str, np.n
           f"{len(indices)} images tried are unreadable ({names}, ...). Remove or replace them "
           f"(`python -m incres.data check {config.dataset}` lists every unreadable file)."
       )
-    batch = {k: np.stack([ex[k] for _, ex in good]) for k in ("image", "label")}
+    batch = {k: np.stack([ex[k] for _, ex in good]) for k in good[0][1]}
     return batch, bad
 
   def report(bad, step):
@@ -974,8 +1015,8 @@ def _stream_train_iter(config, source: _StreamSource, train_fn, local: int, star
     ds = ds.enumerate().skip(skip_steps * local)
 
     def example(i, ex):
-      image = train_fn(ex["image"], tf.random.experimental.stateless_fold_in(aug_seed, e * n + i))
-      return {"image": image, "label": tf.cast(ex["label"], tf.int32), "record": i}
+      out = train_fn(ex["image"], tf.random.experimental.stateless_fold_in(aug_seed, e * n + i))
+      return {**_example(out, tf.cast(ex["label"], tf.int32)), "record": i}
 
     # Unreadable records are dropped; the records past the epoch's last whole batch stand in.
     ds = ds.map(example, num_parallel_calls=AUTOTUNE).ignore_errors()

@@ -76,19 +76,23 @@ def train_step(
     aux_loss_weight: float,
     label_smoothing: float,
     ema_decay: float | None,
+    preprocess: Callable[[Batch], jax.Array] | None = None,
 ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
   """One SGD step on a global batch; returns the new state and scalar metrics.
 
   The loss is the mean softmax cross-entropy plus `aux_loss_weight` times each auxiliary
   classifier's (GoogLeNet). Batch-norm statistics come from the whole global batch.
+  `preprocess(batch)` makes the model's input from the batch when the input pipeline leaves work
+  to the accelerator (`data.device_preprocess`); by default it is `batch["image"]`.
   """
+  images = batch["image"] if preprocess is None else preprocess(batch)
   dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
   def loss_fn(params):
     variables = state_lib.model_variables(params, state.batch_stats)
     (logits, extras), new_vars = model.apply(
         variables,
-        batch["image"],
+        images,
         train=True,
         rngs={"dropout": dropout_rng},
         mutable=["batch_stats"],
@@ -467,8 +471,10 @@ def _jit_steps(
     learning_rate_fn: optax.Schedule,
     state_sharding: state_lib.TrainState,
     mesh: Mesh,
+    preprocess: Callable[[Batch], jax.Array] | None = None,
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
-  """`(p_train_step, p_eval_step)`: the steps jitted with their shardings (the state donated)."""
+  """`(p_train_step, p_eval_step)`: the steps jitted with their shardings (the state donated);
+  `preprocess` as `train_step`'s (`data.device_preprocess(config)`)."""
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P("data"))
   p_train_step = jax.jit(
@@ -480,6 +486,7 @@ def _jit_steps(
           aux_loss_weight=config.aux_loss_weight,
           label_smoothing=config.label_smoothing,
           ema_decay=config.ema_decay,
+          preprocess=preprocess,
       ),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, replicated),
@@ -573,7 +580,9 @@ def train_and_evaluate(
       stream=None if is_chief else open(os.devnull, "w"),
   )
   progress.message(configs.describe_run_length(config, info))
-  p_train_step, p_eval_step = _jit_steps(config, model, tx, learning_rate_fn, state_sharding, mesh)
+  p_train_step, p_eval_step = _jit_steps(
+      config, model, tx, learning_rate_fn, state_sharding, mesh, data.device_preprocess(config)
+  )
 
   log = _TrainLog(progress, last_checkpoint=resume_step)
   step, stopped, pending = start_step, False, None

@@ -1,0 +1,189 @@
+"""GoogLeNet's photometric distortions on the accelerator (config `photometric`, issue #15).
+
+The host draws them (`augment.photometric_params`), the train step applies them
+(`photometric.finish`): the same draws as `tf.image.stateless_random_*`, the same pixels as
+TensorFlow's kernels to float32 rounding, the same training, and exact resume.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from incres import augment, configs, data, photometric, train
+
+import test_train  # tests/ is on the path: the tiny-run helpers.
+
+pytestmark = pytest.mark.usefixtures("compilation_cache")
+
+
+def _seed(i):
+  return tf.constant([11, i], tf.int64)
+
+
+def _images(n=48, size=24):
+  """[0, 1] images with the cases HSV code branches on: ties between channels, grey, black, white."""
+  rng = np.random.default_rng(0)
+  x = rng.uniform(0, 1, (n, size, size, 3)).astype(np.float32)
+  x[:8] = np.round(x[:8] * 4) / 4  # Two or three channels equal (which one is the maximum).
+  x[8] = 0.5
+  x[9] = 0.0
+  x[10] = 1.0
+  x[11, ..., 0] = x[11, ..., 1]  # Red and green tie for the maximum everywhere.
+  return x
+
+
+def _tf_reference(image, seed):
+  """The distortions as incres applied them before the draws were split out: each
+  `tf.image.stateless_random_*` op with its own seed, in a random order, clipped after each."""
+  order_seed, b_seed, c_seed, s_seed, h_seed = augment._seeds(seed, 5)
+  ops = (
+      lambda x: tf.image.stateless_random_brightness(x, augment.BRIGHTNESS_DELTA, b_seed),
+      lambda x: tf.image.stateless_random_contrast(x, *augment.CONTRAST_RANGE, c_seed),
+      lambda x: tf.image.stateless_random_saturation(x, *augment.SATURATION_RANGE, s_seed),
+      lambda x: tf.image.stateless_random_hue(x, augment.HUE_DELTA, h_seed),
+  )
+  order = tf.argsort(tf.random.stateless_uniform([4], order_seed))
+  x = image
+  for position in range(4):
+    x = tf.switch_case(order[position], [lambda op=op, x=x: op(x) for op in ops])
+    x = tf.clip_by_value(x, 0.0, 1.0)
+  return x
+
+
+def test_host_distortions_are_bitwise_those_of_the_stateless_random_ops():
+  images = _images(12)
+  for i, image in enumerate(images):
+    np.testing.assert_array_equal(
+        augment.photometric_distortions(tf.constant(image), _seed(i)).numpy(),
+        _tf_reference(tf.constant(image), _seed(i)).numpy(),
+    )
+
+
+def test_params_hold_a_permutation_and_magnitudes_in_their_ranges():
+  params = np.stack([augment.photometric_params(_seed(i)).numpy() for i in range(200)])
+  assert params.shape == (200, 8) and params.dtype == np.float32
+  for row in params[:, :4]:
+    assert sorted(row) == [0, 1, 2, 3]
+  assert len({tuple(r) for r in params[:, :4]}) > 12  # Many of the 24 orders occur.
+  for col, (lo, hi) in zip(
+      range(4, 8),
+      [
+          (-augment.BRIGHTNESS_DELTA, augment.BRIGHTNESS_DELTA),
+          augment.CONTRAST_RANGE,
+          augment.SATURATION_RANGE,
+          (-augment.HUE_DELTA, augment.HUE_DELTA),
+      ],
+  ):
+    assert lo <= params[:, col].min() < lo + 0.1 * (hi - lo)
+    assert hi - 0.1 * (hi - lo) < params[:, col].max() <= hi
+
+
+def test_device_distortions_equal_tensorflows_kernels():
+  images = _images()
+  params = np.stack([augment.photometric_params(_seed(i)).numpy() for i in range(len(images))])
+  host = np.stack(
+      [augment.apply_photometric(tf.constant(x), tf.constant(p)).numpy() for x, p in zip(images, params)]
+  )
+  device = np.asarray(jax.jit(photometric.distort)(images, params))
+  np.testing.assert_allclose(device, host, rtol=0, atol=3e-6)
+  assert np.abs(device - images).mean() > 0.02  # They do distort.
+
+
+@pytest.mark.parametrize("op", range(4))
+@pytest.mark.parametrize("magnitude_index", range(3))
+def test_each_op_alone_at_its_extremes_equals_tensorflows(op, magnitude_index):
+  """One op first, at the ends and the middle of its range (saturation's clip, hue's wrap)."""
+  ranges = [
+      (-augment.BRIGHTNESS_DELTA, augment.BRIGHTNESS_DELTA),
+      augment.CONTRAST_RANGE,
+      augment.SATURATION_RANGE,
+      (-augment.HUE_DELTA, augment.HUE_DELTA),
+  ]
+  lo, hi = ranges[op]
+  params = np.zeros((1, 8), np.float32)
+  params[0, :4] = [op] + [k for k in range(4) if k != op]
+  params[0, 4:] = [0.0, 1.0, 1.0, 0.0]  # The other ops leave the image as it is.
+  params[0, 4 + op] = (lo, (lo + hi) / 2, hi)[magnitude_index]
+  images = _images(16)
+  tf_op = [
+      tf.image.adjust_brightness,
+      tf.image.adjust_contrast,
+      tf.image.adjust_saturation,
+      tf.image.adjust_hue,
+  ][op]
+  for x in images:
+    want = np.clip(tf_op(tf.constant(x), float(params[0, 4 + op])).numpy(), 0, 1)
+    got = np.asarray(photometric.distort(x[None], params))[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=3e-6)
+
+
+def _config(place, **overrides):
+  c = configs.base_config()
+  c.update(
+      dataset="fake",
+      fake_image_shape=(60, 80, 3),
+      num_classes=10,
+      augment="googlenet",
+      image_size=32,
+      batch_size=8,
+      photometric=place,
+  )
+  c.update(overrides)
+  return c
+
+
+@pytest.mark.parametrize("normalize", ["auto", "mean_std", "none"])
+def test_device_batches_finish_as_the_host_pipelines_batches(normalize):
+  host = next(data.create_train_iter(_config("host", normalize=normalize)))
+  config = _config("device", normalize=normalize)
+  batch = next(data.create_train_iter(config))
+  assert set(host) == {"image", "label"} and set(batch) == {"image", "label", "photometric"}
+  assert batch["photometric"].shape == (8, 8)
+  assert 0 <= batch["image"].min() and batch["image"].max() <= 1  # Before the distortions.
+  np.testing.assert_array_equal(batch["label"], host["label"])
+  finished = np.asarray(jax.jit(data.device_preprocess(config))(batch))
+  np.testing.assert_allclose(finished, host["image"], rtol=0, atol=1e-5)
+
+
+def test_device_batches_resume_exactly():
+  config = _config("device")
+  it = data.create_train_iter(config)
+  fresh = [next(it) for _ in range(5)]
+  resumed = next(data.create_train_iter(config, start_step=4))
+  for key in fresh[4]:
+    np.testing.assert_array_equal(resumed[key], fresh[4][key])
+
+
+def test_auto_is_the_host_on_cpu_and_other_augmentations_are_untouched():
+  assert jax.default_backend() == "cpu"
+  assert not data.photometric_on_device(_config("auto"))
+  assert data.device_preprocess(_config("auto")) is None
+  assert data.device_preprocess(_config("device", augment="resnet_imagenet")) is None
+  with pytest.raises(ValueError, match="photometric='gpu'"):
+    data.photometric_on_device(_config("gpu"))
+  with pytest.raises(ValueError, match="photometric='gpu'"):
+    configs.validate(test_train.tiny_config(photometric="gpu"), num_devices=1, num_processes=1)
+
+
+def test_training_with_device_distortions_matches_the_host_and_resumes_bitwise(tmp_path):
+  """The train step finishes the batch: the same run as on the host (float32 rounding apart),
+  and a run stopped at step 2 and resumed ends with the uninterrupted run's bits."""
+  overrides = dict(augment="googlenet", ema_decay=None, polyak=False)
+  runs = {}
+  for place in ("host", "device"):
+    runs[place] = str(tmp_path / place)
+    train.train_and_evaluate(test_train.tiny_config(4, photometric=place, **overrides), runs[place])
+  device_params = test_train.params_of(runs["device"])
+  for a, b in zip(jax.tree.leaves(device_params), jax.tree.leaves(test_train.params_of(runs["host"]))):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+
+  resumed = str(tmp_path / "resumed")
+  first = test_train.tiny_config(4, photometric="device", **overrides)
+  first.num_train_steps = 2
+  first.device_prefetch = 0
+  train.train_and_evaluate(first, resumed)
+  train.train_and_evaluate(test_train.tiny_config(4, photometric="device", **overrides), resumed)
+  test_train.assert_trees_equal(test_train.params_of(resumed), device_params)

@@ -14,7 +14,8 @@ Three measurements of the same model, batch and dtype, one after the other:
   the checkpoint come only after the last step (one evaluation batch), outside the timed steps.
 - model: the same network (`incres.state.create_model` of the config) timed by
   `benchmarks/throughput.py`'s code (its `setup_jax` / `time_steps`: the median of `--steps`
-  SGD-with-momentum steps on a fixed batch copied from host memory), i.e. no input pipeline.
+  SGD-with-momentum steps on a fixed batch kept on the device), i.e. no input pipeline and no
+  host-to-device copies: the rate the accelerator could train at if it were always fed.
 - input: the config's training input pipeline alone (`incres.data.create_train_iter`), `--steps`
   batches after `--warmup`.
 

@@ -7,11 +7,12 @@ recipe is measured on 32×32 images (fake JPEGs, and the in-memory digits of the
 
 Then, side by side (issue #15), alternating in rounds in this one process: the ResNet augmentation
 and the centre evaluation view as they were before (`augment._resnet_imagenet_train_reference`:
-decode all, resize all, crop) and as they are (decode and resample only the crop), and a plain
+decode all, resize all, crop) and as they are (decode and resample only the crop), a plain
 tf.data pipeline on the same JPEGs (decode_jpeg of the whole image, bilinear resize without
-antialiasing to a shorter side drawn in [256, 480], random 224 crop, flip); once per core (a child
-process pinned to one core, so tf.data and TensorFlow have one thread's worth of CPU) and once on
-all cores. Medians over the rounds.
+antialiasing to a shorter side drawn in [256, 480], random 224 crop, flip), and GoogLeNet's
+augmentation with its photometric distortions on the host and left to the accelerator (config
+`photometric`); once per core (a child process pinned to one core, so tf.data and TensorFlow have
+one thread's worth of CPU) and once on all cores. Medians over the rounds.
 Default run: about five minutes. Compare with the accelerator's step rate to see whether the input
 pipeline keeps it fed.
 """
@@ -36,7 +37,12 @@ IMAGENET_SHAPE = (375, 500, 3)
 # (row name, config overrides, evaluation view?)
 ROWS = (
     ("resnet_imagenet train", dict(augment="resnet_imagenet", image_size=224), False),
-    ("googlenet train", dict(augment="googlenet", image_size=224), False),
+    ("googlenet train", dict(augment="googlenet", image_size=224, photometric="host"), False),
+    (
+        "googlenet, colour on device",
+        dict(augment="googlenet", image_size=224, photometric="device"),
+        False,
+    ),
     ("none (decode+resize)", dict(augment="none", image_size=224), False),
     (
         "center eval 256/224",
@@ -125,6 +131,10 @@ def side_by_side(batch_size: int, seconds: float, rounds: int) -> dict:
   """{name: [images/s per round]}: before/after/plain, alternating within each round."""
   train = _config(batch_size, augment="resnet_imagenet", image_size=224)
   center = _config(batch_size, eval_preprocess="center", image_size=224)
+  googlenet = {
+      place: _config(batch_size, augment="googlenet", image_size=224, photometric=place)
+      for place in ("host", "device")
+  }
 
   def before(config, evaluate):
     with _before_issue_15():
@@ -136,6 +146,10 @@ def side_by_side(batch_size: int, seconds: float, rounds: int) -> dict:
       "plain tf.data": lambda: _timed(lambda: _plain_iter(batch_size), seconds),
       "center eval, before": lambda: before(center, True),
       "center eval, after": lambda: _rate(center, True, seconds),
+      # GoogLeNet's photometric distortions on the host, or left to the accelerator (its host
+      # share only: the distortions then run in the train step, incres.photometric).
+      "googlenet, host": lambda: _rate(googlenet["host"], False, seconds),
+      "googlenet, colour on device": lambda: _rate(googlenet["device"], False, seconds),
   }
   rates = {name: [] for name in cases}
   for _ in range(rounds):
@@ -214,12 +228,14 @@ def _print_side_by_side(args, cores: int) -> None:
   )
   for name, r in rates.items():
     each = " ".join(f"{x:.0f}" for x in r)
-    print(f"  {name:<22} {med[name]:>7.0f}   ({each})")
+    print(f"  {name:<28} {med[name]:>7.0f}   ({each})")
   train_after = med["resnet train, after"]
+  colour = med["googlenet, colour on device"] / med["googlenet, host"]
   print(
       f"  resnet train after/before {train_after / med['resnet train, before']:.2f}x, "
       f"after/plain {train_after / med['plain tf.data']:.2f}x; center eval after/before "
-      f"{med['center eval, after'] / med['center eval, before']:.2f}x",
+      f"{med['center eval, after'] / med['center eval, before']:.2f}x; googlenet host share with"
+      f" its colour distortions on the accelerator {colour:.2f}x",
       flush=True,
   )
 

@@ -10,7 +10,11 @@ decay, the update; GoogLeNet's auxiliary losses weighted 0.3) and for inference,
 `--steps` timed steps after `--warmup` untimed ones; the compile time of each jitted function; peak
 host memory (and device memory on an accelerator); and the achieved FLOP/s (XLA's cost analysis of
 the lowered step over the median step time) as a fraction of a large matmul in the same dtype timed
-in the same run. Each step's batch is copied from host memory, as an input pipeline would feed it.
+in the same run. The batch is put on the device once and reused (`--input=device`, the default:
+the model's own rate, as synthetic-data benchmarks report it), or copied from host memory before
+every step, synchronously (`--input=host`; the training loop overlaps that copy with the previous
+step, `incres.train.DevicePrefetch`, so this is a lower bound). On an H200 the synchronous copy of
+ResNet-50's float32 batch of 256 took 3,948 images/s down from 6,439 (benchmarks/RESULTS.md).
 
 `--side=torch` times the torch twin of the same architecture (benchmarks/torch_twins.py) instead
 of JAX, on CUDA if torch sees a GPU; with `--torch_compile` the twin is wrapped in
@@ -24,7 +28,7 @@ both (their thread pools compete, and each evicts the other's caches): on an idl
 it cut JAX's ResNet-50 training from 7.47 to 4.82 images/s and torch's inference from 31.5 to 19.1
 (benchmarks/RESULTS.md).
 `--no_cpu_conv_vjp` measures XLA's own convolution and max-pool gradients (incres.ops documents
-the custom ones). `--cache_dir` turns on JAX's persistent compilation cache:
+the custom ones; on a GPU only the max pools' differs). `--cache_dir` turns on JAX's persistent compilation cache:
 run twice to measure a second launch's compile time. Needs no TensorFlow.
 """
 
@@ -82,6 +86,14 @@ def parse_args(
       "torch_compile",
       False,
       "Wrap the torch twin in torch.compile (--vs_torch: a third process each round).",
+      flag_values=args,
+  )
+  flags.DEFINE_enum(
+      "input",
+      "device",
+      ["device", "host"],
+      "device: the batch is put on the accelerator once and every step reuses it (the model's "
+      "own rate); host: every step first copies its batch from host memory, synchronously.",
       flag_values=args,
   )
   flags.DEFINE_bool("skip_infer", False, "Time the training step only.", flag_values=args)
@@ -186,9 +198,12 @@ def setup_jax(
   out["compile_s"] = time.perf_counter() - t0
   train_flops = _flops(lowered)
 
+  if args.input == "device":  # Copied once: `device_put` below is then a no-op.
+    images, labels = jax.device_put(images), jax.device_put(labels)
+
   def step():
     nonlocal state
-    xb, yb = jax.device_put(images), jax.device_put(labels)  # Fed from host memory.
+    xb, yb = jax.device_put(images), jax.device_put(labels)  # --input=host: from host memory.
     state, loss = train(state, xb, yb, key)
     loss.block_until_ready()
 
@@ -241,11 +256,14 @@ def setup_torch(args: flags.FlagValues, images: np.ndarray, labels: np.ndarray):
 
   memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
-  def batch():
+  def copy():
     return (
         torch.from_numpy(images_nchw).to(device, non_blocking=True, memory_format=memory_format),
         torch.from_numpy(labels).long().to(device, non_blocking=True),
     )
+
+  resident = copy() if args.input == "device" else None
+  batch = (lambda: resident) if resident is not None else copy
 
   def step():
     x, y = batch()
@@ -356,6 +374,7 @@ def run_jax(args: flags.FlagValues) -> dict:
           "backend": jax.default_backend(),
           "device": jax.devices()[0].device_kind,
           "cpu_conv_vjp": ops.cpu_conv_vjp_enabled(),
+          "max_pool_views": ops.max_pool_views_enabled(),
           "jax_version": jax.__version__,
       }
   )
@@ -406,6 +425,7 @@ _SIDE_FLAGS = (
     "dtype",
     "steps",
     "warmup",
+    "input",
     "skip_infer",
     "no_cpu_conv_vjp",
     "cache_dir",

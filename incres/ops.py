@@ -17,7 +17,12 @@ The custom gradient is used only when JAX's default backend is the CPU and the c
 plain 2-D NHWC/HWIO one (no dilation, no groups); everything else goes to `lax.conv_general_dilated`
 unchanged. Whether it is used is the config value `cpu_conv_vjp`, which `create_model` gives the
 model and the model gives each `Conv` and `max_pool` (the `cpu_conv_vjp` argument below):
-"auto" (the default) uses it on the CPU, "on" too, and "off" never; GPUs and TPUs never use it.
+"auto" (the default) uses it on the CPU, "on" too, and "off" never; GPUs and TPUs never use it
+for convolutions. The max pools' gradient from the k*k views (`max_pool`) is also used on GPUs,
+under the same setting ("auto" and "on" use it, "off" and the process-wide switches below turn it
+off): XLA:GPU's select-and-scatter was slower there (one H200, bf16, batch
+256, batch on the device: ResNet-50's train step 6,439 -> 6,856 images/s, GoogLeNet's 6,943 ->
+9,404; benchmarks/RESULTS.md).
 For benchmarks, `INCRES_CPU_CONV_VJP=0` in the environment or `set_cpu_conv_vjp(False)` turns
 "auto" off for the whole process (both are read when a function is traced, so set them before
 `jit`); an explicit "on" or "off" ignores them.
@@ -61,20 +66,27 @@ def set_cpu_conv_vjp(enabled: bool | None) -> None:
   _enabled = enabled
 
 
-def cpu_conv_vjp_enabled(setting: str = "auto") -> bool:
-  """Whether convolutions and max pools traced now with this `cpu_conv_vjp` take the CPU paths."""
+def _setting_on(setting: str) -> bool:
+  """`setting` ("auto", "on", "off") resolved: "auto" follows `set_cpu_conv_vjp`, then the
+  environment's `INCRES_CPU_CONV_VJP` (on unless 0/false/no/off)."""
   if setting not in CPU_CONV_VJP_VALUES:
     raise ValueError(
         f"Unknown cpu_conv_vjp {setting!r} (config key `cpu_conv_vjp`); use one of"
         f" {', '.join(repr(v) for v in CPU_CONV_VJP_VALUES)}."
     )
-  if jax.default_backend() != "cpu" or setting == "off":
-    return False  # The custom paths are written for, and measured on, XLA:CPU only.
-  if setting == "on":
-    return True
+  if setting != "auto":
+    return setting == "on"
   if _enabled is not None:
     return _enabled
   return os.environ.get("INCRES_CPU_CONV_VJP", "1").lower() not in ("0", "false", "no", "off")
+
+
+def cpu_conv_vjp_enabled(setting: str = "auto") -> bool:
+  """Whether convolutions traced now with this `cpu_conv_vjp` take the CPU paths (max pools:
+  `max_pool_views_enabled`)."""
+  on = _setting_on(setting)  # Validates the value on every backend.
+  # The custom convolution paths are written for, and measured on, XLA:CPU only.
+  return on and jax.default_backend() == "cpu"
 
 
 _NHWC = lax.ConvDimensionNumbers(
@@ -308,7 +320,7 @@ def _pool_views(xp, window, strides, out_hw):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool_cpu(x, window, strides, padding):
+def _max_pool_views(x, window, strides, padding):
   if strides != (1, 1):  # XLA's reduce-window was faster here: 21 vs 39 ms, 3x3/2 at 112x112x64.
     return nn.max_pool(x, window, strides=strides, padding=padding)
   out_hw = _out_hw(x, window, strides, padding)
@@ -316,12 +328,12 @@ def _max_pool_cpu(x, window, strides, padding):
   return functools.reduce(jnp.maximum, views)  # 15 vs 22 ms, 3x3/1 at 28x28x256.
 
 
-def _max_pool_cpu_fwd(x, window, strides, padding):
-  y = _max_pool_cpu(x, window, strides, padding)
+def _max_pool_views_fwd(x, window, strides, padding):
+  y = _max_pool_views(x, window, strides, padding)
   return y, (x, y)
 
 
-def _max_pool_cpu_bwd(window, strides, padding, res, g):
+def _max_pool_views_bwd(window, strides, padding, res, g):
   """Each output's gradient goes to the first maximum of its window (row-major), as XLA's does."""
   x, y = res
   xp = _pad_hw(x, -jnp.inf, padding)
@@ -340,7 +352,14 @@ def _max_pool_cpu_bwd(window, strides, padding, res, g):
   return (dxp[:, pt : xp.shape[1] - pb, pl : xp.shape[2] - pr, :],)
 
 
-_max_pool_cpu.defvjp(_max_pool_cpu_fwd, _max_pool_cpu_bwd)
+_max_pool_views.defvjp(_max_pool_views_fwd, _max_pool_views_bwd)
+
+
+def max_pool_views_enabled(setting: str = "auto") -> bool:
+  """Whether max pools traced now take `_max_pool_views` (the gradient from the k*k views): on CPUs
+  and GPUs as `setting` says ("auto": on unless turned off for the process, module doc), never on
+  TPUs (not measured there)."""
+  return _setting_on(setting) and jax.default_backend() in ("cpu", "gpu")
 
 
 def max_pool(
@@ -350,19 +369,21 @@ def max_pool(
     padding: Sequence[tuple[int, int]] | str = "VALID",
     cpu_conv_vjp: str = "auto",
 ) -> jax.Array:
-  """`flax.linen.max_pool` for NHWC inputs (-inf padding), with a fast gradient on XLA:CPU.
+  """`flax.linen.max_pool` for NHWC inputs (-inf padding), with a fast gradient on CPUs and GPUs.
 
   XLA:CPU computes a max pool's gradient through a packed-pair reduce-window and a scatter; in a
-  GoogLeNet train step that was about 40% of the time (benchmarks/RESULTS.md). On the CPU this
-  takes the maximum of the k*k shifted views instead, and sends each output's gradient to the first
-  maximum of its window, as XLA does, with elementwise ops XLA fuses. Elsewhere, `nn.max_pool`.
+  GoogLeNet train step that was about 40% of the time (benchmarks/RESULTS.md), and XLA:GPU's
+  select-and-scatter was slower than the alternative too (module doc). There this takes the
+  maximum of the k*k shifted views instead, and sends each output's gradient to the first maximum
+  of its window, as XLA does, with elementwise ops XLA fuses (`max_pool_views_enabled`). On TPUs,
+  and with `cpu_conv_vjp="off"`, `nn.max_pool`.
   """
   window, strides = tuple(int(w) for w in window), tuple(int(s) for s in strides)
-  if x.ndim != 4 or not cpu_conv_vjp_enabled(cpu_conv_vjp):
+  if x.ndim != 4 or not max_pool_views_enabled(cpu_conv_vjp):
     return nn.max_pool(x, window, strides=strides, padding=padding)
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(x.shape[1:3], window, strides, padding)
-  return _max_pool_cpu(x, window, strides, tuple((int(lo), int(hi)) for lo, hi in padding))
+  return _max_pool_views(x, window, strides, tuple((int(lo), int(hi)) for lo, hi in padding))
 
 
 class Conv(nn.Conv):

@@ -79,9 +79,7 @@ def distort(images: jax.Array, params: jax.Array) -> jax.Array:
   return x
 
 
-def finish(
-    images: jax.Array, params: jax.Array, mean: Any, std: Any | None = None
-) -> jax.Array:
+def finish(images: jax.Array, params: jax.Array, mean: Any, std: Any | None = None) -> jax.Array:
   """The train step's input: `distort`, then the mean subtracted (and divided by `std` if given),
   as `incres.augment.googlenet_train` does on the host."""
   x = distort(images, params) - jnp.asarray(mean, jnp.float32)

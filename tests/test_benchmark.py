@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from incres import complexity, errors, metrics, models
@@ -41,6 +42,27 @@ def test_throughput_json_jax_side(capsys):
   assert 0.8 < flops["infer"] / (2 * macs) < 1.2, flops
   assert 2.5 < flops["train"] / (2 * macs) < 3.5, flops
   assert result["params"] == 269_722
+
+
+@pytest.mark.parametrize("mode, copies_per_step", [("device", 0), ("host", 2)])
+def test_input_device_keeps_the_batch_there_and_host_copies_it_every_step(
+    monkeypatch, mode, copies_per_step
+):
+  """--input=device: the model's own rate (no copies in the timed steps); --input=host: the
+  images and labels copied from host memory before each step."""
+  args = throughput.parse_args(
+      ["--model=CifarResNet20", "--batch=2", "--skip_infer", f"--input={mode}"]
+  )
+  _, steps = throughput.setup_jax(args, *throughput.synthetic_batch(args))
+  copies, put = [], jax.device_put
+
+  def counting_put(x, *a, **kw):
+    copies.append(isinstance(x, np.ndarray))
+    return put(x, *a, **kw)
+
+  monkeypatch.setattr(jax, "device_put", counting_put)
+  throughput.time_steps(steps, 3)
+  assert len(copies) == 6 and sum(copies) == 3 * copies_per_step
 
 
 def test_throughput_json_torch_side(capsys):

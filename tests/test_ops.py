@@ -268,3 +268,31 @@ def test_max_pool_equals_xla_with_ties(xla_then_custom, window, stride, padding)
   np.testing.assert_array_equal(y1, y0)
   np.testing.assert_array_equal(dx1, dx0)
   np.testing.assert_array_equal(y0, nn.max_pool(x, window, (stride, stride), padding))
+
+
+@pytest.mark.parametrize(
+    "backend, setting, conv, pool",
+    [
+        ("cpu", "auto", True, True),
+        ("cpu", "off", False, False),
+        ("gpu", "auto", False, True),  # Convolutions: cuDNN's; pools: the views' gradient.
+        ("gpu", "on", False, True),
+        ("gpu", "off", False, False),
+        ("tpu", "auto", False, False),
+    ],
+)
+def test_which_paths_each_backend_takes(monkeypatch, backend, setting, conv, pool):
+  monkeypatch.setattr(ops.jax, "default_backend", lambda: backend)
+  ops.set_cpu_conv_vjp(None)
+  monkeypatch.delenv("INCRES_CPU_CONV_VJP", raising=False)
+  assert ops.cpu_conv_vjp_enabled(setting) is conv
+  assert ops.max_pool_views_enabled(setting) is pool
+  with pytest.raises(ValueError, match="cpu_conv_vjp"):
+    ops.max_pool_views_enabled("gpu")
+  # What a model traces: the views' custom gradient exactly where `pool` says.
+  jaxpr = str(
+      jax.make_jaxpr(lambda x: ops.max_pool(x, (3, 3), (1, 1), "SAME", setting))(
+          jnp.zeros((1, 4, 4, 2))
+      )
+  )
+  assert ("custom_vjp_call" in jaxpr) is pool

@@ -85,7 +85,10 @@ def test_device_distortions_equal_tensorflows_kernels():
   images = _images()
   params = np.stack([augment.photometric_params(_seed(i)).numpy() for i in range(len(images))])
   host = np.stack(
-      [augment.apply_photometric(tf.constant(x), tf.constant(p)).numpy() for x, p in zip(images, params)]
+      [
+          augment.apply_photometric(tf.constant(x), tf.constant(p)).numpy()
+          for x, p in zip(images, params)
+      ]
   )
   device = np.asarray(jax.jit(photometric.distort)(images, params))
   np.testing.assert_allclose(device, host, rtol=0, atol=3e-6)
@@ -177,7 +180,9 @@ def test_training_with_device_distortions_matches_the_host_and_resumes_bitwise(t
     runs[place] = str(tmp_path / place)
     train.train_and_evaluate(test_train.tiny_config(4, photometric=place, **overrides), runs[place])
   device_params = test_train.params_of(runs["device"])
-  for a, b in zip(jax.tree.leaves(device_params), jax.tree.leaves(test_train.params_of(runs["host"]))):
+  for a, b in zip(
+      jax.tree.leaves(device_params), jax.tree.leaves(test_train.params_of(runs["host"]))
+  ):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
 
   resumed = str(tmp_path / "resumed")

@@ -1,6 +1,8 @@
 """The papers' augmentations and test views, as seeded, stateless TensorFlow functions.
 
-Every function maps one image and a `[2]` integer seed to a float32 image. The image is either
+Every function maps one image and a `[2]` integer seed to a float32 image (`googlenet_train` with
+`photometric_on_device=True`: the image before its colour distortions, and their draws, which the
+train step applies, `incres.photometric`). The image is either
 decoded, uint8 `[H, W, 3]`, or encoded bytes (a scalar string: JPEG, PNG, BMP, GIF); from a JPEG
 the crops decode only the window they use (`tf.image.decode_and_crop_jpeg`, issue #15), which gives
 the same view as decoding everything and cropping after. Only stateless random ops are used, so the output is a pure function of (image, seed): the same eagerly

@@ -15,7 +15,8 @@ Three measurements of the same model, batch and dtype, one after the other:
 - model: the same network (`incres.state.create_model` of the config) timed by
   `benchmarks/throughput.py`'s code (its `setup_jax` / `time_steps`: the median of `--steps`
   SGD-with-momentum steps on a fixed batch kept on the device), i.e. no input pipeline and no
-  host-to-device copies: the rate the accelerator could train at if it were always fed.
+  host-to-device copies: the rate the accelerator could train at if it were always fed (for
+  GoogLeNet with its colour distortions on the accelerator, without their share of the step).
 - input: the config's training input pipeline alone (`incres.data.create_train_iter`), `--steps`
   batches after `--warmup`.
 

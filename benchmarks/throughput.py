@@ -352,6 +352,7 @@ def _machine(args: flags.FlagValues, size: int) -> dict[str, Any]:
       "batch": args.batch,
       "image_size": size,
       "dtype": args.dtype,
+      "input": args.input,
       "cpu": cpu_name(),
       "cpu_count": os.cpu_count(),
       "load_avg": list(os.getloadavg()),  # 1, 5 and 15 minutes, when the measurement started.

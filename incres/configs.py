@@ -32,7 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model_kwargs = ml_collections.ConfigDict()  # Extra fields for the model (e.g. shortcut="A").
   # incres.ops's CPU gradients of convolutions and max pools (XLA's results, faster on XLA:CPU):
   # "auto" (on for the CPU backend unless INCRES_CPU_CONV_VJP=0), "on" or "off" (XLA's own
-  # gradients). GPUs and TPUs always use XLA's own. Not part of the checkpoint's identity.
+  # gradients). GPUs take only the max-pool one (faster there too), TPUs neither. Not part of the
+  # checkpoint's identity.
   c.cpu_conv_vjp = "auto"
 
   # --- Data (incres.data) ---
@@ -42,8 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_split = "test"
   c.image_size = 32  # Training / evaluation crop size.
   c.augment = "cifar"  # "cifar", "resnet_imagenet", "googlenet" or "none".
-  # Where "googlenet"'s photometric distortions run: "auto" (on the accelerator when JAX has one,
-  # else on the host), "host" or "device" (incres.photometric: same draws, float32 rounding apart).
+  # Where "googlenet"'s photometric distortions run: "auto" (in the train step when JAX's backend
+  # is a GPU or TPU, else in the host pipeline), "host" or "device" (incres.photometric: the same
+  # draws; the pixels TensorFlow's to float32 rounding). "device" needs augment="googlenet".
   c.photometric = "auto"
   c.eval_preprocess = "single"  # "single" (original view) or "center" (shorter side 256, 224 crop).
   c.batch_size = 128  # Global batch size, split across all devices and hosts.
@@ -203,6 +205,25 @@ def load(spec: str) -> ml_collections.ConfigDict:
 # Values of `photometric` (where GoogLeNet's photometric distortions run).
 PHOTOMETRIC_PLACES = ("auto", "host", "device")
 
+
+def check_photometric(config: ml_collections.ConfigDict) -> str:
+  """`config.photometric`, or ValueError if it is not a place or asks for "device" in vain."""
+  place = config.get("photometric", "auto")
+  if place not in PHOTOMETRIC_PLACES:
+    raise ValueError(
+        f"photometric={place!r} is not a place for GoogLeNet's colour distortions: use"
+        f" --config.photometric=auto (the train step on a GPU or TPU, else the host pipeline),"
+        " host or device."
+    )
+  if place == "device" and config.augment != "googlenet":
+    raise ValueError(
+        f"photometric='device' moves augment='googlenet''s colour distortions into the train step,"
+        f" but this run's augment is {config.augment!r}, which has none: leave photometric at"
+        " 'auto'."
+    )
+  return place
+
+
 # Step-valued config keys and the epoch-valued keys they are derived from by `resolve_config`.
 EPOCH_KEYS = (
     ("lr_boundaries", "lr_boundary_epochs"),
@@ -283,10 +304,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
       raise ValueError(f"{key}={config[key]} must be positive.")
   if config.device_prefetch < 0:
     raise ValueError(f"device_prefetch={config.device_prefetch} must be 0 (off) or more batches.")
-  if config.get("photometric", "auto") not in PHOTOMETRIC_PLACES:
-    raise ValueError(
-        f"photometric={config.photometric!r}: use one of {', '.join(PHOTOMETRIC_PLACES)}."
-    )
+  check_photometric(config)
   averaged = [n for n, on in (("eval_ema", config.ema_decay), ("eval_polyak", config.polyak)) if on]
   known = [f"{p}/{m}" for p in ["eval"] + averaged for m in ("top1", "top5", "loss")]
   if config.best_metric and config.best_metric not in known:

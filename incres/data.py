@@ -594,12 +594,10 @@ def _scaled_by_std(config, fn: Callable[..., tf.Tensor]) -> Callable[..., tf.Ten
 
 def photometric_on_device(config) -> bool:
   """Whether GoogLeNet's photometric distortions run in the train step (config `photometric`)."""
+  place = configs.check_photometric(config)
   if config.augment != "googlenet":
     return False
-  place = config.get("photometric", "auto")
-  if place not in configs.PHOTOMETRIC_PLACES:
-    raise ValueError(f"photometric={place!r}: use one of {', '.join(configs.PHOTOMETRIC_PLACES)}.")
-  return place == "device" or (place == "auto" and jax.default_backend() != "cpu")
+  return place == "device" or (place == "auto" and jax.default_backend() in ("gpu", "tpu"))
 
 
 def device_preprocess(config) -> Callable[[dict[str, Any]], Any] | None:

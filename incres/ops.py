@@ -1,4 +1,4 @@
-"""A convolution whose weight gradient is fast on XLA's CPU backend.
+"""Convolutions and max pools whose gradients are fast on XLA's CPU backend (max pools: GPUs too).
 
 XLA:CPU runs a convolution's forward pass and its input gradient at close to the machine's matmul
 speed, but its weight gradient (the "backprop filter" convolution) far below it: on two AVX-512
@@ -13,7 +13,7 @@ own forward and input-gradient convolutions and computes the weight gradient as 
 images at a time (`_weight_grad`): 1.5-5x XLA's speed for the 16-256-channel convolutions of the
 CIFAR ResNets, GoogLeNet and ResNet-50. 1x1 convolutions are GEMMs in all three passes.
 
-The custom gradient is used only when JAX's default backend is the CPU and the convolution is a
+The custom convolution gradient is used only when JAX's default backend is the CPU and it is a
 plain 2-D NHWC/HWIO one (no dilation, no groups); everything else goes to `lax.conv_general_dilated`
 unchanged. Whether it is used is the config value `cpu_conv_vjp`, which `create_model` gives the
 model and the model gives each `Conv` and `max_pool` (the `cpu_conv_vjp` argument below):

@@ -18,6 +18,9 @@ rounding is tested against them):
 - hue: HSV hue plus `delta` (mod 1) at unchanged value and saturation: each channel is
   `v - (v - n) * clip(min(k, 4 - k), 0, 1)`, `k = (s + 6 * hue') mod 6` with `s` = 5, 3, 1 for
   R, G, B (the hexcone).
+One known difference: TensorFlow's saturation kernel turns a pixel grey when its hue rounds to
+exactly 1.0 (red the largest channel, blue above green by less than ~2e-7 of the spread:
+`(1, 0.5, 0.50000006)` at factor 1 becomes `(0.5, 0.5, 0.5)`); here such a pixel keeps its colour.
 At each of the four positions every op is computed and the example's own one selected (one fused
 program for the batch, whatever each example's order), then clipped to [0, 1] as on the host.
 """

@@ -85,6 +85,11 @@ def train_step(
   `preprocess(batch)` makes the model's input from the batch when the input pipeline leaves work
   to the accelerator (`data.device_preprocess`); by default it is `batch["image"]`.
   """
+  if preprocess is None and "photometric" in batch:  # Checked when traced: costs no step time.
+    raise ValueError(
+        "The batch carries GoogLeNet's colour distortions for the train step ('photometric'), but"
+        " the step was built without `preprocess=data.device_preprocess(config)`."
+    )
   images = batch["image"] if preprocess is None else preprocess(batch)
   dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
@@ -580,6 +585,8 @@ def train_and_evaluate(
       stream=None if is_chief else open(os.devnull, "w"),
   )
   progress.message(configs.describe_run_length(config, info))
+  if data.photometric_on_device(config):  # "auto" depends on the machine: say where they run.
+    progress.message("GoogLeNet's colour distortions run in the train step (on the accelerator).")
   p_train_step, p_eval_step = _jit_steps(
       config, model, tx, learning_rate_fn, state_sharding, mesh, data.device_preprocess(config)
   )

@@ -217,9 +217,9 @@ def check_photometric(config: ml_collections.ConfigDict) -> str:
     )
   if place == "device" and config.augment != "googlenet":
     raise ValueError(
-        f"photometric='device' moves augment='googlenet''s colour distortions into the train step,"
-        f" but this run's augment is {config.augment!r}, which has none: leave photometric at"
-        " 'auto'."
+        "photometric='device' moves the colour distortions of augment='googlenet' into the train"
+        f" step, but this run's augment is {config.augment!r}, which has none: leave photometric"
+        " at 'auto'."
     )
   return place
 

@@ -586,7 +586,9 @@ def train_and_evaluate(
   )
   progress.message(configs.describe_run_length(config, info))
   if data.photometric_on_device(config):  # "auto" depends on the machine: say where they run.
-    progress.message("GoogLeNet's colour distortions run in the train step (on the accelerator).")
+    progress.message(
+        "GoogLeNet's colour distortions run in the train step, not the input pipeline."
+    )
   p_train_step, p_eval_step = _jit_steps(
       config, model, tx, learning_rate_fn, state_sharding, mesh, data.device_preprocess(config)
   )

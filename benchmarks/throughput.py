@@ -28,8 +28,8 @@ both (their thread pools compete, and each evicts the other's caches): on an idl
 it cut JAX's ResNet-50 training from 7.47 to 4.82 images/s and torch's inference from 31.5 to 19.1
 (benchmarks/RESULTS.md).
 `--no_cpu_conv_vjp` measures XLA's own convolution and max-pool gradients (incres.ops documents
-the custom ones; on a GPU only the max pools' differs). `--cache_dir` turns on JAX's persistent compilation cache:
-run twice to measure a second launch's compile time. Needs no TensorFlow.
+the custom ones; on a GPU only the max pools' differs). `--cache_dir` turns on JAX's persistent
+compilation cache: run twice to measure a second launch's compile time. Needs no TensorFlow.
 """
 
 from __future__ import annotations
@@ -262,8 +262,10 @@ def setup_torch(args: flags.FlagValues, images: np.ndarray, labels: np.ndarray):
         torch.from_numpy(labels).long().to(device, non_blocking=True),
     )
 
-  resident = copy() if args.input == "device" else None
-  batch = (lambda: resident) if resident is not None else copy
+  batch = copy
+  if args.input == "device":  # Copied once, reused by every step.
+    resident = copy()
+    batch = lambda: resident
 
   def step():
     x, y = batch()

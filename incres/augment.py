@@ -293,7 +293,8 @@ def cifar_train(
 
 
 def pca_shift(seed: tf.Tensor, std: float = 0.1) -> tf.Tensor:
-  """AlexNet colour augmentation's RGB shift: sum_i alpha_i * lambda_i * v_i, alpha_i ~ N(0, std²)."""
+  """AlexNet colour augmentation's RGB shift: sum_i alpha_i * lambda_i * v_i,
+  alpha_i ~ N(0, std²)."""
   alpha = tf.random.stateless_normal([3], seed=seed, stddev=std)
   eigvec = tf.constant(PCA_EIGENVECTORS, tf.float32)
   return tf.linalg.matvec(eigvec, alpha * tf.constant(PCA_EIGENVALUES, tf.float32))
@@ -433,7 +434,8 @@ def photometric_params(seed: tf.Tensor) -> tf.Tensor:
 
 
 def apply_photometric(image: tf.Tensor, params: tf.Tensor) -> tf.Tensor:
-  """The four distortions of `params` (`photometric_params`) in its order, each clipped to [0, 1]."""
+  """The four distortions of `params` (`photometric_params`) in its order, each clipped to
+  [0, 1]."""
   order = tf.cast(params[:4], tf.int32)
   ops = (
       lambda x: tf.image.adjust_brightness(x, params[4]),

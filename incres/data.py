@@ -56,7 +56,7 @@ import requests
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from incres import augment, cli, configs, errors, fileio, runtime
+from incres import augment, cli, configs, errors, fileio, photometric, runtime
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -605,8 +605,6 @@ def device_preprocess(config) -> Callable[[dict[str, Any]], Any] | None:
   (`photometric_on_device`), else None (the batch's 'image' is the input)."""
   if not photometric_on_device(config):
     return None
-  from incres import photometric  # Plain jax.numpy; imported where it is used.
-
   mean = np.asarray(normalization_mean(config), np.float32)
   std = np.asarray(augment.IMAGENET_STD_RGB, np.float32)
   std = std if normalization(config) == "mean_std" else None

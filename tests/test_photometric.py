@@ -25,7 +25,7 @@ def _seed(i):
 
 
 def _images(n=48, size=24):
-  """[0, 1] images with the cases HSV code branches on: ties between channels, grey, black, white."""
+  """[0, 1] images with the cases HSV code branches on: channel ties, grey, black, white."""
   rng = np.random.default_rng(0)
   x = rng.uniform(0, 1, (n, size, size, 3)).astype(np.float32)
   x[:8] = np.round(x[:8] * 4) / 4  # Two or three channels equal (which one is the maximum).

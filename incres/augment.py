@@ -203,20 +203,30 @@ def _resample(
     # Cast before sampling: crop_and_resize reads float32 faster than uint8 (1.0 against 1.4 ms a
     # 224² view on one EPYC core), more than the cast costs (the same values: uint8 is exact).
     x = tf.cast(x, tf.float32)
-    extent = tf.cast(tf.shape(x)[:2], tf.float32) - 1.0
-    first = (offset + 0.5) / scale + 0.5  # -0.5 in the window, +1 for the replicated edge.
-    last = (offset + size - 0.5) / scale + 0.5
-    if flip is not None:  # crop_and_resize mirrors a box whose x1 > x2.
-      first, last = (
-          tf.stack([first[0], tf.where(flip, last[1], first[1])]),
-          tf.stack([last[0], tf.where(flip, first[1], last[1])]),
-      )
-    box = tf.concat([first, last], 0) / tf.tile(extent, [2])
+    box = _bilinear_box(tf.shape(window)[:2], size, scale, offset, flip)
     return tf.image.crop_and_resize(x[None], box[None], [0], [size, size])[0]
 
-  shrink = tf.reduce_max(1.0 / scale)
-  x = tf.cond(shrink > ANTIALIAS_ABOVE, antialiased, bilinear)
+  x = tf.cond(_antialiased(scale), antialiased, bilinear)
   return tf.ensure_shape(x, [size, size, 3])
+
+
+def _antialiased(scale: tf.Tensor) -> tf.Tensor:
+  """Whether `_resample` takes the antialiased kernel for this `[scale_y, scale_x]`."""
+  return tf.reduce_max(1.0 / scale) > ANTIALIAS_ABOVE
+
+
+def _bilinear_box(window_shape, size: int, scale, offset, flip) -> tf.Tensor:
+  """The `tf.image.crop_and_resize` box `[y1, x1, y2, x2]` (normalised) of `_resample`'s bilinear
+  view in the window of `window_shape` with one replicated row and column each side."""
+  extent = tf.cast(window_shape, tf.float32) + 1.0  # (shape + 2) - 1.
+  first = (offset + 0.5) / scale + 0.5  # -0.5 in the window, +1 for the replicated edge.
+  last = (offset + size - 0.5) / scale + 0.5
+  if flip is not None:  # crop_and_resize mirrors a box whose x1 > x2.
+    first, last = (
+        tf.stack([first[0], tf.where(flip, last[1], first[1])]),
+        tf.stack([last[0], tf.where(flip, first[1], last[1])]),
+    )
+  return tf.concat([first, last], 0) / tf.tile(extent, [2])
 
 
 def resized_crop(
@@ -242,6 +252,75 @@ def resized_crop(
 
   window, (scale_y, scale_x, offset_y, offset_x) = _decode_window(image, window_fn)
   return _resample(window, size, (scale_y, scale_x), (offset_y, offset_x), flip)
+
+
+def device_buffer_bytes(size: int) -> int:
+  """Bytes of `resized_crop_for_device`'s buffer for a `size` view: the largest window the
+  bilinear path reads (shrink <= ANTIALIAS_ABOVE = 2, plus `_source_span`'s margins: at most
+  2·size + 8 pixels a side), which also holds the float32 view (4·size² ·3 bytes)."""
+  side = math.ceil(ANTIALIAS_ABOVE * size) + 8
+  return max(side * side * 3, 4 * size * size * 3)
+
+
+# Entries of `resized_crop_for_device`'s parameters (float32), before the caller's own.
+DEVICE_RESAMPLE_PARAMS = ("rows", "cols", "y0", "y_step", "x0", "x_step", "host_resampled")
+
+
+def resized_crop_for_device(
+    image: tf.Tensor, size: int, box_fn, *, flip: tf.Tensor | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
+  """`resized_crop`'s view left for the accelerator to resample: `(buffer, params)`.
+
+  `buffer` is uint8 `[device_buffer_bytes(size)]`: the decoded window under the view, row-major
+  (`rows`×`cols`×3), zero-padded to a fixed length so that examples batch; `params` is float32
+  `[7]` (`DEVICE_RESAMPLE_PARAMS`): the window's shape, and the sampling positions `y0 + i·y_step`
+  (rows) and `x0 + j·x_step` (columns, descending when flipped) that `tf.image.crop_and_resize`
+  computes for `resized_crop`'s bilinear view, in the window with one replicated row and column
+  each side. `incres.resample.view` samples them on the accelerator: the pixels of `resized_crop`
+  to float32 rounding, with a quarter of the host's bytes per pixel to copy.
+
+  A view that shrinks its window by more than ANTIALIAS_ABOVE is resampled here (the antialiased
+  kernel, which the accelerator does not reproduce; its window may not fit the buffer either) and
+  its float32 pixels are shipped bit for bit in the buffer's first 4·size²·3 bytes
+  (`host_resampled` = 1).
+  """
+  capacity = device_buffer_bytes(size)
+
+  def window_fn(height, width):
+    new_h, new_w, top, left = box_fn(height, width)
+    scale_y, r0, r1 = _source_span(height, new_h, top, size)
+    scale_x, c0, c1 = _source_span(width, new_w, left, size)
+    offset_y = tf.cast(top, tf.float32) - tf.cast(r0, tf.float32) * scale_y
+    offset_x = tf.cast(left, tf.float32) - tf.cast(c0, tf.float32) * scale_x
+    return tf.stack([r0, c0, r1 - r0, c1 - c0]), (scale_y, scale_x, offset_y, offset_x)
+
+  window, (scale_y, scale_x, offset_y, offset_x) = _decode_window(image, window_fn)
+  scale, offset = tf.stack([scale_y, scale_x]), tf.stack([offset_y, offset_x])
+  shape = tf.shape(window)[:2]
+
+  def padded(flat):
+    return tf.ensure_shape(
+        tf.concat([flat, tf.zeros([capacity - tf.size(flat)], tf.uint8)], 0), [capacity]
+    )
+
+  def on_host():
+    x = _resample(window, size, (scale_y, scale_x), (offset_y, offset_x), flip)
+    params = tf.constant([1, 1, 0, 0, 0, 0, 1], tf.float32)
+    return padded(tf.reshape(tf.bitcast(x, tf.uint8), [-1])), params
+
+  def on_device():
+    # crop_and_resize's own arithmetic: in_y = y1·(height - 1) + i·(y2 - y1)·(height - 1) /
+    # (size - 1), of the padded window (height = rows + 2); likewise for columns.
+    box = _bilinear_box(shape, size, scale, offset, flip)
+    extent = tf.cast(shape, tf.float32) + 1.0
+    start = box[:2] * extent
+    step = (box[2:] - box[:2]) * extent / float(max(size - 1, 1))
+    shape_f = tf.cast(shape, tf.float32)
+    params = tf.stack([shape_f[0], shape_f[1], start[0], step[0], start[1], step[1], 0.0])
+    return padded(tf.reshape(window, [-1])), params
+
+  fits = tf.size(window) <= capacity
+  return tf.cond(_antialiased(scale) | ~fits, on_host, on_device)
 
 
 def resnet_scale_and_offset(
@@ -319,7 +398,8 @@ def resnet_imagenet_train(
     mean: tf.Tensor,
     scale_range: tuple[int, int] = RESNET_SCALE_RANGE,
     pca_std: float = 0.1,
-) -> tf.Tensor:
+    resample_on_device: bool = False,
+) -> tf.Tensor | dict[str, tf.Tensor]:
   """ResNet §3.4: shorter side uniform in [256, 480], random 224 crop, flip, mean, PCA colour.
 
   `scale_range` is given for a 224 crop and scaled by `size / 224`, so smaller inputs (e.g. 32×32
@@ -328,6 +408,12 @@ def resnet_imagenet_train(
   that window is decoded (of a JPEG) and resampled (`resized_crop`). Same draws as
   `_resnet_imagenet_train_reference`, the whole-image implementation, and the same pixels up to
   the resampling kernel (ANTIALIAS_ABOVE).
+
+  `resample_on_device=True` stops after decoding the window and returns `{"image": the window
+  (uint8 buffer), "resample": its sampling parameters and the colour shift}`
+  (`resized_crop_for_device`; float32 `[10]`: `DEVICE_RESAMPLE_PARAMS`, then the PCA shift): the
+  accelerator resamples, flips and normalises the batch (`incres.resample.finish`, in the train
+  step) with the same draws, to float32 rounding. `mean` is then not used.
   """
   _, _, flip_seed, pca_seed = _seeds(seed, 4)
 
@@ -337,6 +423,9 @@ def resnet_imagenet_train(
     )
     return new_shape[0], new_shape[1], offset[0], offset[1]
 
+  if resample_on_device:
+    buffer, params = resized_crop_for_device(image, size, box, flip=_flips(flip_seed))
+    return {"image": buffer, "resample": tf.concat([params, pca_shift(pca_seed, pca_std)], 0)}
   # The flip is the crop's sampling order, and 1/255, the mean and the colour shift one fused
   # affine map (issue #15: 17% of this function's time on one core); the same values as
   # flipping, scaling, subtracting and shifting in turn, to float32 rounding.

@@ -47,6 +47,11 @@ def base_config() -> ml_collections.ConfigDict:
   # is a GPU or TPU, else in the host pipeline), "host" or "device" (incres.photometric: the same
   # draws; the pixels TensorFlow's to float32 rounding). "device" needs augment="googlenet".
   c.photometric = "auto"
+  # Where "resnet_imagenet"'s resampling, flip and normalisation run: "auto" (in the train step on
+  # a GPU or TPU, else in the host pipeline), "host" or "device" (incres.resample: the host decodes
+  # the crop's window and ships it as uint8; the same draws, the pixels to float32 rounding).
+  # "device" needs augment="resnet_imagenet".
+  c.resample = "auto"
   c.eval_preprocess = "single"  # "single" (original view) or "center" (shorter side 256, 224 crop).
   c.batch_size = 128  # Global batch size, split across all devices and hosts.
   c.eval_batch_size = 256  # Global evaluation batch size (the last batch is padded and masked).
@@ -202,26 +207,40 @@ def load(spec: str) -> ml_collections.ConfigDict:
 
 # --- A run's config ------------------------------------------------------------------------------
 
-# Values of `photometric` (where GoogLeNet's photometric distortions run).
+# Values of `photometric` and `resample` (where part of an augmentation runs).
 PHOTOMETRIC_PLACES = ("auto", "host", "device")
+
+# key: (the augmentation it moves work of, what the work is).
+_DEVICE_WORK = {
+    "photometric": ("googlenet", "GoogLeNet's colour distortions"),
+    "resample": ("resnet_imagenet", "ResNet's crop resampling and normalisation"),
+}
+
+
+def _check_place(config: ml_collections.ConfigDict, key: str) -> str:
+  augment, what = _DEVICE_WORK[key]
+  place = config.get(key, "auto")
+  if place not in PHOTOMETRIC_PLACES:
+    raise ValueError(
+        f"{key}={place!r} is not a place for {what}: use --config.{key}=auto (the train step on a"
+        " GPU or TPU, else the host pipeline), host or device."
+    )
+  if place == "device" and config.augment != augment:
+    raise ValueError(
+        f"{key}='device' moves {what} of augment={augment!r} into the train step, but this run's"
+        f" augment is {config.augment!r}, which has none: leave {key} at 'auto'."
+    )
+  return place
 
 
 def check_photometric(config: ml_collections.ConfigDict) -> str:
   """`config.photometric`, or ValueError if it is not a place or asks for "device" in vain."""
-  place = config.get("photometric", "auto")
-  if place not in PHOTOMETRIC_PLACES:
-    raise ValueError(
-        f"photometric={place!r} is not a place for GoogLeNet's colour distortions: use"
-        f" --config.photometric=auto (the train step on a GPU or TPU, else the host pipeline),"
-        " host or device."
-    )
-  if place == "device" and config.augment != "googlenet":
-    raise ValueError(
-        "photometric='device' moves the colour distortions of augment='googlenet' into the train"
-        f" step, but this run's augment is {config.augment!r}, which has none: leave photometric"
-        " at 'auto'."
-    )
-  return place
+  return _check_place(config, "photometric")
+
+
+def check_resample(config: ml_collections.ConfigDict) -> str:
+  """`config.resample`, or ValueError if it is not a place or asks for "device" in vain."""
+  return _check_place(config, "resample")
 
 
 # Step-valued config keys and the epoch-valued keys they are derived from by `resolve_config`.
@@ -305,6 +324,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
   if config.device_prefetch < 0:
     raise ValueError(f"device_prefetch={config.device_prefetch} must be 0 (off) or more batches.")
   check_photometric(config)
+  check_resample(config)
   averaged = [n for n, on in (("eval_ema", config.ema_decay), ("eval_polyak", config.polyak)) if on]
   known = [f"{p}/{m}" for p in ["eval"] + averaged for m in ("top1", "top5", "loss")]
   if config.best_metric and config.best_metric not in known:

@@ -22,7 +22,9 @@ Encoded images reach the augmentations and evaluation views undecoded: from a JP
 GoogLeNet crops and the centre view decode only the window they use (`incres.augment`).
 GoogLeNet's photometric distortions run on the accelerator when there is one (config
 `photometric`): its batches then carry the [0, 1] image and the drawn distortions
-(`'photometric'`), and `device_preprocess(config)` finishes them inside the train step.
+(`'photometric'`), and `device_preprocess(config)` finishes them inside the train step. So does
+ResNet's resampling (config `resample`): its batches carry each crop's decoded window, uint8, and
+where to sample it (`'resample'`).
 
 Evaluation pads the last batch and carries a mask, so every example counts exactly once (unlike
 the Flax ImageNet example, issue #262).
@@ -56,7 +58,7 @@ import requests
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from incres import augment, cli, configs, errors, fileio, photometric, runtime
+from incres import augment, cli, configs, errors, fileio, photometric, resample, runtime
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -592,22 +594,35 @@ def _scaled_by_std(config, fn: Callable[..., tf.Tensor]) -> Callable[..., tf.Ten
   return lambda *args: fn(*args) / std
 
 
-def photometric_on_device(config) -> bool:
-  """Whether GoogLeNet's photometric distortions run in the train step (config `photometric`)."""
-  place = configs.check_photometric(config)
-  if config.augment != "googlenet":
+def _on_device(config, place: str, augment_name: str) -> bool:
+  if config.augment != augment_name:
     return False
   return place == "device" or (place == "auto" and jax.default_backend() in ("gpu", "tpu"))
 
 
+def photometric_on_device(config) -> bool:
+  """Whether GoogLeNet's photometric distortions run in the train step (config `photometric`)."""
+  return _on_device(config, configs.check_photometric(config), "googlenet")
+
+
+def resample_on_device(config) -> bool:
+  """Whether ResNet's crop resampling and normalisation run in the train step (config
+  `resample`)."""
+  return _on_device(config, configs.check_resample(config), "resnet_imagenet")
+
+
 def device_preprocess(config) -> Callable[[dict[str, Any]], Any] | None:
   """`batch -> model input` for the train step when the pipeline leaves work to the accelerator
-  (`photometric_on_device`), else None (the batch's 'image' is the input)."""
-  if not photometric_on_device(config):
+  (`photometric_on_device`, `resample_on_device`), else None (the batch's 'image' is the input)."""
+  photometric_here, resample_here = photometric_on_device(config), resample_on_device(config)
+  if not (photometric_here or resample_here):
     return None
   mean = np.asarray(normalization_mean(config), np.float32)
   std = np.asarray(augment.IMAGENET_STD_RGB, np.float32)
   std = std if normalization(config) == "mean_std" else None
+  if resample_here:
+    size = config.image_size
+    return lambda batch: resample.finish(batch["image"], batch["resample"], size, mean, std)
   return lambda batch: photometric.finish(batch["image"], batch["photometric"], mean, std)
 
 
@@ -615,13 +630,20 @@ def _train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor | dict[str, 
   """(image, seed) -> float32 [S, S, 3] for `config.augment`; the image uint8 or encoded bytes.
 
   With `photometric_on_device(config)`: a dict of the [0, 1] image and its `'photometric'` draws
-  (the mean, std and distortions are applied by `device_preprocess`)."""
+  (the mean, std and distortions are applied by `device_preprocess`); with
+  `resample_on_device(config)`: a dict of the crop's uint8 window (a flat buffer) and its
+  `'resample'` parameters (`augment.resized_crop_for_device`; resampled and normalised by
+  `device_preprocess`)."""
   if photometric_on_device(config):
     return functools.partial(
         augment.googlenet_train,
         size=config.image_size,
         mean=0.0,
         photometric_on_device=True,
+    )
+  if resample_on_device(config):
+    return functools.partial(
+        augment.resnet_imagenet_train, size=config.image_size, mean=0.0, resample_on_device=True
     )
   return _scaled_by_std(config, _unscaled_train_fn(config))
 

@@ -85,10 +85,11 @@ def train_step(
   `preprocess(batch)` makes the model's input from the batch when the input pipeline leaves work
   to the accelerator (`data.device_preprocess`); by default it is `batch["image"]`.
   """
-  if preprocess is None and "photometric" in batch:  # Checked when traced: costs no step time.
+  if preprocess is None and ("photometric" in batch or "resample" in batch):  # When traced.
     raise ValueError(
-        "The batch carries GoogLeNet's colour distortions for the train step ('photometric'), but"
-        " the step was built without `preprocess=data.device_preprocess(config)`."
+        "The batch leaves work to the train step (GoogLeNet's colour distortions, 'photometric',"
+        " or ResNet's resampling, 'resample'), but the step was built without"
+        " `preprocess=data.device_preprocess(config)`."
     )
   images = batch["image"] if preprocess is None else preprocess(batch)
   dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -588,6 +589,11 @@ def train_and_evaluate(
   if data.photometric_on_device(config):  # "auto" depends on the machine: say where they run.
     progress.message(
         "GoogLeNet's colour distortions run in the train step, not the input pipeline."
+    )
+  if data.resample_on_device(config):
+    progress.message(
+        "ResNet's crops are resampled and normalised in the train step; the input pipeline"
+        " decodes their windows."
     )
   p_train_step, p_eval_step = _jit_steps(
       config, model, tx, learning_rate_fn, state_sharding, mesh, data.device_preprocess(config)

@@ -171,7 +171,7 @@ def test_auto_is_the_train_step_on_accelerators_and_the_host_on_cpus(
   assert data.photometric_on_device(_config("device"))
   assert not data.photometric_on_device(_config("host"))
   # Other augmentations have no colour distortions: nothing moves.
-  assert data.device_preprocess(_config("auto", augment="resnet_imagenet")) is None
+  assert data.device_preprocess(_config("auto", augment="cifar")) is None
 
 
 def test_bad_values_are_refused_with_what_to_do():

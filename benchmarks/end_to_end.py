@@ -16,7 +16,9 @@ Three measurements of the same model, batch and dtype, one after the other:
   `benchmarks/throughput.py`'s code (its `setup_jax` / `time_steps`: the median of `--steps`
   SGD-with-momentum steps on a fixed batch kept on the device), i.e. no input pipeline and no
   host-to-device copies: the rate the accelerator could train at if it were always fed (for
-  GoogLeNet with its colour distortions on the accelerator, without their share of the step).
+  GoogLeNet with its colour distortions, and ResNet with its crop resampling, on the accelerator
+  (config `photometric`, `resample`: "auto" puts them there on a GPU or TPU), without their share
+  of the step; the result's `photometric_on_device` and `resample_on_device` say where they ran).
 - input: the config's training input pipeline alone (`incres.data.create_train_iter`), `--steps`
   batches after `--warmup`.
 
@@ -250,6 +252,8 @@ def run(args: flags.FlagValues) -> dict[str, Any]:
   from incres import data  # pylint: disable=g-import-not-at-top
 
   config = configs.resolve_config(config, data.dataset_info(config))
+  result["photometric_on_device"] = data.photometric_on_device(config)
+  result["resample_on_device"] = data.resample_on_device(config)
   result["input_img_per_s"] = run_input(config, args.warmup, args.steps)
   result.update(run_model(args, config))
   result.update(

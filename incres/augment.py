@@ -2,7 +2,8 @@
 
 Every function maps one image and a `[2]` integer seed to a float32 image (`googlenet_train` with
 `photometric_on_device=True`: the image before its colour distortions, and their draws, which the
-train step applies, `incres.photometric`). The image is either
+train step applies, `incres.photometric`; `resnet_imagenet_train` with `resample_on_device=True`:
+the crop's decoded window and where to sample it, `incres.resample`). The image is either
 decoded, uint8 `[H, W, 3]`, or encoded bytes (a scalar string: JPEG, PNG, BMP, GIF); from a JPEG
 the crops decode only the window they use (`tf.image.decode_and_crop_jpeg`, issue #15), which gives
 the same view as decoding everything and cropping after. Only stateless random ops are used, so the output is a pure function of (image, seed): the same eagerly
@@ -177,8 +178,8 @@ def _resample(
   `tf.image.resize` (half-pixel centres). Antialiased above ANTIALIAS_ABOVE, bilinear up to it.
   With `flip` (a boolean scalar) true, mirrored left to right: the bilinear path samples its
   columns in reverse order (no extra pass over the pixels), the antialiased one reverses them."""
-  scale = tf.stack(scale)
-  offset = tf.cast(tf.stack(offset), tf.float32)
+  scale = tf.convert_to_tensor(scale, tf.float32)
+  offset = tf.convert_to_tensor(offset, tf.float32)
 
   def antialiased():
     # tf.image.resize(antialias=True) is this op with translation 0 (exactly the same pixels).
@@ -241,6 +242,14 @@ def resized_crop(
   the view a whole-image resize then crop gives, without the work outside the crop.
   """
 
+  window, scale, offset = _decode_view_window(image, size, box_fn)
+  return _resample(window, size, scale, offset, flip)
+
+
+def _decode_view_window(image: tf.Tensor, size: int, box_fn):
+  """`(window, [scale_y, scale_x], [offset_y, offset_x])`: the decoded window of `image` under
+  `resized_crop`'s view, its scale and the view's offset in it (in resized pixels)."""
+
   def window_fn(height, width):
     new_h, new_w, top, left = box_fn(height, width)
     scale_y, r0, r1 = _source_span(height, new_h, top, size)
@@ -251,7 +260,7 @@ def resized_crop(
     return tf.stack([r0, c0, r1 - r0, c1 - c0]), (scale_y, scale_x, offset_y, offset_x)
 
   window, (scale_y, scale_x, offset_y, offset_x) = _decode_window(image, window_fn)
-  return _resample(window, size, (scale_y, scale_x), (offset_y, offset_x), flip)
+  return window, tf.stack([scale_y, scale_x]), tf.stack([offset_y, offset_x])
 
 
 def device_buffer_bytes(size: int) -> int:
@@ -285,17 +294,7 @@ def resized_crop_for_device(
   (`host_resampled` = 1).
   """
   capacity = device_buffer_bytes(size)
-
-  def window_fn(height, width):
-    new_h, new_w, top, left = box_fn(height, width)
-    scale_y, r0, r1 = _source_span(height, new_h, top, size)
-    scale_x, c0, c1 = _source_span(width, new_w, left, size)
-    offset_y = tf.cast(top, tf.float32) - tf.cast(r0, tf.float32) * scale_y
-    offset_x = tf.cast(left, tf.float32) - tf.cast(c0, tf.float32) * scale_x
-    return tf.stack([r0, c0, r1 - r0, c1 - c0]), (scale_y, scale_x, offset_y, offset_x)
-
-  window, (scale_y, scale_x, offset_y, offset_x) = _decode_window(image, window_fn)
-  scale, offset = tf.stack([scale_y, scale_x]), tf.stack([offset_y, offset_x])
+  window, scale, offset = _decode_view_window(image, size, box_fn)
   shape = tf.shape(window)[:2]
 
   def padded(flat):
@@ -304,7 +303,7 @@ def resized_crop_for_device(
     )
 
   def on_host():
-    x = _resample(window, size, (scale_y, scale_x), (offset_y, offset_x), flip)
+    x = _resample(window, size, scale, offset, flip)
     params = tf.constant([1, 1, 0, 0, 0, 0, 1], tf.float32)
     return padded(tf.reshape(tf.bitcast(x, tf.uint8), [-1])), params
 

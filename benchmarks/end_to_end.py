@@ -19,6 +19,9 @@ Three measurements of the same model, batch and dtype, one after the other:
   GoogLeNet with its colour distortions, and ResNet with its crop resampling, on the accelerator
   (config `photometric`, `resample`: "auto" puts them there on a GPU or TPU), without their share
   of the step; the result's `photometric_on_device` and `resample_on_device` say where they ran).
+- model with preprocess: only when the config leaves such work to the train step: the same, from
+  one batch of the real input pipeline kept on the device, its share of the augmentation included
+  (`incres.data.device_preprocess`).
 - input: the config's training input pipeline alone (`incres.data.create_train_iter`), `--steps`
   batches after `--warmup`.
 
@@ -182,21 +185,31 @@ def run_loop(args: flags.FlagValues, spec: str, config, workdir: str) -> dict[st
   }
 
 
-def run_input(config, warmup: int, steps: int) -> float:
-  """Images/s of the training input pipeline alone (host side: decode, augment, batch)."""
+def run_input(config, warmup: int, steps: int) -> tuple[float, dict[str, Any]]:
+  """Images/s of the training input pipeline alone (host side: decode, augment, batch), and its
+  last batch."""
   from incres import data  # pylint: disable=g-import-not-at-top  (TensorFlow)
 
   it = data.create_train_iter(config)
   for _ in range(warmup):
     next(it)
   t0 = time.perf_counter()
-  count = sum(len(next(it)["label"]) for _ in range(steps))
-  return count / (time.perf_counter() - t0)
+  count = 0
+  for _ in range(steps):
+    batch = next(it)
+    count += len(batch["label"])
+  return count / (time.perf_counter() - t0), batch
 
 
-def run_model(args: flags.FlagValues, config) -> dict[str, Any]:
-  """The same model, batch and dtype timed by throughput.py's code (no input pipeline)."""
-  from incres import state  # pylint: disable=g-import-not-at-top
+def run_model(
+    args: flags.FlagValues, config, batch: dict[str, Any] | None = None, prefix: str = "model"
+) -> dict[str, Any]:
+  """The same model, batch and dtype timed by throughput.py's code (no input pipeline).
+
+  With `batch` (a batch of the pipeline that leaves work to the train step), the step starts from
+  it, on the device, and runs `data.device_preprocess(config)` first: the model with its share of
+  the augmentation. Keys start with `prefix`."""
+  from incres import data, state  # pylint: disable=g-import-not-at-top
 
   bench = throughput.parse_args(
       [
@@ -211,12 +224,17 @@ def run_model(args: flags.FlagValues, config) -> dict[str, Any]:
       ]
   )
   images, labels = throughput.synthetic_batch(bench)
-  measured, steps = throughput.setup_jax(bench, images, labels, model=state.create_model(config))
+  preprocess = None
+  if batch is not None:
+    images = {k: v for k, v in batch.items() if k != "label"}
+    labels, preprocess = batch["label"], data.device_preprocess(config)
+  model = state.create_model(config)
+  measured, steps = throughput.setup_jax(bench, images, labels, model=model, preprocess=preprocess)
   t = statistics.median(throughput.time_steps(steps, args.steps)["train"])
-  out = {"model_img_per_s": config.batch_size / t, "model_step_s": t}
-  out["model_compile_s"] = measured["compile_s"]
+  out = {f"{prefix}_img_per_s": config.batch_size / t, f"{prefix}_step_s": t}
+  out[f"{prefix}_compile_s"] = measured["compile_s"]
   if "peak_device_gib" in measured:
-    out["model_peak_device_gib"] = measured["peak_device_gib"]
+    out[f"{prefix}_peak_device_gib"] = measured["peak_device_gib"]
   return out
 
 
@@ -254,8 +272,10 @@ def run(args: flags.FlagValues) -> dict[str, Any]:
   config = configs.resolve_config(config, data.dataset_info(config))
   result["photometric_on_device"] = data.photometric_on_device(config)
   result["resample_on_device"] = data.resample_on_device(config)
-  result["input_img_per_s"] = run_input(config, args.warmup, args.steps)
+  result["input_img_per_s"], batch = run_input(config, args.warmup, args.steps)
   result.update(run_model(args, config))
+  if data.device_preprocess(config) is not None:  # The model with its share of the augmentation.
+    result.update(run_model(args, config, batch, prefix="model_with_preprocess"))
   result.update(
       {
           "backend": jax.default_backend(),
@@ -265,6 +285,10 @@ def run(args: flags.FlagValues) -> dict[str, Any]:
       }
   )
   result["loop_fraction_of_model"] = result["loop_img_per_s"] / result["model_img_per_s"]
+  if "model_with_preprocess_img_per_s" in result:
+    result["loop_fraction_of_model_with_preprocess"] = (
+        result["loop_img_per_s"] / result["model_with_preprocess_img_per_s"]
+    )
   result["input_bound"] = result["input_img_per_s"] < result["model_img_per_s"]
   result["load_avg_end"] = list(os.getloadavg())
   return result

@@ -149,19 +149,28 @@ def _cross_entropy(logits, labels):
 
 
 def setup_jax(
-    args: flags.FlagValues, images: np.ndarray, labels: np.ndarray, model: Any = None
+    args: flags.FlagValues,
+    images: Any,
+    labels: np.ndarray,
+    model: Any = None,
+    preprocess: Callable[[Any], jax.Array] | None = None,
 ) -> tuple[dict[str, Any], dict[str, tuple[Callable[[], None], float | None]]]:
   """Compiles and warms up the JAX train step and inference of `model` (default: `args.model`).
 
+  With `preprocess`, `images` is a batch as the input pipeline leaves it to the train step (a
+  dict, e.g. `{"image": ..., "resample": ...}`) and `preprocess(images)` (the config's
+  `incres.data.device_preprocess`) makes the model's input inside the jitted steps.
   Returns (measurements so far, {"train"/"infer": (step function, XLA's FLOPs per step)}).
   """
+  prepare = preprocess or (lambda x: x)
   if model is None:
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     kwargs = {"num_classes": args.num_classes, "dtype": dtype}
     if args.width is not None:
       kwargs["width"] = args.width
     model = models.get_model(args.model, **kwargs)
-  variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.asarray(images[:1]), train=False))()
+  first = jax.tree.map(lambda a: jnp.asarray(a[:1]), images)
+  variables = jax.jit(lambda: model.init(jax.random.key(0), prepare(first), train=False))()
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
   tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
@@ -173,7 +182,7 @@ def setup_jax(
     def loss_fn(params):
       (logits, extras), new_vars = model.apply(
           {"params": params, "batch_stats": batch_stats},
-          x,
+          prepare(x),
           train=True,
           mutable=["batch_stats"],
           rngs={"dropout": key},
@@ -188,10 +197,10 @@ def setup_jax(
     return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
 
   def infer(variables, x):
-    return model.apply(variables, x, train=False)[0]
+    return model.apply(variables, prepare(x), train=False)[0]
 
   out: dict[str, Any] = {"params": int(sum(p.size for p in jax.tree.leaves(params)))}
-  x, y, key = jnp.asarray(images), jnp.asarray(labels), jax.random.key(1)
+  x, y, key = jax.tree.map(jnp.asarray, images), jnp.asarray(labels), jax.random.key(1)
   t0 = time.perf_counter()
   lowered = jax.jit(train_step, donate_argnums=0).lower(state, x, y, key)
   train = lowered.compile()

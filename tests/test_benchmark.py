@@ -17,6 +17,7 @@ from incres import complexity, errors, metrics, models
 BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks")
 sys.path.insert(0, BENCHMARKS)
 import throughput  # noqa: E402  (benchmarks/ is not a package)
+import tiny_config  # noqa: E402  (tests/ is on the path)
 
 
 def test_throughput_json_jax_side(capsys):
@@ -208,6 +209,34 @@ def test_end_to_end_json(tmp_path, capsys):
   assert result["workdir"] == str(workdir) and workdir.is_relative_to(tmp_path)
   logged = [r["step"] for r in metrics.read_metrics(str(workdir)) if "train/images_per_sec" in r]
   assert logged == [2, 4]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(augment="resnet_imagenet", resample="device"),
+        dict(augment="googlenet", photometric="device"),
+    ],
+)
+def test_end_to_end_times_the_model_with_the_work_left_to_the_train_step(overrides):
+  """The "model with preprocess" figure starts from a real batch of the pipeline (the window
+  buffers or the undistorted images) and runs `data.device_preprocess` in the timed step."""
+  import end_to_end  # noqa: E402
+
+  from incres import data  # pylint: disable=g-import-not-at-top  (TensorFlow)
+
+  config = tiny_config.get(
+      dataset="fake", fake_image_shape=(20, 24, 3), num_classes=10, batch_size=4
+  )
+  config.update(overrides)
+  args = end_to_end.parse_args(["--config=unused", "--steps=2", "--warmup=1"])
+  _, batch = end_to_end.run_input(config, 1, 1)
+  assert set(batch) - {"image", "label"}  # A batch that needs the train step's preprocessing.
+  result = end_to_end.run_model(args, config, batch, prefix="model_with_preprocess")
+  rate = result["model_with_preprocess_img_per_s"]
+  assert math.isfinite(rate) and rate > 0
+  assert result["model_with_preprocess_step_s"] == pytest.approx(4 / rate)
+  assert data.device_preprocess(config) is not None
 
 
 def test_end_to_end_refuses_a_used_workdir(tmp_path, capsys):

@@ -148,6 +148,26 @@ def test_device_batches_resume_exactly():
     np.testing.assert_array_equal(resumed[key], fresh[4][key])
 
 
+def test_streamed_tfds_batches_finish_as_the_hosts_and_resume_exactly():
+  """The streamed path (tfds datasets too large to hold: ImageNet) carries the windows too."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  with tfds.testing.mock_data(num_examples=37):
+    batches = {}
+    for place in ("host", "device"):
+      config = _config(place, dataset="imagenette", eval_split="validation", image_size=64)
+      it = data.create_train_iter(config)
+      batches[place] = [next(it) for _ in range(6)]
+    resumed = next(data.create_train_iter(config, start_step=5))  # The second epoch.
+  finish = jax.jit(data.device_preprocess(config))
+  for host, device in zip(batches["host"], batches["device"]):
+    assert set(device) == {"image", "label", "resample"}
+    np.testing.assert_array_equal(device["label"], host["label"])
+    np.testing.assert_allclose(np.asarray(finish(device)), host["image"], rtol=0, atol=1e-4)
+  for key in resumed:
+    np.testing.assert_array_equal(resumed[key], batches["device"][5][key])
+
+
 @pytest.mark.parametrize("backend, on_device", [("cpu", False), ("gpu", True), ("tpu", True)])
 def test_auto_is_the_train_step_on_accelerators_and_the_host_on_cpus(
     monkeypatch, backend, on_device

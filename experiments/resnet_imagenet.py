@@ -20,7 +20,9 @@ error plateaus", up to 60×10^4 iterations. A plateau rule is not reproducible, 
 divided at fixed epochs 30, 60 and 90 of 120 (600k iterations at batch 256 is 119.9 epochs; the
 30-epoch steps are what torchvision's reference recipe settled on). Augmentation: shorter side
 uniform in [256, 480], random 224 crop, flip, mean subtraction, AlexNet PCA colour noise
-(σ = 0.1); evaluation: shorter side 256, centre 224 crop.
+(σ = 0.1; the crop's resampling, flip and colour in the train step on a GPU or TPU, config
+`resample`: the host decodes only the crop's JPEG window); evaluation: shorter side 256, centre
+224 crop.
 
 The length is stated in epochs and resolved at run time from the training split's actual size
 (incres.configs.resolve_config): ImageNet's 1,281,167 images at batch 256 give 600,547 steps (the

@@ -25,7 +25,8 @@ Three measurements of the same model, batch and dtype, one after the other:
 - input: the config's training input pipeline alone (`incres.data.create_train_iter`), `--steps`
   batches after `--warmup`.
 
-The run is input-bound when the input pipeline alone is slower than the model alone; the loop's
+The run is input-bound when the input pipeline alone is slower than the model alone (with its
+share of the augmentation, where the train step has one); the loop's
 rate over the model's says how much of the model's speed a real run keeps (on a CPU the pipeline
 and the model share the cores, so the loop is slower than either). `fake` images are 375x500
 JPEGs for the ImageNet configs (their `dataset=fake` setting; `--fake_image_shape` changes it).
@@ -289,7 +290,9 @@ def run(args: flags.FlagValues) -> dict[str, Any]:
     result["loop_fraction_of_model_with_preprocess"] = (
         result["loop_img_per_s"] / result["model_with_preprocess_img_per_s"]
     )
-  result["input_bound"] = result["input_img_per_s"] < result["model_img_per_s"]
+  # Against the step the loop runs: with its share of the augmentation where it has one.
+  model = result.get("model_with_preprocess_img_per_s", result["model_img_per_s"])
+  result["input_bound"] = result["input_img_per_s"] < model
   result["load_avg_end"] = list(os.getloadavg())
   return result
 

@@ -50,7 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Where "resnet_imagenet"'s resampling, flip and normalisation run: "auto" (in the train step on
   # a GPU or TPU, else in the host pipeline), "host" or "device" (incres.resample: the host decodes
   # the crop's window and ships it as uint8; the same draws, the pixels to float32 rounding).
-  # "device" needs augment="resnet_imagenet".
+  # "device" needs augment="resnet_imagenet". Neither place is part of a checkpoint's identity: a
+  # run resumed where "auto" resolves otherwise (a GPU run resumed on CPUs) trains on the same
+  # views, their pixels different by float32 rounding, so it is not bitwise the uninterrupted run.
   c.resample = "auto"
   c.eval_preprocess = "single"  # "single" (original view) or "center" (shorter side 256, 224 crop).
   c.batch_size = 128  # Global batch size, split across all devices and hosts.

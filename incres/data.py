@@ -917,8 +917,11 @@ def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def create_train_iter(config, *, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """Yields {'image': float32 [B_local, S, S, 3], 'label': int32 [B_local]} forever (and
-  'photometric' float32 [B_local, 8] where `photometric_on_device(config)`).
+  """Yields {'image': float32 [B_local, S, S, 3], 'label': int32 [B_local]} forever; where the
+  train step finishes the augmentation (`device_preprocess(config)`), 'image' is its input:
+  the undistorted [0, 1] image plus 'photometric' float32 [B_local, 8]
+  (`photometric_on_device(config)`), or the crops' windows, uint8 [B_local, N], plus 'resample'
+  float32 [B_local, 10] (`resample_on_device(config)`).
 
   B_local = config.batch_size // jax.process_count(). The batch at step k depends only on
   (config, k) (and, for streamed tfds datasets, the process count), so

@@ -3,7 +3,7 @@
 On the host, ResNet's scale augmentation (`incres.augment.resnet_imagenet_train`) decodes the
 window of the JPEG under the drawn 224 view, resamples it (`tf.image.crop_and_resize`, mirrored
 when flipped) and normalises it. Resampling and normalising cost as much as decoding: on one EPYC
-core the host delivers ~600 views/s, ~1,150/s when it only decodes the window and ships it
+core the host delivers ~600 views/s, ~1,030/s when it only decodes the window and ships it
 (benchmarks/RESULTS.md), which left a 16-core GPU host unable to feed ResNet-50. With
 `resample="device"` the host ships the uint8 window and its sampling positions
 (`augment.resized_crop_for_device`: the same draws, so resuming stays exact) and `finish` does the
@@ -13,9 +13,10 @@ rest here: a few gathers and elementwise passes over the batch.
 window's rows `floor(y)` and `ceil(y)` at `y = y0 + i·y_step` (positions in the window with one
 replicated row each side, so row `r` of it is window row `clip(r - 1, 0, rows - 1)`) and blends
 them with `y - floor(y)`; columns likewise; `top + (bottom - top)·dy` after
-`left + (right - left)·dx`, the kernel's order. The pixels equal the host's to float32 rounding
-(tested). A view the host resampled itself (its antialiased kernel, for views shrunk more than
-2x) arrives as its float32 pixels' bytes and is taken as is.
+`left + (right - left)·dx`, the kernel's order. The pixels equal the host's bit for bit op by op,
+and jitted up to the rounding of the sampling positions (tested). A view the host resampled
+itself (its antialiased kernel, for views shrunk more than 2x) arrives as its float32 pixels'
+bytes and is taken as is. Each read gathers whole pixels (3 bytes) from the window's buffer.
 """
 
 from __future__ import annotations
@@ -47,19 +48,19 @@ def view(buffer: jax.Array, params: jax.Array, size: int) -> jax.Array:
   cols = params[_COLS].astype(jnp.int32)
   top, bottom, dy = _positions(params[_Y0], params[_Y_STEP], size, params[_ROWS])
   left, right, dx = _positions(params[_X0], params[_X_STEP], size, params[_COLS])
-  channel = jnp.arange(3, dtype=jnp.int32)
+  pixels = buffer.reshape(-1, 3)  # The buffer's length is a multiple of 3.
 
   def read(rows, columns):
-    index = ((rows[:, None] * cols + columns[None, :]) * 3)[..., None] + channel
-    return jnp.take(buffer, index, mode="clip").astype(jnp.float32)
+    index = rows[:, None] * cols + columns[None, :]
+    return jnp.take(pixels, index, axis=0, mode="clip").astype(jnp.float32)
 
   dx = dx[None, :, None]
   upper = read(top, left) + (read(top, right) - read(top, left)) * dx
   lower = read(bottom, left) + (read(bottom, right) - read(bottom, left)) * dx
   sampled = upper + (lower - upper) * dy[:, None, None]
   # A view resampled on the host: its float32 pixels' bytes (little-endian, as tf.bitcast wrote).
-  pixels = buffer[: size * size * 3 * 4].reshape(size, size, 3, 4)
-  shipped = jax.lax.bitcast_convert_type(pixels, jnp.float32)
+  shipped = buffer[: size * size * 3 * 4].reshape(size, size, 3, 4)
+  shipped = jax.lax.bitcast_convert_type(shipped, jnp.float32)
   return jnp.where(params[_HOST_RESAMPLED] > 0.5, shipped, sampled)
 
 

@@ -81,8 +81,9 @@ def test_which_views_the_host_resamples():
   capacity = augment.device_buffer_bytes(224)
   for short, long in [(512, 512), (512, 4000), (511, 700)]:  # Shorter side 256: shrink 2.
     image = np.zeros((short, long, 3), np.uint8)
-    for top in (0, 1, 7, (short * 256 // short) - 224):
-      for left in (0, 3, 5, 100):
+    longer = round(long * 256 / short)  # The resized image is 256 x longer.
+    for top in (0, 1, 7, 256 - 224):  # Both ends: the windows clamped at the image's edges.
+      for left in (0, 3, 5, longer // 2, longer - 224):
 
         def box(height, width, top=top, left=left):
           new = augment._shorter_side_shape(height, width, 256)
@@ -94,6 +95,36 @@ def test_which_views_the_host_resamples():
         assert params[0] <= 2 * 224 + 8 and params[1] <= 2 * 224 + 8
   assert augment.device_buffer_bytes(224) == 456 * 456 * 3
   assert augment.device_buffer_bytes(8) >= 4 * 8 * 8 * 3  # The float32 view fits, small too.
+
+
+def test_a_noisy_photo_within_the_rounding_of_the_sampling_positions():
+  """Jitted, a sampling position may move by an ulp (fused multiply-adds): on sharp noise that
+  moves a pixel by up to ~0.01 of 255 (measured 7.6e-3), i.e. ~3e-5 on the [0, 1] scale."""
+  rng = np.random.default_rng(1)
+  image = tf.constant(rng.integers(0, 256, (511, 700, 3), dtype=np.uint8))
+  finish = jax.jit(resample.finish, static_argnums=2)
+  for i in range(6):
+    host, buffer, params = _host_and_device(image, _seed(i))
+    device = np.asarray(finish(buffer[None], params[None], 224, MEAN))[0]
+    np.testing.assert_allclose(device, host, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_a_window_too_large_for_the_buffer_is_resampled_on_the_host(monkeypatch, flip):
+  """The fallback no bilinear window should need (the bound above), forced by a small buffer:
+  the host's view, mirrored or not, shipped as its float32 bytes."""
+  image = tf.constant(_photo((600, 800, 3)))
+
+  def box(height, width):
+    return height // 2, width // 2, 20, 30  # Shrink 2: a ~456² window, > 4·224²·3 bytes.
+
+  want = augment.resized_crop(image, 224, box, flip=tf.constant(flip)).numpy()
+  monkeypatch.setattr(augment, "device_buffer_bytes", lambda size: 4 * size * size * 3)
+  buffer, params = augment.resized_crop_for_device(image, 224, box, flip=tf.constant(flip))
+  assert buffer.shape == (4 * 224 * 224 * 3,) and params[6] == 1.0
+  np.testing.assert_array_equal(
+      np.asarray(resample.view(buffer.numpy(), params.numpy(), 224)), want
+  )
 
 
 def test_flips_are_the_hosts_draws():

@@ -3,6 +3,8 @@
 The host draws them (`augment.photometric_params`), the train step applies them
 (`photometric.finish`): the same draws as `tf.image.stateless_random_*`, the same pixels as
 TensorFlow's kernels to float32 rounding, the same training, and exact resume.
+
+What both moves must keep (resume, 'auto', refusals, repairs, training) is in tests/test_device_augment.py.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from incres import augment, configs, data, photometric, train
+from incres import augment, data, photometric
 
-import test_corrupt  # tests/ is on the path: the broken-folder helpers ...
-import test_train  # ... and the tiny-run ones.
+import test_device_augment  # tests/ is on the path: the shared config.
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
@@ -125,18 +126,7 @@ def test_each_op_alone_at_its_extremes_equals_tensorflows(op, magnitude_index):
 
 
 def _config(place, **overrides):
-  c = configs.base_config()
-  c.update(
-      dataset="fake",
-      fake_image_shape=(60, 80, 3),
-      num_classes=10,
-      augment="googlenet",
-      image_size=32,
-      batch_size=8,
-      photometric=place,
-  )
-  c.update(overrides)
-  return c
+  return test_device_augment.config("photometric", place, **overrides)
 
 
 @pytest.mark.parametrize("normalize", ["auto", "mean_std", "none"])
@@ -150,106 +140,6 @@ def test_device_batches_finish_as_the_host_pipelines_batches(normalize):
   np.testing.assert_array_equal(batch["label"], host["label"])
   finished = np.asarray(jax.jit(data.device_preprocess(config))(batch))
   np.testing.assert_allclose(finished, host["image"], rtol=0, atol=1e-5)
-
-
-def test_device_batches_resume_exactly():
-  config = _config("device")
-  it = data.create_train_iter(config)
-  fresh = [next(it) for _ in range(5)]
-  resumed = next(data.create_train_iter(config, start_step=4))
-  for key in fresh[4]:
-    np.testing.assert_array_equal(resumed[key], fresh[4][key])
-
-
-@pytest.mark.parametrize("backend, on_device", [("cpu", False), ("gpu", True), ("tpu", True)])
-def test_auto_is_the_train_step_on_accelerators_and_the_host_on_cpus(
-    monkeypatch, backend, on_device
-):
-  monkeypatch.setattr(jax, "default_backend", lambda: backend)
-  assert data.photometric_on_device(_config("auto")) is on_device
-  assert (data.device_preprocess(_config("auto")) is not None) is on_device
-  assert data.photometric_on_device(_config("device"))
-  assert not data.photometric_on_device(_config("host"))
-  # Other augmentations have no colour distortions: nothing moves.
-  assert data.device_preprocess(_config("auto", augment="cifar")) is None
-
-
-def test_bad_values_are_refused_with_what_to_do():
-  with pytest.raises(ValueError, match="photometric='gpu' is not a place.*--config.photometric"):
-    data.photometric_on_device(_config("gpu"))
-  with pytest.raises(ValueError, match="photometric='gpu'"):
-    configs.validate(test_train.tiny_config(photometric="gpu"), num_devices=1, num_processes=1)
-  with pytest.raises(ValueError, match="augment is 'resnet_imagenet'"):
-    configs.validate(
-        test_train.tiny_config(photometric="device", augment="resnet_imagenet"),
-        num_devices=1,
-        num_processes=1,
-    )
-
-
-def test_a_step_without_preprocess_refuses_a_batch_that_needs_it():
-  """A custom loop that forgets `device_preprocess` fails when traced, instead of training on
-  undistorted, unnormalised images."""
-  config = test_train.tiny_config(augment="googlenet", photometric="device")
-  batch = {
-      "image": np.zeros((2, 16, 16, 3), np.float32),
-      "label": np.zeros(2, np.int32),
-      "photometric": np.zeros((2, 8), np.float32),
-  }
-  with pytest.raises(ValueError, match="device_preprocess"):
-    # Nothing else is needed: the check comes first.
-    unused = dict.fromkeys(("model", "tx", "learning_rate_fn", "ema_decay"))
-    train.train_step(None, batch, aux_loss_weight=0.0, label_smoothing=0.0, **unused)
-
-
-def test_repaired_batches_carry_the_draws_of_their_rows(tmp_path):
-  """Batches rebuilt around unreadable images (spare rows) finish as the host's do."""
-  test_corrupt.write_folder(str(tmp_path))
-  batches = {}
-  for place in ("host", "device"):
-    config = test_corrupt.folder_config(str(tmp_path))
-    config.update(augment="googlenet", photometric=place)
-    it = data.create_train_iter(config)
-    batches[place] = [next(it) for _ in range(10)]
-    assert it.skipped == 3  # Each broken file once in the first epoch.
-  config.update(photometric="device")
-  finish = jax.jit(data.device_preprocess(config))
-  for host, device in zip(batches["host"], batches["device"]):
-    np.testing.assert_array_equal(device["label"], host["label"])
-    np.testing.assert_allclose(np.asarray(finish(device)), host["image"], rtol=0, atol=1e-5)
-
-
-def test_training_with_device_distortions_matches_the_host_and_resumes_bitwise(tmp_path):
-  """The train step finishes the batch: two steps as on the host (float32 rounding apart: the
-  parameters agreed to 7e-7; this tiny net amplifies such differences to ~1e-4 by step 4), and
-  a run stopped at step 2 and resumed ends with the uninterrupted run's bits."""
-  # Colour images (the digits are grey, where saturation and hue change nothing).
-  overrides = dict(
-      augment="googlenet",
-      dataset="fake",
-      fake_image_shape=(24, 20, 3),
-      num_classes=10,
-      eval_split="test",
-      ema_decay=None,
-      polyak=False,
-  )
-
-  def run(place, steps, workdir):
-    config = test_train.tiny_config(4, photometric=place, **overrides)
-    config.num_train_steps = steps
-    config.device_prefetch = 0 if steps < 4 else config.device_prefetch
-    train.train_and_evaluate(config, str(tmp_path / workdir))
-    return test_train.params_of(str(tmp_path / workdir))
-
-  host, device = run("host", 2, "host"), run("device", 2, "resumed")
-  for a, b in zip(jax.tree.leaves(device), jax.tree.leaves(host)):
-    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
-  assert any(
-      np.abs(a - b).max() > 0 for a, b in zip(jax.tree.leaves(device), jax.tree.leaves(host))
-  )
-
-  resumed = run("device", 4, "resumed")  # Steps 3 and 4 after a restart.
-  test_train.assert_trees_equal(resumed, run("device", 4, "uninterrupted"))
 
 
 def test_where_tensorflows_saturation_kernel_greys_a_pixel_the_device_keeps_its_colour():

@@ -4,6 +4,8 @@ The host decodes each crop's window and ships it with where to sample it
 (`augment.resized_crop_for_device`); the train step resamples and normalises it
 (`resample.finish`): the same draws, the host's pixels to float32 rounding, the same training, and
 exact resume.
+
+What both moves must keep (resume, 'auto', refusals, repairs, training) is in tests/test_device_augment.py.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from incres import augment, configs, data, resample, train
+from incres import augment, data, resample
 
-import test_corrupt  # tests/ is on the path: the broken-folder helpers ...
-import test_train  # ... and the tiny-run ones.
+import test_device_augment  # tests/ is on the path: the shared config.
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
@@ -141,18 +142,7 @@ def test_flips_are_the_hosts_draws():
 
 
 def _config(place, **overrides):
-  c = configs.base_config()
-  c.update(
-      dataset="fake",
-      fake_image_shape=(90, 120, 3),
-      num_classes=10,
-      augment="resnet_imagenet",
-      image_size=32,
-      batch_size=8,
-      resample=place,
-  )
-  c.update(overrides)
-  return c
+  return test_device_augment.config("resample", place, **overrides)
 
 
 @pytest.mark.parametrize("normalize", ["auto", "mean_std", "none", "pixel_mean"])
@@ -168,15 +158,6 @@ def test_device_batches_finish_as_the_host_pipelines_batches(normalize, tmp_path
   finished = np.asarray(jax.jit(data.device_preprocess(config))(batch))
   assert finished.shape == host["image"].shape == (8, 32, 32, 3)
   np.testing.assert_allclose(finished, host["image"], rtol=0, atol=1e-4)
-
-
-def test_device_batches_resume_exactly():
-  config = _config("device")
-  it = data.create_train_iter(config)
-  fresh = [next(it) for _ in range(5)]
-  resumed = next(data.create_train_iter(config, start_step=4))
-  for key in fresh[4]:
-    np.testing.assert_array_equal(resumed[key], fresh[4][key])
 
 
 def test_streamed_tfds_batches_finish_as_the_hosts_and_resume_exactly():
@@ -197,86 +178,3 @@ def test_streamed_tfds_batches_finish_as_the_hosts_and_resume_exactly():
     np.testing.assert_allclose(np.asarray(finish(device)), host["image"], rtol=0, atol=1e-4)
   for key in resumed:
     np.testing.assert_array_equal(resumed[key], batches["device"][5][key])
-
-
-@pytest.mark.parametrize("backend, on_device", [("cpu", False), ("gpu", True), ("tpu", True)])
-def test_auto_is_the_train_step_on_accelerators_and_the_host_on_cpus(
-    monkeypatch, backend, on_device
-):
-  monkeypatch.setattr(jax, "default_backend", lambda: backend)
-  assert data.resample_on_device(_config("auto")) is on_device
-  assert (data.device_preprocess(_config("auto")) is not None) is on_device
-  assert data.resample_on_device(_config("device"))
-  assert not data.resample_on_device(_config("host"))
-  # The other augmentations resample on the host (GoogLeNet's random interpolation kernels).
-  assert not data.resample_on_device(_config("auto", augment="googlenet"))
-  assert data.device_preprocess(_config("auto", augment="cifar")) is None
-
-
-def test_bad_values_are_refused_with_what_to_do():
-  with pytest.raises(ValueError, match="resample='gpu' is not a place.*--config.resample"):
-    data.resample_on_device(_config("gpu"))
-  with pytest.raises(ValueError, match="resample='gpu'"):
-    configs.validate(test_train.tiny_config(resample="gpu"), num_devices=1, num_processes=1)
-  with pytest.raises(ValueError, match="resample='device'.*augment is 'cifar'.*leave resample"):
-    configs.validate(
-        test_train.tiny_config(resample="device", augment="cifar"), num_devices=1, num_processes=1
-    )
-
-
-def test_a_step_without_preprocess_refuses_a_batch_that_needs_it():
-  """A custom loop that forgets `device_preprocess` fails when traced, instead of training on
-  raw bytes."""
-  batch = {
-      "image": np.zeros((2, augment.device_buffer_bytes(16)), np.uint8),
-      "label": np.zeros(2, np.int32),
-      "resample": np.zeros((2, 10), np.float32),
-  }
-  with pytest.raises(ValueError, match="'resample'.*device_preprocess"):
-    unused = dict.fromkeys(("model", "tx", "learning_rate_fn", "ema_decay"))
-    train.train_step(None, batch, aux_loss_weight=0.0, label_smoothing=0.0, **unused)
-
-
-def test_repaired_batches_carry_the_windows_of_their_rows(tmp_path):
-  """Batches rebuilt around unreadable images (spare rows) finish as the host's do."""
-  test_corrupt.write_folder(str(tmp_path))
-  batches = {}
-  for place in ("host", "device"):
-    config = test_corrupt.folder_config(str(tmp_path))
-    config.update(augment="resnet_imagenet", resample=place)
-    it = data.create_train_iter(config)
-    batches[place] = [next(it) for _ in range(10)]
-    assert it.skipped == 3  # Each broken file once in the first epoch.
-  config.update(resample="device")
-  finish = jax.jit(data.device_preprocess(config))
-  for host, device in zip(batches["host"], batches["device"]):
-    np.testing.assert_array_equal(device["label"], host["label"])
-    np.testing.assert_allclose(np.asarray(finish(device)), host["image"], rtol=0, atol=1e-5)
-
-
-def test_training_with_device_resampling_matches_the_host_and_resumes_bitwise(tmp_path):
-  """The train step finishes the batch: two steps as on the host (float32 rounding apart), and a
-  run stopped at step 2 and resumed ends with the uninterrupted run's bits."""
-  overrides = dict(
-      augment="resnet_imagenet",
-      dataset="fake",
-      fake_image_shape=(40, 30, 3),
-      num_classes=10,
-      eval_split="test",
-      ema_decay=None,
-      polyak=False,
-  )
-
-  def run(place, steps, workdir):
-    config = test_train.tiny_config(4, resample=place, **overrides)
-    config.num_train_steps = steps
-    config.device_prefetch = 0 if steps < 4 else config.device_prefetch
-    train.train_and_evaluate(config, str(tmp_path / workdir))
-    return test_train.params_of(str(tmp_path / workdir))
-
-  host, device = run("host", 2, "host"), run("device", 2, "resumed")
-  for a, b in zip(jax.tree.leaves(device), jax.tree.leaves(host)):
-    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
-
-  resumed = run("device", 4, "resumed")  # Steps 3 and 4 after a restart.
-  test_train.assert_trees_equal(resumed, run("device", 4, "uninterrupted"))

@@ -559,6 +559,14 @@ def random_resize(image: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
   return tf.clip_by_value(tf.switch_case(which, branches), 0.0, 1.0)  # Bicubic overshoots.
 
 
+def device_resize_max_side(size: int) -> int:
+  """The longest window side `googlenet_train(..., resize_on_device=True)` leaves to the
+  accelerator: one that fits `device_buffer_bytes(size)` at GoogLeNet's most elongated aspect
+  (4/3), and at most a 3x shrink (area's TAPS in `incres.resample`)."""
+  pixels = device_buffer_bytes(size) // 3
+  return min(3 * size, math.isqrt(pixels * 4 // 3) + 1)
+
+
 def googlenet_train(
     image: tf.Tensor,
     seed: tf.Tensor,
@@ -567,6 +575,7 @@ def googlenet_train(
     mean: tf.Tensor,
     flip: bool = True,
     photometric_on_device: bool = False,
+    resize_on_device: bool = False,
 ) -> tf.Tensor | dict[str, tf.Tensor]:
   """GoogLeNet §6: 8%–100% area crop, aspect in [3/4, 4/3], photometric distortions, random
   interpolation, then mean subtraction.
@@ -577,10 +586,21 @@ def googlenet_train(
   `photometric_on_device=True` stops before the photometric distortions and the mean, and returns
   `{"image": [0, 1] image, "photometric": photometric_params}`: the accelerator finishes the batch
   (`incres.photometric.finish`, in the train step) with the same draws, to float32 rounding.
+  `resize_on_device=True` (with it) stops after decoding the crop's window: `"image"` is the window,
+  uint8, flattened and zero-padded to `device_buffer_bytes(size)`, and `"resize"` float32 `[5]`
+  says how to finish it: its rows and columns, the drawn kernel (an index into INTERPOLATIONS),
+  the flip, and 1 where the host resized it itself (a window with a side over
+  `device_resize_max_side(size)`: its [0, 1] float32 pixels' bytes, flipped, fill the buffer's
+  start). `incres.resample.googlenet_finish` resizes, flips and distorts in the train step.
   """
   crop_seed, resize_seed, flip_seed, color_seed = _seeds(seed, 4)
   # Of a JPEG only the crop is decoded.
   x, _ = _decode_window(image, lambda h, w: (sample_crop_window(h, w, crop_seed), ()))
+  if resize_on_device:
+    if not (photometric_on_device and flip):
+      raise ValueError("resize_on_device needs photometric_on_device and flip.")
+    out = _googlenet_window_for_device(x, size, resize_seed, flip_seed)
+    return {**out, "photometric": photometric_params(color_seed)}
   x = random_resize(_to_float(x), size, resize_seed)
   if flip:
     x = tf.image.stateless_random_flip_left_right(x, seed=flip_seed)
@@ -588,6 +608,34 @@ def googlenet_train(
     return {"image": x, "photometric": photometric_params(color_seed)}
   x = photometric_distortions(x, color_seed)
   return x - mean
+
+
+def _googlenet_window_for_device(
+    window: tf.Tensor, size: int, resize_seed: tf.Tensor, flip_seed: tf.Tensor
+) -> dict[str, tf.Tensor]:
+  """`{"image": buffer, "resize": params}` of `googlenet_train(..., resize_on_device=True)`."""
+  capacity = device_buffer_bytes(size)
+  which = tf.random.stateless_uniform([], resize_seed, maxval=len(INTERPOLATIONS), dtype=tf.int32)
+  mirrored = _flips(flip_seed)  # stateless_random_flip_left_right's decision.
+  shape = tf.shape(window)[:2]
+
+  def padded(flat):
+    filler = tf.zeros([capacity - tf.size(flat)], tf.uint8)
+    return tf.ensure_shape(tf.concat([flat, filler], 0), [capacity])
+
+  def on_host():
+    x = random_resize(_to_float(window), size, resize_seed)
+    x = tf.where(mirrored, tf.reverse(x, [1]), x)
+    return padded(tf.reshape(tf.bitcast(x, tf.uint8), [-1])), tf.constant([1, 1, 0, 0, 1.0])
+
+  def on_device():
+    rows, cols = tf.unstack(tf.cast(shape, tf.float32))
+    kernel, flip = tf.cast(which, tf.float32), tf.cast(mirrored, tf.float32)
+    return padded(tf.reshape(window, [-1])), tf.stack([rows, cols, kernel, flip, 0.0])
+
+  fits = tf.reduce_max(shape) <= device_resize_max_side(size)
+  buffer, params = tf.cond(fits & (tf.size(window) <= capacity), on_device, on_host)
+  return {"image": buffer, "resize": params}
 
 
 def eval_single(image: tf.Tensor, *, size: int, mean: tf.Tensor) -> tf.Tensor:

@@ -47,12 +47,15 @@ def base_config() -> ml_collections.ConfigDict:
   # is a GPU or TPU, else in the host pipeline), "host" or "device" (incres.photometric: the same
   # draws; the pixels TensorFlow's to float32 rounding). "device" needs augment="googlenet".
   c.photometric = "auto"
-  # Where "resnet_imagenet"'s resampling, flip and normalisation run: "auto" (in the train step on
-  # a GPU or TPU, else in the host pipeline), "host" or "device" (incres.resample: the host decodes
-  # the crop's window and ships it as uint8; the same draws, the pixels to float32 rounding).
-  # "device" needs augment="resnet_imagenet". Neither place is part of a checkpoint's identity: a
-  # run resumed where "auto" resolves otherwise (a GPU run resumed on CPUs) trains on the same
-  # views, their pixels different by float32 rounding, so it is not bitwise the uninterrupted run.
+  # Where the crop's resampling and what follows it run ("resnet_imagenet": resample, flip,
+  # colour shift, normalisation; "googlenet": resize with its drawn kernel, flip, and then the
+  # colour distortions, which go along): "auto" (in the train step on a GPU or TPU, else in the
+  # host pipeline), "host" or "device" (incres.resample: the host decodes the crop's window and
+  # ships it as uint8; the same draws, the pixels to float32 rounding). "device" needs one of
+  # those augmentations (and for googlenet, photometric not "host"). Neither place is part of a
+  # checkpoint's identity: a run resumed where "auto" resolves otherwise (a GPU run resumed on
+  # CPUs) trains on the same views, their pixels different by float32 rounding, so it is not
+  # bitwise the uninterrupted run.
   c.resample = "auto"
   c.eval_preprocess = "single"  # "single" (original view) or "center" (shorter side 256, 224 crop).
   c.batch_size = 128  # Global batch size, split across all devices and hosts.
@@ -212,25 +215,37 @@ def load(spec: str) -> ml_collections.ConfigDict:
 # Values of `photometric` and `resample` (where part of an augmentation runs).
 PHOTOMETRIC_PLACES = ("auto", "host", "device")
 
-# key: (the augmentation it moves work of, what the work is).
+# key: (the augmentations it moves work of, what the work is).
 _DEVICE_WORK = {
-    "photometric": ("googlenet", "GoogLeNet's colour distortions"),
-    "resample": ("resnet_imagenet", "ResNet's crop resampling and normalisation"),
+    "photometric": (("googlenet",), "GoogLeNet's colour distortions"),
+    "resample": (("resnet_imagenet", "googlenet"), "the crop's resampling (and what follows it)"),
 }
 
 
 def _check_place(config: ml_collections.ConfigDict, key: str) -> str:
-  augment, what = _DEVICE_WORK[key]
+  augments, what = _DEVICE_WORK[key]
   place = config.get(key, "auto")
   if place not in PHOTOMETRIC_PLACES:
     raise ValueError(
         f"{key}={place!r} is not a place for {what}: use --config.{key}=auto (the train step on a"
         " GPU or TPU, else the host pipeline), host or device."
     )
-  if place == "device" and config.augment != augment:
+  if place == "device" and config.augment not in augments:
+    names = " or ".join(repr(a) for a in augments)
     raise ValueError(
-        f"{key}='device' moves {what} of augment={augment!r} into the train step, but this run's"
+        f"{key}='device' moves {what} of augment={names} into the train step, but this run's"
         f" augment is {config.augment!r}, which has none: leave {key} at 'auto'."
+    )
+  if (
+      key == "resample"
+      and place == "device"
+      and config.augment == "googlenet"
+      and config.get("photometric", "auto") == "host"
+  ):
+    raise ValueError(
+        "resample='device' resizes GoogLeNet's crops in the train step, but photometric='host'"
+        " asks for their colour distortions, which come after the resize, in the input pipeline:"
+        " leave photometric at 'auto' (or set resample='host')."
     )
   return place
 

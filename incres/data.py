@@ -22,9 +22,9 @@ Encoded images reach the augmentations and evaluation views undecoded: from a JP
 GoogLeNet crops and the centre view decode only the window they use (`incres.augment`).
 GoogLeNet's photometric distortions run on the accelerator when there is one (config
 `photometric`): its batches then carry the [0, 1] image and the drawn distortions
-(`'photometric'`), and `device_preprocess(config)` finishes them inside the train step. So does
-ResNet's resampling (config `resample`): its batches carry each crop's decoded window, uint8, and
-where to sample it (`'resample'`).
+(`'photometric'`), and `device_preprocess(config)` finishes them inside the train step. So do the
+crops' resampling of ResNet and GoogLeNet (config `resample`): their batches carry each crop's
+decoded window, uint8, and how to resample it (`'resample'`; GoogLeNet: `'resize'`).
 
 Evaluation pads the last batch and carries a mask, so every example counts exactly once (unlike
 the Flax ImageNet example, issue #262).
@@ -594,21 +594,27 @@ def _scaled_by_std(config, fn: Callable[..., tf.Tensor]) -> Callable[..., tf.Ten
   return lambda *args: fn(*args) / std
 
 
-def _on_device(config, place: str, augment_name: str) -> bool:
-  if config.augment != augment_name:
-    return False
+def _accelerated(place: str) -> bool:
   return place == "device" or (place == "auto" and jax.default_backend() in ("gpu", "tpu"))
 
 
 def photometric_on_device(config) -> bool:
-  """Whether GoogLeNet's photometric distortions run in the train step (config `photometric`)."""
-  return _on_device(config, configs.check_photometric(config), "googlenet")
+  """Whether GoogLeNet's photometric distortions run in the train step (config `photometric`;
+  "auto" also when its crops are resized there, `resample="device"`: the distortions come after)."""
+  place = configs.check_photometric(config)
+  if config.augment != "googlenet":
+    return False
+  return _accelerated(place) or (place == "auto" and configs.check_resample(config) == "device")
 
 
 def resample_on_device(config) -> bool:
-  """Whether ResNet's crop resampling and normalisation run in the train step (config
-  `resample`)."""
-  return _on_device(config, configs.check_resample(config), "resnet_imagenet")
+  """Whether the crop's resampling and what follows it run in the train step (config `resample`):
+  ResNet's resample, flip and normalisation, or GoogLeNet's resize and flip (with its colour
+  distortions there too)."""
+  place = configs.check_resample(config)
+  if config.augment == "googlenet":
+    return _accelerated(place) and photometric_on_device(config)
+  return config.augment == "resnet_imagenet" and _accelerated(place)
 
 
 def device_preprocess(config) -> Callable[[dict[str, Any]], Any] | None:
@@ -620,8 +626,13 @@ def device_preprocess(config) -> Callable[[dict[str, Any]], Any] | None:
   mean = np.asarray(normalization_mean(config), np.float32)
   std = np.asarray(augment.IMAGENET_STD_RGB, np.float32)
   std = std if normalization(config) == "mean_std" else None
+  size = config.image_size
+  if resample_here and config.augment == "googlenet":
+    side = augment.device_resize_max_side(size)
+    return lambda batch: resample.googlenet_finish(
+        batch["image"], batch["resize"], batch["photometric"], size, side, mean, std
+    )
   if resample_here:
-    size = config.image_size
     return lambda batch: resample.finish(batch["image"], batch["resample"], size, mean, std)
   return lambda batch: photometric.finish(batch["image"], batch["photometric"], mean, std)
 
@@ -631,19 +642,21 @@ def _train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor | dict[str, 
 
   With `photometric_on_device(config)`: a dict of the [0, 1] image and its `'photometric'` draws
   (the mean, std and distortions are applied by `device_preprocess`); with
-  `resample_on_device(config)`: a dict of the crop's uint8 window (a flat buffer) and its
-  `'resample'` parameters (`augment.resized_crop_for_device`; resampled and normalised by
-  `device_preprocess`)."""
-  if photometric_on_device(config):
+  `resample_on_device(config)`: a dict of the crop's uint8 window (a flat buffer) and how to
+  finish it (ResNet: `'resample'`, `augment.resized_crop_for_device`; GoogLeNet: `'resize'` and
+  `'photometric'`), resampled and normalised by `device_preprocess`."""
+  size = config.image_size
+  if config.augment == "googlenet" and photometric_on_device(config):
     return functools.partial(
         augment.googlenet_train,
-        size=config.image_size,
+        size=size,
         mean=0.0,
         photometric_on_device=True,
+        resize_on_device=resample_on_device(config),
     )
   if resample_on_device(config):
     return functools.partial(
-        augment.resnet_imagenet_train, size=config.image_size, mean=0.0, resample_on_device=True
+        augment.resnet_imagenet_train, size=size, mean=0.0, resample_on_device=True
     )
   return _scaled_by_std(config, _unscaled_train_fn(config))
 
@@ -921,7 +934,8 @@ def create_train_iter(config, *, start_step: int = 0) -> Iterator[dict[str, np.n
   train step finishes the augmentation (`device_preprocess(config)`), 'image' is its input:
   the undistorted [0, 1] image plus 'photometric' float32 [B_local, 8]
   (`photometric_on_device(config)`), or the crops' windows, uint8 [B_local, N], plus 'resample'
-  float32 [B_local, 10] (`resample_on_device(config)`).
+  float32 [B_local, 10] (ResNet) or 'resize' [B_local, 5] and 'photometric' (GoogLeNet) where
+  `resample_on_device(config)`.
 
   B_local = config.batch_size // jax.process_count(). The batch at step k depends only on
   (config, k) (and, for streamed tfds datasets, the process count), so

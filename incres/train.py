@@ -85,10 +85,10 @@ def train_step(
   `preprocess(batch)` makes the model's input from the batch when the input pipeline leaves work
   to the accelerator (`data.device_preprocess`); by default it is `batch["image"]`.
   """
-  if preprocess is None and ("photometric" in batch or "resample" in batch):  # When traced.
+  if preprocess is None and {"photometric", "resample", "resize"} & set(batch):  # When traced.
     raise ValueError(
         "The batch leaves work to the train step (GoogLeNet's colour distortions, 'photometric',"
-        " or ResNet's resampling, 'resample'), but the step was built without"
+        " or the crops' resampling, 'resample' or 'resize'), but the step was built without"
         " `preprocess=data.device_preprocess(config)`."
     )
   images = batch["image"] if preprocess is None else preprocess(batch)
@@ -586,14 +586,16 @@ def train_and_evaluate(
       stream=None if is_chief else open(os.devnull, "w"),
   )
   progress.message(configs.describe_run_length(config, info))
-  if data.photometric_on_device(config):  # "auto" depends on the machine: say where they run.
+  # "auto" depends on the machine: say where the augmentation runs.
+  if data.resample_on_device(config):
+    work = {"googlenet": "resized, flipped and colour-distorted"}
+    what = work.get(config.augment, "resampled, flipped and normalised")
+    progress.message(
+        f"The crops are {what} in the train step; the input pipeline decodes their windows."
+    )
+  elif data.photometric_on_device(config):
     progress.message(
         "GoogLeNet's colour distortions run in the train step, not the input pipeline."
-    )
-  if data.resample_on_device(config):
-    progress.message(
-        "ResNet's crops are resampled and normalised in the train step; the input pipeline"
-        " decodes their windows."
     )
   p_train_step, p_eval_step = _jit_steps(
       config, model, tx, learning_rate_fn, state_sharding, mesh, data.device_preprocess(config)

@@ -1,6 +1,6 @@
 """What every part of an augmentation left to the train step must keep (issue #15): GoogLeNet's
-colour distortions (config `photometric`, tests/test_photometric.py) and ResNet's crop resampling
-(config `resample`, tests/test_resample.py). Batches resume exactly, "auto" moves the work only
+colour distortions (config `photometric`, tests/test_photometric.py) and the crops' resampling of
+ResNet and GoogLeNet (config `resample`, tests/test_resample.py). Batches resume exactly, "auto" moves the work only
 on accelerators, a step built without `device_preprocess` refuses such a batch, batches repaired
 around unreadable files keep their rows' draws, and training matches the host pipeline's and
 resumes bitwise; bad values are refused with what to do.
@@ -19,22 +19,30 @@ import test_train  # ... and the tiny-run ones.
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
-# config key (also the batch's extra key) -> (its augmentation, where-it-runs predicate, the
-# training test's fake image shape: colour, as saturation and hue change nothing on grey digits).
+# case -> (config key, augmentation, where-it-runs predicate, the batch's extra keys).
 WORK = {
-    "photometric": ("googlenet", data.photometric_on_device, (24, 20, 3)),
-    "resample": ("resnet_imagenet", data.resample_on_device, (40, 30, 3)),
+    "photometric": ("photometric", "googlenet", data.photometric_on_device, {"photometric"}),
+    "resample": ("resample", "resnet_imagenet", data.resample_on_device, {"resample"}),
+    "resample-googlenet": (
+        "resample",
+        "googlenet",
+        data.resample_on_device,
+        {"resize", "photometric"},
+    ),
 }
+# The training test's fake images: colour, as saturation and hue change nothing on grey digits.
+SHAPES = {"photometric": (24, 20, 3), "resample": (40, 30, 3), "resample-googlenet": (24, 20, 3)}
 
 
-def config(key, place, **overrides):
-  """A tiny run's config on fake 60x80 JPEGs with `key`'s augmentation and `key=place`."""
+def config(case, place, **overrides):
+  """A tiny run's config on fake 60x80 JPEGs with `case`'s augmentation and key set to `place`."""
+  key, augment_name = WORK[case][:2]
   c = test_train.tiny_config()
   c.update(
       dataset="fake",
       fake_image_shape=(60, 80, 3),
       num_classes=10,
-      augment=WORK[key][0],
+      augment=augment_name,
       image_size=32,
       batch_size=8,
   )
@@ -43,63 +51,78 @@ def config(key, place, **overrides):
   return c
 
 
-@pytest.mark.parametrize("key", WORK)
-def test_device_batches_resume_exactly(key):
-  c = config(key, "device")
+@pytest.mark.parametrize("case", WORK)
+def test_device_batches_resume_exactly(case):
+  c = config(case, "device")
   it = data.create_train_iter(c)
   fresh = [next(it) for _ in range(5)]
   resumed = next(data.create_train_iter(c, start_step=4))
-  assert set(resumed) == {"image", "label", key}
+  assert set(resumed) == {"image", "label", *WORK[case][3]}
   for name in fresh[4]:
     np.testing.assert_array_equal(resumed[name], fresh[4][name])
 
 
-@pytest.mark.parametrize("key", WORK)
+@pytest.mark.parametrize("case", WORK)
 @pytest.mark.parametrize("backend, on_device", [("cpu", False), ("gpu", True), ("tpu", True)])
 def test_auto_is_the_train_step_on_accelerators_and_the_host_on_cpus(
-    monkeypatch, key, backend, on_device
+    monkeypatch, case, backend, on_device
 ):
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
-  where = WORK[key][1]
-  assert where(config(key, "auto")) is on_device
-  assert (data.device_preprocess(config(key, "auto")) is not None) is on_device
-  assert where(config(key, "device"))
-  assert not where(config(key, "host"))
-  # The other augmentation has its own key, and CIFAR's leaves nothing to the train step.
-  other = next(a for k, (a, _, _) in WORK.items() if k != key)
-  assert not where(config(key, "auto", augment=other))
-  assert data.device_preprocess(config(key, "auto", augment="cifar")) is None
+  where = WORK[case][2]
+  assert where(config(case, "auto")) is on_device
+  assert (data.device_preprocess(config(case, "auto")) is not None) is on_device
+  assert where(config(case, "device"))
+  assert not where(config(case, "host"))
+  # CIFAR's augmentation leaves nothing to the train step.
+  assert not where(config(case, "auto", augment="cifar"))
+  assert data.device_preprocess(config(case, "auto", augment="cifar")) is None
 
 
-@pytest.mark.parametrize("key", WORK)
-def test_bad_values_are_refused_with_what_to_do(key):
+@pytest.mark.parametrize("case", WORK)
+def test_bad_values_are_refused_with_what_to_do(case):
+  key, where = WORK[case][0], WORK[case][2]
   with pytest.raises(ValueError, match=f"{key}='gpu' is not a place.*--config.{key}=auto"):
-    WORK[key][1](config(key, "gpu"))
+    where(config(case, "gpu"))
   with pytest.raises(ValueError, match=f"{key}='gpu'"):
-    configs.validate(config(key, "gpu"), num_devices=1, num_processes=1)
+    configs.validate(config(case, "gpu"), num_devices=1, num_processes=1)
   with pytest.raises(ValueError, match=f"{key}='device'.*augment is 'cifar'.*leave {key}"):
-    configs.validate(config(key, "device", augment="cifar"), num_devices=1, num_processes=1)
+    configs.validate(config(case, "device", augment="cifar"), num_devices=1, num_processes=1)
 
 
-@pytest.mark.parametrize("key", WORK)
-def test_a_step_without_preprocess_refuses_a_batch_that_needs_it(key):
+def test_googlenets_resize_on_the_device_takes_its_colour_distortions_along(monkeypatch):
+  """They come after the resize: "auto" follows resample="device", and "host" is refused."""
+  assert data.photometric_on_device(config("resample-googlenet", "device"))
+  assert not data.photometric_on_device(config("resample-googlenet", "host"))
+  refused = config("resample-googlenet", "device", photometric="host")
+  with pytest.raises(ValueError, match="photometric='host'.*leave photometric at 'auto'"):
+    configs.validate(refused, num_devices=1, num_processes=1)
+  # Colour in the train step, resizing on the host: a supported mix (the CPU default of "device").
+  mixed = config("photometric", "device", resample="host")
+  assert data.photometric_on_device(mixed) and not data.resample_on_device(mixed)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert data.resample_on_device(config("resample-googlenet", "auto"))
+  assert not data.resample_on_device(config("resample-googlenet", "auto", photometric="host"))
+
+
+@pytest.mark.parametrize("case", WORK)
+def test_a_step_without_preprocess_refuses_a_batch_that_needs_it(case):
   """A custom loop that forgets `device_preprocess` fails when traced, instead of training on
   unfinished images (or raw bytes)."""
-  batch = next(data.create_train_iter(config(key, "device")))
-  with pytest.raises(ValueError, match=f"'{key}'.*device_preprocess"):
+  batch = next(data.create_train_iter(config(case, "device")))
+  with pytest.raises(ValueError, match=f"'{WORK[case][0]}'.*device_preprocess"):
     # Nothing else is needed: the check comes first.
     unused = dict.fromkeys(("model", "tx", "learning_rate_fn", "ema_decay"))
     train.train_step(None, batch, aux_loss_weight=0.0, label_smoothing=0.0, **unused)
 
 
-@pytest.mark.parametrize("key", WORK)
-def test_repaired_batches_carry_the_draws_of_their_rows(tmp_path, key):
+@pytest.mark.parametrize("case", WORK)
+def test_repaired_batches_carry_the_draws_of_their_rows(tmp_path, case):
   """Batches rebuilt around unreadable images (spare rows) finish as the host's do."""
   test_corrupt.write_folder(str(tmp_path))
   batches = {}
   for place in ("host", "device"):
     c = test_corrupt.folder_config(str(tmp_path))
-    c.update({"augment": WORK[key][0], key: place})
+    c.update({"augment": WORK[case][1], WORK[case][0]: place})
     it = data.create_train_iter(c)
     batches[place] = [next(it) for _ in range(10)]
     assert it.skipped == 3  # Each broken file once in the first epoch.
@@ -109,16 +132,16 @@ def test_repaired_batches_carry_the_draws_of_their_rows(tmp_path, key):
     np.testing.assert_allclose(np.asarray(finish(device)), host["image"], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("key", WORK)
-def test_training_with_the_work_in_the_step_matches_the_host_and_resumes_bitwise(tmp_path, key):
+@pytest.mark.parametrize("case", WORK)
+def test_training_with_the_work_in_the_step_matches_the_host_and_resumes_bitwise(tmp_path, case):
   """The train step finishes the batch: two steps as on the host (float32 rounding apart: for the
   colour distortions the parameters agreed to 7e-7; this tiny net amplifies such differences to
   ~1e-4 by step 4), and a run stopped at step 2 and resumed ends with the uninterrupted run's
   bits."""
   overrides = dict(
-      augment=WORK[key][0],
+      augment=WORK[case][1],
       dataset="fake",
-      fake_image_shape=WORK[key][2],
+      fake_image_shape=SHAPES[case],
       num_classes=10,
       eval_split="test",
       ema_decay=None,
@@ -126,7 +149,7 @@ def test_training_with_the_work_in_the_step_matches_the_host_and_resumes_bitwise
   )
 
   def run(place, steps, workdir):
-    c = test_train.tiny_config(4, **{key: place}, **overrides)
+    c = test_train.tiny_config(4, **{WORK[case][0]: place}, **overrides)
     c.num_train_steps = steps
     c.device_prefetch = 0 if steps < 4 else c.device_prefetch
     train.train_and_evaluate(c, str(tmp_path / workdir))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from incres import augment, data, resample
+from incres import augment, data, photometric, resample
 
 import test_device_augment  # tests/ is on the path: the shared config.
 
@@ -178,3 +178,72 @@ def test_streamed_tfds_batches_finish_as_the_hosts_and_resume_exactly():
     np.testing.assert_allclose(np.asarray(finish(device)), host["image"], rtol=0, atol=1e-4)
   for key in resumed:
     np.testing.assert_array_equal(resumed[key], batches["device"][5][key])
+
+
+# --- GoogLeNet: the crop's window resized on the accelerator with its drawn kernel ---------------
+
+
+@pytest.mark.parametrize("kernel", augment.INTERPOLATIONS)
+@pytest.mark.parametrize("shape", [(375, 500), (100, 80), (17, 23), (300, 301), (527, 390)])
+def test_each_kernel_equals_tensorflows_resize(kernel, shape):
+  """`googlenet_view` against `tf.image.resize` (+ clip, + mirror) on sharp noise, enlarged and
+  shrunk up to `device_resize_max_side`: equal to the float32 rounding of the sums (bicubic's
+  table entries chosen exactly as TensorFlow's, whose positions the step computes without FMA)."""
+  rng = np.random.default_rng(3)
+  image = rng.integers(0, 256, shape + (3,), dtype=np.uint8)
+  buffer = np.zeros(augment.device_buffer_bytes(224), np.uint8)
+  buffer[: image.size] = image.reshape(-1)
+  side = augment.device_resize_max_side(224)
+  view = jax.jit(resample.googlenet_view, static_argnums=(2, 3))
+  x = tf.constant(image, tf.float32) / 255.0
+  want = np.clip(tf.image.resize(x, [224, 224], method=kernel).numpy(), 0, 1)
+  for flip in (0.0, 1.0):
+    params = np.array([*shape, augment.INTERPOLATIONS.index(kernel), flip, 0.0], np.float32)
+    got = np.asarray(view(buffer, params, 224, side))
+    np.testing.assert_allclose(got, want[:, ::-1] if flip else want, rtol=0, atol=3e-5)
+
+
+def _googlenet(image, seed, **kw):
+  return augment.googlenet_train(image, seed, size=224, mean=0.0, photometric_on_device=True, **kw)
+
+
+def test_googlenet_device_views_equal_the_host_views():
+  """The whole GoogLeNet view (crop, kernel, flip, colour, mean) from the window and from the
+  host's [0, 1] crop; large photos' windows over `device_resize_max_side` resized on the host."""
+  finish_host = jax.jit(lambda x, p: photometric.finish(x, p, MEAN))
+  finish_device = jax.jit(
+      lambda b, r, p: resample.googlenet_finish(
+          b, r, p, 224, augment.device_resize_max_side(224), MEAN
+      )
+  )
+  kinds = set()
+  for shape in [(375, 500), (150, 110), (1400, 1000)]:
+    encoded = tf.io.encode_jpeg(_photo(shape + (3,)))
+    for i in range(8):
+      host = _googlenet(encoded, _seed(i))
+      out = _googlenet(encoded, _seed(i), resize_on_device=True)
+      params = out["resize"].numpy()
+      resize_seed, flip_seed = augment._seeds(_seed(i), 4)[1:3]
+      drawn = tf.random.stateless_uniform([], resize_seed, maxval=4, dtype=tf.int32).numpy()
+      if params[4] == 0:  # The draws: random_resize's kernel, the flip.
+        assert params[2] == drawn and params[3] == augment._flips(flip_seed).numpy()
+      kinds.add((shape, params[4]))
+      np.testing.assert_array_equal(out["photometric"], host["photometric"])
+      want = np.asarray(finish_host(host["image"].numpy()[None], host["photometric"].numpy()[None]))
+      got = finish_device(
+          out["image"].numpy()[None], params[None], out["photometric"].numpy()[None]
+      )
+      np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-5)
+  assert ((375, 500), 0.0) in kinds and ((1400, 1000), 1.0) in kinds  # Both paths were taken.
+
+
+@pytest.mark.parametrize("normalize", ["auto", "mean_std"])
+def test_googlenet_device_batches_finish_as_the_host_pipelines_batches(normalize):
+  host = next(data.create_train_iter(_config("host", augment="googlenet", normalize=normalize)))
+  config = _config("device", augment="googlenet", normalize=normalize)
+  batch = next(data.create_train_iter(config))
+  assert set(batch) == {"image", "label", "resize", "photometric"}
+  assert batch["image"].dtype == np.uint8 and batch["resize"].shape == (8, 5)
+  np.testing.assert_array_equal(batch["label"], host["label"])
+  finished = np.asarray(jax.jit(data.device_preprocess(config))(batch))
+  np.testing.assert_allclose(finished, host["image"], rtol=0, atol=1e-5)

@@ -1,4 +1,5 @@
-"""ResNet's crop resampling on the accelerator, inside the jitted train step (config `resample`).
+"""The crops' resampling on the accelerator, inside the jitted train step (config `resample`):
+ResNet's (`finish`) and GoogLeNet's (`googlenet_finish`, below).
 
 On the host, ResNet's scale augmentation (`incres.augment.resnet_imagenet_train`) decodes the
 window of the JPEG under the drawn 224 view, resamples it (`tf.image.crop_and_resize`, mirrored

@@ -12,8 +12,8 @@ tf.data pipeline on the same JPEGs (decode_jpeg of the whole image, bilinear res
 antialiasing to a shorter side drawn in [256, 480], random 224 crop, flip), and GoogLeNet's
 augmentation with its photometric distortions on the host and left to the accelerator (config
 `photometric`) and its resize too, and the ResNet augmentation with its resampling left to the
-accelerator (config `resample`); once per core (a child process pinned to one core, so tf.data and TensorFlow have
-one thread's worth of CPU) and once on all cores. Medians over the rounds.
+accelerator (config `resample`); once per core (a child process pinned to one core, so tf.data
+and TensorFlow have one thread's worth of CPU) and once on all cores. Medians over the rounds.
 Default run: about five minutes. Compare with the accelerator's step rate to see whether the input
 pipeline keeps it fed.
 """

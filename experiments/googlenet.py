@@ -16,15 +16,15 @@ Arguments (`--config=experiments/googlenet.py:bn=True,...`):
 
 Recipe (§6): SGD momentum 0.9, learning rate decreased by 4% every 8 epochs (staircase), Polyak
 averaging of the parameters for evaluation, auxiliary losses weighted 0.3; crops of 8%-100% of the
-area with aspect ratio in [3/4, 4/3], photometric distortions in random order (in the train step
-on a GPU or TPU, config `photometric`, as is the resize, config `resample`), random
-interpolation; evaluation: shorter side 256, centre 224 crop. The paper gives no initial rate, batch size, weight decay or length. Chosen here from
-the public BVLC Caffe replication (`bvlc_googlenet` in Caffe's model zoo): lr 0.01, batch 32,
-weight decay 2e-4; length 60 epochs, which is that replication's 2.4M iterations of 32 (our reading
-of its solver; an assumption, not a paper number). The schedule is stated in epochs (60, decay
-every 8, evaluation and checkpoints every 4) and resolved at run time from the training split's
-actual size (incres.configs.resolve_config): on ImageNet's 1,281,167 images at batch 32,
-2,402,188 steps, the rate ×0.96 every 320,292 steps, evaluation every 160,146.
+area with aspect ratio in [3/4, 4/3], photometric distortions in random order (in the train step on
+a GPU or TPU, config `photometric`, as is the resize, config `resample`), random interpolation;
+evaluation: shorter side 256, centre 224 crop. The paper gives no initial rate, batch size, weight
+decay or length. Chosen here from the public BVLC Caffe replication (`bvlc_googlenet` in Caffe's
+model zoo): lr 0.01, batch 32, weight decay 2e-4; length 60 epochs, which is that replication's 2.4M
+iterations of 32 (our reading of its solver; an assumption, not a paper number). The schedule is
+stated in epochs (60, decay every 8, evaluation and checkpoints every 4) and resolved at run time
+from the training split's actual size (incres.configs.resolve_config): on ImageNet's 1,281,167
+images at batch 32, 2,402,188 steps, the rate ×0.96 every 320,292 steps, evaluation every 160,146.
 
 `dataset=digits` (1,497 training digits: 60 epochs = 2,807 steps of 32), measured on one H200
 (jax 0.11.2, float32), test top-1 of the raw / Polyak-averaged parameters by step:

@@ -271,8 +271,16 @@ def device_buffer_bytes(size: int) -> int:
   return max(side * side * 3, 4 * size * size * 3)
 
 
-# Entries of `resized_crop_for_device`'s parameters (float32), before the caller's own.
-DEVICE_RESAMPLE_PARAMS = ("rows", "cols", "y0", "y_step", "x0", "x_step", "host_resampled")
+def _padded(flat: tf.Tensor, capacity: int) -> tf.Tensor:
+  """uint8 `flat` followed by zeros up to `capacity` bytes (flat: an image would be padded by
+  `tf.pad`, 0.6 ms a window on one core)."""
+  filler = tf.zeros([capacity - tf.size(flat)], tf.uint8)
+  return tf.ensure_shape(tf.concat([flat, filler], 0), [capacity])
+
+
+def _shipped(x: tf.Tensor, capacity: int) -> tf.Tensor:
+  """A float32 view's bytes (little-endian) at the start of a `capacity`-byte buffer."""
+  return _padded(tf.reshape(tf.bitcast(x, tf.uint8), [-1]), capacity)
 
 
 def resized_crop_for_device(
@@ -281,15 +289,14 @@ def resized_crop_for_device(
   """`resized_crop`'s view left for the accelerator to resample: `(buffer, params)`.
 
   `buffer` is uint8 `[device_buffer_bytes(size)]`: the decoded window under the view, row-major
-  (`rows`×`cols`×3), zero-padded to a fixed length so that examples batch; `params` is float32
-  `[7]` (`DEVICE_RESAMPLE_PARAMS`): the window's shape, and the sampling positions `y0 + i·y_step`
-  (rows) and `x0 + j·x_step` (columns, descending when flipped) that `tf.image.crop_and_resize`
-  computes for `resized_crop`'s bilinear view, in the window with one replicated row and column
-  each side. `incres.resample.view` samples them on the accelerator: the pixels of `resized_crop`
-  (jitted, up to the rounding of the sampling positions: fused multiply-adds may move one by an
-  ulp, which changes a pixel by that much times the image's local gradient). The buffer is about
-  as large as the float32 view it replaces (623,808 against 602,112 bytes at 224): the host saves
-  the resampling work, not bytes to copy.
+  (`rows`×`cols`×3), zero-padded to a fixed length so that examples batch. `params` is float32
+  `[3 + 2·size]`: `rows`, `cols`, `host_resampled`, then the `size` row and the `size` column
+  sampling positions (columns descending when flipped) that `tf.image.crop_and_resize` computes for
+  `resized_crop`'s bilinear view, in the window with one replicated row and column each side,
+  computed here with its float32 roundings (`y1·(h - 1) + i·step`; on an accelerator XLA would
+  fuse that multiply-add and move positions by an ulp). `incres.resample.view` samples them: the
+  pixels of `resized_crop` to float32 rounding. The buffer is about as large as the float32 view
+  it replaces (623,808 against 602,112 bytes at 224): the host saves the resampling, not bytes.
 
   A view that shrinks its window by more than ANTIALIAS_ABOVE is resampled here (the antialiased
   kernel, which the accelerator does not reproduce), as is one whose window would not fit the
@@ -300,29 +307,26 @@ def resized_crop_for_device(
   window, scale, offset = _decode_view_window(image, size, box_fn)
   shape = tf.shape(window)[:2]
 
-  def padded(flat):
-    return tf.ensure_shape(
-        tf.concat([flat, tf.zeros([capacity - tf.size(flat)], tf.uint8)], 0), [capacity]
-    )
-
   def on_host():
     x = _resample(window, size, scale, offset, flip)
-    params = tf.constant([1, 1, 0, 0, 0, 0, 1], tf.float32)
-    return padded(tf.reshape(tf.bitcast(x, tf.uint8), [-1])), params
+    return _shipped(x, capacity), tf.concat([[1.0, 1.0, 1.0], tf.zeros([2 * size])], 0)
 
   def on_device():
-    # crop_and_resize's own arithmetic: in_y = y1·(height - 1) + i·(y2 - y1)·(height - 1) /
-    # (size - 1), of the padded window (height = rows + 2); likewise for columns.
+    # crop_and_resize's own arithmetic: in_y = y1·(height - 1) + i·((y2 - y1)·(height - 1) /
+    # (size - 1)), of the padded window (height = rows + 2); likewise for columns.
     box = _bilinear_box(shape, size, scale, offset, flip)
     extent = tf.cast(shape, tf.float32) + 1.0
     start = box[:2] * extent
     step = (box[2:] - box[:2]) * extent / float(max(size - 1, 1))
-    shape_f = tf.cast(shape, tf.float32)
-    params = tf.stack([shape_f[0], shape_f[1], start[0], step[0], start[1], step[1], 0.0])
-    return padded(tf.reshape(window, [-1])), params
+    positions = start[:, None] + tf.range(size, dtype=tf.float32)[None, :] * step[:, None]
+    head = tf.concat([tf.cast(shape, tf.float32), [0.0]], 0)
+    return _padded(tf.reshape(window, [-1]), capacity), tf.concat(
+        [head, tf.reshape(positions, [-1])], 0
+    )
 
   fits = tf.size(window) <= capacity
-  return tf.cond(_antialiased(scale) | ~fits, on_host, on_device)
+  buffer, params = tf.cond(_antialiased(scale) | ~fits, on_host, on_device)
+  return buffer, tf.ensure_shape(params, [3 + 2 * size])
 
 
 def resnet_scale_and_offset(
@@ -413,7 +417,7 @@ def resnet_imagenet_train(
 
   `resample_on_device=True` stops after decoding the window and returns `{"image": the window
   (uint8 buffer), "resample": its sampling parameters and the colour shift}`
-  (`resized_crop_for_device`; float32 `[10]`: `DEVICE_RESAMPLE_PARAMS`, then the PCA shift): the
+  (`resized_crop_for_device`'s `[3 + 2·size]`, then the PCA shift's 3): the
   accelerator resamples, flips and normalises the batch (`incres.resample.finish`, in the train
   step) with the same draws, to float32 rounding. `mean` is then not used.
   """
@@ -561,8 +565,9 @@ def random_resize(image: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
 
 def device_resize_max_side(size: int) -> int:
   """The longest window side `googlenet_train(..., resize_on_device=True)` leaves to the
-  accelerator: one that fits `device_buffer_bytes(size)` at GoogLeNet's most elongated aspect
-  (4/3), and at most a 3x shrink (area's TAPS in `incres.resample`)."""
+  accelerator: about the longest that fits `device_buffer_bytes(size)` at GoogLeNet's most
+  elongated aspect (4/3; the buffer's size is checked too), and at most a 3x shrink (area's TAPS
+  in `incres.resample`)."""
   pixels = device_buffer_bytes(size) // 3
   return min(3 * size, math.isqrt(pixels * 4 // 3) + 1)
 
@@ -587,11 +592,12 @@ def googlenet_train(
   `{"image": [0, 1] image, "photometric": photometric_params}`: the accelerator finishes the batch
   (`incres.photometric.finish`, in the train step) with the same draws, to float32 rounding.
   `resize_on_device=True` (with it) stops after decoding the crop's window: `"image"` is the window,
-  uint8, flattened and zero-padded to `device_buffer_bytes(size)`, and `"resize"` float32 `[5]`
-  says how to finish it: its rows and columns, the drawn kernel (an index into INTERPOLATIONS),
-  the flip, and 1 where the host resized it itself (a window with a side over
+  uint8, flattened and zero-padded to `device_buffer_bytes(size)`, and `"resize"` float32
+  `[5 + 2·(2·size + 2)]` says how to finish it: its rows and columns, the drawn kernel (an index
+  into INTERPOLATIONS), the flip, 1 where the host resized it itself (a window with a side over
   `device_resize_max_side(size)`: its [0, 1] float32 pixels' bytes, flipped, fill the buffer's
-  start). `incres.resample.googlenet_finish` resizes, flips and distorts in the train step.
+  start), then each axis' sampling positions (`_resize_positions`).
+  `incres.resample.googlenet_finish` resizes, flips and distorts in the train step.
   """
   crop_seed, resize_seed, flip_seed, color_seed = _seeds(seed, 4)
   # Of a JPEG only the crop is decoded.
@@ -610,6 +616,17 @@ def googlenet_train(
   return x - mean
 
 
+def _resize_positions(length: tf.Tensor, size: int) -> tf.Tensor:
+  """float32 `[1 + size + (size + 1)]` for one axis of `length` pixels resized to `size` by
+  `tf.image.resize`: the scale `length / size`, the half-pixel positions `(i + 0.5)·scale`
+  (nearest; minus 0.5, bilinear and bicubic) and the cell edges `i·scale` (area), with the
+  kernels' float32 roundings (an accelerator's compiler could fuse or reorder them, and one ulp
+  can change a bicubic weight)."""
+  scale = tf.cast(length, tf.float32) / float(size)
+  i = tf.range(size + 1, dtype=tf.float32)
+  return tf.concat([[scale], (i[:size] + 0.5) * scale, i * scale], 0)
+
+
 def _googlenet_window_for_device(
     window: tf.Tensor, size: int, resize_seed: tf.Tensor, flip_seed: tf.Tensor
 ) -> dict[str, tf.Tensor]:
@@ -618,24 +635,23 @@ def _googlenet_window_for_device(
   which = tf.random.stateless_uniform([], resize_seed, maxval=len(INTERPOLATIONS), dtype=tf.int32)
   mirrored = _flips(flip_seed)  # stateless_random_flip_left_right's decision.
   shape = tf.shape(window)[:2]
-
-  def padded(flat):
-    filler = tf.zeros([capacity - tf.size(flat)], tf.uint8)
-    return tf.ensure_shape(tf.concat([flat, filler], 0), [capacity])
+  axis_params = 2 * size + 2
 
   def on_host():
     x = random_resize(_to_float(window), size, resize_seed)
     x = tf.where(mirrored, tf.reverse(x, [1]), x)
-    return padded(tf.reshape(tf.bitcast(x, tf.uint8), [-1])), tf.constant([1, 1, 0, 0, 1.0])
+    return _shipped(x, capacity), tf.concat([[1, 1, 0, 0, 1.0], tf.ones([2 * axis_params])], 0)
 
   def on_device():
     rows, cols = tf.unstack(tf.cast(shape, tf.float32))
     kernel, flip = tf.cast(which, tf.float32), tf.cast(mirrored, tf.float32)
-    return padded(tf.reshape(window, [-1])), tf.stack([rows, cols, kernel, flip, 0.0])
+    head = tf.stack([rows, cols, kernel, flip, 0.0])
+    axes = [_resize_positions(shape[0], size), _resize_positions(shape[1], size)]
+    return _padded(tf.reshape(window, [-1]), capacity), tf.concat([head, *axes], 0)
 
   fits = tf.reduce_max(shape) <= device_resize_max_side(size)
   buffer, params = tf.cond(fits & (tf.size(window) <= capacity), on_device, on_host)
-  return {"image": buffer, "resize": params}
+  return {"image": buffer, "resize": tf.ensure_shape(params, [5 + 2 * axis_params])}
 
 
 def eval_single(image: tf.Tensor, *, size: int, mean: tf.Tensor) -> tf.Tensor:

@@ -1,9 +1,9 @@
 """What every part of an augmentation left to the train step must keep (issue #15): GoogLeNet's
 colour distortions (config `photometric`, tests/test_photometric.py) and the crops' resampling of
-ResNet and GoogLeNet (config `resample`, tests/test_resample.py). Batches resume exactly, "auto" moves the work only
-on accelerators, a step built without `device_preprocess` refuses such a batch, batches repaired
-around unreadable files keep their rows' draws, and training matches the host pipeline's and
-resumes bitwise; bad values are refused with what to do.
+ResNet and GoogLeNet (config `resample`, tests/test_resample.py). Batches resume exactly, "auto"
+moves the work only on accelerators, a step built without `device_preprocess` refuses such a batch,
+batches repaired around unreadable files keep their rows' draws, and training matches the host
+pipeline's and resumes bitwise; bad values are refused with what to do.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ The host draws them (`augment.photometric_params`), the train step applies them
 (`photometric.finish`): the same draws as `tf.image.stateless_random_*`, the same pixels as
 TensorFlow's kernels to float32 rounding, the same training, and exact resume.
 
-What both moves must keep (resume, 'auto', refusals, repairs, training) is in tests/test_device_augment.py.
+What every such move must keep (resume, 'auto', refusals, repairs, training) is in
+tests/test_device_augment.py.
 """
 
 from __future__ import annotations

@@ -215,7 +215,8 @@ def test_end_to_end_json(tmp_path, capsys):
     "overrides",
     [
         dict(augment="resnet_imagenet", resample="device"),
-        dict(augment="googlenet", photometric="device"),
+        dict(augment="googlenet", photometric="device", resample="host"),
+        dict(augment="googlenet", resample="device"),
     ],
 )
 def test_end_to_end_times_the_model_with_the_work_left_to_the_train_step(overrides):

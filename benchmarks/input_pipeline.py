@@ -152,12 +152,13 @@ def side_by_side(batch_size: int, seconds: float, rounds: int) -> dict:
   resnet_device = _config(batch_size, augment="resnet_imagenet", image_size=224, resample="device")
   center = _config(batch_size, eval_preprocess="center", image_size=224)
   googlenet = {
-      place: _config(batch_size, augment="googlenet", image_size=224, photometric=place)
-      for place in ("host", "device")
+      name: _config(batch_size, augment="googlenet", image_size=224, **places)
+      for name, places in (
+          ("host", dict(photometric="host", resample="host")),
+          ("device", dict(photometric="device", resample="host")),
+          ("resize", dict(resample="device")),
+      )
   }
-  for config in googlenet.values():
-    config.resample = "host"
-  googlenet["resize"] = _config(batch_size, augment="googlenet", image_size=224, resample="device")
 
   def before(config, evaluate):
     with _before_issue_15():

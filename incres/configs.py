@@ -236,17 +236,6 @@ def _check_place(config: ml_collections.ConfigDict, key: str) -> str:
         f"{key}='device' moves {what} of augment={names} into the train step, but this run's"
         f" augment is {config.augment!r}, which has none: leave {key} at 'auto'."
     )
-  if (
-      key == "resample"
-      and place == "device"
-      and config.augment == "googlenet"
-      and config.get("photometric", "auto") == "host"
-  ):
-    raise ValueError(
-        "resample='device' resizes GoogLeNet's crops in the train step, but photometric='host'"
-        " asks for their colour distortions, which come after the resize, in the input pipeline:"
-        " leave photometric at 'auto' (or set resample='host')."
-    )
   return place
 
 
@@ -256,8 +245,16 @@ def check_photometric(config: ml_collections.ConfigDict) -> str:
 
 
 def check_resample(config: ml_collections.ConfigDict) -> str:
-  """`config.resample`, or ValueError if it is not a place or asks for "device" in vain."""
-  return _check_place(config, "resample")
+  """`config.resample`, or ValueError if it is not a place, asks for "device" in vain, or would
+  resize GoogLeNet's crops in the train step with their colour distortions kept on the host."""
+  place = _check_place(config, "resample")
+  if place == "device" and config.augment == "googlenet" and config.get("photometric") == "host":
+    raise ValueError(
+        "resample='device' resizes GoogLeNet's crops in the train step, but photometric='host'"
+        " asks for their colour distortions, which come after the resize, in the input pipeline:"
+        " leave photometric at 'auto' (or set resample='host')."
+    )
+  return place
 
 
 # Step-valued config keys and the epoch-valued keys they are derived from by `resolve_config`.

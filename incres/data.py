@@ -646,7 +646,7 @@ def _train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor | dict[str, 
   finish it (ResNet: `'resample'`, `augment.resized_crop_for_device`; GoogLeNet: `'resize'` and
   `'photometric'`), resampled and normalised by `device_preprocess`."""
   size = config.image_size
-  if config.augment == "googlenet" and photometric_on_device(config):
+  if photometric_on_device(config):  # GoogLeNet only.
     return functools.partial(
         augment.googlenet_train,
         size=size,

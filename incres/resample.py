@@ -70,9 +70,11 @@ def view(buffer: jax.Array, params: jax.Array, size: int) -> jax.Array:
     index = rows[:, None] * cols + columns[None, :]
     return jnp.take(pixels, index, axis=0, mode="clip").astype(jnp.float32)
 
+  top_left, top_right = read(top, left), read(top, right)
+  bottom_left, bottom_right = read(bottom, left), read(bottom, right)
   dx = dx[None, :, None]
-  upper = read(top, left) + (read(top, right) - read(top, left)) * dx
-  lower = read(bottom, left) + (read(bottom, right) - read(bottom, left)) * dx
+  upper = top_left + (top_right - top_left) * dx
+  lower = bottom_left + (bottom_right - bottom_left) * dx
   sampled = upper + (lower - upper) * dy[:, None, None]
   return jnp.where(params[_HOST_RESAMPLED] > 0.5, _shipped(buffer, size), sampled)
 

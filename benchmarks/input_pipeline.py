@@ -12,7 +12,8 @@ tf.data pipeline on the same JPEGs (decode_jpeg of the whole image, bilinear res
 antialiasing to a shorter side drawn in [256, 480], random 224 crop, flip), and GoogLeNet's
 augmentation with its photometric distortions on the host and left to the accelerator (config
 `photometric`) and its resize too, and the ResNet augmentation with its resampling left to the
-accelerator (config `resample`); once per core (a child process pinned to one core, so tf.data
+accelerator (config `resample`), and the floor under all of them: decoding each whole JPEG and
+nothing else (`tf.io.decode_jpeg`); once per core (a child process pinned to one core, so tf.data
 and TensorFlow have one thread's worth of CPU) and once on all cores. Medians over the rounds.
 Default run: about five minutes. Compare with the accelerator's step rate to see whether the input
 pipeline keeps it fed.
@@ -137,7 +138,24 @@ def _plain_iter(batch_size: int):
     return {"image": tf.image.stateless_random_flip_left_right(image, flip_seed), "label": i}
 
   ds = tf.data.Dataset.range(2**62).map(example, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return _options(ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+
+
+def _decode_iter(batch_size: int):
+  """The host's floor: `tf.io.decode_jpeg` of each whole JPEG of the same pool, nothing else (a
+  pixel of each is kept, so that the decode runs and the batches stay small)."""
+  pool = tf.constant(data._fake_pool(IMAGENET_SHAPE, data.FAKE_POOL_SIZE).astype(bytes))
+
+  def example(i):
+    image = tf.io.decode_jpeg(pool[i % data.FAKE_POOL_SIZE], channels=3)
+    return {"pixel": image[0, 0], "label": i}
+
+  ds = tf.data.Dataset.range(2**62).map(example, num_parallel_calls=tf.data.AUTOTUNE)
+  return _options(ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+
+
+def _options(ds: tf.data.Dataset):
+  """`ds` as a numpy iterator, with one thread per core as incres' pipelines when pinned."""
   if data._host_threads() == 1:  # Per core: as incres' pipelines (which set it everywhere).
     options = tf.data.Options()
     options.threading.private_threadpool_size = 1
@@ -179,6 +197,8 @@ def side_by_side(batch_size: int, seconds: float, rounds: int) -> dict:
       "googlenet, colour on device": lambda: _rate(googlenet["device"], False, seconds),
       # ... and its resize and flip too (the host decodes the crop's window, incres.resample).
       "googlenet, resize on device": lambda: _rate(googlenet["resize"], False, seconds),
+      # What no host pipeline of these JPEGs can beat without another decoder.
+      "jpeg decode only (floor)": lambda: _timed(lambda: _decode_iter(batch_size), seconds),
   }
   rates = {name: [] for name in cases}
   for _ in range(rounds):
@@ -269,6 +289,14 @@ def _print_side_by_side(args, cores: int) -> None:
       f"{med['center eval, after'] / med['center eval, before']:.2f}x; googlenet host share with"
       f" its colour distortions on the accelerator {colour:.2f}x, and its resize too"
       f" {med['googlenet, resize on device'] / med['googlenet, host']:.2f}x",
+      flush=True,
+  )
+  floor = med["jpeg decode only (floor)"]
+  print(
+      f"  against decoding each whole JPEG and nothing else ({floor:.0f}/s): resnet with its"
+      f" resampling on the accelerator {resampled / floor:.2f}x, googlenet with its resize"
+      f" {med['googlenet, resize on device'] / floor:.2f}x, plain tf.data"
+      f" {med['plain tf.data'] / floor:.2f}x",
       flush=True,
   )
 

@@ -273,3 +273,46 @@ def test_conv_weight_grad_table(capsys):
   assert [r.split("|")[1].strip() for r in rows] == ["4, 8, 16->16, 3x3/1", "4, 9, 3->8, 7x7/2"]
   for row in rows:
     assert all(float(v) > 0 for v in row.strip("|").split("|")[1:])
+
+
+@pytest.mark.slow
+def test_input_pipeline_side_by_side_names_every_case_and_the_decode_floor(capsys):
+  import input_pipeline  # noqa: E402  (benchmarks/ is not a package)
+
+  input_pipeline.main(
+      ["--table=false", "--side_by_side=here", "--seconds=0.01", "--rounds=1", "--batch_size=2"]
+  )
+  out = capsys.readouterr().out
+  rates = {}
+  for line in out.splitlines():
+    name, _, rest = line.strip().partition("  ")
+    if rest.strip().endswith(")") and rest.split()[0].replace(".", "").isdigit():
+      rates[name.strip()] = float(rest.split()[0])
+  assert set(rates) == {
+      "resnet train, before",
+      "resnet train, after",
+      "resnet, resample on device",
+      "plain tf.data",
+      "center eval, before",
+      "center eval, after",
+      "googlenet, host",
+      "googlenet, colour on device",
+      "googlenet, resize on device",
+      "jpeg decode only (floor)",
+  }, out
+  assert all(math.isfinite(r) and r > 0 for r in rates.values()), rates
+  assert "against decoding each whole JPEG and nothing else" in out, out
+
+
+def test_input_pipeline_decode_floor_decodes_each_whole_jpeg():
+  import input_pipeline  # noqa: E402
+
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  from incres import data  # pylint: disable=g-import-not-at-top  (TensorFlow)
+
+  batch = next(input_pipeline._decode_iter(3))
+  pool = data._fake_pool(input_pipeline.IMAGENET_SHAPE, data.FAKE_POOL_SIZE)
+  want = [tf.io.decode_jpeg(pool[i], channels=3).numpy()[0, 0] for i in range(3)]
+  np.testing.assert_array_equal(batch["pixel"], np.stack(want))
+  np.testing.assert_array_equal(batch["label"], [0, 1, 2])

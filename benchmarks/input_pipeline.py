@@ -15,8 +15,9 @@ augmentation with its photometric distortions on the host and left to the accele
 accelerator (config `resample`), and the floor under all of them: decoding each whole JPEG and
 nothing else (`tf.io.decode_jpeg`); once per core (a child process pinned to one core, so tf.data
 and TensorFlow have one thread's worth of CPU) and once on all cores. Medians over the rounds.
-Default run: about five minutes. Compare with the accelerator's step rate to see whether the input
-pipeline keeps it fed.
+`--table=false --seconds=6` took 7 min 40 s on 2 cores (the default takes longer). Compare with
+the accelerator's step rate to see whether the input pipeline keeps it fed. `--decoders` also times
+libjpeg's cheaper settings against the floor.
 """
 
 from __future__ import annotations
@@ -141,13 +142,14 @@ def _plain_iter(batch_size: int):
   return _options(ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
 
 
-def _decode_iter(batch_size: int):
-  """The host's floor: `tf.io.decode_jpeg` of each whole JPEG of the same pool, nothing else (a
-  pixel of each is kept, so that the decode runs and the batches stay small)."""
+def _decode_iter(batch_size: int, **decode_options):
+  """The host's floor: `tf.io.decode_jpeg(..., **decode_options)` of each whole JPEG of the same
+  pool, nothing else (a pixel of each is kept, so that the decode runs and the batches stay
+  small)."""
   pool = tf.constant(data._fake_pool(IMAGENET_SHAPE, data.FAKE_POOL_SIZE).astype(bytes))
 
   def example(i):
-    image = tf.io.decode_jpeg(pool[i % data.FAKE_POOL_SIZE], channels=3)
+    image = tf.io.decode_jpeg(pool[i % data.FAKE_POOL_SIZE], channels=3, **decode_options)
     return {"pixel": image[0, 0], "label": i}
 
   ds = tf.data.Dataset.range(2**62).map(example, num_parallel_calls=tf.data.AUTOTUNE)
@@ -207,6 +209,23 @@ def side_by_side(batch_size: int, seconds: float, rounds: int) -> dict:
   return rates
 
 
+# libjpeg's cheaper settings, each tried against the floor with `--decoders` (both change pixels).
+DECODERS = {
+    "decode_jpeg (as incres)": {},
+    "dct_method=INTEGER_FAST": dict(dct_method="INTEGER_FAST"),
+    "ratio=2 (half-size DCT)": dict(ratio=2),
+}
+
+
+def decoders(batch_size: int, seconds: float, rounds: int) -> dict:
+  """{name: [images/s per round]} of `_decode_iter` with each of DECODERS, alternating."""
+  rates = {name: [] for name in DECODERS}
+  for _ in range(rounds):
+    for name, options in DECODERS.items():
+      rates[name].append(_timed(lambda o=options: _decode_iter(batch_size, **o), seconds))
+  return rates
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   """Measures every row and prints the tables."""
   args = flags.FlagValues()
@@ -226,6 +245,13 @@ def main(argv: Sequence[str] | None = None) -> None:
       ["both", "here", "none"],
       "both: per core (a child process pinned to one core) and on all cores; here: in this "
       "process only, on the cores it may use.",
+      flag_values=args,
+  )
+  flags.DEFINE_bool(
+      "decoders",
+      False,
+      "Also time whole-JPEG decoding with libjpeg's cheaper settings (DECODERS), alternating, "
+      "on the cores this process may use.",
       flag_values=args,
   )
   cli.parse(
@@ -255,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # starts a thread (so its pools have one core too).
     flags_ = ["--table=false", "--side_by_side=here", f"--seconds={args.seconds}"]
     flags_ += [f"--batch_size={args.batch_size}", f"--rounds={args.rounds}"]
+    flags_ += ["--decoders" if args.decoders else "--nodecoders"]
     pin = (
         f"import os, runpy, sys; os.sched_setaffinity(0, {{{min(os.sched_getaffinity(0))}}}); "
         f"sys.argv = {[os.path.abspath(__file__)] + flags_!r}; "
@@ -264,6 +291,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     subprocess.run([sys.executable, "-c", pin], check=True)
   if args.side_by_side != "none":
     _print_side_by_side(args, cores)
+  if args.decoders:
+    rates = decoders(args.batch_size, args.seconds, args.rounds)
+    base = statistics.median(rates["decode_jpeg (as incres)"])
+    print(f"\nWhole-JPEG decoding on {cores} cores: images/s, median of {args.rounds} rounds")
+    for name, r in rates.items():
+      med = statistics.median(r)
+      print(f"  {name:<28} {med:>7.0f}   {med / base:.2f}x   ({' '.join(f'{x:.0f}' for x in r)})")
 
 
 def _print_side_by_side(args, cores: int) -> None:

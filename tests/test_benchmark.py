@@ -280,7 +280,14 @@ def test_input_pipeline_side_by_side_names_every_case_and_the_decode_floor(capsy
   import input_pipeline  # noqa: E402  (benchmarks/ is not a package)
 
   input_pipeline.main(
-      ["--table=false", "--side_by_side=here", "--seconds=0.01", "--rounds=1", "--batch_size=2"]
+      [
+          "--table=false",
+          "--side_by_side=here",
+          "--seconds=0.01",
+          "--rounds=1",
+          "--batch_size=2",
+          "--decoders",
+      ]
   )
   out = capsys.readouterr().out
   rates = {}
@@ -299,6 +306,7 @@ def test_input_pipeline_side_by_side_names_every_case_and_the_decode_floor(capsy
       "googlenet, colour on device",
       "googlenet, resize on device",
       "jpeg decode only (floor)",
+      *input_pipeline.DECODERS,
   }, out
   assert all(math.isfinite(r) and r > 0 for r in rates.values()), rates
   assert "against decoding each whole JPEG and nothing else" in out, out
@@ -311,8 +319,9 @@ def test_input_pipeline_decode_floor_decodes_each_whole_jpeg():
 
   from incres import data  # pylint: disable=g-import-not-at-top  (TensorFlow)
 
-  batch = next(input_pipeline._decode_iter(3))
   pool = data._fake_pool(input_pipeline.IMAGENET_SHAPE, data.FAKE_POOL_SIZE)
-  want = [tf.io.decode_jpeg(pool[i], channels=3).numpy()[0, 0] for i in range(3)]
-  np.testing.assert_array_equal(batch["pixel"], np.stack(want))
-  np.testing.assert_array_equal(batch["label"], [0, 1, 2])
+  for options in input_pipeline.DECODERS.values():
+    batch = next(input_pipeline._decode_iter(3, **options))
+    want = [tf.io.decode_jpeg(pool[i], channels=3, **options).numpy()[0, 0] for i in range(3)]
+    np.testing.assert_array_equal(batch["pixel"], np.stack(want))
+    np.testing.assert_array_equal(batch["label"], [0, 1, 2])

@@ -320,8 +320,14 @@ def test_input_pipeline_decode_floor_decodes_each_whole_jpeg():
   from incres import data  # pylint: disable=g-import-not-at-top  (TensorFlow)
 
   pool = data._fake_pool(input_pipeline.IMAGENET_SHAPE, data.FAKE_POOL_SIZE)
-  for options in input_pipeline.DECODERS.values():
+  shapes = {}
+  for name, options in input_pipeline.DECODERS.items():
     batch = next(input_pipeline._decode_iter(3, **options))
-    want = [tf.io.decode_jpeg(pool[i], channels=3, **options).numpy()[0, 0] for i in range(3)]
-    np.testing.assert_array_equal(batch["pixel"], np.stack(want))
+    want = [tf.io.decode_jpeg(pool[i], channels=3, **options).numpy() for i in range(3)]
+    np.testing.assert_array_equal(batch["last_pixel"], [w[-1, -1] for w in want])
+    np.testing.assert_array_equal(batch["shape"], [w.shape for w in want])
     np.testing.assert_array_equal(batch["label"], [0, 1, 2])
+    shapes[name] = tuple(batch["shape"][0])
+  half = (188, 250, 3)  # ratio=2 decodes the half-size image; every other setting the whole one.
+  assert shapes.pop("ratio=2 (half-size DCT)") == half
+  assert set(shapes.values()) == {input_pipeline.IMAGENET_SHAPE}, shapes

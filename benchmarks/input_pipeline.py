@@ -17,7 +17,7 @@ nothing else (`tf.io.decode_jpeg`); once per core (a child process pinned to one
 and TensorFlow have one thread's worth of CPU) and once on all cores. Medians over the rounds.
 `--table=false --seconds=6` took 7 min 40 s on 2 cores (the default takes longer). Compare with
 the accelerator's step rate to see whether the input pipeline keeps it fed. `--decoders` also times
-libjpeg's cheaper settings against the floor.
+libjpeg's other settings against the floor.
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   flags.DEFINE_bool(
       "decoders",
       False,
-      "Also time whole-JPEG decoding with libjpeg's cheaper settings (DECODERS), alternating, "
+      "Also time whole-JPEG decoding with libjpeg's other settings (DECODERS), alternating, "
       "on the cores this process may use.",
       flag_values=args,
   )

@@ -933,8 +933,9 @@ def create_train_iter(config, *, start_step: int = 0) -> Iterator[dict[str, np.n
   """Yields {'image': float32 [B_local, S, S, 3], 'label': int32 [B_local]} forever; where the
   train step finishes the augmentation (`device_preprocess(config)`), 'image' is its input:
   the undistorted [0, 1] image plus 'photometric' float32 [B_local, 8]
-  (`photometric_on_device(config)`), or the crops' windows, uint8 [B_local, N], plus 'resample'
-  float32 [B_local, 10] (ResNet) or 'resize' [B_local, 5] and 'photometric' (GoogLeNet) where
+  (`photometric_on_device(config)`), or the crops' windows, uint8 [B_local, N]
+  (N = `augment.device_buffer_bytes(S)`), plus 'resample' float32 [B_local, 3 + 2·S + 3] (ResNet)
+  or 'resize' [B_local, 5 + 2·(2·S + 2)] and 'photometric' (GoogLeNet) where
   `resample_on_device(config)`.
 
   B_local = config.batch_size // jax.process_count(). The batch at step k depends only on

@@ -110,6 +110,24 @@ def _cluster_in_environment() -> bool:
   )
 
 
+def connect_cpu_collectives() -> None:
+  """Makes gloo connect the processes now, while they are in step, not at the first train step.
+
+  jaxlib (0.10.2) opens gloo's connections between CPU processes at their first cross-process
+  collective and waits only 30 s there for the other processes (`GetKeyValue() timed out ...
+  cpu:gloo`, a fixed deadline that `--xla_cpu_collective_timeout_seconds` does not lengthen). A
+  process that arrives later, e.g. one whose compilation ran slower on a loaded host, fails the
+  run ("Gloo context initialization failed"; the others then abort with "Terminating process
+  because the JAX distributed service detected fatal errors"). Once connected, collectives wait
+  for late processes as long as XLA's collective timeout allows. `jax.distributed.initialize`
+  returns when every process has joined, so one small collective over all devices right after it
+  connects them while they are in step.
+  """
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  multihost_utils.sync_global_devices("incres: connect the processes' CPU collectives")
+
+
 def initialize_distributed(
     mode: str = "auto",
     coordinator_address: str | None = None,
@@ -137,6 +155,8 @@ def initialize_distributed(
     )
   else:  # JAX reads SLURM / Open MPI / Cloud TPU environments itself.
     jax.distributed.initialize()
+  if jax.process_count() > 1 and jax.default_backend() == "cpu":
+    connect_cpu_collectives()
   absl_logging.info(
       "jax.distributed: process %d of %d, %d local / %d global devices.",
       jax.process_index(),

@@ -9,8 +9,10 @@ more on the first step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -65,40 +67,80 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _why(err: str) -> str:
+  """A failed process's error lines, then its last lines (alone those can be faulthandler's list
+  of extension modules after an abort)."""
+  errors = [line for line in err.splitlines() if re.search(r"Error|^[EF]\d{4} ", line)]
+  return "\n".join(errors[:30])[-4000:] + "\n...\n" + err[-1500:]
+
+
+@contextlib.contextmanager
+def _processes(commands: list[list[str]]):
+  """Starts one process per command; on the way out, kills any still running (never leaves one)."""
+  procs = [
+      subprocess.Popen(c, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for c in commands
+  ]
+  try:
+    yield procs
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+      p.communicate()
+
+
+def _finish(procs: list[subprocess.Popen]) -> list[str]:
+  """Waits for every process, then checks that each exited 0; returns their stderr."""
+  errs = [p.communicate(timeout=400)[1] for p in procs]
+  for i, (p, err) in enumerate(zip(procs, errs)):
+    assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{_why(err)}"
+  return errs
+
+
 def test_two_processes_end_with_the_parameters_of_one(tmp_path):
   cache = str(tmp_path / "cache")
   port = _free_port()
   common = [sys.executable, LAUNCH, f"--config={TINY}", f"--jax_cache_dir={cache}"]
   two = [
-      subprocess.Popen(
-          common
-          + [
-              f"--workdir={tmp_path / 'two'}",
-              f"--coordinator_address=localhost:{port}",
-              "--num_processes=2",
-              f"--process_id={i}",
-          ],
-          env=_env(),
-          stdout=subprocess.PIPE,
-          stderr=subprocess.PIPE,
-          text=True,
-      )
+      common
+      + [
+          f"--workdir={tmp_path / 'two'}",
+          f"--coordinator_address=localhost:{port}",
+          "--num_processes=2",
+          f"--process_id={i}",
+      ]
       for i in range(2)
   ]
-  one = subprocess.run(
-      common + [f"--workdir={tmp_path / 'one'}"],
-      env=_env(),
-      capture_output=True,
-      text=True,
-      timeout=400,
-  )
-  assert one.returncode == 0, one.stderr[-3000:]
-  for p in two:
-    _, err = p.communicate(timeout=400)
-    assert p.returncode == 0, err[-3000:]
+  with _processes(two) as procs:
+    one = subprocess.run(
+        common + [f"--workdir={tmp_path / 'one'}"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert one.returncode == 0, _why(one.stderr)
+    _, err = _finish(procs)
   assert "process 1 of 2" in err
   # Process 0 alone writes logs; both wrote their halves of the checkpoint.
   a = jax.device_get(checkpoint.load_variables(str(tmp_path / "two"))[2])
   b = jax.device_get(checkpoint.load_variables(str(tmp_path / "one"))[2])
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5)
+
+
+def test_a_process_that_reaches_the_first_collective_late_still_joins(tmp_path):
+  """jaxlib's gloo gives processes 30 s to reach their first collective together (a fixed deadline,
+  see `runtime.connect_cpu_collectives`): a process 35 s late there failed the run (and aborted the
+  other) before `initialize_distributed` connected them."""
+  port = _free_port()
+  out = [tmp_path / f"{i}.json" for i in range(2)]
+  late = [[sys.executable, HELPER, "late", str(out[i]), str(port), str(i), "35"] for i in range(2)]
+  with _processes(late) as procs:
+    _finish(procs)
+  for path in out:
+    with open(path) as f:
+      r = json.load(f)
+    assert r["devices"] == 2
+    assert r["sum"] == 3.0  # 1 from process 0's device, 2 from process 1's.

@@ -111,20 +111,27 @@ def _cluster_in_environment() -> bool:
 
 
 def connect_cpu_collectives() -> None:
-  """Makes gloo connect the processes now, while they are in step, not at the first train step.
+  """Connects the processes' gloo groups now, while they are in step, not at the first train step.
 
-  jaxlib (0.10.2) opens gloo's connections between CPU processes at their first cross-process
-  collective and waits only 30 s there for the other processes (`GetKeyValue() timed out ...
-  cpu:gloo`, a fixed deadline that `--xla_cpu_collective_timeout_seconds` does not lengthen). A
-  process that arrives later, e.g. one whose compilation ran slower on a loaded host, fails the
-  run ("Gloo context initialization failed"; the others then abort with "Terminating process
-  because the JAX distributed service detected fatal errors"). Once connected, collectives wait
-  for late processes as long as XLA's collective timeout allows. `jax.distributed.initialize`
-  returns when every process has joined, so one small collective over all devices right after it
-  connects them while they are in step.
+  jaxlib (0.10.2) connects a gloo group at its first collective and waits a fixed 30 s there for
+  the other processes (`GetKeyValue() timed out ... cpu:gloo`, which the flag
+  `--xla_cpu_collective_timeout_seconds` does not change). A process that arrives later, e.g. one
+  that compiled slower on a loaded host, fails the run ("Gloo context initialization failed"; the
+  others then abort). Connected groups wait for a late process (tests/test_distributed.py: 40 s).
+  `jax.distributed.initialize` returns when all processes have joined, so this connects, right
+  after it, the groups incres uses: the train step's over every device of the ('data',) mesh, and
+  those of `jax.experimental.multihost_utils` (orbax's barriers, `process_allgather` in train.py),
+  one per local device index when processes have several devices.
   """
+  import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
 
+  from incres import state  # pylint: disable=g-import-not-at-top
+
+  data = jax.sharding.NamedSharding(state.create_mesh(), jax.sharding.PartitionSpec("data"))
+  ones = jax.make_array_from_process_local_data(data, np.ones(jax.local_device_count(), np.int32))
+  jax.block_until_ready(jax.jit(jax.numpy.sum)(ones))
   multihost_utils.sync_global_devices("incres: connect the processes' CPU collectives")
 
 
@@ -155,8 +162,6 @@ def initialize_distributed(
     )
   else:  # JAX reads SLURM / Open MPI / Cloud TPU environments itself.
     jax.distributed.initialize()
-  if jax.process_count() > 1 and jax.default_backend() == "cpu":
-    connect_cpu_collectives()
   absl_logging.info(
       "jax.distributed: process %d of %d, %d local / %d global devices.",
       jax.process_index(),
@@ -164,6 +169,8 @@ def initialize_distributed(
       jax.local_device_count(),
       jax.device_count(),
   )
+  if jax.process_count() > 1 and jax.default_backend() == "cpu":
+    connect_cpu_collectives()
 
 
 def setup_jax(

@@ -2,9 +2,11 @@
 
 python tests/distributed_helper.py mesh OUT.json WORKDIR
     8 forced host devices: trains once on all 8 and once on 1, writes both loss trajectories.
-python tests/distributed_helper.py late OUT.json PORT PROCESS_ID DELAY
+python tests/distributed_helper.py late OUT.json PORT PROCESS_ID DELAY FIRST
     One of two processes joined by `runtime.initialize_distributed`: process 1 waits DELAY seconds,
-    then both sum one value per device over incres' mesh and write the sum.
+    then both run the collectives incres uses, FIRST ("sum" or "allgather") first: a sum over
+    every device of incres' mesh (the train step's group) and `process_allgather` (train.py's,
+    one group per local device index); writes their results.
 """
 
 from __future__ import annotations
@@ -29,29 +31,43 @@ def tiny_config(steps: int):
   )
 
 
-def late(out: str, port: str, process_id: str, delay: str) -> None:
+def late(out: str, port: str, process_id: str, delay: str, first: str) -> None:
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   from incres import runtime  # pylint: disable=g-import-not-at-top
   from incres import state as state_lib  # pylint: disable=g-import-not-at-top
 
   runtime.initialize_distributed("auto", f"localhost:{port}", 2, int(process_id))
   if jax.process_index() == 1:
     time.sleep(float(delay))
-  mesh = state_lib.create_mesh()
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  mine = np.full((jax.local_device_count(),), jax.process_index() + 1, np.float32)
-  total = jax.jit(jax.numpy.sum)(jax.make_array_from_process_local_data(sharding, mine))
+
+  def mesh_sum():
+    sharding = jax.sharding.NamedSharding(
+        state_lib.create_mesh(), jax.sharding.PartitionSpec("data")
+    )
+    mine = np.full((jax.local_device_count(),), jax.process_index() + 1, np.float32)
+    return float(jax.jit(jax.numpy.sum)(jax.make_array_from_process_local_data(sharding, mine)))
+
+  def allgather():
+    return multihost_utils.process_allgather(np.int32(jax.process_index())).tolist()
+
+  runs = {"sum": mesh_sum, "allgather": allgather}
+  result = {name: runs[name]() for name in [first] + [n for n in runs if n != first]}
+  result["devices"] = jax.device_count()
   with open(out, "w") as f:
-    json.dump({"sum": float(total), "devices": jax.device_count()}, f)
+    json.dump(result, f)
 
 
 def main(argv: list[str]) -> None:
-  mode, out, workdir = argv[1:4]
+  mode = argv[1]
+  if mode == "late":
+    late(*argv[2:7])
+    return
+  out, workdir = argv[2:4]
   from incres import checkpoint, metrics, train  # pylint: disable=g-import-not-at-top
   from incres import state as state_lib  # pylint: disable=g-import-not-at-top
 
-  if mode == "late":
-    late(*argv[2:6])
-  elif mode == "mesh":
+  if mode == "mesh":
     assert jax.device_count() == 8, jax.devices()
     result = {}
     for n in (8, 1):

@@ -68,17 +68,19 @@ def _free_port() -> int:
 
 
 def _why(err: str) -> str:
-  """A failed process's error lines, then its last lines (alone those can be faulthandler's list
-  of extension modules after an abort)."""
+  """A failed process's first error lines, then its last lines (which alone can be just
+  faulthandler's list of extension modules after an abort)."""
   errors = [line for line in err.splitlines() if re.search(r"Error|^[EF]\d{4} ", line)]
-  return "\n".join(errors[:30])[-4000:] + "\n...\n" + err[-1500:]
+  return "\n".join(errors[:30])[:4000] + "\n...\n" + err[-1500:]
 
 
 @contextlib.contextmanager
-def _processes(commands: list[list[str]]):
+def _processes(commands: list[list[str]], **env):
   """Starts one process per command; on the way out, kills any still running (never leaves one)."""
   procs = [
-      subprocess.Popen(c, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      subprocess.Popen(
+          c, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+      )
       for c in commands
   ]
   try:
@@ -91,10 +93,15 @@ def _processes(commands: list[list[str]]):
 
 
 def _finish(procs: list[subprocess.Popen]) -> list[str]:
-  """Waits for every process, then checks that each exited 0; returns their stderr."""
+  """Waits for every process, then checks that all exited 0 (naming each that did not, since the
+  cause is often in another process than the one that aborted); returns their stderr."""
   errs = [p.communicate(timeout=400)[1] for p in procs]
-  for i, (p, err) in enumerate(zip(procs, errs)):
-    assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{_why(err)}"
+  failed = [
+      f"process {i} exited {p.returncode}:\n{_why(err)}"
+      for i, (p, err) in enumerate(zip(procs, errs))
+      if p.returncode != 0
+  ]
+  assert not failed, "\n\n".join(failed)
   return errs
 
 
@@ -131,16 +138,24 @@ def test_two_processes_end_with_the_parameters_of_one(tmp_path):
 
 
 def test_a_process_that_reaches_the_first_collective_late_still_joins(tmp_path):
-  """jaxlib's gloo gives processes 30 s to reach their first collective together (a fixed deadline,
-  see `runtime.connect_cpu_collectives`): a process 35 s late there failed the run (and aborted the
-  other) before `initialize_distributed` connected them."""
-  port = _free_port()
-  out = [tmp_path / f"{i}.json" for i in range(2)]
-  late = [[sys.executable, HELPER, "late", str(out[i]), str(port), str(i), "35"] for i in range(2)]
-  with _processes(late) as procs:
+  """jaxlib (0.10.2) gives processes a fixed 30 s to reach a gloo group's first collective together
+  (see `runtime.connect_cpu_collectives`). Without that warm-up in `initialize_distributed`, a
+  process 40 s late failed the run and the other aborted. Two pairs of processes with 2 devices
+  each: one pair's late collective is the train step's sum over the mesh, the other's train.py's
+  `process_allgather` (different gloo groups once processes have several devices)."""
+  commands, outputs = [], []
+  for first in ("sum", "allgather"):
+    port = _free_port()
+    for i in range(2):
+      outputs.append(tmp_path / f"{first}{i}.json")
+      commands.append(
+          [sys.executable, HELPER, "late", str(outputs[-1]), str(port), str(i), "40", first]
+      )
+  with _processes(commands, XLA_FLAGS="--xla_force_host_platform_device_count=2") as procs:
     _finish(procs)
-  for path in out:
+  for path in outputs:
     with open(path) as f:
       r = json.load(f)
-    assert r["devices"] == 2
-    assert r["sum"] == 3.0  # 1 from process 0's device, 2 from process 1's.
+    assert r["devices"] == 4
+    assert r["sum"] == 6.0  # 1 from each of process 0's devices, 2 from each of process 1's.
+    assert r["allgather"] == [0, 1]

@@ -10,7 +10,7 @@ import shutil
 import nbformat
 import pytest
 
-from conftest import describe_changes, snapshot_checkout
+from conftest import assert_checkout_unchanged, describe_changes, snapshot_checkout
 
 # Subprocess and multi-run tests: out of the quick `-m "not slow"` subset (CI runs them all).
 pytestmark = pytest.mark.slow
@@ -55,7 +55,7 @@ def test_notebook_runs_with_smoke_and_writes_only_under_incres_runs(name, tmp_pa
   monkeypatch.setenv("INCRES_REPO", "")
   before = snapshot_checkout(ROOT)
   _run(NOTEBOOKS, name)
-  assert describe_changes(before, snapshot_checkout(ROOT)) == ""
+  assert_checkout_unchanged(before, ROOT)
   assert any(n.startswith("notebook_") for n in os.listdir(runs)), os.listdir(runs)
 
 
@@ -89,7 +89,7 @@ def test_quickstart_in_a_checkout_keeps_an_existing_run_beside_its_own(tmp_path,
   _run(str(checkout / "notebooks"), "quickstart.ipynb")
   assert _hashes(existing) == kept
   assert (checkout / "runs" / "notebook_quickstart_digits_smoke" / "curves.png").exists()
-  assert describe_changes(before, snapshot_checkout(ROOT)) == ""
+  assert_checkout_unchanged(before, ROOT)
 
 
 def test_committed_notebooks_match_their_source_and_have_no_outputs():

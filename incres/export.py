@@ -18,7 +18,11 @@ What the exported StableHLO and SavedModel functions take and return:
 The run's input normalisation is applied inside (`config.normalize`: the per-pixel mean image of
 the training set for CIFAR-style runs, the ImageNet channel mean, or torchvision's mean and std),
 so a server feeds plain [0, 1] pixels. `export.json` beside them records the input shape, dtype,
-view and normalisation, the class count and names, and where each file is.
+view and normalisation, the class count and names, where each file is, and (`serialization`) the
+versions a consumer needs: jax and jaxlib, and for each of stablehlo and saved_model its
+`stablehlo_target_version` (the StableHLO/VHLO version the portable artifact is serialized for: a
+consumer of that version or newer reads it) and its `calling_convention_version` (jax.export's);
+saved_model adds the TensorFlow that wrote it and the StableHLO version that TensorFlow reads.
 
 The formats (`--format`, comma-separated; default stablehlo,saved_model):
   stablehlo    `model.stablehlo`: a serialized `jax.export.Exported` (StableHLO plus its calling
@@ -27,7 +31,11 @@ The formats (`--format`, comma-separated; default stablehlo,saved_model):
                `mlir_module()` to any StableHLO consumer (IREE, XLA).
   saved_model  `saved_model/`: a TensorFlow SavedModel (jax2tf native serialization, the weights
                as variables) with a `serving_default` signature `images -> {"logits"}`, for TF
-               Serving, TensorFlow or converters that read SavedModels.
+               Serving, TensorFlow or converters that read SavedModels. Its StableHLO is
+               serialized for the older of jax's default target and the StableHLO of the
+               installed TensorFlow (jax 0.12.1 with TF 2.21: 1.13.7, not jax's 1.22.0, which TF
+               2.21 cannot read), so it serves in that TensorFlow and any newer one; export with
+               the TensorFlow (or older) that will serve it.
   torch        `model.pth`: a torchvision `state_dict` for the models `incres.convert_torch`
                imports: ResNet18/34, ResNet50/101/152 with `stride_in_1x1=False` (torchvision's
                v1.5), GoogLeNetBN and InceptionV3, each with its default widths and stem

@@ -18,7 +18,11 @@ What the exported StableHLO and SavedModel functions take and return:
 The run's input normalisation is applied inside (`config.normalize`: the per-pixel mean image of
 the training set for CIFAR-style runs, the ImageNet channel mean, or torchvision's mean and std),
 so a server feeds plain [0, 1] pixels. `export.json` beside them records the input shape, dtype,
-view and normalisation, the class count and names, and where each file is.
+view and normalisation, the class count and names, where each file is, and (`serialization`) the
+versions a consumer needs: jax and jaxlib, and for each of stablehlo and saved_model its
+`stablehlo_target_version` (the StableHLO/VHLO version the portable artifact is serialized for: a
+consumer of that version or newer reads it) and its `calling_convention_version` (jax.export's);
+saved_model adds the TensorFlow that wrote it and the StableHLO version that TensorFlow reads.
 
 The formats (`--format`, comma-separated; default stablehlo,saved_model):
   stablehlo    `model.stablehlo`: a serialized `jax.export.Exported` (StableHLO plus its calling
@@ -27,7 +31,11 @@ The formats (`--format`, comma-separated; default stablehlo,saved_model):
                `mlir_module()` to any StableHLO consumer (IREE, XLA).
   saved_model  `saved_model/`: a TensorFlow SavedModel (jax2tf native serialization, the weights
                as variables) with a `serving_default` signature `images -> {"logits"}`, for TF
-               Serving, TensorFlow or converters that read SavedModels.
+               Serving, TensorFlow or converters that read SavedModels. Its StableHLO is
+               serialized for the older of jax's default target and the StableHLO of the
+               installed TensorFlow (jax 0.12.1 with TF 2.21: 1.13.7, not jax's 1.22.0, which TF
+               2.21 cannot read), so it serves in that TensorFlow and any newer one; export with
+               the TensorFlow (or older) that will serve it.
   torch        `model.pth`: a torchvision `state_dict` for the models `incres.convert_torch`
                imports: ResNet18/34, ResNet50/101/152 with `stride_in_1x1=False` (torchvision's
                v1.5), GoogLeNetBN and InceptionV3, each with its default widths and stem
@@ -41,10 +49,12 @@ The formats (`--format`, comma-separated; default stablehlo,saved_model):
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -281,19 +291,91 @@ def logits_fn(model, norm: Normalization) -> Callable[[Any, Any], Any]:
   return fn
 
 
-def export_stablehlo(fn, variables, image_size: int, platforms: Sequence[str]) -> bytes:
-  """Serialized `jax.export.Exported` of `fn` with the variables as constants, batch symbolic."""
+def stablehlo_version(artifact: bytes) -> str:
+  """The StableHLO (VHLO) version a portable artifact was serialized for, e.g. "1.13.7"."""
+  # serializePortableArtifact writes the target version as the bytecode's producer string
+  # ("StableHLO_v1.13.7"); a consumer is guaranteed to read artifacts targeting its own version or
+  # an older one. No Python API reads it back, so it is read from the bytes.
+  found = re.search(rb"StableHLO_v(\d+\.\d+\.\d+)", artifact)
+  if found is None:
+    raise ExportError("The serialized module is not a StableHLO portable artifact.")
+  return found.group(1).decode()
+
+
+def export_stablehlo(
+    fn, variables, image_size: int, platforms: Sequence[str]
+) -> tuple[bytes, dict[str, Any]]:
+  """Serialized `jax.export.Exported` of `fn` (variables as constants, batch symbolic); versions."""
   import jax  # pylint: disable=g-import-not-at-top
 
   (batch,) = jax.export.symbolic_shape("batch")
   spec = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), np.float32)
   exported = jax.export.export(jax.jit(functools.partial(fn, variables)), platforms=platforms)(spec)
-  return exported.serialize()
+  versions = {
+      "calling_convention_version": exported.calling_convention_version,
+      "stablehlo_target_version": stablehlo_version(exported.mlir_module_serialized),
+  }
+  return exported.serialize(), versions
 
 
-def export_saved_model(fn, variables, image_size: int, path: str, platforms: Sequence[str]) -> None:
-  """Writes a SavedModel whose `serving_default` maps float32 `images` to `{"logits"}`."""
+def _tf_stablehlo_version() -> str | None:
+  """The StableHLO version the installed TensorFlow's XlaCallModule reads, None if it won't say."""
+  try:
+    from tensorflow.compiler.mlir.stablehlo import stablehlo  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return stablehlo.get_current_version()
+
+
+def saved_model_target(tf_version: str | None) -> str:
+  """The StableHLO version SavedModels are serialized for: jax's own choice or TF's, the older."""
+  from jax.extend.mlir.dialects import stablehlo  # pylint: disable=g-import-not-at-top
+
+  requirement = stablehlo.StablehloCompatibilityRequirement
+  # jax.export targets a StableHLO 4 weeks old (jax 0.12.1: 1.22.0), but TensorFlow ships an older
+  # one (TF 2.21: 1.13.7), and a consumer is only guaranteed to read artifacts of its own version
+  # or older. Without TF's version (a TF that does not expose it), 12 weeks old is the guess.
+  jax_target = stablehlo.get_version_from_compatibility_requirement(requirement.WEEK_4)
+  if tf_version is None:
+    return stablehlo.get_version_from_compatibility_requirement(requirement.WEEK_12)
+  return stablehlo.get_smaller_version(jax_target, tf_version)
+
+
+@contextlib.contextmanager
+def _serialize_stablehlo_for(target: str):
+  """Makes jax.export (so jax2tf) serialize its StableHLO for `target`, not jax's default."""
+  # jax.export has no option for the serialization target: it always calls
+  # `_module_to_bytecode`, which targets WEEK_4. jax2tf embeds those bytes in the XlaCallModule op
+  # as they are, so this re-serializes them for `target` there, through the public StableHLO
+  # bindings: VHLO ops newer than `target` are downgraded (jax 0.12's shape assertion
+  # `vhlo.custom_call_v2` becomes `custom_call_v1`, which TF 2.21 reads) or refused with an error
+  # if the module needs a newer feature. Not thread-safe: one export at a time per process. If a
+  # jax drops the hook, nothing is patched and export_saved_model's version check decides.
+  from jax._src.export import _export  # pylint: disable=g-import-not-at-top
+  from jax.extend.mlir.dialects import stablehlo  # pylint: disable=g-import-not-at-top
+
+  original = getattr(_export, "_module_to_bytecode", None)
+  if original is None:
+    yield
+    return
+
+  def for_target(module):
+    module = stablehlo.deserialize_portable_artifact_str(original(module))
+    return stablehlo.serialize_portable_artifact_str(module, target)
+
+  _export._module_to_bytecode = for_target  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    _export._module_to_bytecode = original  # pylint: disable=protected-access
+
+
+def export_saved_model(
+    fn, variables, image_size: int, path: str, platforms: Sequence[str]
+) -> dict[str, Any]:
+  """Writes a SavedModel whose `serving_default` maps float32 `images` to `{"logits"}`; versions."""
   import jax  # pylint: disable=g-import-not-at-top
+  from jax.extend.mlir.dialects import stablehlo  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
 
@@ -316,7 +398,44 @@ def export_saved_model(fn, variables, image_size: int, path: str, platforms: Seq
   module = tf.Module()
   module.weights = tf.nest.flatten(tf_variables)  # Tracked, so that they are saved.
   module.serve = serve
-  tf.saved_model.save(module, path, signatures={"serving_default": serve})
+  tf_version = _tf_stablehlo_version()
+  with _serialize_stablehlo_for(saved_model_target(tf_version)):
+    # jax2tf exports when tf.function traces, and saving traces again.
+    tf.saved_model.save(module, path, signatures={"serving_default": serve})
+  # What TF Serving will run, read back from the XlaCallModule ops in the saved graph.
+  calls = _saved_xla_call_modules(path)
+  written = sorted({stablehlo_version(call.attr["module"].s) for call in calls})
+  versions = sorted({call.attr["version"].i for call in calls})
+  newer = [v for v in written if tf_version and stablehlo.get_smaller_version(v, tf_version) != v]
+  if len(written) != 1 or len(versions) != 1 or newer:
+    raise ExportError(
+        f"jax {jax.__version__} serialized the SavedModel's StableHLO for version(s)"
+        f" {', '.join(written) or '(none)'}, calling convention {versions}, but TensorFlow"
+        f" {tf.__version__} reads StableHLO {tf_version}: it could not serve it. Install the"
+        " TensorFlow that matches this jax, or export with an older jax."
+    )
+  return {
+      "calling_convention_version": versions[0],
+      "stablehlo_target_version": written[0],
+      "tensorflow": tf.__version__,
+      "tensorflow_stablehlo_version": tf_version,
+  }
+
+
+def _saved_xla_call_modules(path: str) -> list[Any]:
+  """The XlaCallModule nodes (NodeDefs) of the functions in the SavedModel at `path`."""
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+
+  saved = saved_model_pb2.SavedModel()
+  with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+    saved.ParseFromString(f.read())
+  return [
+      node
+      for graph in saved.meta_graphs
+      for function in graph.graph_def.library.function
+      for node in function.node_def
+      if node.op == "XlaCallModule"
+  ]
 
 
 # --- The whole export ----------------------------------------------------------------------------
@@ -416,6 +535,12 @@ def export(
       "platforms": list(platforms),
       "files": {},
   }
+  if {"stablehlo", "saved_model"} & set(formats):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jaxlib  # pylint: disable=g-import-not-at-top
+
+    # Each format's versions are added as it is written.
+    info["serialization"] = {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
   norm_info = info["input"]["normalization"]
   if norm.mean.ndim == 1:
     norm_info["mean"] = norm.mean.tolist()
@@ -442,10 +567,15 @@ def export(
           " not normalise inside), in eval mode",
       }
     if "stablehlo" in formats:
+      serialized, info["serialization"]["stablehlo"] = export_stablehlo(
+          fn, variables, size, platforms
+      )
       with open(os.path.join(tmp, FILES["stablehlo"]), "wb") as f:
-        f.write(export_stablehlo(fn, variables, size, platforms))
+        f.write(serialized)
     if "saved_model" in formats:
-      export_saved_model(fn, variables, size, os.path.join(tmp, FILES["saved_model"]), platforms)
+      info["serialization"]["saved_model"] = export_saved_model(
+          fn, variables, size, os.path.join(tmp, FILES["saved_model"]), platforms
+      )
     info["files"] = {f: FILES[f] for f in formats}
     with open(os.path.join(tmp, SIDECAR), "w") as f:
       json.dump(info, f, indent=2)

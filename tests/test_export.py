@@ -37,7 +37,10 @@ def _tiny_config():
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> str:
-  """A saved tiny run whose EMA, raw parameters and batch statistics all differ (no training)."""
+  """A saved tiny run whose EMA, raw parameters and batch statistics all differ (no training).
+
+  Its logits vary with the image and with its normalisation (test_exports_normalise_the_input).
+  """
   config = _tiny_config()
   model = state_lib.create_model(config)
   tx = state_lib.create_optimizer(config, state_lib.create_learning_rate_fn(config))
@@ -47,11 +50,17 @@ def run(tmp_path_factory) -> str:
   def randomise(x, lo):
     return x + lo * rng.standard_normal(x.shape).astype(np.float32)
 
+  def stats(path, s):  # Signed means, positive variances: |mean| killed every ReLU after stage 1.
+    s = randomise(np.asarray(s), 0.3)
+    return s if path[-1].key == "mean" else np.abs(s)
+
+  # Not shrunk: halving every weight (for an EMA unlike the raw parameters) left logits that did
+  # not depend on the image, so no test could tell a wrong input transform.
   params = jax.tree.map(lambda p: randomise(np.asarray(p), 0.1), state.params)  # The head is 0.
   state = state.replace(
       params=params,
-      ema_params=jax.tree.map(lambda p: randomise(p * 0.5, 0.05), params),
-      batch_stats=jax.tree.map(lambda s: np.abs(randomise(np.asarray(s), 0.3)), state.batch_stats),
+      ema_params=jax.tree.map(lambda p: randomise(p, 0.05), params),
+      batch_stats=jax.tree_util.tree_map_with_path(stats, state.batch_stats),
   )
   workdir = str(tmp_path_factory.mktemp("tiny_run"))
   with checkpoint.Checkpointer(workdir, config, save_every_steps=1, keep=1, async_save=False) as c:
@@ -121,6 +130,68 @@ def test_sidecar_describes_the_input(run, exported):
   np.testing.assert_allclose(
       image / 255.0 - mean, data.preprocess_for_eval(image, _tiny_config()), atol=1e-6
   )
+
+
+def test_exports_normalise_the_input(run, exported):
+  """Both exports equal the model on normalised images, not on the plain [0, 1] ones they take."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  images = _images(4, seed=20)
+  pixels = images.astype(np.float32) / 255.0
+  expected = _expected_logits(run, images, averaged="ema")  # incres.data's normalisation.
+  _, model, variables = checkpoint.load_variables(run, averaged="ema")
+  unnormalised = np.asarray(model.apply(variables, pixels, train=False)[0])
+  tol = 1e-4 * np.abs(expected).max()  # _assert_close's.
+  # The net would tell a missing normalisation: its logits depend on the image, and on the mean.
+  assert np.abs(expected - expected[0]).max() > 100 * tol
+  assert np.abs(unnormalised - expected).max() > 100 * tol
+  with open(os.path.join(exported, "model.stablehlo"), "rb") as f:
+    from_stablehlo = jax.export.deserialize(bytearray(f.read())).call(pixels)
+  serve = tf.saved_model.load(os.path.join(exported, "saved_model")).signatures["serving_default"]
+  from_saved_model = serve(images=tf.constant(pixels))["logits"].numpy()
+  for got in (np.asarray(from_stablehlo), from_saved_model):
+    _assert_close(got, expected)
+    assert np.abs(got - unnormalised).max() > 100 * tol
+
+
+def test_sidecar_states_the_serialization_versions(exported):
+  """export.json names jax, jaxlib, each artifact's StableHLO target and calling convention."""
+  # pylint: disable=g-import-not-at-top
+  import jaxlib
+  import tensorflow as tf
+  from jax.extend.mlir.dialects import stablehlo
+  from tensorflow.compiler.mlir.stablehlo import stablehlo as tf_stablehlo
+  # pylint: enable=g-import-not-at-top
+
+  with open(os.path.join(exported, "export.json")) as f:
+    info = json.load(f)["serialization"]
+  assert info["jax"] == jax.__version__ and info["jaxlib"] == jaxlib.__version__
+  with open(os.path.join(exported, "model.stablehlo"), "rb") as f:
+    fn = jax.export.deserialize(bytearray(f.read()))
+  assert info["stablehlo"] == {
+      "calling_convention_version": fn.calling_convention_version,
+      "stablehlo_target_version": export.stablehlo_version(fn.mlir_module_serialized),
+  }
+  saved = info["saved_model"]
+  target = saved["stablehlo_target_version"]
+  assert saved["tensorflow"] == tf.__version__
+  assert saved["tensorflow_stablehlo_version"] == tf_stablehlo.get_current_version()
+  # Serialized for a StableHLO that TensorFlow is guaranteed to read: its own or older.
+  assert stablehlo.get_smaller_version(target, saved["tensorflow_stablehlo_version"]) == target
+  calls = export._saved_xla_call_modules(os.path.join(exported, "saved_model"))
+  assert {export.stablehlo_version(call.attr["module"].s) for call in calls} == {target}
+  assert {call.attr["version"].i for call in calls} == {saved["calling_convention_version"]}
+
+
+def test_saved_models_target_the_older_of_jaxs_and_tensorflows_stablehlo():
+  from jax.extend.mlir.dialects import stablehlo  # pylint: disable=g-import-not-at-top
+
+  requirement = stablehlo.StablehloCompatibilityRequirement
+  jax_target = stablehlo.get_version_from_compatibility_requirement(requirement.WEEK_4)
+  assert export.saved_model_target("1.0.0") == "1.0.0"
+  assert export.saved_model_target("99.0.0") == jax_target
+  week_12 = stablehlo.get_version_from_compatibility_requirement(requirement.WEEK_12)
+  assert export.saved_model_target(None) == week_12
 
 
 @pytest.mark.parametrize("mode", ["channel_mean", "mean_std", "none"])

@@ -3,7 +3,7 @@
   python notebooks/colab_check.py --repo=URL_OR_PATH --work=DIR [notebook.ipynb ...]
 
 What is simulated: the kernel starts in DIR/content (no checkout above it, as /content on Colab),
-`google.colab` is in sys.modules (so the setup cell takes its Colab branch: it clones `--repo` and
+the setup cell's IN_COLAB is True (its Colab branch: it clones `--repo` and
 pip-installs what is missing of incres's requirements), and /content in the setup cell is DIR/content
 (this machine's /content is not ours to write). The first notebook clones and installs; the next
 ones find DIR/content/incres, as a second notebook in the same Colab runtime does. Every notebook
@@ -22,11 +22,7 @@ import nbclient
 import nbformat
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FAKE_COLAB = (
-    "# colab_check.py: the setup cell's Colab branch (google.colab is imported on Colab).\n"
-    "import sys, types\n"
-    "sys.modules['google.colab'] = types.ModuleType('google.colab')"
-)
+IN_COLAB = 'IN_COLAB = "google.colab" in sys.modules'
 
 
 def _versions():
@@ -47,8 +43,10 @@ def run(path, work, repo):
   assert "SMOKE = False" in params.source
   params.source = params.source.replace("SMOKE = False", "SMOKE = True", 1)
   (setup,) = [c for c in nb.cells if c.cell_type == "code" and "IN_COLAB =" in c.source]
+  assert IN_COLAB in setup.source
+  # The Colab branch without a fake google.colab module (jax and others import its submodules).
+  setup.source = setup.source.replace(IN_COLAB, "IN_COLAB = True  # colab_check.py", 1)
   setup.source = setup.source.replace('"/content', f'"{work}/content')
-  nb.cells.insert(0, nbformat.v4.new_code_cell(FAKE_COLAB))
   os.environ.update(INCRES_REPO=repo, INCRES_RUNS=os.path.join(work, "runs"))
   cwd = os.path.join(work, "content")
   os.makedirs(cwd, exist_ok=True)

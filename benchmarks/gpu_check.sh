@@ -17,7 +17,9 @@
 # Writes to $OUT (flat, at most 8 files): versions.json, summary.json (each step's exit status,
 # seconds and timeout), gpu_check.log (every step's stderr and the commands), quickstart.log,
 # e2e_ResNet50.json, e2e_GoogLeNet.json, throughput_ResNet50.json, throughput_GoogLeNet.json.
-# Environment: PYTHON (default python3), GPU_CHECK_WORK (scratch, default /tmp/gpu_check; emptied).
+# Environment: PYTHON (default python3), GPU_CHECK_WORK (scratch, default /tmp/gpu_check; emptied);
+# with GPU_CHECK_DRY=1, GPU_CHECK_CAP_SCALE (default 4) multiplies each step's cap (set a larger
+# GPU_CHECK_BUDGET_S too).
 set -euo pipefail
 
 DRY=${GPU_CHECK_DRY:-0}
@@ -26,6 +28,7 @@ BUDGET=${GPU_CHECK_BUDGET_S:-660}
 WORK=${GPU_CHECK_WORK:-/tmp/gpu_check}
 : "${OUT:?set OUT to the directory for the results}"
 START=$SECONDS
+CAP_SCALE=1
 MAX_FILE=$((16 * 1024 * 1024 - 4096))
 
 [[ -f launch.py && -d incres ]] || {
@@ -53,6 +56,7 @@ run_step() {
     printf '%s\tskipped\t0\t0\tbudget\n' "$name" >>"$STEPS"
     return 0
   fi
+  cap=$((cap * CAP_SCALE))
   local limit=$((cap < left ? cap : left)) t0=$SECONDS rc=0
   log "$name: timeout ${limit}s: $*"
   if [[ -n $out && ${BOTH:-0} == 1 ]]; then
@@ -83,9 +87,10 @@ else
   log "no carried wheels in .whl/ (benchmarks/gpu_wheels.sh downloads them)"
 fi
 export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
-if [[ $DRY == 1 ]]; then
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 TF_ENABLE_ONEDNN_OPTS=0
+if [[ $DRY == 1 ]]; then  # A busy 2-core CPU compiles far slower than the GPU machine's 16 cores.
   export JAX_PLATFORMS=cpu CUDA_VISIBLE_DEVICES=""
+  CAP_SCALE=${GPU_CHECK_CAP_SCALE:-4}
 fi
 
 {
@@ -134,7 +139,7 @@ log "TensorFlow + tfds + ml_collections import: $([[ $HAS_TF == 1 ]] && echo yes
 
 if [[ $DRY == 1 ]]; then  # Tiny sizes on the CPU: the same scripts and flags.
   QUICK_CONFIG=experiments/resnet_cifar.py:dataset=digits,smoke=True,tiny=True
-  E2E_RESNET=experiments/resnet_imagenet.py:smoke=True
+  E2E_RESNET=experiments/resnet_imagenet.py:smoke=True,depth=18
   E2E_GOOGLENET=experiments/googlenet.py:smoke=True
   E2E_FLAGS=(--batch=4 --dtype=bfloat16 --steps=1 --warmup=1 --json)
   TP_FLAGS=(--batch=2 --image_size=64 --dtype=bfloat16 --vs_torch --torch_compile --rounds=1

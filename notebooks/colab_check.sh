@@ -8,10 +8,12 @@
 #
 #   bash notebooks/colab_check.sh
 #
-# Environment: COLAB_PYTHON (an interpreter for the venv, default python3.12), COLAB_VENV (default
-# /tmp/colab312; reused when it exists: delete it for a fresh runtime), COLAB_WORK (scratch, default
-# a new temporary directory), COLAB_TF / COLAB_JAX / COLAB_NUMPY (the preinstalled versions;
-# default those of a late-2025 Colab runtime: 2.20.0, 0.7.2, 2.0.2).
+# Environment: COLAB_PYTHON (the interpreter for the venv, default python3.12; with pyenv, set
+# PYENV_VERSION=3.12.1), COLAB_VENV (default /tmp/colab312; reused when it exists: delete it for a
+# fresh runtime), COLAB_WORK (scratch, default a new temporary directory), COLAB_TF / COLAB_JAX /
+# COLAB_NUMPY (the preinstalled versions, default 2.20.0 / 0.7.2 / 2.0.2: a TensorFlow and a jax
+# older than incres requires, so the setup cell's upgrade path runs; set COLAB_TF=2.21.0 and a
+# newer COLAB_JAX for a runtime that already satisfies them).
 set -euo pipefail
 
 [[ -f setup.cfg && -d notebooks ]] || {

@@ -18,7 +18,7 @@
 # seconds and timeout), gpu_check.log (every step's stderr and the commands), quickstart.log,
 # e2e_ResNet50.json, e2e_GoogLeNet.json, throughput_ResNet50.json, throughput_GoogLeNet.json.
 # Environment: PYTHON (default python3), GPU_CHECK_WORK (scratch, default /tmp/gpu_check; emptied);
-# with GPU_CHECK_DRY=1, GPU_CHECK_CAP_SCALE (default 4) multiplies each step's cap (set a larger
+# with GPU_CHECK_DRY=1, GPU_CHECK_CAP_SCALE (default 2) multiplies each step's cap (set a larger
 # GPU_CHECK_BUDGET_S too).
 set -euo pipefail
 
@@ -90,7 +90,7 @@ export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 TF_ENABLE_ONEDNN_OPTS=0
 if [[ $DRY == 1 ]]; then  # A busy 2-core CPU compiles far slower than the GPU machine's 16 cores.
   export JAX_PLATFORMS=cpu CUDA_VISIBLE_DEVICES=""
-  CAP_SCALE=${GPU_CHECK_CAP_SCALE:-4}
+  CAP_SCALE=${GPU_CHECK_CAP_SCALE:-2}
 fi
 
 {
@@ -137,22 +137,46 @@ if timeout 120 "$PY" -c "import tensorflow, tensorflow_datasets, ml_collections"
 fi
 log "TensorFlow + tfds + ml_collections import: $([[ $HAS_TF == 1 ]] && echo yes || echo no)"
 
-if [[ $DRY == 1 ]]; then  # Tiny sizes on the CPU: the same scripts and flags.
+# The GPU run's arguments; the dry run replaces the models and sizes by tiny ones after checking,
+# in the `args` step, that these parse and that their configs load.
+QUICK_CONFIG=experiments/resnet_cifar.py:dataset=digits
+E2E_RESNET=experiments/resnet_imagenet.py
+E2E_GOOGLENET=experiments/googlenet.py
+E2E_FLAGS=(--batch=256 --dtype=bfloat16 --steps=20 --warmup=5 --json)
+TP_RESNET=(--model=ResNet50)
+TP_GOOGLENET=(--model=GoogLeNet)
+TP_FLAGS=(--batch=256 --dtype=bfloat16 --vs_torch --torch_compile --rounds=1 --steps=20 --warmup=5
+  --json)
+run_step args 60 "" "$PY" - "$QUICK_CONFIG" "$E2E_RESNET" "$E2E_GOOGLENET" "${E2E_FLAGS[*]}" \
+  "${TP_FLAGS[*]}" <<'EOF'
+import sys
+
+sys.path.insert(0, "benchmarks")
+import throughput
+
+quick, resnet, googlenet, e2e_flags, tp_flags = sys.argv[1:]
+for model in ("ResNet50", "GoogLeNet"):
+  throughput.parse_args([f"--model={model}", *tp_flags.split()])
+try:
+  import end_to_end
+  from incres import configs
+except ImportError as e:  # end_to_end needs ml_collections (carried) and TensorFlow only to run.
+  print("end_to_end.py does not import:", e)
+else:
+  configs.load(quick)
+  for config in (resnet, googlenet):
+    end_to_end.load_config(end_to_end.parse_args([f"--config={config}", *e2e_flags.split()]))
+print("the GPU run's arguments parse and its configs load")
+EOF
+if [[ $DRY == 1 ]]; then  # Tiny models and sizes on the CPU: the same scripts and flags.
   QUICK_CONFIG=experiments/resnet_cifar.py:dataset=digits,smoke=True,tiny=True
-  E2E_RESNET=experiments/resnet_imagenet.py:smoke=True,depth=18
-  E2E_GOOGLENET=experiments/googlenet.py:smoke=True
-  E2E_FLAGS=(--batch=4 --dtype=bfloat16 --steps=1 --warmup=1 --json)
-  TP_FLAGS=(--batch=2 --image_size=64 --dtype=bfloat16 --vs_torch --torch_compile --rounds=1
-    --steps=1 --warmup=1 --skip_infer --json)
-  TP_GOOGLENET_EXTRA=(--width=0.25)
-else
-  QUICK_CONFIG=experiments/resnet_cifar.py:dataset=digits
-  E2E_RESNET=experiments/resnet_imagenet.py
-  E2E_GOOGLENET=experiments/googlenet.py
-  E2E_FLAGS=(--batch=256 --dtype=bfloat16 --steps=20 --warmup=5 --json)
-  TP_FLAGS=(--batch=256 --dtype=bfloat16 --vs_torch --torch_compile --rounds=1 --steps=20
-    --warmup=5 --json)
-  TP_GOOGLENET_EXTRA=()
+  E2E_RESNET=experiments/resnet_cifar.py:smoke=True,tiny=True
+  E2E_GOOGLENET=$E2E_RESNET
+  E2E_FLAGS=(--batch=8 --dtype=bfloat16 --steps=1 --warmup=1 --json)
+  TP_RESNET=(--model=CifarResNet20)
+  TP_GOOGLENET=(--model=GoogLeNet --width=0.125 --image_size=64)
+  TP_FLAGS=(--batch=2 --dtype=bfloat16 --vs_torch --torch_compile --rounds=1 --steps=1 --warmup=1
+    --skip_infer --json)
 fi
 
 # The README quickstart (400 steps on digits; 15 s of training on an H200).
@@ -180,9 +204,9 @@ done
 
 # The model alone against its PyTorch twin, eager and torch.compile, each in its own process.
 run_step throughput_ResNet50 170 "$OUT/throughput_ResNet50.json" "$PY" benchmarks/throughput.py \
-  --model=ResNet50 "${TP_FLAGS[@]}"
+  "${TP_RESNET[@]}" "${TP_FLAGS[@]}"
 run_step throughput_GoogLeNet 200 "$OUT/throughput_GoogLeNet.json" "$PY" \
-  benchmarks/throughput.py --model=GoogLeNet "${TP_FLAGS[@]}" "${TP_GOOGLENET_EXTRA[@]}"
+  benchmarks/throughput.py "${TP_GOOGLENET[@]}" "${TP_FLAGS[@]}"
 
 # summary.json: each step's status; the log cut to what may come back.
 "$PY" - "$STEPS" "$OUT/summary.json" "$((SECONDS - START))" "$DRY" <<'EOF' || true

@@ -174,8 +174,8 @@ if [[ $DRY == 1 ]]; then  # Tiny models and sizes on the CPU: the same scripts a
   E2E_GOOGLENET=$E2E_RESNET
   E2E_FLAGS=(--batch=8 --dtype=bfloat16 --steps=1 --warmup=1 --json)
   TP_RESNET=(--model=CifarResNet20)
-  # 96 px: the torch twin's auxiliary heads pool 5x5 at 1/16 of the input.
-  TP_GOOGLENET=(--model=GoogLeNet --width=0.125 --image_size=96)
+  # At its 224 px: the torch twin's auxiliary heads (a 5x5 pool, a 2048-input FC) need it.
+  TP_GOOGLENET=(--model=GoogLeNet --width=0.125)
   TP_FLAGS=(--batch=2 --dtype=bfloat16 --vs_torch --torch_compile --rounds=1 --steps=1 --warmup=1
     --skip_infer --json)
 fi

@@ -76,8 +76,9 @@ def main():
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument("--repo", required=True, help="what the setup cell clones (INCRES_REPO)")
   p.add_argument("--work", required=True, help="scratch directory (its content/ is /content)")
-  p.add_argument("notebooks", nargs="*", default=["quickstart.ipynb", "finetune.ipynb",
-                                                  "analysis.ipynb"])
+  p.add_argument(
+      "notebooks", nargs="*", default=["quickstart.ipynb", "finetune.ipynb", "analysis.ipynb"]
+  )
   a = p.parse_args()
   work = os.path.abspath(a.work)
   print("before:", json.dumps(_versions()), flush=True)

@@ -527,7 +527,8 @@ def train_and_evaluate(
   the process at once, keeping the newest complete checkpoint. Raises `NonFiniteLossError` if the
   loss or gradient stops being finite, `checkpoint.IncompatibleCheckpointError` (touching nothing)
   if `workdir` holds another run or no intact checkpoint (`DamagedCheckpointError`), and
-  `fileio.WorkdirInUseError` if another live process is training in `workdir`.
+  `fileio.WorkdirInUseError` if another live process is training in `workdir`, and
+  `fileio.WorkdirNotWritableError` (before anything else) if `workdir` cannot be created or written.
 
   The returned dict holds the last step's training metrics (`train/...`), the last evaluation
   (`eval/top1`, `eval/top5`, `eval/loss`, and `eval_ema/...`, `eval_polyak/...` when averaging is
@@ -535,6 +536,7 @@ def train_and_evaluate(
   """
   from incres import data  # pylint: disable=g-import-not-at-top  (heavy: TensorFlow)
 
+  fileio.check_writable_workdir(workdir)  # Before minutes of data and model: creates nothing.
   info = data.dataset_info(config)  # Fails first, clearly, if the data is missing.
   config = configs.resolve_config(config, info)
   init_from = finetune.resolve_init_from(config)  # Fine-tuning: the source run, or None.
@@ -560,7 +562,7 @@ def train_and_evaluate(
   resume_step = ckpt.check_compatible(abstract_state)  # Reads only; raises on a mismatch.
 
   # From here on the workdir is ours.
-  os.makedirs(workdir, exist_ok=True)
+  fileio.make_workdir(workdir)
   ckpt.lock_workdir()  # Raises fileio.WorkdirInUseError if another live run has it.
   try:
     if resume_step is not None:

@@ -48,6 +48,7 @@ import re
 import socket
 import sys
 import urllib.error
+import urllib.parse
 from typing import Any, Callable, Iterator, Sequence
 
 from absl import flags, logging
@@ -290,6 +291,7 @@ def _tfds_builder(config):
         f"directory where {name} is already prepared. {_OFFLINE}"
     )
   try:
+    _probe_download_hosts(builder)
     builder.download_and_prepare()
   except Exception as e:  # Named below by its real cause: a module, the network, the disk.
     raise DatasetError(
@@ -297,6 +299,33 @@ def _tfds_builder(config):
         f"{_prepare_failure(e, name, str(data_dir))} {_OFFLINE}"
     ) from None
   return builder
+
+
+# Seconds a download host has to accept a connection (and to answer a HEAD request) before tfds's
+# download starts. tfds retries an unreachable host 10 times with backoff: without network,
+# dataset=cifar10 took 3 min 43 s of retries and progress bars to fail.
+PROBE_TIMEOUT_S = 10.0
+
+
+def _probe_download_hosts(builder) -> None:
+  """Raises requests' error at once if a host the dataset downloads from cannot be reached.
+
+  One HEAD request per host of the builder's registered URLs, without retries, through the proxy
+  the environment names, as tfds's download would go. Any HTTP answer (an error status included)
+  means the network works and tfds goes ahead; builders without registered URLs are not probed.
+  """
+  try:
+    urls = list(builder.url_infos or ())
+  except Exception:  # pylint: disable=broad-except  (no checksums registered: tfds finds out)
+    return
+  first_per_host = {}
+  for url in urls:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.hostname:
+      first_per_host.setdefault((parts.scheme, parts.hostname, parts.port), url)
+  with requests.Session() as session:
+    for url in first_per_host.values():
+      session.head(url, timeout=PROBE_TIMEOUT_S, allow_redirects=False).close()
 
 
 # What `download_and_prepare` raises, by cause (tfds downloads with requests, FTP with urllib).

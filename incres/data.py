@@ -259,6 +259,23 @@ def _folder_files(root: str, split: str) -> tuple[tuple[str, ...], np.ndarray, t
   return tuple(paths[sl]), np.array(labels[sl], np.int32), classes
 
 
+def check_trainable(config) -> None:
+  """Raises `DatasetError` for a one-class folder dataset: it trains to loss 0, learning nothing."""
+  if not config.dataset.startswith("folder:"):
+    return
+  root = config.dataset[len("folder:") :]
+  classes = _folder_files(root, config.train_split)[2]
+  if len(classes) != 1:  # None: `_folder_files` has said there are no images.
+    return
+  class_root = os.path.join(root, "train") if os.path.isdir(os.path.join(root, "train")) else root
+  raise DatasetError(
+      f"Folder dataset {root!r} has one class, {classes[0]!r} (the only directory in"
+      f" {class_root}): a classifier needs at least two classes; with one, every label is the same"
+      " and the loss goes to 0 without anything learned. Put each class's images in a directory of"
+      f" its own under {class_root} (class_name/image.jpg), at least two of them."
+  )
+
+
 def _folder_source(root: str, split: str) -> _ArraySource:
   """`folder:<root>`: with a `<root>/train/<class>/*.jpg` tree, split 'train' is that tree and the
   evaluation split `<root>/<split>/`, or whichever of `val/`, `validation/`, `test/` exists

@@ -538,6 +538,7 @@ def train_and_evaluate(
 
   fileio.check_writable_workdir(workdir)  # Before minutes of data and model: creates nothing.
   info = data.dataset_info(config)  # Fails first, clearly, if the data is missing.
+  data.check_trainable(config)
   config = configs.resolve_config(config, info)
   init_from = finetune.resolve_init_from(config)  # Fine-tuning: the source run, or None.
   model = state_lib.create_model(config)

@@ -441,6 +441,17 @@ def _best(
   return None
 
 
+def _stopping_message(stop: _StopRequest, step: int) -> str:
+  """The line printed as soon as the loop sees a stop request: the save takes seconds."""
+  again = (
+      " (Ctrl-C again quits at once; the next run then resumes from the newest complete"
+      " checkpoint)"
+      if stop.reason == "Ctrl-C"
+      else ""
+  )
+  return f"Stopping ({stop.reason}): saving step {step} before exiting{again}..."
+
+
 def _end_message(
     stop: _StopRequest,
     stopped: bool,
@@ -622,6 +633,8 @@ def train_and_evaluate(
         pending = (step, step_metrics)
         due = _Due.at(step, config, ckpt)
         stopping = stop.requested(step, sync=due.any)
+        if stopping and is_chief:
+          progress.message(_stopping_message(stop, step))
         if not (due.any or stopping):
           continue
         log.read(*pending)  # The state about to be logged/evaluated/saved must be finite.
@@ -637,6 +650,8 @@ def train_and_evaluate(
             eval_metrics = _evaluate_state(p_eval_step, state, config, stop, batch_sharding)
           except _EvaluationAbandoned:
             stopping = True
+            if is_chief:
+              progress.message(_stopping_message(stop, step))
           else:
             last_eval = eval_metrics
             writer.write_scalars(step, eval_metrics)

@@ -857,6 +857,7 @@ def _unreadable_reason(source: _ArraySource, index: int) -> str:
 def _short_error(error: tf.errors.OpError) -> str:
   """TensorFlow's error message without its op and device decorations."""
   text = re.sub(r"\{\{[^}]*\}\}\s*", "", str(error.message)).strip().splitlines()[0]
+  text = re.sub(r"^.*assertion failed: \[(.*)\]$", r"\1", text)  # augment's check of a JPEG.
   return re.sub(r"\s*\[Op:\w+\].*$", "", text).strip() or type(error).__name__
 
 

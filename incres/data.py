@@ -328,8 +328,9 @@ def _probe_download_hosts(builder) -> None:
   """Raises requests' error at once if a host the dataset downloads from cannot be reached.
 
   One HEAD request per host of the builder's registered URLs, without retries, through the proxy
-  the environment names, as tfds's download would go. Any HTTP answer (an error status included)
-  means the network works and tfds goes ahead; builders without registered URLs are not probed.
+  the environment names, as tfds's download would go. Any HTTP answer (an error status included),
+  or a connection slow to answer, means the network works and tfds goes ahead; builders without
+  registered URLs are not probed.
   """
   try:
     urls = list(builder.url_infos or ())
@@ -342,7 +343,10 @@ def _probe_download_hosts(builder) -> None:
       first_per_host.setdefault((parts.scheme, parts.hostname, parts.port), url)
   with requests.Session() as session:
     for url in first_per_host.values():
-      session.head(url, timeout=PROBE_TIMEOUT_S, allow_redirects=False).close()
+      try:
+        session.head(url, timeout=PROBE_TIMEOUT_S, allow_redirects=False).close()
+      except requests.ReadTimeout:
+        pass  # Connected, but slow to answer: the network works; tfds's download may too.
 
 
 # What `download_and_prepare` raises, by cause (tfds downloads with requests, FTP with urllib).

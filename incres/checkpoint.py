@@ -142,8 +142,16 @@ class DamagedCheckpointError(IncompatibleCheckpointError):
   """No checkpoint in the workdir is intact (each one's metadata or arrays cannot be read)."""
 
 
-def _short_error(e: BaseException, limit: int = 200) -> str:
-  """`Type: first line of the message`, cut to `limit` characters (orbax's can be pages long)."""
+def _short_error(e: BaseException, limit: int = 300) -> str:
+  """`Type: first line of the message` of the root cause, cut to `limit` characters.
+
+  The root cause (the end of the `raise ... from` chain) says what is wrong: orbax wraps each
+  TensorStore read error in an `Exception` whose text is the array's index and, where it meant the
+  store's spec, the repr of the bound method `<bound method ....spec of TensorStore({...})>`
+  (pages long, and no reason); its cause, TensorStore's error, names the file and the damage.
+  """
+  while e.__cause__ is not None:
+    e = e.__cause__
   text = str(e).strip().splitlines()[0] if str(e).strip() else ""
   text = text if len(text) <= limit else text[: limit - 3] + "..."
   return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -90,7 +90,7 @@ class ConversionError(errors.UserError, ValueError):
 
 def _whose(name: str) -> str:
   """ "timm's" or "torchvision's", for messages about the model `name`."""
-  return "timm's" if name in TIMM_MODELS else "torchvision's"
+  return "timm's" if name in TIMM_MODELS or is_timm_resnetv2(name) else "torchvision's"
 
 
 def _np(t) -> np.ndarray:
@@ -408,6 +408,50 @@ def convert(
         f"scan_blocks=True applies to torchvision's ResNets only ({resnets}); {name} has no"
         " scanned layout. Convert it without scan_blocks."
     )
+  try:
+    return _convert(
+        state_dict, name, transform_input=transform_input, dtype=dtype, scan_blocks=scan_blocks
+    )
+  except (ValueError, KeyError) as e:  # ConversionError, or a reshape the sizes do not allow.
+    fits = _model_of(state_dict, other_than=name)
+    if fits is None:
+      raise
+    what = (
+        str(e)
+        if isinstance(e, ConversionError)
+        else f"The state dict does not fit {_whose(name)} {name} ({type(e).__name__}: {e})."
+    )
+  raise ConversionError(
+      f"{what} These weights are {_whose(fits)} {fits}: convert them with --model={fits}."
+  )
+
+
+def _model_of(state_dict: Mapping[str, Any], other_than: str) -> str | None:
+  """The name (a TORCHVISION_MODELS key) whose model these weights fit, besides `other_than`.
+
+  For the message of a mismatch only: each candidate is converted in full (the wrong ones fail at
+  once on their classifier's name, or at the structure check; under a second for a ResNet).
+  """
+  for candidate in TORCHVISION_MODELS:
+    if candidate == other_than:
+      continue
+    try:
+      _convert(state_dict, candidate)
+    except (ValueError, KeyError):
+      continue
+    return candidate
+  return None
+
+
+def _convert(
+    state_dict: Mapping[str, Any],
+    name: str,
+    *,
+    transform_input: bool | None = None,
+    dtype=None,
+    scan_blocks: bool = False,
+):
+  """`convert` after its checks of the arguments."""
   if is_timm_resnetv2(name):
     return convert_timm_resnetv2(state_dict, name, transform_input=transform_input, dtype=dtype)
   head_key = _HEAD_WEIGHT.get(name, "fc.weight")

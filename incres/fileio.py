@@ -13,6 +13,7 @@ lock left by a killed run is free: the next run takes it over (and says whose it
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import json
 import os
@@ -83,6 +84,88 @@ class WorkdirInUseError(errors.UserError, RuntimeError):
   """Another running process holds the workdir's lock."""
 
 
+class WorkdirNotWritableError(errors.UserError, OSError):
+  """The workdir cannot be created or written (a read-only filesystem, no permission, a file)."""
+
+
+def _not_writable_message(workdir: str, why: str) -> str:
+  return (
+      f"Cannot write the workdir {workdir}: {why}. A run writes its checkpoints, logs and lock file"
+      " there. Pass a --workdir on a writable filesystem where you may create files (for example"
+      " under your home directory). Nothing was written."
+  )
+
+
+def _nearest_existing(path: str) -> str:
+  """`path` or its nearest ancestor that exists."""
+  while not os.path.lexists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  return path
+
+
+def _read_only(path: str) -> bool:
+  try:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+  except OSError:
+    return False
+
+
+def check_writable_workdir(workdir: str) -> None:
+  """Raises `WorkdirNotWritableError` if `workdir` could not be created or written; creates nothing.
+
+  Checked before a run spends minutes on its data and model: the nearest existing directory on the
+  way to `workdir` must be a directory that this process may write (`os.access` also reports a
+  read-only filesystem, even to root). `make_workdir` and `WorkdirLock.acquire` still report a
+  refusal that only the write itself meets (a filesystem whose permissions `access` does not see).
+  """
+  workdir = os.path.abspath(workdir)
+  existing = _nearest_existing(workdir)
+  if not os.path.isdir(existing):
+    raise WorkdirNotWritableError(
+        _not_writable_message(workdir, f"{existing} is a file, not a directory")
+    )
+  if not os.access(existing, os.W_OK | os.X_OK):
+    if _read_only(existing):
+      why = f"{existing} is on a read-only filesystem"
+    else:
+      why = f"this user ({_user()}) may not create files in {existing}"
+    raise WorkdirNotWritableError(_not_writable_message(workdir, why))
+
+
+def _user() -> str:
+  try:
+    import pwd  # pylint: disable=g-import-not-at-top  (POSIX only, like fcntl)
+
+    return pwd.getpwuid(os.geteuid()).pw_name
+  except (ImportError, KeyError):
+    return f"uid {os.geteuid()}"
+
+
+def make_workdir(workdir: str) -> None:
+  """`os.makedirs(workdir, exist_ok=True)`; `WorkdirNotWritableError` if that is refused."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    _raise_not_writable(os.path.abspath(workdir), e)
+
+
+def _raise_not_writable(workdir: str, error: OSError) -> None:
+  """Re-raises a refused write under `workdir` (read-only, no permission, a file in the way) as
+  `WorkdirNotWritableError`; any other `OSError` as it is."""
+  where = error.filename or workdir
+  if error.errno == errno.EROFS:
+    why = f"{where} is on a read-only filesystem"
+  elif error.errno in (errno.EACCES, errno.EPERM):
+    why = f"this user ({_user()}) may not write {where}"
+  elif error.errno in (errno.ENOTDIR, errno.EEXIST):
+    why = f"a part of {where} is a file, not a directory"
+  else:
+    raise error
+  raise WorkdirNotWritableError(
+      _not_writable_message(workdir, f"{why} ({error.strerror})")
+  ) from error
+
+
 def _describe(holder: dict[str, Any]) -> str:
   return (
       f"process {holder.get('pid', '?')} on host {holder.get('host', '?')} (started"
@@ -146,8 +229,11 @@ class WorkdirLock:
     """Takes the lock, or raises `WorkdirInUseError` naming the live holder."""
     if self._fd is not None:
       return
-    os.makedirs(self.workdir, exist_ok=True)
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    make_workdir(self.workdir)
+    try:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      _raise_not_writable(self.workdir, e)
     try:
       try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -441,6 +441,17 @@ def _best(
   return None
 
 
+def _stopping_message(stop: _StopRequest, step: int) -> str:
+  """The line printed as soon as the loop sees a stop request: the save takes seconds."""
+  again = (
+      " (Ctrl-C again quits at once; the next run then resumes from the newest complete"
+      " checkpoint)"
+      if stop.reason == "Ctrl-C"
+      else ""
+  )
+  return f"Stopping ({stop.reason}): saving step {step} before exiting{again}..."
+
+
 def _end_message(
     stop: _StopRequest,
     stopped: bool,
@@ -527,7 +538,8 @@ def train_and_evaluate(
   the process at once, keeping the newest complete checkpoint. Raises `NonFiniteLossError` if the
   loss or gradient stops being finite, `checkpoint.IncompatibleCheckpointError` (touching nothing)
   if `workdir` holds another run or no intact checkpoint (`DamagedCheckpointError`), and
-  `fileio.WorkdirInUseError` if another live process is training in `workdir`.
+  `fileio.WorkdirInUseError` if another live process is training in `workdir`, and
+  `fileio.WorkdirNotWritableError` (before anything else) if `workdir` cannot be created or written.
 
   The returned dict holds the last step's training metrics (`train/...`), the last evaluation
   (`eval/top1`, `eval/top5`, `eval/loss`, and `eval_ema/...`, `eval_polyak/...` when averaging is
@@ -535,7 +547,9 @@ def train_and_evaluate(
   """
   from incres import data  # pylint: disable=g-import-not-at-top  (heavy: TensorFlow)
 
+  fileio.check_writable_workdir(workdir)  # Before minutes of data and model: creates nothing.
   info = data.dataset_info(config)  # Fails first, clearly, if the data is missing.
+  data.check_trainable(config)
   config = configs.resolve_config(config, info)
   init_from = finetune.resolve_init_from(config)  # Fine-tuning: the source run, or None.
   model = state_lib.create_model(config)
@@ -560,7 +574,7 @@ def train_and_evaluate(
   resume_step = ckpt.check_compatible(abstract_state)  # Reads only; raises on a mismatch.
 
   # From here on the workdir is ours.
-  os.makedirs(workdir, exist_ok=True)
+  fileio.make_workdir(workdir)
   ckpt.lock_workdir()  # Raises fileio.WorkdirInUseError if another live run has it.
   try:
     if resume_step is not None:
@@ -619,6 +633,8 @@ def train_and_evaluate(
         pending = (step, step_metrics)
         due = _Due.at(step, config, ckpt)
         stopping = stop.requested(step, sync=due.any)
+        if stopping and is_chief:
+          progress.message(_stopping_message(stop, step))
         if not (due.any or stopping):
           continue
         log.read(*pending)  # The state about to be logged/evaluated/saved must be finite.
@@ -634,6 +650,8 @@ def train_and_evaluate(
             eval_metrics = _evaluate_state(p_eval_step, state, config, stop, batch_sharding)
           except _EvaluationAbandoned:
             stopping = True
+            if is_chief:
+              progress.message(_stopping_message(stop, step))
           else:
             last_eval = eval_metrics
             writer.write_scalars(step, eval_metrics)

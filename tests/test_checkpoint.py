@@ -141,6 +141,34 @@ def test_checkpointer_keeps_the_last_k_and_the_best(tmp_path):
   assert meta["data"] == {"next_step": 2} and meta["config"]["model"] == "x"
 
 
+def test_a_damaged_steps_warning_gives_the_underlying_errors_text(tmp_path, caplog):
+  # Orbax wraps TensorStore's read error in an Exception whose text holds the repr of a bound
+  # method (`<bound method pybind11_detail_...spec of TensorStore({...})>`) instead of the reason.
+  config = ml_collections.ConfigDict({"model": "x", "num_classes": 3})
+  state = {"w": jnp.arange(4096.0)}
+  ckpt = checkpoint.Checkpointer(
+      str(tmp_path), config, save_every_steps=1, keep=3, async_save=False
+  )
+  with ckpt:
+    ckpt.save(1, state)
+    ckpt.save(2, {"w": state["w"] + 1})
+  step_dir = os.path.join(ckpt.directory, "2", "state", "ocdbt.process_0", "d")
+  data_file = max((os.path.join(step_dir, f) for f in os.listdir(step_dir)), key=os.path.getsize)
+  os.truncate(data_file, os.path.getsize(data_file) // 2)
+  caplog.set_level("WARNING")
+  reader = checkpoint.Checkpointer(str(tmp_path), config, save_every_steps=1, keep=3)
+  with reader:
+    reader.lock_workdir()
+    restored, meta = reader.restore(jax.eval_shape(lambda: state))
+  assert meta["data"] == {"next_step": 1}
+  np.testing.assert_array_equal(restored["w"], state["w"])
+  [warning] = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+  assert "<bound method" not in warning and "TensorStore(" not in warning, warning
+  # TensorStore's own text: the damaged item and the checkpoint's files.
+  assert re.search(r"restoring its arrays failed: ValueError: \w+: Error reading", warning), warning
+  assert os.path.join(ckpt.directory, "2", "state") in warning, warning
+
+
 def test_load_variables_reads_the_model_variables_without_building_an_optimizer(
     tmp_path, monkeypatch
 ):

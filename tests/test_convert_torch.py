@@ -173,6 +173,25 @@ def _convert(capsys, *args):
   return code, captured.out, captured.err
 
 
+def test_timm_weights_under_a_torchvision_name_say_which_name_fits(tmp_path, capsys):
+  timm = pytest.importorskip("timm")
+  path = tmp_path / "resnetv2_18.pth"
+  torch.save(timm.create_model("resnetv2_18", pretrained=False, num_classes=10).state_dict(), path)
+  code, stdout, err = _convert(
+      capsys, "--model=resnet18", f"--weights={path}", f"--out={tmp_path / 'out'}"
+  )
+  assert code == 2 and not stdout and "Traceback" not in err, err
+  assert "is it really a torchvision resnet18?" in err, err
+  assert err.strip().endswith(
+      "These weights are timm's resnetv2_18: convert them with --model=resnetv2_18."
+  ), err
+  assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+  # Weights that fit nothing known get no suggestion.
+  with pytest.raises(convert_torch.ConversionError) as e:
+    convert_torch.convert({"fc.weight": np.zeros((10, 7), np.float32)}, "resnet18")
+  assert "--model=" not in str(e.value)
+
+
 def _stem_kernel(workdir):
   from incres import checkpoint
 

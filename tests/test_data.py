@@ -194,6 +194,28 @@ def test_folder_dataset_with_split_directories(tmp_path):
   assert (info.num_train, info.num_eval) == (9, 6)
 
 
+def test_training_a_folder_of_one_class_is_refused(tmp_path):
+  # It trained to loss 0 without a word: every label was the same.
+  import tiny_config  # pylint: disable=g-import-not-at-top
+  from incres import train  # pylint: disable=g-import-not-at-top
+
+  root = tmp_path / "photos"
+  _write_tree(str(root), classes=("cat",), per_class=11)
+  config = tiny_config.get(steps=2, dataset=f"folder:{root}")
+  workdir = tmp_path / "run"
+  with pytest.raises(data.DatasetError) as e:
+    train.train_and_evaluate(config, str(workdir))
+  message = str(e.value)
+  assert f"Folder dataset '{root}' has one class, 'cat' (the only directory in {root})" in message
+  assert "at least two classes" in message and "\n" not in message
+  assert not workdir.exists()  # Refused before anything was written.
+  # Only training refuses it (evaluating a model on the images of one class is fine).
+  assert data.dataset_info(config).label_names == ("cat",)
+  _write_tree(str(root), classes=("dog",), per_class=11)
+  data._folder_files.cache_clear()  # pylint: disable=protected-access  (the listing changed)
+  data.check_trainable(config)
+
+
 @pytest.mark.parametrize("name,eval_split", [("cifar10", "test"), ("imagenette", "validation")])
 def test_tfds_datasets_with_mock_data(name, eval_split):
   # cifar10 is held in memory; imagenette (variable-size images) takes the streamed path.
@@ -226,6 +248,7 @@ def test_failed_download_fails_with_a_short_message(tmp_path, monkeypatch):
     raise ConnectionError("Failed to resolve host www.cs.toronto.edu\nlong traceback ...")
 
   monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_network)
+  monkeypatch.setattr(data, "_probe_download_hosts", lambda builder: None)  # No real request.
   with pytest.raises(data.DatasetError, match=r"cifar10.*ConnectionError.*digits") as e:
     data.create_train_iter(_config(dataset="cifar10", data_dir=str(tmp_path)))
   assert "long traceback" not in str(e.value)

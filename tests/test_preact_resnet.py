@@ -177,7 +177,9 @@ def test_wrong_weights_fail_clearly():
     sd50 = timm.create_model("resnetv2_50", pretrained=False).state_dict()
   fake = {k: np.broadcast_to(np.float32(0), tuple(v.shape)) for k, v in sd50.items()}
   with pytest.raises(
-      convert_torch.ConversionError, match="does not fit torchvision's resnetv2_101"
+      convert_torch.ConversionError,
+      match=r"does not fit timm's resnetv2_101 .*These weights are timm's resnetv2_50: convert"
+      r" them with --model=resnetv2_50\.$",
   ):
     convert_torch.convert(fake, "resnetv2_101")
   with pytest.raises(convert_torch.ConversionError, match="no 'head.fc.weight'"):

@@ -103,6 +103,12 @@ def test_ctrl_c_prints_one_message_saves_exits_zero_promptly_and_the_rerun_resum
   assert len(re.findall(r"^Stopped|^Preempted", out, re.MULTILINE)) == 1
   assert "preempted" not in (out + err).lower()
   step = int(match.group(1))
+  # Said at once, before the save (seconds for a large model), and once: what is happening.
+  saying = re.findall(
+      r"^Stopping \(Ctrl-C\): saving step (\d+) before exiting.*Ctrl-C again", out, re.M
+  )
+  assert saying == [str(step)], out[-2000:]
+  assert out.index("Stopping (Ctrl-C)") < match.start(), out[-2000:]
   assert 0 < step < STEPS and complete_steps(workdir)[-1] == step
   assert f"--workdir={workdir}" in match.group(2)
 
@@ -128,6 +134,7 @@ def test_sigterm_says_preempted(jax_cache, tmp_path):
   assert p.returncode == 0, err[-3000:]
   assert seconds < STOP_BOUND_S, (seconds, err[-3000:])
   assert re.search(r"^Preempted \(SIGTERM\) after step \d+/", out, re.MULTILINE), out[-2000:]
+  assert len(re.findall(r"^Stopping \(SIGTERM\): saving step \d+ ", out, re.M)) == 1, out[-2000:]
   assert len(re.findall(r"^Stopped|^Preempted", out, re.MULTILINE)) == 1 and "Ctrl-C" not in out
 
 

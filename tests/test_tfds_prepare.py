@@ -55,6 +55,43 @@ def test_network_failure_is_named(tmp_path, requested):
   assert _URLS["cifar10"] in requested and "\n" not in message
 
 
+def test_an_unreachable_host_fails_at_once_without_tfds_retries(tmp_path, requested, monkeypatch):
+  # Without network tfds retried for 3 min 43 s (progress bars and retry warnings) before failing.
+  prepared = []
+  monkeypatch.setattr(
+      tfds.core.DatasetBuilder, "download_and_prepare", lambda *a, **k: prepared.append(a)
+  )
+  with pytest.raises(data.DatasetError, match=r"network problem \(ConnectionError") as e:
+    data.dataset_info(_config("cifar10", tmp_path))
+  assert requested == [_URLS["cifar10"]]  # One probe of the host, no retry.
+  assert prepared == []  # tfds's download (and its retries) never started.
+  assert "Check this machine's network access" in str(e.value)
+
+
+def test_a_host_that_answers_goes_on_to_the_download(tmp_path, monkeypatch):
+  # Any HTTP answer, an error status included, means the network works: tfds decides the rest.
+  probed, prepared = [], []
+
+  def send(self, request, *args, **kwargs):
+    probed.append((request.method, request.url, kwargs.get("timeout")))
+    if len(probed) == 2:
+      raise requests.ReadTimeout("connected, no answer within the timeout")
+    response = requests.Response()
+    response.status_code, response.url, response.raw = 405, request.url, io.BytesIO(b"")
+    return response
+
+  def full_disk(self, *args, **kwargs):
+    prepared.append(self)
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", full_disk)
+  for _ in range(2):  # An error status, then a connection slow to answer.
+    with pytest.raises(data.DatasetError, match="disk problem"):
+      data.dataset_info(_config("cifar10", tmp_path))
+  assert probed == [("HEAD", _URLS["cifar10"], data.PROBE_TIMEOUT_S)] * 2 and len(prepared) == 2
+
+
 @pytest.mark.parametrize(
     "error, expected",
     [
@@ -80,6 +117,7 @@ def test_prepare_failure_names_its_cause(tmp_path, monkeypatch, error, expected)
       raise RuntimeError("Failed to prepare the dataset") from cause
 
   monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fail)
+  monkeypatch.setattr(data, "_probe_download_hosts", lambda builder: None)  # No real request.
   with pytest.raises(data.DatasetError, match=expected) as e:
     data.dataset_info(_config("cifar10", tmp_path))
   assert "network" not in str(e.value)

@@ -1,7 +1,7 @@
 """Complexity table: `python -m incres.summary` prints every named model's size and cost.
 
 Parameters are counted exactly from `jax.eval_shape` of `init`. Multiply-adds are counted by formula
-(conv and dense layers of the inference forward pass, `incres.complexity.count`), in about a minute
+(conv and dense layers of the inference forward pass, `incres.complexity.count`), in under a minute
 for every model on 2 CPU cores. `--xla` adds XLA's cost analysis of the lowered forward pass
 (flops / 2) beside it as a cross-check; that traces every layer of every model again, unscanned,
 and takes several times as long.

@@ -169,7 +169,7 @@ COMMANDS = {
         ("python -m incres.evaluate --workdir=runs/a --workdir=runs/b --protocol=144crop",),
     ),
     "summary": Command(
-        # Three models of the table's 38 (the whole table takes about a minute): a size stand-in.
+        # Three models of the table's 38 (the whole table takes 20-50 s): a size stand-in.
         "python -m incres.summary CifarResNet20 ResNet18 GoogLeNet",
         ("python -m incres.summary",),
     ),

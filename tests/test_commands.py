@@ -238,6 +238,7 @@ def _user_error(result: subprocess.CompletedProcess, *words: str) -> str:
 
 
 def _images(folder: str, n: int, seed: int = 0) -> None:
+  """`n` small random PNGs of a few sizes in `folder`."""
   os.makedirs(folder, exist_ok=True)
   rng = np.random.default_rng(seed)
   for i in range(n):
@@ -253,6 +254,7 @@ def _build_step(name: str, project: str) -> None:
 
 
 def _log(project: str, name: str) -> str:
+  """The stdout of the build step `name`."""
   with open(os.path.join(project, "logs", f"{name}.out")) as f:
     return f.read()
 
@@ -296,7 +298,7 @@ def fixture_project(tmp_path_factory) -> str:
   with open(str(shared / "documented_commands.lock"), "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not os.path.exists(os.path.join(project, ".built")):
-      if os.path.exists(project):  # A build that failed in the other worker: start over.
+      if os.path.exists(project):  # Left by a build that failed (in the other worker).
         raise RuntimeError(f"An earlier build of {project} failed; see that test's output.")
       os.makedirs(project)
       _build(project)
@@ -306,6 +308,7 @@ def fixture_project(tmp_path_factory) -> str:
 
 @pytest.fixture(name="converted")
 def fixture_converted(project) -> str:
+  """The project, when it has the run converted from torchvision's ResNet-18 (else a skip)."""
   if not os.path.isdir(os.path.join(project, "runs", "tv_resnet18")):
     pytest.skip("torch and torchvision are not installed: no converted run")
   return project

@@ -68,10 +68,54 @@ def _config_spec(argv: list[str]) -> str:
   return ""
 
 
+_HELP = ("-h", "-?", "--help", "-help", "--helpshort", "-helpshort", "--helpfull", "-helpfull")
+
+
+def _available_configs() -> str:
+  """The experiment configs beside this file, as a user would pass them to `--config`."""
+  root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "experiments")
+  shown = os.path.relpath(root)
+  if shown.startswith(os.pardir):
+    shown = root
+  names = sorted(n for n in os.listdir(root) if n.endswith(".py") and not n.startswith("_"))
+  return ", ".join(os.path.join(shown, n) for n in names)
+
+
+def _missing_config_file(spec: str) -> str | None:
+  """The paragraph for a `--config` whose file does not exist, else None."""
+  path = spec.split(":", 1)[0]
+  if not path or os.path.isfile(path):
+    return None
+  return (
+      f"error: --config={spec}: there is no config file {path!r} (looked in {os.getcwd()}). The"
+      f" configs: {_available_configs()}. Pass one of them, with :args if it takes any."
+  )
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with a useful error for a misspelled `--config.KEY`."""
+  """absl's flag parsing, with a useful error for a misspelled `--config.KEY` or config file."""
+  before_dashes = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
+  if help_flag := next((a for a in before_dashes if a in _HELP), None):
+    # absl's --help exits with status 1; a request for help is not an error.
+    app.usage(shorthelp="full" not in help_flag, writeto_stdout=True, exitcode=0)
+  spec = _config_spec(argv)
+  if problem := _missing_config_file(spec):
+    sys.stderr.write(problem + "\n")
+    sys.exit(errors.EXIT_USER_ERROR)
   try:
-    return FLAGS(argv)
+    rest = FLAGS(argv)
+    # config_flags keeps a config file's OSError (a file it opens is missing, say) for the config's
+    # first use, deep inside training: report it now.
+    getattr(FLAGS.config, "lock")
+    return rest
+  except OSError as e:
+    cause = e.__cause__ or e  # The config file's own error, which config_flags wraps.
+    if isinstance(cause, errors.UserError):
+      problem = errors.message(cause)
+    else:
+      problem = f"error: --config={spec}: {' '.join(str(cause).split())}"
+    sys.stderr.write(problem + "\n")
+    sys.exit(errors.EXIT_USER_ERROR)
   except (AttributeError, KeyError) as e:
     keys = [m.group(1) for a in argv[1:] if (m := _OVERRIDE.match(a))]
     message = configs.unknown_keys_message(_config_spec(argv), keys)

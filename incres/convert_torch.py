@@ -898,7 +898,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  from incres import errors, runtime  # pylint: disable=g-import-not-at-top
+  from incres import runtime  # pylint: disable=g-import-not-at-top
 
-  runtime.setup_process()  # Before TensorFlow is imported: quiet start-up, quick exit.
-  errors.run(main)  # A user error: its message and exit status 2, no traceback.
+  runtime.run_command_line(main)  # Quiet start-up; a user error: its message, exit 2, no traceback.

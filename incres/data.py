@@ -51,13 +51,18 @@ import urllib.error
 import urllib.parse
 from typing import Any, Callable, Iterator, Sequence
 
-from absl import flags, logging
-import jax
-import ml_collections
-import numpy as np
-import requests
-import tensorflow as tf
-import tensorflow_datasets as tfds
+if __name__ == "__main__":  # `python -m incres.data`: quiet TensorFlow's start-up, imported below.
+  from incres import runtime as _runtime  # pylint: disable=g-import-not-at-top
+
+  _runtime.setup_process()
+
+from absl import flags, logging  # pylint: disable=g-import-not-at-top
+import jax  # pylint: disable=g-import-not-at-top
+import ml_collections  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+import requests  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from incres import augment, cli, configs, errors, fileio, photometric, resample, runtime
 
@@ -1336,7 +1341,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  from incres import errors, runtime  # pylint: disable=g-import-not-at-top
+  from incres import runtime  # pylint: disable=g-import-not-at-top
 
-  runtime.setup_process()  # Before TensorFlow is imported: quiet start-up, quick exit.
-  errors.run(main)  # A user error: its message and exit status 2, no traceback.
+  runtime.run_command_line(main)  # Quiet start-up; a user error: its message, exit 2, no traceback.

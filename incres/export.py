@@ -1,7 +1,8 @@
 """Export a trained or converted run for serving: StableHLO, a TensorFlow SavedModel, torchvision.
 
-  python -m incres.export --checkpoint=runs/quickstart --out=exported \\
-      --format=stablehlo,saved_model,torch
+  python -m incres.export --checkpoint=runs/quickstart --out=exported
+  python -m incres.export --checkpoint=runs/tv_resnet50 --out=exported_r50 \\
+      --format=stablehlo,saved_model,torch  # torch: only for a model torchvision has.
 
 `--checkpoint` is a workdir (newest checkpoint) or `<workdir>/checkpoints/<step>`, as written by
 `launch.py` or `python -m incres.convert_torch`. `--out` must not exist or be an empty directory;
@@ -654,7 +655,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  from incres import errors, runtime  # pylint: disable=g-import-not-at-top
+  from incres import runtime  # pylint: disable=g-import-not-at-top
 
-  runtime.setup_process()  # Before TensorFlow is imported: quiet start-up, quick exit.
-  errors.run(main)  # A user error: its message and exit status 2, no traceback.
+  runtime.run_command_line(main)  # Quiet start-up; a user error: its message, exit 2, no traceback.

@@ -13,6 +13,7 @@ import functools
 import gc
 import logging
 import os
+from typing import Any, Callable, NoReturn
 
 # Makes restarts start fast: compiled programs are kept across processes.
 DEFAULT_COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "incres", "jax")
@@ -41,6 +42,7 @@ class _DropMissingVariantFolders(logging.Filter):
     return bool(args) and os.path.exists(str(args[0]))
 
 
+@functools.cache  # Once per process: `incres.data` calls it before importing TensorFlow too.
 def setup_process() -> None:
   """Quiets the libraries' start-up lines and makes the process exit in well under a second.
 
@@ -59,6 +61,19 @@ def setup_process() -> None:
   # then makes those final collections skip it. All files incres writes are closed explicitly
   # before this point, and the operating system reclaims the memory either way.
   atexit.register(gc.freeze)
+
+
+def run_command_line(main: Callable[[], Any]) -> NoReturn:
+  """A tool's `if __name__ == "__main__":` block: `setup_process`, then `errors.run(main)`.
+
+  The block imports only this module: any name it imports becomes a global of the tool's module
+  run as `__main__`, replacing one of the same name that `main` uses (evaluate's `errors` function
+  once became the `incres.errors` module that way, and every evaluation crashed at its end).
+  """
+  setup_process()  # Before TensorFlow is imported: quiet start-up, quick exit.
+  from incres import errors  # pylint: disable=g-import-not-at-top
+
+  errors.run(main)
 
 
 @functools.cache

@@ -490,3 +490,12 @@ def test_summary_prints_the_table():
   table = summary.format_table(summary.rows(["CifarResNet20", "ResNet18"], xla=True))
   assert "| CifarResNet20 | 32 | 269,722 | 269,722 ✓ |" in table
   assert "| ResNet18 | 224 | 11,689,512 | 11,689,512 ✓ | 1.814G |" in table
+
+
+@pytest.mark.parametrize("name", ["CifarResNet20", "ResNet50", "CifarPreActResNet110"])
+def test_count_traces_repeated_blocks_once_with_the_same_numbers(name):
+  # `count` (the summary's) traces a ResNet with each stage's repeated blocks as one nn.scan.
+  model, size = models.get_model(name), models.MODELS[name]
+  variables = complexity.abstract_variables(model, size)
+  expected = (complexity.count_params(variables), complexity.count_macs(model, size, variables))
+  assert complexity.count(model, size) == expected

@@ -11,13 +11,13 @@ runs top to bottom with SMOKE = True, as tests/test_notebooks.py runs them. Prin
 notebook (its result, seconds and the setup cell's output) and the versions after the install.
 """
 
-import argparse
 import importlib.metadata
 import json
 import os
 import sys
 import time
 
+from absl import app, flags  # absl-py comes with TensorFlow, as on Colab.
 import nbclient
 import nbformat
 
@@ -72,19 +72,19 @@ def run(path, work, repo):
   }
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__)
-  p.add_argument("--repo", required=True, help="what the setup cell clones (INCRES_REPO)")
-  p.add_argument("--work", required=True, help="scratch directory (its content/ is /content)")
-  p.add_argument(
-      "notebooks", nargs="*", default=["quickstart.ipynb", "finetune.ipynb", "analysis.ipynb"]
-  )
-  a = p.parse_args()
-  work = os.path.abspath(a.work)
+_REPO = flags.DEFINE_string("repo", None, "what the setup cell clones (INCRES_REPO)", required=True)
+_WORK = flags.DEFINE_string(
+    "work", None, "scratch directory (its content/ is /content)", required=True
+)
+
+
+def main(argv):
+  names = argv[1:] or ["quickstart.ipynb", "finetune.ipynb", "analysis.ipynb"]
+  work = os.path.abspath(_WORK.value)
   print("before:", json.dumps(_versions()), flush=True)
   results = []
-  for name in a.notebooks:
-    r = run(os.path.join(HERE, name), work, a.repo)
+  for name in names:
+    r = run(os.path.join(HERE, name), work, _REPO.value)
     results.append(r)
     print(json.dumps(r, indent=1), flush=True)
   print("after:", json.dumps(_versions()), flush=True)
@@ -92,4 +92,4 @@ def main():
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  app.run(main)

@@ -211,7 +211,7 @@ def test_cli_imports_resnetv2_with_its_input_scaling(tmp_path, capsys):
   other = tmp_path / "other"
   code = convert_torch.main(["--model=resnetv2_34", f"--weights={weights}", f"--out={other}"])
   err = capsys.readouterr().err
-  assert code == 2 and "does not fit torchvision's resnetv2_34" in err and "Traceback" not in err
+  assert code == 2 and "does not fit timm's resnetv2_34" in err and "Traceback" not in err
   assert len(err.strip().splitlines()) == 1 and not other.exists()
 
 

@@ -200,3 +200,42 @@ def test_load_variables_reads_the_model_variables_without_building_an_optimizer(
   assert_same_bits(ema, {"params": state.ema_params, "batch_stats": state.batch_stats})
   with pytest.raises(ValueError, match="kept no polyak average"):
     checkpoint.load_variables(str(tmp_path), averaged="polyak")
+
+
+def test_importing_changes_nothing_process_wide():
+  # Orbax's reading noise is filtered only while a checkpoint is being read: importing the module
+  # (as every later stage and a notebook do) leaves the hook and absl's logger as they were.
+  program = (
+      "import sys\n"
+      "from absl import logging\n"
+      "hook, filters = sys.unraisablehook, list(logging.get_absl_logger().filters)\n"
+      "import incres.checkpoint\n"
+      "assert sys.unraisablehook is hook, sys.unraisablehook\n"
+      "assert logging.get_absl_logger().filters == filters, logging.get_absl_logger().filters\n"
+  )
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  result = subprocess.run(
+      [sys.executable, "-c", program], capture_output=True, text=True, env=env, cwd=ROOT
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_a_checkpointer_quiets_orbax_only_until_it_is_closed(tmp_path):
+  from absl import logging  # pylint: disable=g-import-not-at-top
+
+  hook, filters = sys.unraisablehook, list(logging.get_absl_logger().filters)
+  config = ml_collections.ConfigDict({"model": "x", "num_classes": 3})
+  state = {"w": jnp.arange(3.0)}
+  with checkpoint.Checkpointer(
+      str(tmp_path), config, save_every_steps=1, keep=1, async_save=False
+  ) as ckpt:
+    ckpt.save(1, state)
+  assert sys.unraisablehook is hook and logging.get_absl_logger().filters == filters
+  resumed = checkpoint.Checkpointer(str(tmp_path), config, save_every_steps=1, keep=1)
+  with resumed:
+    resumed.restore(jax.eval_shape(lambda: state))
+    # Held after the restore: its abandoned reads (if any) may report later.
+    assert sys.unraisablehook is not hook and len(logging.get_absl_logger().filters) > len(filters)
+  assert sys.unraisablehook is hook and logging.get_absl_logger().filters == filters
+  checkpoint.load_config(str(tmp_path))  # A reader alone restores them too.
+  assert sys.unraisablehook is hook and logging.get_absl_logger().filters == filters

@@ -122,6 +122,28 @@ def test_good_batches_are_the_plain_pipelines(tmp_path):
       assert not np.array_equal(a["image"], b["image"])
 
 
+def test_a_spare_row_is_another_view_of_its_image_than_in_its_own_batch(tmp_path):
+  # A repaired batch's spares are the first rows of the next batch: drawn with the spare seed, not
+  # the row's own, or those images would be shown twice that epoch with the same augmentation.
+  write_folder(str(tmp_path))
+  config = folder_config(str(tmp_path))
+  config.augment = "resnet_imagenet"  # Random crops and flips, on the host (CPU: no device work).
+  assert data.device_preprocess(config) is None
+  it, batches, skipped = data.create_train_iter(config), [], [0]
+  for _ in range(10):  # Steps 0 and 8 are repaired, each followed by an unrepaired batch.
+    batches.append(next(it))
+    skipped.append(it.skipped)
+  new = np.diff(skipped)  # Unreadable images met by each batch.
+  # Batches whose next batch is unrepaired: their k spares are its first k rows.
+  repaired = [s for s in range(9) if new[s] and not new[s + 1]]
+  assert repaired, new
+  for s in repaired:
+    k, batch, after = new[s], batches[s], batches[s + 1]
+    np.testing.assert_array_equal(batch["label"][-k:], after["label"][:k])
+    for spare, row in zip(batch["image"][-k:], after["image"][:k]):
+      assert not np.array_equal(spare, row), f"batch {s}'s spare has its row's augmentation"
+
+
 @pytest.mark.slow
 def test_training_runs_through_names_counts_and_resumes_exactly(tmp_path, caplog):
   root = str(tmp_path / "images")

@@ -122,6 +122,24 @@ def test_good_batches_are_the_plain_pipelines(tmp_path):
       assert not np.array_equal(a["image"], b["image"])
 
 
+def test_a_spare_row_is_another_view_of_its_image_than_in_its_own_batch(tmp_path):
+  # A repaired batch's spares are the first rows of the next batch: drawn with the spare seed, not
+  # the row's own, or those images would be shown twice that epoch with the same augmentation.
+  write_folder(str(tmp_path))
+  config = folder_config(str(tmp_path))
+  config.augment = "resnet_imagenet"  # Random crops and flips, on the host (CPU: no device work).
+  assert data.device_preprocess(config) is None
+  it = data.create_train_iter(config)
+  batch = next(it)
+  k = it.skipped
+  after = next(it)
+  # Batch 0 meets an unreadable image, batch 1 none: batch 0's k spares are batch 1's first rows.
+  assert k >= 1 and it.skipped == k, (k, it.skipped)
+  np.testing.assert_array_equal(batch["label"][-k:], after["label"][:k])
+  for spare, row in zip(batch["image"][-k:], after["image"][:k]):
+    assert not np.array_equal(spare, row), "a spare row has its own row's augmentation"
+
+
 @pytest.mark.slow
 def test_training_runs_through_names_counts_and_resumes_exactly(tmp_path, caplog):
   root = str(tmp_path / "images")

@@ -1,5 +1,6 @@
 """Fine-tuning from a trained run onto a new task with a new head."""
 
+import functools
 import os
 
 import jax
@@ -89,6 +90,24 @@ def test_frozen_backbone_fine_tuning_onto_a_five_class_folder(source_run, tmp_pa
   reinit = log.split("re-initialised")[1].split("skipped")[0]
   assert "params/head/kernel" in reinit and "params/head/bias" in reinit
   assert "stage1_block0" not in reinit
+
+
+def test_a_frozen_backbone_keeps_its_batch_statistics_in_training():
+  # The quick counterpart of the test above (whose source run takes minutes): the model a frozen
+  # fine-tune builds, run in training mode, normalises with its running statistics and leaves them.
+  config = tiny.get(freeze_backbone=True, num_classes=10)
+  model = state_lib.create_model(config)
+  rng = np.random.default_rng(0)
+  # Not the statistics' initial mean 0 and variance 1: statistics that were updated would move.
+  x = (3 + 2 * rng.normal(size=(8, 16, 16, 3))).astype(np.float32)
+  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), x)
+  train_mode = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))
+  _, new = train_mode(variables, x)
+  old = jax.tree_util.tree_flatten_with_path(variables["batch_stats"])[0]
+  assert len(old) > 20  # Every BN layer's mean and variance.
+  assert jax.tree.structure(new["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
+  for (path, a), b in zip(old, jax.tree.leaves(new["batch_stats"])):
+    np.testing.assert_array_equal(b, a, jax.tree_util.keystr(path))
 
 
 @pytest.mark.slow

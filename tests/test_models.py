@@ -411,6 +411,31 @@ def test_dropout_drops_the_papers_fractions(name, main, aux):
     assert abs(fraction - rate) < 4 * std, (path, fraction, rate, n)
 
 
+@pytest.mark.parametrize(
+    "name, main, aux", [("GoogLeNet32", 0.4, 0.7), ("GoogLeNetBN32", 0.2, 0.7)]
+)
+def test_dropout_layers_have_the_papers_rates(name, main, aux):
+  # The quick counterpart of the test above: the rates the layers are built with, from an abstract
+  # training-mode init (traced, never compiled or run).
+  model = models.get_model(name, num_classes=5, **TINY[name][0])
+  layers = {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.Dropout) and context.method_name == "__call__":
+      layers["/".join(context.module.path)] = (context.module.rate, context.module.deterministic)
+    return next_fun(*args, **kwargs)
+
+  key = jax.random.key(0)
+  with nn.intercept_methods(interceptor):
+    jax.eval_shape(
+        lambda: model.init({"params": key, "dropout": key}, jnp.zeros((1, 32, 32, 3)), train=True)
+    )
+  assert layers == {
+      "Dropout_0": (main, False),
+      **{f"{h}/Dropout_0": (aux, False) for h in ("aux_4a", "aux_4d")},
+  }
+
+
 def test_batch_statistics_update_only_in_training():
   model, variables, x = _tiny("CifarResNet20")
   _, eval_vars = model.apply(variables, x, train=False, mutable=["batch_stats"])

@@ -294,6 +294,24 @@ def test_lock_names_a_live_holder_and_takes_over_a_dead_ones(tmp_path, caplog):
   assert not caplog.records  # no stale holder to report.
 
 
+def test_taking_over_a_stale_lock_warns_of_another_host_only_when_it_was_one(tmp_path, caplog):
+  # A killed holder leaves its body in the lock file; no subprocess needed to make one.
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  warnings = {}
+  for case, host in [("same", socket.gethostname()), ("other", "elsewhere.example"), ("cut", "?")]:
+    holder = {"host": host, "pid": 4242, "start": "2024-01-01T00:00:00+00:00"}
+    (workdir / fileio.LOCK_FILE).write_text(json.dumps(holder) + "\n")
+    caplog.clear()
+    with caplog.at_level(std_logging.WARNING), fileio.WorkdirLock(str(workdir)):
+      pass
+    [warnings[case]] = [r.getMessage() for r in caplog.records if "Taking over" in r.getMessage()]
+    assert f"process 4242 on host {host}" in warnings[case]
+  assert "ran on another host" in warnings["other"]
+  assert "ran on another host" not in warnings["same"]
+  assert "ran on another host" not in warnings["cut"]  # An unknown host: nothing to say.
+
+
 # --- Real processes: concurrent launches, SIGKILL at random moments -------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -177,6 +178,54 @@ def test_train_step_adds_weighted_aux_losses_and_updates_every_parameter(dtype):
   assert int(new_state.step) == 1
   changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params, new_state.params)
   assert all(jax.tree.leaves(changed)), changed
+
+
+def test_train_step_smooths_the_labels_of_the_aux_heads_too():
+  # The metric `aux_loss` recomputed outside the step from the same model, variables and dropout
+  # key: each head's cross-entropy against smoothed labels, not one-hot ones.
+  config = tiny_config(aux_loss_weight=0.3, label_smoothing=0.1)
+  model = _TinyNetWithAux()
+  lr_fn = state_lib.create_learning_rate_fn(config)
+  tx = state_lib.create_optimizer(config, lr_fn)
+  state = state_lib.create_train_state(config, model, tx, state_lib.create_mesh())
+  rng = np.random.default_rng(0)
+  batch = {
+      "image": rng.normal(size=(8, 16, 16, 3)).astype(np.float32),
+      "label": rng.integers(0, 10, 8).astype(np.int32),
+  }
+  apply = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))
+  (logits, extras), _ = apply(
+      state_lib.model_variables(state.params, state.batch_stats),
+      batch["image"],
+      rngs={"dropout": jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)},
+  )
+  targets = np.eye(10, dtype=np.float32)[batch["label"]]
+
+  def loss(x, smoothing):  # In NumPy: eager JAX would compile every operation (seconds).
+    x = np.asarray(x, np.float64)
+    log_p = x - x.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    return float(-(((1 - smoothing) * targets + smoothing / 10) * log_p).sum(-1).mean())
+
+  heads = extras["aux_logits"]
+  assert len(heads) == 2
+  expected = {"loss": loss(logits, 0.1), "aux_loss": sum(loss(x, 0.1) for x in heads)}
+  unsmoothed = sum(loss(x, 0.0) for x in heads)
+  assert abs(unsmoothed - expected["aux_loss"]) > 1e-3  # The smoothing is visible at this scale.
+  step = jax.jit(
+      lambda s, b: train.train_step(
+          s,
+          b,
+          model=model,
+          tx=tx,
+          learning_rate_fn=lr_fn,
+          aux_loss_weight=0.3,
+          label_smoothing=0.1,
+          ema_decay=None,
+      )
+  )
+  m = jax.device_get(step(state, batch)[1])
+  assert {k: float(m[k]) for k in expected} == pytest.approx(expected, rel=1e-5)
 
 
 def _one_step(config, model, aux_loss_weight, ema_decay=None):

@@ -66,8 +66,6 @@ import numpy as np
 
 from incres import cli, errors
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is first imported.
-
 FORMATS = ("stablehlo", "saved_model", "torch")
 DEFAULT_FORMATS = ("stablehlo", "saved_model")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")

@@ -5,12 +5,12 @@
   python benchmarks/throughput.py --model=ResNet50 --batch=256 --dtype=bfloat16 --vs_torch \
       --rounds=1 --torch_compile --steps=20 --warmup=5 --json   # on a GPU
 
-Prints images/s for one SGD-with-momentum training step (forward, backward, BN statistics, weight
-decay, the update; GoogLeNet's auxiliary losses weighted 0.3) and for inference, each the median of
-`--steps` timed steps after `--warmup` untimed ones; the compile time of each jitted function; peak
-host memory (and device memory on an accelerator); and the achieved FLOP/s (XLA's cost analysis of
-the lowered step over the median step time) as a fraction of a large matmul in the same dtype timed
-in the same run. The batch is put on the device once and reused (`--input=device`, the default:
+Prints images/s for one step of the training loop, `incres.train.train_step` (forward, backward, BN
+statistics, the metrics; here SGD with momentum and weight decay, GoogLeNet's auxiliary losses
+weighted 0.3), and for inference, each the median of `--steps` timed steps after `--warmup`
+untimed ones; the compile time of each jitted function; peak host memory (and device memory on an
+accelerator); and the achieved FLOP/s (XLA's cost analysis of the lowered step over the median step
+time) as a fraction of a large matmul in the same dtype timed in the same run. The batch is put on the device once and reused (`--input=device`, the default:
 the model's own rate, as synthetic-data benchmarks report it), or copied from host memory before
 every step, synchronously (`--input=host`; the training loop overlaps that copy with the previous
 step, `incres.train.DevicePrefetch`, so this is a lower bound). On an H200 the synchronous copy of
@@ -34,6 +34,7 @@ compilation cache: run twice to measure a second launch's compile time. Needs no
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -144,8 +145,13 @@ def _max_rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB  # Linux: KiB.
 
 
-def _cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+def _batch(images: Any, labels: Any) -> dict[str, Any]:
+  """What `incres.train.train_step` takes: the images (or the pipeline's batch) and the labels."""
+  return (
+      {**images, "label": labels}
+      if isinstance(images, dict)
+      else {"image": images, "label": labels}
+  )
 
 
 def setup_jax(
@@ -173,36 +179,39 @@ def setup_jax(
   variables = jax.jit(lambda: model.init(jax.random.key(0), prepare(first), train=False))()
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
+  # incres.train needs ml_collections (its state and configs): imported here, not with the module,
+  # so that the torch side runs without it.
+  from incres import state as state_lib, train  # pylint: disable=g-import-not-at-top
+
   tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
-  state = (params, batch_stats, tx.init(params))
-
-  def train_step(state, x, y, key):
-    params, batch_stats, opt_state = state
-
-    def loss_fn(params):
-      (logits, extras), new_vars = model.apply(
-          {"params": params, "batch_stats": batch_stats},
-          prepare(x),
-          train=True,
-          mutable=["batch_stats"],
-          rngs={"dropout": key},
-      )
-      loss = _cross_entropy(logits, y)
-      for aux in extras["aux_logits"]:
-        loss += 0.3 * _cross_entropy(aux, y)
-      return loss, new_vars.get("batch_stats", {})
-
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
+  state = state_lib.TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=batch_stats,
+      opt_state=tx.init(params),
+      ema_params=None,
+      polyak_params=None,
+      rng=jax.random.key_data(jax.random.key(1)),
+  )
+  # The training loop's own step: the loss, the auxiliary losses weighted 0.3, its metrics.
+  train_step = functools.partial(
+      train.train_step,
+      model=model,
+      tx=tx,
+      learning_rate_fn=optax.constant_schedule(0.1),
+      aux_loss_weight=0.3,
+      label_smoothing=0.0,
+      ema_decay=None,
+      preprocess=preprocess,
+  )
 
   def infer(variables, x):
     return model.apply(variables, prepare(x), train=False)[0]
 
   out: dict[str, Any] = {"params": int(sum(p.size for p in jax.tree.leaves(params)))}
-  x, y, key = jax.tree.map(jnp.asarray, images), jnp.asarray(labels), jax.random.key(1)
+  x, y = jax.tree.map(jnp.asarray, images), jnp.asarray(labels)
   t0 = time.perf_counter()
-  lowered = jax.jit(train_step, donate_argnums=0).lower(state, x, y, key)
+  lowered = jax.jit(train_step, donate_argnums=0).lower(state, _batch(x, y))
   train = lowered.compile()
   out["compile_s"] = time.perf_counter() - t0
   train_flops = _flops(lowered)
@@ -213,12 +222,12 @@ def setup_jax(
   def step():
     nonlocal state
     xb, yb = jax.device_put(images), jax.device_put(labels)  # --input=host: from host memory.
-    state, loss = train(state, xb, yb, key)
-    loss.block_until_ready()
+    state, metrics = train(state, _batch(xb, yb))
+    metrics["loss"].block_until_ready()
 
   steps = {"train": (step, train_flops)}
   if not args.skip_infer:
-    params, batch_stats, _ = state
+    params, batch_stats = state.params, state.batch_stats
     variables = (
         {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
     )

@@ -71,7 +71,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.warmup_epochs, c.warmup_learning_rate = 0.0, 0.0
   studies.digits_budget(c, a.steps, a.batch, NUM_EVALS)
   c.lr_boundary_epochs = (c.num_epochs * 0.5, c.num_epochs * 0.75)  # The paper's 32k/64k, 48k/64k.
-  c.smoke = a.smoke
   return c
 
 

@@ -48,7 +48,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model_kwargs = ml_collections.ConfigDict()
   c.normalize = "auto"
   c.dataset = a.dataset
-  c.smoke = a.smoke
   small = a.dataset == "digits" or a.dataset.startswith("cifar") or a.model.startswith("Cifar")
   c.image_size = 32 if small else 224
   c.augment = "cifar" if small else "resnet_imagenet"

@@ -53,7 +53,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = configs.parse_arg(arg, bn=False, dataset="", smoke=False)
   c = configs.base_config()
   c.dataset = a.dataset or ("fake" if a.smoke else "imagenet2012")
-  c.smoke = a.smoke
   small = c.dataset in SMALL_IMAGE_DATASETS
   c.model = ("GoogLeNetBN" if a.bn else "GoogLeNet") + ("32" if small else "")
   if small and not a.bn:

@@ -167,7 +167,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   studies.digits_budget(c, steps, batch, NUM_EVALS)
   if a.study == "preact":
     c.lr_boundary_epochs = (c.num_epochs * 0.5, c.num_epochs * 0.75)  # The paper's 32k/64k, 48k.
-  c.smoke = a.smoke
   return c
 
 

@@ -96,7 +96,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   else:
     c.model = f"CifarPlain{a.depth}" if a.plain else f"CifarResNet{a.depth}"
   c.dataset = a.dataset or ("digits" if a.smoke else "cifar10")
-  c.smoke = a.smoke
   # 111 / 200 units a stage: compiled once per stage (scan_blocks).
   if a.depth in (1001, 1202) and not a.tiny:
     c.model_kwargs.scan_blocks = True

@@ -61,7 +61,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = f"Plain{a.depth}" if a.plain else f"ResNet{a.depth}"
   c.model_kwargs = ml_collections.ConfigDict({"shortcut": shortcut})
   c.dataset = a.dataset or ("fake" if a.smoke else "imagenet2012")
-  c.smoke = a.smoke
 
   c.train_split = "train"
   c.eval_split = "validation" if c.dataset in ("imagenet2012", "imagenette") else "test"

@@ -202,16 +202,21 @@ def _layer_key(name: str) -> tuple:
   return (0 if name.startswith("stem") else 1, [int(p) if p.isdigit() else p for p in parts])
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  """{'stage1_block0': {'bn_out1': (x,)}} -> {'stage1_block0/bn_out1': x}."""
+def _flatten(tree: Any) -> dict[str, Any]:
+  """{'stage1_block0': {'bn_out1': (x,)}} -> {'stage1_block0/bn_out1': x} (`_0`, `_1`, ... for a
+  layer that sowed several values)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from incres import state  # pylint: disable=g-import-not-at-top
+
   out = {}
-  for key, value in tree.items():
-    name = f"{prefix}/{key}" if prefix else str(key)
+  # `sow` keeps each layer's values in a tuple: the tuples are the leaves.
+  is_sown = lambda x: isinstance(x, tuple)
+  for path, value in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_sown)[0]:
+    name = "/".join(state.path_keys(path))
     if isinstance(value, tuple):
       for i, v in enumerate(value):
         out[name if len(value) == 1 else f"{name}_{i}"] = v
-    elif hasattr(value, "items"):
-      out.update(_flatten(value, name))
     else:
       out[name] = value
   return out

@@ -119,8 +119,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from_step = ml_collections.config_dict.placeholder(int)  # None: latest.
   c.freeze_backbone = False
   c.head_learning_rate = ml_collections.config_dict.placeholder(float)  # None: same as the rest.
-
-  c.smoke = False
   return c
 
 

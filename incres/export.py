@@ -66,8 +66,6 @@ import numpy as np
 
 from incres import cli, errors
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is first imported.
-
 FORMATS = ("stablehlo", "saved_model", "torch")
 DEFAULT_FORMATS = ("stablehlo", "saved_model")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -236,15 +234,12 @@ def torch_state_dict(config, variables) -> tuple[collections.OrderedDict, str]:
   keeps torchvision's initial 0), every incres variable must be used once, and the result is
   loaded into torchvision's model with `strict=True` before it is returned.
   """
-  from incres import convert_torch  # pylint: disable=g-import-not-at-top
+  from incres import convert_torch, state  # pylint: disable=g-import-not-at-top
 
   torch, torchvision = _torch_modules()
   name, kwargs = torchvision_twin(config)
   template = getattr(torchvision.models, name)(weights=None, **kwargs).state_dict()
-  flat = {
-      tuple(str(getattr(k, "key", k)) for k in path): leaf
-      for path, leaf in _flatten_with_path(variables)
-  }
+  flat = {state.path_keys(path): leaf for path, leaf in _flatten_with_path(variables)}
   state_dict = collections.OrderedDict()
   for key, ref in template.items():
     where = convert_torch.incres_variable(key, name, ref.ndim)

@@ -50,15 +50,17 @@ class BackboneMismatchError(errors.UserError, ValueError):
 
 
 def _flat(tree: PyTree) -> dict[str, Any]:
+  """{"conv1/kernel": leaf, ...}: the leaves by their "/"-joined paths."""
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    out["/".join(str(getattr(k, "key", k)) for k in path)] = leaf
+    out["/".join(state_lib.path_keys(path))] = leaf
   return out
 
 
 def _unflatten_like(reference: PyTree, flat: dict[str, Any]) -> PyTree:
+  """`reference`'s structure with the leaves of `flat` (as `_flat` names them)."""
   paths = jax.tree_util.tree_flatten_with_path(reference)[0]
-  leaves = [flat["/".join(str(getattr(k, "key", k)) for k in p)] for p, _ in paths]
+  leaves = [flat["/".join(state_lib.path_keys(p))] for p, _ in paths]
   return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(reference), leaves)
 
 

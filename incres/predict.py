@@ -23,8 +23,6 @@ import numpy as np
 
 from incres import cli, errors
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is first imported.
-
 
 def imagenet_class_names() -> tuple[str, ...]:
   """The 1,000 ImageNet class names, in the standard label order."""

@@ -13,6 +13,7 @@ also what a restore needs) then a jitted init placed directly on those shardings
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import flax
@@ -148,6 +149,23 @@ def weight_decay_mask(params: PyTree) -> PyTree:
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def path_keys(path: Sequence[Any]) -> tuple[str, ...]:
+  """A `jax.tree_util` key path as strings, one per level: its dict keys, attribute names, indices.
+
+  `(DictKey('opt_state'), SequenceKey(0), GetAttrKey('trace'))` -> `('opt_state', '0', 'trace')`;
+  joined with "/" these are the variable paths of `is_head`, fine-tuning's logs and the exports.
+  """
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):  # DictKey / FlattenedIndexKey, GetAttrKey, SequenceKey.
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return tuple(parts)
+
+
 def is_head(path: str) -> bool:
   """Whether a parameter path ("head/kernel", "aux_4a/fc1/bias") belongs to a classifier head."""
   top = path.split("/")[0]
@@ -157,7 +175,7 @@ def is_head(path: str) -> bool:
 def param_labels(params: PyTree) -> PyTree:
   """'head' or 'backbone' for every parameter leaf (the labels of `optax.multi_transform`)."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: "head" if is_head(str(getattr(path[0], "key", path[0]))) else "backbone",
+      lambda path, _: "head" if is_head(path_keys(path)[0]) else "backbone",
       params,
   )
 

@@ -1,4 +1,5 @@
-"""The package's shape: no import cycle, and no module uses another module's private names.
+"""The package's shape: no import cycle, no module uses another module's private names, and
+importing a module changes no process-wide state (environment, hooks, warnings, logging).
 
 The checker reads the source with `ast` (nothing is imported), so it sees function-level imports
 too: a cycle hidden inside a function (`checkpoint` importing `train` that imports `checkpoint`)
@@ -8,8 +9,11 @@ is still a cycle. A private name is one with a leading underscore that is not a 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -224,3 +228,216 @@ def test_later_stages_build_models_without_the_training_loop(incres_graph):
   uses_train = [m for m in stages if "incres.train" in graph[f"incres.{m}"]]
   assert not uses_train, f"{uses_train} import incres.train; they should need incres.state only"
   assert os.path.exists(ROOT / "incres" / "state.py")
+
+
+# --- Importing a module changes nothing process-wide ----------------------------------------------
+
+# Run in a fresh interpreter as `python -c _IMPORT_PROBE <package> <third-party module>... -- <module>...`.
+# It imports the third-party modules first (their own import-time changes are not the package's),
+# then each module of the package. A finder wraps every module of the package as it is loaded, so
+# that a change is charged to the module whose own code was running when it happened: a module
+# imported by another is charged for its body, not its importer. Prints one JSON object,
+# {module: [[what, before, after], ...]}, for the modules that changed anything.
+_IMPORT_PROBE = r"""
+import importlib, importlib.abc, importlib.machinery, json, logging, os, sys, warnings
+
+package = sys.argv[1]
+split = sys.argv.index("--")
+libraries, modules = sys.argv[2:split], sys.argv[split + 1:]
+
+
+def describe(obj):
+  return f"{type(obj).__module__}.{type(obj).__qualname__}@{id(obj):x}"
+
+
+def snapshot():
+  out = {f"os.environ[{k}]": v for k, v in os.environ.items()}
+  for name in ("unraisablehook", "excepthook"):
+    hook = getattr(sys, name)
+    out[f"sys.{name}"] = f"{getattr(hook, '__module__', '?')}.{getattr(hook, '__qualname__', '?')}@{id(hook):x}"
+  out["warnings filters"] = repr(warnings.filters)
+  # The absl logger is looked up, never created: a plain Logger made here would be absl's.
+  loggers = {"root logger": logging.root, "absl logger": logging.Logger.manager.loggerDict.get("absl")}
+  for label, logger in loggers.items():
+    if isinstance(logger, logging.Logger):
+      out[f"{label} filters"] = repr([describe(f) for f in logger.filters])
+      out[f"{label} handlers"] = repr(
+          [describe(h) + " filters " + repr([describe(f) for f in h.filters]) for h in logger.handlers]
+      )
+  return out
+
+
+changes = {}
+stack = []  # [module, snapshot when its own code (re)started running]
+
+
+def charge(module, before, after):
+  for key in sorted(before.keys() | after.keys()):
+    if before.get(key) != after.get(key):
+      changes.setdefault(module, []).append([key, before.get(key), after.get(key)])
+
+
+def enter(module):
+  now = snapshot()
+  if stack:
+    charge(stack[-1][0], stack[-1][1], now)
+  stack.append([module, now])
+
+
+def leave():
+  now = snapshot()
+  module, before = stack.pop()
+  charge(module, before, now)
+  if stack:
+    stack[-1][1] = now
+
+
+class Watch(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path, target=None):
+    if name != package and not name.startswith(package + "."):
+      return None
+    spec = importlib.machinery.PathFinder.find_spec(name, path)
+    if spec is None or spec.loader is None:
+      return spec
+    run = spec.loader.exec_module
+
+    def exec_module(module, run=run, name=name):
+      enter(name)
+      try:
+        run(module)
+      finally:
+        leave()
+
+    spec.loader.exec_module = exec_module
+    return spec
+
+
+def watch_environ(method):
+  # A write that leaves the value as it was here (a setdefault of a variable a library set first)
+  # would change it in another process: writes are reported, not only changed values.
+  original = getattr(type(os.environ), method)
+
+  def write(self, key, *args):
+    if stack:
+      call = ", ".join(repr(a) for a in (key, *args))
+      changes.setdefault(stack[-1][0], []).append(
+          [f"os.environ[{key}]", os.environ.get(key), f"os.environ.{method.strip('_')}({call})"]
+      )
+    return original(self, key, *args)
+
+  setattr(type(os.environ), method, write)
+
+
+for library in libraries:
+  try:
+    importlib.import_module(library)
+  except ImportError:  # `from x import name` of a name that is not a module.
+    pass
+for method in ("__setitem__", "__delitem__", "setdefault", "pop"):
+  watch_environ(method)
+sys.meta_path.insert(0, Watch())
+for module in modules:
+  importlib.import_module(module)
+first = {}  # Each module's first report of each thing (a setdefault also reports its setitem).
+for module, found in changes.items():
+  first[module] = list({what: [what, before, after] for what, before, after in reversed(found)}.values())[::-1]
+print("IMPORT_PROBE " + json.dumps(first))
+"""
+
+
+def _third_party_imports(modules: dict[str, pathlib.Path], package: str) -> list[str]:
+  """The modules outside `package` that its modules import when imported (not in functions)."""
+  found = set()
+  for path in modules.values():
+    pending = list(ast.parse(path.read_text(), filename=str(path)).body)
+    while pending:
+      node = pending.pop()
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        continue
+      if isinstance(node, ast.Import):
+        found.update(alias.name for alias in node.names)
+      elif isinstance(node, ast.ImportFrom) and not node.level and node.module != "__future__":
+        found.add(node.module)
+        found.update(f"{node.module}.{alias.name}" for alias in node.names)
+      else:
+        pending.extend(ast.iter_child_nodes(node))
+  return sorted(m for m in found if m != package and not m.startswith(package + "."))
+
+
+def import_side_effects(package_dir: pathlib.Path) -> dict[str, list[list[str | None]]]:
+  """{module: [[what, before, after], ...]}: what importing each module of the package changed."""
+  modules = _modules(package_dir)
+  package = package_dir.name
+  libraries = _third_party_imports(modules, package)
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(
+      filter(None, [str(package_dir.parent), env.get("PYTHONPATH")])
+  )
+  result = subprocess.run(
+      [sys.executable, "-c", _IMPORT_PROBE, package, *libraries, "--", *sorted(modules)],
+      capture_output=True,
+      text=True,
+      cwd=package_dir.parent,
+      env=env,
+      timeout=300,
+  )
+  lines = [l for l in result.stdout.splitlines() if l.startswith("IMPORT_PROBE ")]
+  assert result.returncode == 0 and lines, result.stdout + result.stderr
+  return json.loads(lines[-1][len("IMPORT_PROBE ") :])
+
+
+def _report(changes: dict[str, list[list[str | None]]]) -> str:
+  return "\n".join(
+      f"importing {module} changed {what}: {before!r} -> {after!r}"
+      for module, found in sorted(changes.items())
+      for what, before, after in found
+  )
+
+
+def test_import_probe_charges_each_change_to_the_module_that_made_it(tmp_path):
+  package = _package(
+      tmp_path,
+      {
+          "a.py": "import sys\nfrom pkg import b\nsys.excepthook = lambda *args: None\n",
+          "b.py": "import os\nos.environ['PKG_PROBE_TEST'] = '1'\n",
+          "c.py": "import logging, warnings\nwarnings.simplefilter('ignore')\n"
+          "logging.getLogger().addFilter(logging.Filter('x'))\n",
+          "d.py": "import json\nfrom pkg import a, b\n",
+          "e.py": "import os\nos.environ.setdefault('PATH', 'here already')\n",
+      },
+  )
+  changes = import_side_effects(package)
+  assert sorted(changes) == ["pkg.a", "pkg.b", "pkg.c", "pkg.e"]
+  assert [w for w, _, _ in changes["pkg.a"]] == ["sys.excepthook"]
+  assert changes["pkg.b"] == [
+      ["os.environ[PKG_PROBE_TEST]", None, "os.environ.setitem('PKG_PROBE_TEST', '1')"]
+  ]
+  assert changes["pkg.e"] == [
+      ["os.environ[PATH]", os.environ["PATH"], "os.environ.setdefault('PATH', 'here already')"]
+  ]
+  assert [w for w, _, _ in changes["pkg.c"]] == ["root logger filters", "warnings filters"]
+
+
+# What importing a module of incres may still change, by module: {module: {what, ...}}.
+IMPORT_SIDE_EFFECTS_ALLOWED = {
+    # removed by the checkpoint split (its filter for orbax's read-only notices).
+    "incres.checkpoint": {"absl logger filters"},
+}
+
+
+def test_importing_incres_changes_no_process_wide_state():
+  """os.environ, sys.unraisablehook / excepthook, the warnings filters, the root and absl loggers'
+  filters and handlers: the `python -m` entries and notebooks set them (incres.runtime)."""
+  changes = import_side_effects(ROOT / "incres")
+  unexpected = {
+      module: [c for c in found if c[0] not in IMPORT_SIDE_EFFECTS_ALLOWED.get(module, ())]
+      for module, found in changes.items()
+  }
+  unexpected = {module: found for module, found in unexpected.items() if found}
+  assert not unexpected, "module imports with side effects:\n" + _report(unexpected)
+  stale = {
+      module: sorted(allowed - {what for what, _, _ in changes.get(module, [])})
+      for module, allowed in IMPORT_SIDE_EFFECTS_ALLOWED.items()
+  }
+  stale = {module: what for module, what in stale.items() if what}
+  assert not stale, f"allowed side effects that no longer happen (delete them): {stale}"

@@ -53,7 +53,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from incres import ops
-from incres.models.resnet import layer_factories, scan_repeats, shortcut_a
+from incres.models.resnet import classifier_head, layer_factories, scan_repeats, shortcut_a
 
 ModuleDef = Any
 
@@ -182,14 +182,7 @@ class PreActResNet(nn.Module):
           x = unit(name=f"stage{i + 1}_block{j}")(x)
 
     x = nn.relu(norm(name="final_bn")(x))  # The last unit's extra activation.
-    features = jnp.mean(x, axis=(1, 2))  # Global average pool.
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(
-        features
-    )
-    return jnp.asarray(logits, jnp.float32), {
-        "features": jnp.asarray(features, jnp.float32),
-        "aux_logits": (),
-    }
+    return classifier_head(self, x)
 
 
 PreActResNet18 = functools.partial(PreActResNet, stage_sizes=(2, 2, 2, 2), block=PreActBasicBlock)

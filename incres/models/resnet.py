@@ -86,6 +86,23 @@ def layer_factories(net: nn.Module, train: bool) -> tuple[Callable[..., nn.Modul
   return conv, norm
 
 
+def classifier_head(net: nn.Module, x: jnp.ndarray) -> tuple[jnp.ndarray, dict[str, Any]]:
+  """`ResNet`'s and `PreActResNet`'s classifier: global average pool, then a dense layer.
+
+  Called in `net`'s compact `__call__`, so the dense layer is `net`'s "head" (`head/kernel`,
+  `head/bias`, flax's default init), float32 parameters, computing in `net.dtype` (`num_classes`
+  outputs). Returns what those models return: float32 logits and `{"features", "aux_logits": ()}`.
+  """
+  features = jnp.mean(x, axis=(1, 2))  # Global average pool.
+  logits = nn.Dense(net.num_classes, dtype=net.dtype, param_dtype=jnp.float32, name="head")(
+      features
+  )
+  return jnp.asarray(logits, jnp.float32), {
+      "features": jnp.asarray(features, jnp.float32),
+      "aux_logits": (),
+  }
+
+
 class _Block(nn.Module):
   """Shared shortcut logic of the basic and bottleneck blocks."""
 
@@ -237,14 +254,7 @@ class ResNet(nn.Module):
         for j in range(1, num_blocks):
           x = stage_block(name=f"stage{i + 1}_block{j}")(x)
 
-    features = jnp.mean(x, axis=(1, 2))  # Global average pool.
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="head")(
-        features
-    )
-    return jnp.asarray(logits, jnp.float32), {
-        "features": jnp.asarray(features, jnp.float32),
-        "aux_logits": (),
-    }
+    return classifier_head(self, x)
 
 
 # Torchvision's parameter counts hold for option B (projection shortcuts only where shapes change).

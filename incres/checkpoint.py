@@ -87,22 +87,12 @@ def _open_reader(directory: str, partial: bool = False) -> Iterator[ocp.Checkpoi
       reader.close()
 
 
-def _path_str(path: tuple[Any, ...]) -> str:
-  """`('opt_state', 0, 'trace', 'conv')` style key path -> `opt_state.0.trace.conv`."""
-  parts = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-    else:
-      parts.append(str(key))
-  return ".".join(parts)
-
-
 def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {_path_str(p): (tuple(x.shape), str(jax.numpy.dtype(x.dtype))) for p, x in leaves}
+  return {
+      ".".join(state_lib.path_keys(p)): (tuple(x.shape), str(jax.numpy.dtype(x.dtype)))
+      for p, x in leaves
+  }
 
 
 @dataclasses.dataclass(frozen=True)

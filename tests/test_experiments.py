@@ -266,4 +266,6 @@ def test_configs_drive_the_input_pipeline(name, arg):
   batch = next(data.create_train_iter(c))
   assert batch["image"].shape == (c.batch_size, c.image_size, c.image_size, 3)
   info = data.dataset_info(c)
-  assert info.num_classes == (10 if "smoke=True" in arg or c.dataset == "digits" else info.num_classes)
+  assert info.num_classes == (
+      10 if "smoke=True" in arg or c.dataset == "digits" else info.num_classes
+  )

@@ -125,7 +125,7 @@ def _before_issue_15():
 
 def _plain_iter(batch_size: int):
   """A plain tf.data pipeline: decode the whole JPEG, resize (bilinear), random crop, flip."""
-  pool = tf.constant(data._fake_pool(IMAGENET_SHAPE, data.FAKE_POOL_SIZE).astype(bytes))
+  pool = tf.constant(data.sources.fake_pool(IMAGENET_SHAPE, data.FAKE_POOL_SIZE).astype(bytes))
 
   def example(i):
     seed = tf.stack([tf.constant(0, tf.int64), i])
@@ -144,10 +144,10 @@ def _plain_iter(batch_size: int):
 
 def _decode_iter(batch_size: int, **decode_options):
   """The host's floor: `tf.io.decode_jpeg(..., **decode_options)` of each whole JPEG of the same
-  pool and nothing else, with incres' own tf.data settings (`data._options`). Each example keeps
+  pool and nothing else, with incres' own tf.data settings (`data.tfdata.options`). Each example keeps
   the decoded shape and its last pixel (which needs the whole file decoded), so that the batches
   stay small."""
-  pool = tf.constant(data._fake_pool(IMAGENET_SHAPE, data.FAKE_POOL_SIZE).astype(bytes))
+  pool = tf.constant(data.sources.fake_pool(IMAGENET_SHAPE, data.FAKE_POOL_SIZE).astype(bytes))
 
   def example(i):
     image = tf.io.decode_jpeg(pool[i % data.FAKE_POOL_SIZE], channels=3, **decode_options)
@@ -155,12 +155,12 @@ def _decode_iter(batch_size: int, **decode_options):
 
   ds = tf.data.Dataset.range(2**62).map(example, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return data._options(ds).as_numpy_iterator()
+  return data.tfdata.options(ds).as_numpy_iterator()
 
 
 def _plain_options(ds: tf.data.Dataset):
   """`ds` as a numpy iterator, with one thread per core as incres' pipelines when pinned."""
-  if data._host_threads() == 1:  # Per core: as incres' pipelines (which set it everywhere).
+  if data.tfdata.host_threads() == 1:  # Per core: as incres' pipelines (which set it everywhere).
     options = tf.data.Options()
     options.threading.private_threadpool_size = 1
     options.threading.max_intra_op_parallelism = 1
@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       description=__doc__.split("\n\n")[1],
   )
 
-  cores = data._host_threads()
+  cores = data.tfdata.host_threads()
   load = os.getloadavg()[0]
   print(
       f"Input pipeline on {cores} CPU cores (1-min load average {load:.2f} at the start), "

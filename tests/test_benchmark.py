@@ -319,7 +319,7 @@ def test_input_pipeline_decode_floor_decodes_each_whole_jpeg():
 
   from incres import data  # pylint: disable=g-import-not-at-top  (TensorFlow)
 
-  pool = data._fake_pool(input_pipeline.IMAGENET_SHAPE, data.FAKE_POOL_SIZE)
+  pool = data.sources.fake_pool(input_pipeline.IMAGENET_SHAPE, data.FAKE_POOL_SIZE)
   shapes = {}
   for name, options in input_pipeline.DECODERS.items():
     batch = next(input_pipeline._decode_iter(3, **options))

@@ -317,7 +317,7 @@ def fixture_converted(project) -> str:
 def _documents() -> dict[str, str]:
   """README.md and the module docstring of every command line, by path."""
   paths = ["README.md", "launch.py"]
-  for path in sorted(glob.glob(os.path.join(ROOT, "incres", "*.py"))):
+  for path in sorted(glob.glob(os.path.join(ROOT, "incres", "**", "*.py"), recursive=True)):
     with open(path) as f:
       tree = ast.parse(f.read())
     if any(isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) for node in tree.body):
@@ -415,7 +415,7 @@ def test_main_blocks_rebind_no_name_of_their_module():
   scripts = ["launch.py"] + [
       os.path.relpath(p, ROOT)
       for folder in ("incres", "experiments", "benchmarks")
-      for p in sorted(glob.glob(os.path.join(ROOT, folder, "*.py")))
+      for p in sorted(glob.glob(os.path.join(ROOT, folder, "**", "*.py"), recursive=True))
   ]
   clashes = []
   for path in scripts:

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.usefixtures("compilation_cache")
 @pytest.fixture(autouse=True)
 def _name_afresh(monkeypatch):
   """Every test starts with no image named yet (names are logged once per process)."""
-  monkeypatch.setattr(data, "_named_bad_images", set())
+  monkeypatch.setattr(data.unreadable, "_named_bad_images", set())
 
 
 def write_folder(root: str, bad: dict[str, str] = BAD, per_class: int = 30) -> list[str]:

@@ -20,11 +20,11 @@ def _config(**overrides):
 @pytest.fixture
 def indexed_digits(monkeypatch):
   """digits whose every image encodes its index in the full array (pixels 0 and 1, base 256)."""
-  images, labels = data._digits_arrays()
+  images, labels = data.sources._digits_arrays()
   images = images.copy()
   index = np.arange(len(images))
   images[:, 0, 0, 0], images[:, 0, 0, 1] = index % 256, index // 256
-  monkeypatch.setattr(data, "_digits_arrays", lambda: (images, labels))
+  monkeypatch.setattr(data.sources, "_digits_arrays", lambda: (images, labels))
   n_train = len(images) - data.DIGITS_NUM_TEST
 
   def decode(batch):
@@ -50,7 +50,7 @@ def test_digits_info_and_batches():
 
 
 def test_digits_are_the_real_sklearn_images():
-  images, labels = data._digits_arrays()
+  images, labels = data.sources._digits_arrays()
   assert images.shape == (1797, 32, 32, 3) and images.dtype == np.uint8
   assert images.max() == 255 and np.all(images[..., 0] == images[..., 2])  # Grey in RGB.
   assert np.bincount(labels).min() > 170  # ~180 of each digit.
@@ -58,8 +58,10 @@ def test_digits_are_the_real_sklearn_images():
 
 def test_cifar_recipe_subtracts_the_training_per_pixel_mean():
   c = _config(augment="none")
-  mean = data._pixel_mean(tuple((k, data._hashable(c.get(k))) for k in data._MEAN_KEYS))
-  images, _ = data._digits_arrays()
+  mean = data.preprocess._pixel_mean(
+      tuple((k, data.preprocess._hashable(c.get(k))) for k in data.preprocess._MEAN_KEYS)
+  )
+  images, _ = data.sources._digits_arrays()
   np.testing.assert_allclose(mean, images[:1497].mean(0) / 255, atol=1e-6)
   # With augment="none" and the pixel mean, one view of every eval image averages to the eval
   # mean minus the training mean.
@@ -212,7 +214,7 @@ def test_training_a_folder_of_one_class_is_refused(tmp_path):
   # Only training refuses it (evaluating a model on the images of one class is fine).
   assert data.dataset_info(config).label_names == ("cat",)
   _write_tree(str(root), classes=("dog",), per_class=11)
-  data._folder_files.cache_clear()  # pylint: disable=protected-access  (the listing changed)
+  data.sources._folder_files.cache_clear()  # pylint: disable=protected-access  (the listing changed)
   data.check_trainable(config)
 
 
@@ -248,7 +250,9 @@ def test_failed_download_fails_with_a_short_message(tmp_path, monkeypatch):
     raise ConnectionError("Failed to resolve host www.cs.toronto.edu\nlong traceback ...")
 
   monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_network)
-  monkeypatch.setattr(data, "_probe_download_hosts", lambda builder: None)  # No real request.
+  monkeypatch.setattr(
+      data.tfds_errors, "probe_download_hosts", lambda builder: None
+  )  # No real request.
   with pytest.raises(data.DatasetError, match=r"cifar10.*ConnectionError.*digits") as e:
     data.create_train_iter(_config(dataset="cifar10", data_dir=str(tmp_path)))
   assert "long traceback" not in str(e.value)

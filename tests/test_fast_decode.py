@@ -21,7 +21,7 @@ SIZE = 32  # The crop; ResNet's scale range becomes round([256, 480] * 32 / 224)
 
 
 def _photo(h: int, w: int, seed: int = 0) -> np.ndarray:
-  """A photo-like uint8 image: smooth structure plus mild pixel noise (as `data._fake_pool`)."""
+  """A photo-like uint8 image: smooth structure plus mild pixel noise (as `data.sources.fake_pool`)."""
   rng = np.random.default_rng(seed)
   coarse = rng.uniform(0, 255, (max(h // 8, 2), max(w // 8, 2), 3)).astype(np.float32)
   image = tf.image.resize(coarse, [h, w], method="bicubic").numpy()

@@ -23,6 +23,7 @@ import time
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 import yaml
 
 import tiny_config
@@ -228,27 +229,29 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_temporary(tmp_path):
 def test_a_damaged_pixel_mean_cache_is_recomputed(tmp_path, monkeypatch, caplog):
   """The cache is only used for streamed tfds datasets: one is faked with four known images."""
   images = np.stack([np.full((8, 8, 3), v, np.uint8) for v in (0, 51, 102, 255)])
-  monkeypatch.setattr(data, "_source", lambda config, split: data._StreamSource(None, split))
   monkeypatch.setattr(
-      data,
-      "_index_dataset",
-      lambda source: data.tf.data.Dataset.from_tensor_slices((np.arange(4), images)),
+      data.sources, "source", lambda config, split: data.sources.StreamSource(None, split)
+  )
+  monkeypatch.setattr(
+      data.loading,
+      "index_dataset",
+      lambda source: tf.data.Dataset.from_tensor_slices((np.arange(4), images)),
   )
   config = tiny_config.get_config()
   config.update(dataset="some_tfds_set", data_dir=str(tmp_path), image_size=8)
-  key = tuple((k, data._hashable(config.get(k))) for k in data._MEAN_KEYS)
-  path = data._mean_cache_path(config)
-  first = data._pixel_mean(key)
+  key = tuple((k, data.preprocess._hashable(config.get(k))) for k in data.preprocess._MEAN_KEYS)
+  path = data.preprocess._mean_cache_path(config)
+  first = data.preprocess._pixel_mean(key)
   np.testing.assert_allclose(first, 102 / 255, rtol=1e-5)
   assert np.array_equal(np.load(path), first)
   with open(path, "r+b") as f:  # A half-written file, as a killed process used to leave.
     f.truncate(os.path.getsize(path) // 2)
-  data._pixel_mean.cache_clear()
+  data.preprocess._pixel_mean.cache_clear()
   with caplog.at_level(std_logging.WARNING):
-    again = data._pixel_mean(key)
+    again = data.preprocess._pixel_mean(key)
   assert np.array_equal(again, first) and np.array_equal(np.load(path), first)
   assert any(path in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records)
-  data._pixel_mean.cache_clear()
+  data.preprocess._pixel_mean.cache_clear()
 
 
 # --- The workdir lock ----------------------------------------------------------------------------

@@ -149,8 +149,8 @@ def _folder_config(root: str, eval_split: str = "test"):
 
 def test_single_tree_holds_out_every_10th_image_per_class(folder54):
   root = folder54[len("folder:") :]
-  train_paths, _, classes = data._folder_files(root, "train")
-  eval_paths, eval_labels, _ = data._folder_files(root, "test")
+  train_paths, _, classes = data.sources._folder_files(root, "train")
+  eval_paths, eval_labels, _ = data.sources._folder_files(root, "test")
   assert classes == ("cat", "dog", "owl")
   assert [os.path.basename(p) for p in eval_paths] == ["000.png", "010.png"] * 3
   assert list(eval_labels) == [0, 0, 1, 1, 2, 2]
@@ -164,7 +164,7 @@ def test_train_and_eval_subfolders_are_used_whatever_the_eval_name(tmp_path, eva
   _image_folder(tmp_path / eval_dir, {"a": 2, "b": 3})
   info = data.dataset_info(_folder_config(str(tmp_path), eval_split))
   assert (info.num_train, info.num_eval, info.label_names) == (12, 5, ("a", "b"))
-  paths, labels, _ = data._folder_files(str(tmp_path), eval_split)
+  paths, labels, _ = data.sources._folder_files(str(tmp_path), eval_split)
   assert all(f"{os.sep}{eval_dir}{os.sep}" in p for p in paths) and list(labels) == [0, 0, 1, 1, 1]
 
 

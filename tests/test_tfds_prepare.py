@@ -117,7 +117,9 @@ def test_prepare_failure_names_its_cause(tmp_path, monkeypatch, error, expected)
       raise RuntimeError("Failed to prepare the dataset") from cause
 
   monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fail)
-  monkeypatch.setattr(data, "_probe_download_hosts", lambda builder: None)  # No real request.
+  monkeypatch.setattr(
+      data.tfds_errors, "probe_download_hosts", lambda builder: None
+  )  # No real request.
   with pytest.raises(data.DatasetError, match=expected) as e:
     data.dataset_info(_config("cifar10", tmp_path))
   assert "network" not in str(e.value)

@@ -1,0 +1,313 @@
+"""The training and evaluation iterators: seeded streams, exactly resumable at any step."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from absl import logging
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from incres.data import loading, preprocess, sources, tfdata, unreadable
+
+# Examples in the shuffle buffer of streamed datasets (encoded images: ~1 GB on ImageNet).
+STREAM_SHUFFLE_BUFFER = 10_000
+
+
+def _local_batch(global_batch: int, what: str) -> int:
+  """Rows per process, checked to split evenly over processes and local devices."""
+  processes, devices = jax.process_count(), jax.local_device_count()
+  if global_batch % (processes * devices):
+    raise ValueError(
+        f"{what}={global_batch} must be divisible by the number of devices "
+        f"({processes} processes × {devices} local devices)."
+    )
+  return global_batch // processes
+
+
+def _base_seed(config, stream: int) -> tf.Tensor:
+  """A stateless seed for one random stream (permutation, augmentation, ...) of the run."""
+  return tf.random.experimental.stateless_fold_in(tf.constant([config.seed, 0], tf.int64), stream)
+
+
+_PERMUTATION, _AUGMENT, _STREAM, _SPARE = 1, 2, 3, 4
+
+
+def create_train_iter(config, *, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """Yields {'image': float32 [B_local, S, S, 3], 'label': int32 [B_local]} forever; where the
+  train step finishes the augmentation (`device_preprocess(config)`), 'image' is its input:
+  the undistorted [0, 1] image plus 'photometric' float32 [B_local, 8]
+  (`photometric_on_device(config)`), or the crops' windows, uint8 [B_local, N]
+  (N = `augment.device_buffer_bytes(S)`), plus 'resample' float32 [B_local, 3 + 2·S + 3] (ResNet)
+  or 'resize' [B_local, 5 + 2·(2·S + 2)] and 'photometric' (GoogLeNet) where
+  `resample_on_device(config)`.
+
+  B_local = config.batch_size // jax.process_count(). The batch at step k depends only on
+  (config, k) (and, for streamed tfds datasets, the process count), so
+  `create_train_iter(config, start_step=k)` yields what an uninterrupted iterator yields from its
+  k-th batch on. Process p gets the p-th slice of each global batch.
+
+  Unreadable images (a truncated JPEG, an empty file, text named `.png`) are skipped, counted in
+  the iterator's `skipped` attribute and the first few named in the log. In random-access
+  datasets a batch with unreadable images takes the first readable rows of its own and the next
+  SPARE_BATCHES batches' rows of this process (so a few images appear twice that epoch, with
+  other augmentations); since that only depends on the files, resuming stays exact. Streamed
+  datasets drop unreadable records and fill the epoch from the records beyond its last whole batch;
+  a resumed streamed run is exact only if no record before the resume step was unreadable in its
+  epoch (the resume skips raw records without decoding them).
+  """
+  local = _local_batch(config.batch_size, "batch_size")
+  source = sources.source(config, config.train_split)
+  train_fn = preprocess.train_fn(config)
+  if isinstance(source, sources.StreamSource):
+    return _stream_train_iter(config, source, train_fn, local, start_step)
+
+  n, global_batch = len(source), config.batch_size
+  if n == 0:
+    raise sources.DatasetError(
+        f"Training split {config.train_split!r} of {config.dataset!r} is empty."
+    )
+  lo = jax.process_index() * local
+  perm_seed, aug_seed = _base_seed(config, _PERMUTATION), _base_seed(config, _AUGMENT)
+  spare_seed = _base_seed(config, _SPARE)
+  load = loading.loader(
+      source, decode=False
+  )  # The augmentation decodes (of a JPEG, only its crop).
+
+  def epoch(e):
+    # A fresh permutation per epoch from a stateless RNG: epoch e's order is a function of e.
+    keys = tf.random.stateless_uniform([n], tf.random.experimental.stateless_fold_in(perm_seed, e))
+    positions = e * n + tf.range(n, dtype=tf.int64)  # Position in the infinite training stream.
+    return tf.data.Dataset.from_tensor_slices((positions, tf.cast(tf.argsort(keys), tf.int64)))
+
+  def rows(step):
+    """(stream position, example index) of this process's rows from global batch `step` on."""
+    start = step * global_batch
+    ds = tf.data.Dataset.range(start // n, 2**62).flat_map(epoch).skip(start % n)
+    # Keep this process's rows of each global batch; integers only, so cheap for every process.
+    return ds.filter(lambda g, i: (g % global_batch >= lo) & (g % global_batch < lo + local))
+
+  def example(g, index, seed=aug_seed):
+    image, label = load(index)
+    return preprocess.as_example(
+        train_fn(image, tf.random.experimental.stateless_fold_in(seed, g)), label
+    )
+
+  def batches(step):
+    ds = (
+        rows(step)
+        .map(example, num_parallel_calls=tfdata.AUTOTUNE)
+        .batch(local, drop_remainder=True)
+    )
+    return tfdata.options(ds.prefetch(tfdata.AUTOTUNE)).as_numpy_iterator()
+
+  def repair(step):
+    """Batch `step` made of the first `local` readable candidates: its rows, then spares."""
+    candidates = rows(step).take((1 + unreadable.SPARE_BATCHES) * local)
+    indices = [int(i) for _, i in tfdata.options(candidates).as_numpy_iterator()]
+
+    def candidate(c, row):
+      # A spare is also a row of a later batch: another augmentation seed gives another view.
+      g, index = row
+      return c, example(g, index, tf.where(c < local, aug_seed, spare_seed))
+
+    ds = candidates.enumerate().map(candidate, num_parallel_calls=tfdata.AUTOTUNE).ignore_errors()
+    good = list(tfdata.options(ds.take(local)).as_numpy_iterator())
+    used = {int(c) for c, _ in good}
+    last = max(used) if len(good) == local else len(indices) - 1
+    bad = [indices[c] for c in range(last + 1) if c not in used]
+    if any(loading.decodes(load, i) for i in bad):
+      # An image that decodes failed later (its augmentation, say): not unreadable, a real error,
+      # which the caller raises as it is.
+      return None, []
+    if len(good) < local:
+      named = bad[: unreadable.MAX_NAMED_BAD_IMAGES]
+      names = ", ".join(unreadable.example_name(config, source, i) for i in named)
+      raise sources.DatasetError(
+          f"Training batch {step} of {config.dataset!r} cannot be filled: {len(bad)} of the "
+          f"{len(indices)} images tried are unreadable ({names}, ...). Remove or replace them "
+          f"(`python -m incres.data check {config.dataset}` lists every unreadable file)."
+      )
+    batch = {k: np.stack([ex[k] for _, ex in good]) for k in good[0][1]}
+    return batch, bad
+
+  def report(bad, step):
+    unreadable.report_unreadable(config, source, bad, f"training batch {step}")
+
+  return unreadable.SkippingBatches(batches, repair, start_step, report)
+
+
+def _stream_train_iter(config, source: sources.StreamSource, train_fn, local: int, start_step: int):
+  """Streamed tfds training data: per-process sub-splits, epochs of whole batches."""
+  processes = jax.process_count()
+  split = source.split
+  if processes > 1:  # Equal shares (the remainder is dropped): every process has n // P examples.
+    split = tfds.split_for_jax_process(source.split, drop_remainder=True)
+  n = sources.source_size(source) // processes
+  steps_per_epoch = n // local
+  if steps_per_epoch == 0:
+    raise sources.DatasetError(
+        f"{config.dataset!r} {config.train_split!r} has fewer examples than a batch."
+    )
+  aug_seed = tf.random.experimental.stateless_fold_in(
+      _base_seed(config, _STREAM), jax.process_index()
+  )
+
+  def epoch_batches(e, skip_steps):
+    seed = int(tf.random.experimental.stateless_fold_in(aug_seed, e).numpy()[0]) & 0x7FFFFFFF
+    ds = source.builder.as_dataset(
+        split=split,
+        shuffle_files=True,
+        read_config=tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=16),
+        decoders={"image": tfds.decode.SkipDecoding()},
+    )
+    ds = ds.shuffle(STREAM_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=False)
+    # Resume: skip the consumed records before decoding, so skipping costs reads, not decodes.
+    ds = ds.enumerate().skip(skip_steps * local)
+
+    def example(i, ex):
+      out = train_fn(ex["image"], tf.random.experimental.stateless_fold_in(aug_seed, e * n + i))
+      return {**preprocess.as_example(out, tf.cast(ex["label"], tf.int32)), "record": i}
+
+    # Unreadable records are dropped; the records past the epoch's last whole batch stand in.
+    ds = ds.map(example, num_parallel_calls=tfdata.AUTOTUNE).ignore_errors()
+    ds = ds.take((steps_per_epoch - skip_steps) * local).batch(local, drop_remainder=True)
+    return tfdata.options(ds.prefetch(tfdata.AUTOTUNE)).as_numpy_iterator()
+
+  def generate(counter):
+    e, skip = divmod(start_step, steps_per_epoch)
+    while True:
+      expected = skip * local  # The next record of the epoch, if every record decodes.
+      for batch in epoch_batches(e, skip):
+        records = batch.pop("record")
+        skipped = int(records[-1]) + 1 - expected - len(records)
+        expected = int(records[-1]) + 1
+        if skipped:
+          counter.skipped += skipped
+          logging.warning(
+              "Skipped %d unreadable record(s) of %s %s in epoch %d (before record %d).",
+              skipped,
+              config.dataset,
+              config.train_split,
+              e,
+              expected - 1,
+          )
+        yield batch
+      e, skip = e + 1, 0
+
+  return unreadable.CountingBatches(generate)
+
+
+def create_eval_iter(config) -> Iterator[dict[str, np.ndarray]]:
+  """Yields {'image', 'label', 'mask'} batches covering the eval split exactly once.
+
+  Every batch has config.eval_batch_size // process_count() rows; the last is padded with
+  mask 0 (mask is float32, 1 for real examples). All processes yield the same number of batches.
+  Unreadable images get mask 0 (they are not counted), are counted in the iterator's `skipped`
+  attribute and named in the log.
+  """
+  local = _local_batch(config.eval_batch_size, "eval_batch_size")
+  source = sources.source(config, config.eval_split)
+  eval_fn = preprocess.eval_fn(config)
+  if isinstance(source, sources.StreamSource):
+    return _stream_eval_iter(config, source, eval_fn, local)
+
+  n, global_batch = len(source), config.eval_batch_size
+  num_batches = -(-n // global_batch)
+  lo = jax.process_index() * local
+  # Row r of global batch b is example b * global_batch + r; indices past the end are padding.
+  rows = np.arange(num_batches)[:, None] * global_batch + lo + np.arange(local)[None, :]
+  rows = rows.reshape(-1).astype(np.int64)
+  load = loading.loader(source, decode=False)  # The view decodes (of a JPEG, only its crop).
+
+  def example(index):
+    valid = index < n
+    image, label = load(tf.where(valid, index, 0))
+    return {
+        "image": eval_fn(image),
+        "label": tf.where(valid, label, 0),
+        "mask": tf.cast(valid, tf.float32),
+    }
+
+  def batches(b):
+    ds = tf.data.Dataset.from_tensor_slices(rows[b * local :])
+    ds = ds.map(example, num_parallel_calls=tfdata.AUTOTUNE).batch(local).prefetch(tfdata.AUTOTUNE)
+    return tfdata.options(ds).as_numpy_iterator()
+
+  def repair(b):
+    """Batch `b` with its unreadable rows zeroed and masked out."""
+    chunk = rows[b * local : (b + 1) * local]
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(chunk)), chunk))
+    ds = ds.map(lambda r, i: (r, example(i)), num_parallel_calls=tfdata.AUTOTUNE).ignore_errors()
+    s = config.image_size
+    batch = {
+        "image": np.zeros((len(chunk), s, s, 3), np.float32),
+        "label": np.zeros(len(chunk), np.int32),
+        "mask": np.zeros(len(chunk), np.float32),
+    }
+    loaded = set()
+    for r, ex in tfdata.options(ds).as_numpy_iterator():
+      loaded.add(int(r))
+      for key in batch:
+        batch[key][r] = ex[key]
+    # A failed padding row (it loads example 0) is masked out anyway: not an unreadable image.
+    bad = [int(i) for r, i in enumerate(chunk) if r not in loaded and i < n]
+    if any(loading.decodes(load, i) for i in bad):
+      return None, []  # A readable image failed later: a real error, raised as it is.
+    return batch, bad
+
+  def report(bad, b):
+    unreadable.report_unreadable(config, source, bad, f"evaluation batch {b} (masked out)")
+
+  return unreadable.SkippingBatches(batches, repair, 0, report)
+
+
+def _stream_eval_iter(config, source: sources.StreamSource, eval_fn, local: int):
+  """Streamed eval: this process's even share, padded to the batch count all processes share."""
+  processes = jax.process_count()
+  split = tfds.split_for_jax_process(source.split) if processes > 1 else source.split
+  # tfds' even splits differ by at most one example: every process pads to the largest share,
+  # ceil(n / P), taking exactly num_batches * local rows of (its examples + padding).
+  num_batches = -(-(-(-sources.source_size(source) // processes)) // local)
+  s = config.image_size
+  ds = source.builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+  ds = ds.enumerate().map(
+      lambda i, ex: {
+          "image": eval_fn(ex["image"]),
+          "label": tf.cast(ex["label"], tf.int32),
+          "mask": tf.constant(1.0),
+          "record": i,
+      },
+      num_parallel_calls=tfdata.AUTOTUNE,
+  )
+  ds = ds.ignore_errors()  # Unreadable records are left out; the padding keeps the batch count.
+  pad = {
+      "image": tf.zeros([s, s, 3]),
+      "label": tf.constant(0),
+      "mask": tf.constant(0.0),
+      "record": tf.constant(-1, tf.int64),
+  }
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat()).take(num_batches * local)
+  batches = tfdata.options(ds.batch(local).prefetch(tfdata.AUTOTUNE)).as_numpy_iterator()
+
+  def generate(counter):
+    expected = 0  # The next record of this process's share, if every record decodes.
+    for batch in batches:
+      records = batch.pop("record")
+      records = records[records >= 0]
+      if len(records):
+        skipped = int(records[-1]) + 1 - expected - len(records)
+        expected = int(records[-1]) + 1
+        if skipped:
+          counter.skipped += skipped
+          logging.warning(
+              "Skipped %d unreadable record(s) of %s %s in evaluation.",
+              skipped,
+              config.dataset,
+              config.eval_split,
+          )
+      yield batch
+
+  return unreadable.CountingBatches(generate)

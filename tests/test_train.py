@@ -146,8 +146,9 @@ class _TinyNetWithAux(nn.Module):
     return logits, {"features": features, "aux_logits": aux}
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_train_step_adds_weighted_aux_losses_and_updates_every_parameter(dtype):
+def _aux_step(dtype: str):
+  """The aux-head stand-in's (model, state, jitted train_step with aux weight 0.3 and label
+  smoothing 0.1, batch of 8)."""
   config = tiny_config(dtype=dtype, aux_loss_weight=0.3, label_smoothing=0.1)
   model = _TinyNetWithAux(dtype=jnp.dtype(dtype))
   lr_fn = state_lib.create_learning_rate_fn(config)
@@ -170,6 +171,12 @@ def test_train_step_adds_weighted_aux_losses_and_updates_every_parameter(dtype):
       "image": rng.normal(size=(8, 16, 16, 3)).astype(np.float32),
       "label": rng.integers(0, 10, 8).astype(np.int32),
   }
+  return model, state, step, batch
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_train_step_adds_weighted_aux_losses_and_updates_every_parameter(dtype):
+  model, state, step, batch = _aux_step(dtype)
   new_state, m = step(state, batch)
   m = jax.device_get(m)
   assert m["aux_loss"] > 0 and all(math.isfinite(float(v)) for v in m.values())
@@ -183,16 +190,7 @@ def test_train_step_adds_weighted_aux_losses_and_updates_every_parameter(dtype):
 def test_train_step_smooths_the_labels_of_the_aux_heads_too():
   # The metric `aux_loss` recomputed outside the step from the same model, variables and dropout
   # key: each head's cross-entropy against smoothed labels, not one-hot ones.
-  config = tiny_config(aux_loss_weight=0.3, label_smoothing=0.1)
-  model = _TinyNetWithAux()
-  lr_fn = state_lib.create_learning_rate_fn(config)
-  tx = state_lib.create_optimizer(config, lr_fn)
-  state = state_lib.create_train_state(config, model, tx, state_lib.create_mesh())
-  rng = np.random.default_rng(0)
-  batch = {
-      "image": rng.normal(size=(8, 16, 16, 3)).astype(np.float32),
-      "label": rng.integers(0, 10, 8).astype(np.int32),
-  }
+  model, state, step, batch = _aux_step("float32")
   apply = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))
   (logits, extras), _ = apply(
       state_lib.model_variables(state.params, state.batch_stats),
@@ -212,18 +210,6 @@ def test_train_step_smooths_the_labels_of_the_aux_heads_too():
   expected = {"loss": loss(logits, 0.1), "aux_loss": sum(loss(x, 0.1) for x in heads)}
   unsmoothed = sum(loss(x, 0.0) for x in heads)
   assert abs(unsmoothed - expected["aux_loss"]) > 1e-3  # The smoothing is visible at this scale.
-  step = jax.jit(
-      lambda s, b: train.train_step(
-          s,
-          b,
-          model=model,
-          tx=tx,
-          learning_rate_fn=lr_fn,
-          aux_loss_weight=0.3,
-          label_smoothing=0.1,
-          ema_decay=None,
-      )
-  )
   m = jax.device_get(step(state, batch)[1])
   assert {k: float(m[k]) for k in expected} == pytest.approx(expected, rel=1e-5)
 

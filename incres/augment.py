@@ -24,6 +24,8 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from incres import wire
+
 # Per-channel RGB mean of ImageNet on the [0, 1] scale (the values torchvision and the Flax example
 # use). The ResNet paper subtracts a per-pixel mean; over random scales and crops of ImageNet that
 # mean image is spatially flat, so a per-channel mean is the same thing in practice.
@@ -360,12 +362,20 @@ def resized_crop_for_device(
   pixels are shipped bit for bit in the buffer's first 4·size²·3 bytes (`host_resampled` = 1).
   """
   capacity = device_buffer_bytes(size)
+  layout = wire.resample_layout(size)  # All but its colour shift, which the caller appends.
   window, scale, offset = _decode_view_window(image, size, box_fn)
   shape = tf.shape(window)[:2]
 
   def on_host():
     x = _resample(window, size, scale, offset, flip)
-    return _shipped(x, capacity), tf.concat([[1.0, 1.0, 1.0], tf.zeros([2 * size])], 0)
+    return _shipped(x, capacity), layout.pack(
+        tf.concat,
+        rows=[1.0],
+        cols=[1.0],
+        host_resampled=[1.0],
+        row_positions=tf.zeros([size]),
+        col_positions=tf.zeros([size]),
+    )
 
   def on_device():
     # crop_and_resize's own arithmetic: in_y = y1·(height - 1) + i·((y2 - y1)·(height - 1) /
@@ -375,14 +385,19 @@ def resized_crop_for_device(
     start = box[:2] * extent
     step = (box[2:] - box[:2]) * extent / float(max(size - 1, 1))
     positions = start[:, None] + tf.range(size, dtype=tf.float32)[None, :] * step[:, None]
-    head = tf.concat([tf.cast(shape, tf.float32), [0.0]], 0)
-    return _padded(tf.reshape(window, [-1]), capacity), tf.concat(
-        [head, tf.reshape(positions, [-1])], 0
+    rows_cols = tf.cast(shape, tf.float32)
+    return _padded(tf.reshape(window, [-1]), capacity), layout.pack(
+        tf.concat,
+        rows=rows_cols[:1],
+        cols=rows_cols[1:],
+        host_resampled=[0.0],
+        row_positions=positions[0],
+        col_positions=positions[1],
     )
 
   fits = tf.size(window) <= capacity
   buffer, params = tf.cond(_antialiased(scale) | ~fits, on_host, on_device)
-  return buffer, tf.ensure_shape(params, [3 + 2 * size])
+  return buffer, tf.ensure_shape(params, [layout.offset("colour_shift")])
 
 
 def resnet_scale_and_offset(
@@ -487,7 +502,12 @@ def resnet_imagenet_train(
 
   if resample_on_device:
     buffer, params = resized_crop_for_device(image, size, box, flip=_flips(flip_seed))
-    return {"image": buffer, "resample": tf.concat([params, pca_shift(pca_seed, pca_std)], 0)}
+    # `params` packs `wire.resample_layout(size)` up to its last field, the colour shift.
+    params = tf.concat([params, pca_shift(pca_seed, pca_std)], 0)
+    return {
+        "image": buffer,
+        "resample": tf.ensure_shape(params, [wire.resample_layout(size).length]),
+    }
   # The flip is the crop's sampling order, and 1/255, the mean and the colour shift one fused
   # affine map (issue #15: 17% of this function's time on one core); the same values as
   # flipping, scaling, subtracting and shifting in turn, to float32 rounding.
@@ -688,26 +708,43 @@ def _googlenet_window_for_device(
 ) -> dict[str, tf.Tensor]:
   """`{"image": buffer, "resize": params}` of `googlenet_train(..., resize_on_device=True)`."""
   capacity = device_buffer_bytes(size)
+  layout = wire.resize_layout(size)
   which = tf.random.stateless_uniform([], resize_seed, maxval=len(INTERPOLATIONS), dtype=tf.int32)
   mirrored = _flips(flip_seed)  # stateless_random_flip_left_right's decision.
   shape = tf.shape(window)[:2]
-  axis_params = 2 * size + 2
+  axis_params = layout.field("row_axis").length
 
   def on_host():
     x = random_resize(_to_float(window), size, resize_seed)
     x = tf.where(mirrored, tf.reverse(x, [1]), x)
-    return _shipped(x, capacity), tf.concat([[1, 1, 0, 0, 1.0], tf.ones([2 * axis_params])], 0)
+    return _shipped(x, capacity), layout.pack(
+        tf.concat,
+        rows=[1.0],
+        cols=[1.0],
+        kernel=[0.0],
+        flip=[0.0],
+        host_resized=[1.0],
+        row_axis=tf.ones([axis_params]),
+        col_axis=tf.ones([axis_params]),
+    )
 
   def on_device():
     rows, cols = tf.unstack(tf.cast(shape, tf.float32))
     kernel, flip = tf.cast(which, tf.float32), tf.cast(mirrored, tf.float32)
-    head = tf.stack([rows, cols, kernel, flip, 0.0])
-    axes = [_resize_positions(shape[0], size), _resize_positions(shape[1], size)]
-    return _padded(tf.reshape(window, [-1]), capacity), tf.concat([head, *axes], 0)
+    return _padded(tf.reshape(window, [-1]), capacity), layout.pack(
+        tf.concat,
+        rows=[rows],
+        cols=[cols],
+        kernel=[kernel],
+        flip=[flip],
+        host_resized=[0.0],
+        row_axis=_resize_positions(shape[0], size),
+        col_axis=_resize_positions(shape[1], size),
+    )
 
   fits = tf.reduce_max(shape) <= device_resize_max_side(size)
   buffer, params = tf.cond(fits & (tf.size(window) <= capacity), on_device, on_host)
-  return {"image": buffer, "resize": tf.ensure_shape(params, [5 + 2 * axis_params])}
+  return {"image": buffer, "resize": tf.ensure_shape(params, [layout.length])}
 
 
 def eval_single(image: tf.Tensor, *, size: int, mean: tf.Tensor) -> tf.Tensor:

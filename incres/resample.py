@@ -33,11 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from incres import photometric
-
-# `augment.resized_crop_for_device`'s parameters: rows, cols, host-resampled, then the row and
-# column positions; `augment.resnet_imagenet_train` appends the colour shift (3).
-_ROWS, _COLS, _HOST_RESAMPLED, _POSITIONS = 0, 1, 2, 3
+from incres import photometric, wire
 
 
 def _neighbours(p: jax.Array, length: jax.Array):
@@ -49,7 +45,7 @@ def _neighbours(p: jax.Array, length: jax.Array):
   return to_window(low), to_window(jnp.ceil(p)), p - low
 
 
-def _shipped(buffer: jax.Array, size: int) -> jax.Array:
+def _host_view(buffer: jax.Array, size: int) -> jax.Array:
   """A view resampled on the host: its float32 pixels' bytes (little-endian, as tf.bitcast
   wrote them) at the buffer's start."""
   x = buffer[: size * size * 3 * 4].reshape(size, size, 3, 4)
@@ -58,12 +54,14 @@ def _shipped(buffer: jax.Array, size: int) -> jax.Array:
 
 def view(buffer: jax.Array, params: jax.Array, size: int) -> jax.Array:
   """float32 `[size, size, 3]` on the pixel scale [0, 255] of one example's `(buffer, params)`
-  (`augment.resized_crop_for_device`)."""
-  cols = params[_COLS].astype(jnp.int32)
-  rows_at = params[_POSITIONS : _POSITIONS + size]
-  cols_at = params[_POSITIONS + size : _POSITIONS + 2 * size]
-  top, bottom, dy = _neighbours(rows_at, params[_ROWS])
-  left, right, dx = _neighbours(cols_at, params[_COLS])
+  (`augment.resized_crop_for_device`: `wire.resample_layout(size)`, with or without its colour
+  shift)."""
+  layout = wire.resample_layout(size)
+  cols = layout.get(params, "cols").astype(jnp.int32)
+  rows_at = layout.get(params, "row_positions")
+  cols_at = layout.get(params, "col_positions")
+  top, bottom, dy = _neighbours(rows_at, layout.get(params, "rows"))
+  left, right, dx = _neighbours(cols_at, layout.get(params, "cols"))
   pixels = buffer.reshape(-1, 3)  # The buffer's length is a multiple of 3.
 
   def read(rows, columns):
@@ -76,7 +74,8 @@ def view(buffer: jax.Array, params: jax.Array, size: int) -> jax.Array:
   upper = top_left + (top_right - top_left) * dx
   lower = bottom_left + (bottom_right - bottom_left) * dx
   sampled = upper + (lower - upper) * dy[:, None, None]
-  return jnp.where(params[_HOST_RESAMPLED] > 0.5, _shipped(buffer, size), sampled)
+  host_resampled = layout.get(params, "host_resampled")
+  return jnp.where(host_resampled > 0.5, _host_view(buffer, size), sampled)
 
 
 def finish(
@@ -86,7 +85,8 @@ def finish(
   parameters: each view resampled (`view`), scaled to [0, 1], shifted by its colour shift (the
   last 3), minus `mean` (divided by `std`), as `augment.resnet_imagenet_train` does on the host."""
   x = jax.vmap(view, in_axes=(0, 0, None))(buffer, params, size)
-  x = x * (1.0 / 255.0) + (params[:, None, None, -3:] - jnp.asarray(mean, jnp.float32))
+  shift = wire.resample_layout(size).get(params, "colour_shift")[:, None, None, :]
+  x = x * (1.0 / 255.0) + (shift - jnp.asarray(mean, jnp.float32))
   return x if std is None else x / jnp.asarray(std, jnp.float32)
 
 
@@ -179,22 +179,17 @@ def _taps(method: jax.Array, length: jax.Array, axis: jax.Array, size: int):
   return index, weight
 
 
-# `augment._googlenet_window_for_device`'s parameters: rows, cols, kernel, flip, host-resized,
-# then the rows' and the columns' positions (2·size + 2 each).
-_G_ROWS, _G_COLS, _G_METHOD, _G_FLIP, _G_HOST_RESIZED, _G_AXES = range(6)
-
-
 def googlenet_view(buffer: jax.Array, params: jax.Array, size: int, max_side: int) -> jax.Array:
   """float32 `[size, size, 3]` in [0, 1]: one example's window (`augment.googlenet_train` with
   `resize_on_device=True`) resized with its drawn kernel, clipped, and mirrored if drawn so: the
   host's `random_resize` and flip, before the colour distortions. `max_side` bounds the window's
-  sides (`augment.device_resize_max_side`)."""
-  cols = params[_G_COLS].astype(jnp.int32)
-  method = params[_G_METHOD].astype(jnp.int32)
-  n = 2 * size + 2
-  row_axis, col_axis = params[_G_AXES : _G_AXES + n], params[_G_AXES + n : _G_AXES + 2 * n]
-  row_index, row_weight = _taps(method, params[_G_ROWS], row_axis, size)
-  col_index, col_weight = _taps(method, params[_G_COLS], col_axis, size)
+  sides (`augment.device_resize_max_side`); `params` is `wire.resize_layout(size)`."""
+  layout = wire.resize_layout(size)
+  cols = layout.get(params, "cols").astype(jnp.int32)
+  method = layout.get(params, "kernel").astype(jnp.int32)
+  row_axis, col_axis = layout.get(params, "row_axis"), layout.get(params, "col_axis")
+  row_index, row_weight = _taps(method, layout.get(params, "rows"), row_axis, size)
+  col_index, col_weight = _taps(method, layout.get(params, "cols"), col_axis, size)
   # Rows first: each tap row as one contiguous slice of `max_side` pixels (those past `cols` are
   # never read below); the buffer is extended so that no slice is clamped.
   flat = jnp.concatenate([buffer, jnp.zeros(max_side * 3, buffer.dtype)])
@@ -203,11 +198,12 @@ def googlenet_view(buffer: jax.Array, params: jax.Array, size: int, max_side: in
   rows = jax.vmap(take_row)(starts).reshape(size, TAPS, max_side, 3)
   rows = (rows.astype(jnp.float32) / 255.0 * row_weight[:, :, None, None]).sum(1)
   # Then columns, mirrored by reading them in reverse order.
-  col_index = jnp.where(params[_G_FLIP] > 0.5, col_index[::-1], col_index)
-  col_weight = jnp.where(params[_G_FLIP] > 0.5, col_weight[::-1], col_weight)
+  flip = layout.get(params, "flip") > 0.5
+  col_index = jnp.where(flip, col_index[::-1], col_index)
+  col_weight = jnp.where(flip, col_weight[::-1], col_weight)
   x = (jnp.take(rows, col_index, axis=1, mode="clip") * col_weight[None, :, :, None]).sum(2)
   x = jnp.clip(x, 0.0, 1.0)  # Bicubic overshoots.
-  return jnp.where(params[_G_HOST_RESIZED] > 0.5, _shipped(buffer, size), x)
+  return jnp.where(layout.get(params, "host_resized") > 0.5, _host_view(buffer, size), x)
 
 
 def googlenet_finish(

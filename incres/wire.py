@@ -1,0 +1,117 @@
+"""The wire format of the parameter vectors the host ships with a crop left to the accelerator.
+
+With `resample="device"` each example of a batch carries a float32 vector saying how the train
+step is to finish its crop: ResNet's `'resample'` (`resample_layout`: written by
+`incres.augment.resized_crop_for_device` and `resnet_imagenet_train`, read by
+`incres.resample.view` and `finish`) and GoogLeNet's `'resize'` (`resize_layout`: written by
+`incres.augment.googlenet_train`, read by `incres.resample.googlenet_view`). Each field's name,
+offset, length and dtype are declared once here; the host packs with `Layout.pack` and the device
+reads with `Layout.get`, so the two sides cannot disagree on an index.
+
+Imports nothing of the package (and neither TensorFlow nor JAX): both sides import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """One field of a shipped vector: `length` consecutive elements from `offset`."""
+
+  name: str
+  offset: int
+  length: int
+  dtype: str = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """A shipped vector's fields, contiguous, in order, from offset 0."""
+
+  name: str
+  fields: tuple[Field, ...]
+
+  @classmethod
+  def of(cls, name: str, spec: Sequence[tuple[str, int]]) -> Layout:
+    """The layout of the `(field name, length)` pairs laid end to end."""
+    fields, offset = [], 0
+    for field_name, length in spec:
+      fields.append(Field(field_name, offset, length))
+      offset += length
+    return cls(name, tuple(fields))
+
+  @property
+  def length(self) -> int:
+    """The vector's length."""
+    last = self.fields[-1]
+    return last.offset + last.length
+
+  def field(self, name: str) -> Field:
+    """The field called `name`."""
+    for f in self.fields:
+      if f.name == name:
+        return f
+    raise KeyError(f"{self.name} has no field {name!r}.")
+
+  def offset(self, name: str) -> int:
+    """Where field `name` starts."""
+    return self.field(name).offset
+
+  def get(self, params: Any, name: str) -> Any:
+    """Field `name` of `params` (its last axis the vector): a scalar per vector for a field of
+    length 1, else its `length` elements."""
+    f = self.field(name)
+    if f.length == 1:
+      return params[..., f.offset]
+    return params[..., f.offset : f.offset + f.length]
+
+  def pack(self, concat: Callable[..., Any], **values: Any) -> Any:
+    """The vector of `values` (one 1-D sequence or tensor per field, by name), joined by
+    `concat(parts, 0)` (`tf.concat`, `np.concatenate`). The values may name only the leading
+    fields: `resized_crop_for_device` packs all but ResNet's colour shift, appended later."""
+    names = [f.name for f in self.fields]
+    if list(values) != names[: len(values)]:
+      raise ValueError(f"{self.name} packs {names} in order, got {list(values)}.")
+    return concat([values[n] for n in names[: len(values)]], 0)
+
+
+@functools.lru_cache(maxsize=None)
+def resample_layout(size: int) -> Layout:
+  """ResNet's `'resample'` vector for a `size` view: the window's rows and columns, 1 where the
+  host resampled the view itself, the `size` row and `size` column sampling positions, then the
+  PCA colour shift (3)."""
+  return Layout.of(
+      "resample",
+      [
+          ("rows", 1),
+          ("cols", 1),
+          ("host_resampled", 1),
+          ("row_positions", size),
+          ("col_positions", size),
+          ("colour_shift", 3),
+      ],
+  )
+
+
+@functools.lru_cache(maxsize=None)
+def resize_layout(size: int) -> Layout:
+  """GoogLeNet's `'resize'` vector for a `size` view: the window's rows and columns, the drawn
+  kernel (an index into `augment.INTERPOLATIONS`), the flip, 1 where the host resized the view
+  itself, then each axis' positions (`augment._resize_positions`: 2·size + 2 each)."""
+  axis = 2 * size + 2
+  return Layout.of(
+      "resize",
+      [
+          ("rows", 1),
+          ("cols", 1),
+          ("kernel", 1),
+          ("flip", 1),
+          ("host_resized", 1),
+          ("row_axis", axis),
+          ("col_axis", axis),
+      ],
+  )

@@ -46,6 +46,7 @@ from incres import finetune
 from incres import metrics as metrics_lib
 from incres import progress as progress_lib
 from incres import state as state_lib
+from incres.data import placement as placement_lib  # Light: no TensorFlow.
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
@@ -85,7 +86,7 @@ def train_step(
   `preprocess(batch)` makes the model's input from the batch when the input pipeline leaves work
   to the accelerator (`data.device_preprocess`); by default it is `batch["image"]`.
   """
-  if preprocess is None and {"photometric", "resample", "resize"} & set(batch):  # When traced.
+  if preprocess is None and placement_lib.DEVICE_KEYS & set(batch):  # When traced.
     raise ValueError(
         "The batch leaves work to the train step (GoogLeNet's colour distortions, 'photometric',"
         " or the crops' resampling, 'resample' or 'resize'), but the step was built without"
@@ -600,19 +601,27 @@ def train_and_evaluate(
       stream=None if is_chief else open(os.devnull, "w"),
   )
   progress.message(configs.describe_run_length(config, info))
+  # Decided once: the pipeline, the train step and the message below must agree.
+  where = data.decide_placement(config, jax.default_backend())
   # "auto" depends on the machine: say where the augmentation runs.
-  if data.resample_on_device(config):
+  if where.resample:
     work = {"googlenet": "resized, flipped and colour-distorted"}
     what = work.get(config.augment, "resampled, flipped and normalised")
     progress.message(
         f"The crops are {what} in the train step; the input pipeline decodes their windows."
     )
-  elif data.photometric_on_device(config):
+  elif where.photometric:
     progress.message(
         "GoogLeNet's colour distortions run in the train step, not the input pipeline."
     )
   p_train_step, p_eval_step = _jit_steps(
-      config, model, tx, learning_rate_fn, state_sharding, mesh, data.device_preprocess(config)
+      config,
+      model,
+      tx,
+      learning_rate_fn,
+      state_sharding,
+      mesh,
+      data.device_preprocess(config, where),
   )
 
   log = _TrainLog(progress, last_checkpoint=resume_step)
@@ -620,7 +629,9 @@ def train_and_evaluate(
   last_train, last_eval = {}, {}
   start_time = time.time()
   train_iter = DevicePrefetch(
-      data.create_train_iter(config, start_step=start_step), batch_sharding, config.device_prefetch
+      data.create_train_iter(config, start_step=start_step, where=where),
+      batch_sharding,
+      config.device_prefetch,
   )
   try:
     with _StopRequest() as stop:

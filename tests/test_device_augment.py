@@ -58,6 +58,7 @@ def test_device_batches_resume_exactly(case):
   fresh = [next(it) for _ in range(5)]
   resumed = next(data.create_train_iter(c, start_step=4))
   assert set(resumed) == {"image", "label", *WORK[case][3]}
+  assert data.decide_placement(c).batch_keys == WORK[case][3]
   for name in fresh[4]:
     np.testing.assert_array_equal(resumed[name], fresh[4][name])
 
@@ -67,6 +68,8 @@ def test_device_batches_resume_exactly(case):
 def test_auto_is_the_train_step_on_accelerators_and_the_host_on_cpus(
     monkeypatch, case, backend, on_device
 ):
+  # The backend given, or the default one.
+  assert data.decide_placement(config(case, "auto"), backend).on_device is on_device
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
   where = WORK[case][2]
   assert where(config(case, "auto")) is on_device

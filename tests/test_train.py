@@ -413,8 +413,8 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 
   real_iter = data.create_train_iter
 
-  def poisoned_iter(config, *, start_step=0):  # The 5th batch (step 5) carries a NaN pixel.
-    for k, batch in enumerate(real_iter(config, start_step=start_step), start=start_step):
+  def poisoned_iter(config, *, start_step=0, **kw):  # The 5th batch (step 5) has a NaN pixel.
+    for k, batch in enumerate(real_iter(config, start_step=start_step, **kw), start=start_step):
       if k == 4:
         batch = dict(batch, image=batch["image"].copy())
         batch["image"][0, 0, 0, 0] = np.nan
@@ -475,3 +475,22 @@ def test_batch_size_must_split_over_devices():
   config = tiny_config(batch_size=10)
   with pytest.raises(ValueError, match="batch_size=10 is not divisible"):
     configs.validate(config, num_devices=4, num_processes=1)
+
+
+def test_placement_is_decided_once_per_run(tmp_path, monkeypatch):
+  """One run decides where its augmentation runs once, and the pipeline, the train step and the
+  run's message all take that decision (`data.decide_placement`)."""
+  from incres import data  # pylint: disable=g-import-not-at-top  (heavy: TensorFlow)
+  from incres.data import placement
+
+  calls = []
+  decide = placement.decide_placement
+
+  def counting(*args, **kw):
+    calls.append(args)
+    return decide(*args, **kw)
+
+  monkeypatch.setattr(placement, "decide_placement", counting)
+  monkeypatch.setattr(data, "decide_placement", counting, raising=False)
+  train.train_and_evaluate(tiny_config(2), str(tmp_path / "run"))
+  assert len(calls) == 1

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from incres.data import loading, preprocess, sources, tfdata, unreadable
+from incres.data import loading, placement, preprocess, sources, tfdata, unreadable
 
 # Examples in the shuffle buffer of streamed datasets (encoded images: ~1 GB on ImageNet).
 STREAM_SHUFFLE_BUFFER = 10_000
@@ -35,7 +35,9 @@ def _base_seed(config, stream: int) -> tf.Tensor:
 _PERMUTATION, _AUGMENT, _STREAM, _SPARE = 1, 2, 3, 4
 
 
-def create_train_iter(config, *, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+def create_train_iter(
+    config, *, start_step: int = 0, where: placement.Placement | None = None
+) -> Iterator[dict[str, np.ndarray]]:
   """Yields {'image': float32 [B_local, S, S, 3], 'label': int32 [B_local]} forever; where the
   train step finishes the augmentation (`device_preprocess(config)`), 'image' is its input:
   the undistorted [0, 1] image plus 'photometric' float32 [B_local, 8]
@@ -57,10 +59,12 @@ def create_train_iter(config, *, start_step: int = 0) -> Iterator[dict[str, np.n
   datasets drop unreadable records and fill the epoch from the records beyond its last whole batch;
   a resumed streamed run is exact only if no record before the resume step was unreadable in its
   epoch (the resume skips raw records without decoding them).
+
+  `where` (default `decide_placement(config)`) says which part the train step finishes.
   """
   local = _local_batch(config.batch_size, "batch_size")
   source = sources.source(config, config.train_split)
-  train_fn = preprocess.train_fn(config)
+  train_fn = preprocess.train_fn(config, where)
   if isinstance(source, sources.StreamSource):
     return _stream_train_iter(config, source, train_fn, local, start_step)
 

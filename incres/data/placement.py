@@ -1,30 +1,87 @@
-"""Where the augmentation runs: which parts the train step finishes on the accelerator."""
+"""Where the augmentation runs: which parts the train step finishes on the accelerator.
+
+`decide_placement(config, backend)` decides it once per run (`train.train_and_evaluate` calls it
+once and hands the `Placement` to the input pipeline, the train step's `device_preprocess` and the
+run's message); `photometric_on_device` and `resample_on_device` are its two answers, for callers
+that need only one.
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 
 from incres import configs
 
+# The batch keys that leave work to the train step (`device_preprocess`): a step built without it
+# refuses a batch carrying any of them.
+DEVICE_KEYS = frozenset({"photometric", "resample", "resize"})
 
-def _accelerated(place: str) -> bool:
-  return place == "device" or (place == "auto" and jax.default_backend() in ("gpu", "tpu"))
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Which augmentation steps the train step finishes on the accelerator.
+
+  `photometric`: GoogLeNet's colour distortions (batches carry `'photometric'`); `resample`: the
+  crop's resampling and what follows it (ResNet's resample, flip and normalisation: `'resample'`;
+  GoogLeNet's resize and flip, with its colour distortions: `'resize'` and `'photometric'`).
+  """
+
+  augment: str
+  photometric: bool = False
+  resample: bool = False
+
+  @property
+  def on_device(self) -> bool:
+    """Whether the train step finishes any of the augmentation."""
+    return self.photometric or self.resample
+
+  @property
+  def batch_keys(self) -> frozenset[str]:
+    """The batch keys besides 'image' and 'label' that the train step's preprocess consumes."""
+    keys = set()
+    if self.photometric:
+      keys.add("photometric")
+    if self.resample:
+      keys.add("resize" if self.augment == "googlenet" else "resample")
+    return frozenset(keys)
+
+
+def _accelerated(place: str, backend: str) -> bool:
+  return place == "device" or (place == "auto" and backend in ("gpu", "tpu"))
+
+
+def decide_placement(config, backend: str | None = None) -> Placement:
+  """Where `config`'s augmentation runs on `backend` (default `jax.default_backend()`).
+
+  Photometric (config `photometric`, GoogLeNet only): on the device when "device", or "auto" on an
+  accelerator or when the crops are resized there (`resample="device"`: the distortions come
+  after). Resample (config `resample`): on the device when "device", or "auto" on an accelerator;
+  GoogLeNet's only with its colour distortions there too.
+  """
+  backend = jax.default_backend() if backend is None else backend
+  photometric_place = configs.check_photometric(config)
+  resample_place = configs.check_resample(config)
+  if config.augment == "googlenet":
+    photometric = _accelerated(photometric_place, backend) or (
+        photometric_place == "auto" and resample_place == "device"
+    )
+    resample = _accelerated(resample_place, backend) and photometric
+  else:
+    photometric = False
+    resample = config.augment == "resnet_imagenet" and _accelerated(resample_place, backend)
+  return Placement(config.augment, photometric=photometric, resample=resample)
 
 
 def photometric_on_device(config) -> bool:
   """Whether GoogLeNet's photometric distortions run in the train step (config `photometric`;
   "auto" also when its crops are resized there, `resample="device"`: the distortions come after)."""
-  place = configs.check_photometric(config)
-  if config.augment != "googlenet":
-    return False
-  return _accelerated(place) or (place == "auto" and configs.check_resample(config) == "device")
+  return decide_placement(config).photometric
 
 
 def resample_on_device(config) -> bool:
   """Whether the crop's resampling and what follows it run in the train step (config `resample`):
   ResNet's resample, flip and normalisation, or GoogLeNet's resize and flip (with its colour
   distortions there too)."""
-  place = configs.check_resample(config)
-  if config.augment == "googlenet":
-    return _accelerated(place) and photometric_on_device(config)
-  return config.augment == "resnet_imagenet" and _accelerated(place)
+  return decide_placement(config).resample

@@ -127,11 +127,13 @@ def _scaled_by_std(config, fn: Callable[..., tf.Tensor]) -> Callable[..., tf.Ten
   return lambda *args: fn(*args) / std
 
 
-def device_preprocess(config) -> Callable[[dict[str, Any]], Any] | None:
+def device_preprocess(
+    config, where: placement.Placement | None = None
+) -> Callable[[dict[str, Any]], Any] | None:
   """`batch -> model input` for the train step when the pipeline leaves work to the accelerator
-  (`photometric_on_device`, `resample_on_device`), else None (the batch's 'image' is the input)."""
-  photometric_here = placement.photometric_on_device(config)
-  resample_here = placement.resample_on_device(config)
+  (`where`, default `decide_placement(config)`), else None (the batch's 'image' is the input)."""
+  where = placement.decide_placement(config) if where is None else where
+  photometric_here, resample_here = where.photometric, where.resample
   if not (photometric_here or resample_here):
     return None
   mean = np.asarray(normalization_mean(config), np.float32)
@@ -148,8 +150,12 @@ def device_preprocess(config) -> Callable[[dict[str, Any]], Any] | None:
   return lambda batch: photometric.finish(batch["image"], batch["photometric"], mean, std)
 
 
-def train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor | dict[str, tf.Tensor]]:
+def train_fn(
+    config, where: placement.Placement | None = None
+) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor | dict[str, tf.Tensor]]:
   """(image, seed) -> float32 [S, S, 3] for `config.augment`; the image uint8 or encoded bytes.
+
+  `where` (default `decide_placement(config)`) says which part the train step finishes.
 
   With `photometric_on_device(config)`: a dict of the [0, 1] image and its `'photometric'` draws
   (the mean, std and distortions are applied by `device_preprocess`); with
@@ -157,15 +163,16 @@ def train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor | dict[str, t
   finish it (ResNet: `'resample'`, `augment.resized_crop_for_device`; GoogLeNet: `'resize'` and
   `'photometric'`), resampled and normalised by `device_preprocess`."""
   size = config.image_size
-  if placement.photometric_on_device(config):  # GoogLeNet only.
+  where = placement.decide_placement(config) if where is None else where
+  if where.photometric:  # GoogLeNet only.
     return functools.partial(
         augment.googlenet_train,
         size=size,
         mean=0.0,
         photometric_on_device=True,
-        resize_on_device=placement.resample_on_device(config),
+        resize_on_device=where.resample,
     )
-  if placement.resample_on_device(config):
+  if where.resample:
     return functools.partial(
         augment.resnet_imagenet_train, size=size, mean=0.0, resample_on_device=True
     )

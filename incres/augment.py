@@ -601,7 +601,9 @@ def photometric_params(seed: tf.Tensor) -> tf.Tensor:
       uniform([], s_seed, minval=SATURATION_RANGE[0], maxval=SATURATION_RANGE[1]),
       uniform([], h_seed, minval=-HUE_DELTA, maxval=HUE_DELTA),
   ]
-  return tf.concat([tf.cast(order, tf.float32), tf.stack(values)], 0)
+  return wire.PHOTOMETRIC.pack(
+      tf.concat, order=tf.cast(order, tf.float32), magnitudes=tf.stack(values)
+  )
 
 
 def apply_photometric(image: tf.Tensor, params: tf.Tensor) -> tf.Tensor:

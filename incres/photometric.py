@@ -32,6 +32,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from incres import wire
+
 
 def _brightness(x: jax.Array, delta: jax.Array) -> jax.Array:
   return x + delta
@@ -68,11 +70,13 @@ _OPS = (_brightness, _contrast, _saturation, _hue)
 
 def distort(images: jax.Array, params: jax.Array) -> jax.Array:
   """`images` float32 `[B, H, W, 3]` in [0, 1] distorted by `params` `[B, 8]`
-  (`incres.augment.photometric_params`): the four ops in each example's order, each clipped."""
+  (`incres.augment.photometric_params`, `wire.PHOTOMETRIC`): the four ops in each example's
+  order, each clipped."""
   x = images.astype(jnp.float32)
   params = params.astype(jnp.float32)
-  order = params[:, :4].astype(jnp.int32)
-  magnitudes = params[:, 4:, None, None, None]  # [B, 4, 1, 1, 1]: broadcast over H, W, C.
+  order = wire.PHOTOMETRIC.get(params, "order").astype(jnp.int32)
+  # [B, 4, 1, 1, 1]: broadcast over H, W, C.
+  magnitudes = wire.PHOTOMETRIC.get(params, "magnitudes")[:, :, None, None, None]
   for position in range(4):
     which = order[:, position, None, None, None]
     out = x

@@ -4,9 +4,10 @@ With `resample="device"` each example of a batch carries a float32 vector saying
 step is to finish its crop: ResNet's `'resample'` (`resample_layout`: written by
 `incres.augment.resized_crop_for_device` and `resnet_imagenet_train`, read by
 `incres.resample.view` and `finish`) and GoogLeNet's `'resize'` (`resize_layout`: written by
-`incres.augment.googlenet_train`, read by `incres.resample.googlenet_view`). Each field's name,
-offset, length and dtype are declared once here; the host packs with `Layout.pack` and the device
-reads with `Layout.get`, so the two sides cannot disagree on an index.
+`incres.augment.googlenet_train`, read by `incres.resample.googlenet_view`); GoogLeNet's colour
+distortions travel as `'photometric'` (`PHOTOMETRIC`, read by `incres.photometric.distort`). Each
+field's name, offset, length and dtype are declared once here; the host packs with `Layout.pack`
+and the device reads with `Layout.get`, so the two sides cannot disagree on an index.
 
 Imports nothing of the package (and neither TensorFlow nor JAX): both sides import it.
 """
@@ -115,3 +116,9 @@ def resize_layout(size: int) -> Layout:
           ("col_axis", axis),
       ],
   )
+
+
+# GoogLeNet's `'photometric'` vector (`augment.photometric_params`, read by
+# `incres.photometric.distort`): the op at each of the four positions (an index into
+# `augment.PHOTOMETRIC_OPS`), then the brightness delta, contrast, saturation and hue magnitudes.
+PHOTOMETRIC = Layout.of("photometric", [("order", 4), ("magnitudes", 4)])

@@ -8,7 +8,12 @@ import pytest
 
 from incres import wire
 
-LAYOUTS = [wire.resample_layout(224), wire.resample_layout(32), wire.resize_layout(224)]
+LAYOUTS = [
+    wire.resample_layout(224),
+    wire.resample_layout(32),
+    wire.resize_layout(224),
+    wire.PHOTOMETRIC,
+]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: f"{l.name}-{l.length}")
@@ -45,6 +50,7 @@ def test_known_offsets():
   assert wire.resample_layout(224).length == 3 + 2 * 224 + 3
   assert wire.resize_layout(224).offset("row_axis") == 5
   assert wire.resize_layout(224).length == 5 + 2 * (2 * 224 + 2)
+  assert wire.PHOTOMETRIC.offset("magnitudes") == 4 and wire.PHOTOMETRIC.length == 8
 
 
 def test_pack_refuses_fields_out_of_order():

@@ -13,8 +13,11 @@ Two kinds of report tell the user nothing:
 `quieted()` (or `acquire`/`release`) installs a filter on absl's logger and a
 `sys.unraisablehook` that drop those reports and pass every other one on. Installations are
 reference-counted, so readers and checkpointers open at the same time share one; when the last
-one leaves, the previous hook and the logger's filters are restored exactly. Importing this module
-(or `incres.checkpoint`) changes nothing process-wide.
+one leaves, the previous hook and the logger's filters are restored exactly, except after a
+restore that abandoned reads (`keep_hook_until_exit`): those report whenever their TensorStore
+callbacks complete, also after the checkpointer closed (seen in CI: 133 "Event loop is closed"
+reports after a cut array file), so the hook then stays for the rest of the process. Importing this
+module (or `incres.checkpoint`) changes nothing process-wide.
 """
 
 from __future__ import annotations
@@ -64,11 +67,15 @@ class _Installation:
     self.filter = _DropReadOnlyNotices()
     self.previous: Callable[[Any], None] | None = None
     self.hook: Callable[[Any], None] | None = None
+    self.pinned = False  # A restore abandoned reads: the hook stays until the process ends.
 
   def acquire(self) -> None:
     with self.lock:
       self.count += 1
       if self.count > 1:
+        return
+      logging.get_absl_logger().addFilter(self.filter)
+      if self.hook is not None:  # Pinned by an earlier restore's abandoned reads: still in place.
         return
       previous = sys.unraisablehook
 
@@ -78,7 +85,6 @@ class _Installation:
 
       self.previous, self.hook = previous, hook
       sys.unraisablehook = hook
-      logging.get_absl_logger().addFilter(self.filter)
 
   def release(self) -> None:
     with self.lock:
@@ -88,6 +94,8 @@ class _Installation:
       if self.count > 0:
         return
       logging.get_absl_logger().removeFilter(self.filter)
+      if self.pinned:
+        return
       # A hook installed on top of ours since (it forwards to ours, ours to the previous one) is
       # left in place: putting the previous one back would silently drop the newer one.
       if sys.unraisablehook is self.hook:
@@ -96,6 +104,12 @@ class _Installation:
 
 
 _INSTALLATION = _Installation()
+
+
+def keep_hook_until_exit() -> None:
+  """Keeps the unraisable hook after the last `release`: a failed restore abandoned reads."""
+  with _INSTALLATION.lock:
+    _INSTALLATION.pinned = True
 
 
 def acquire() -> None:

@@ -20,6 +20,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from incres import checkpoint_compat
+from incres import checkpoint_quiet
 from incres import fileio
 
 # `verify(where, saved_config, saved_tree)`: raises if the step holds another model (see
@@ -122,6 +123,7 @@ def find_newest_intact(
       except Exception as e:  # pylint: disable=broad-except  (a missing or cut array file)
         damage = f"restoring its arrays failed: {short_error(e)}"
         gc.collect()  # The failed restore's abandoned read coroutines, now, not at random later.
+        checkpoint_quiet.keep_hook_until_exit()  # Their callbacks may report after `close`.
     if damage is None:
       return step, restored, damaged
     damaged.append((step, damage))

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from incres import checkpoint, metrics
+from incres import checkpoint, checkpoint_quiet, metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch.py")
@@ -220,9 +220,11 @@ def test_importing_changes_nothing_process_wide():
   assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_a_checkpointer_quiets_orbax_only_until_it_is_closed(tmp_path):
+def test_a_checkpointer_quiets_orbax_only_until_it_is_closed(tmp_path, monkeypatch):
   from absl import logging  # pylint: disable=g-import-not-at-top
 
+  # A fresh installation: a damaged-restore test earlier in this process may have pinned the hook.
+  monkeypatch.setattr(checkpoint_quiet, "_INSTALLATION", checkpoint_quiet._Installation())
   hook, filters = sys.unraisablehook, list(logging.get_absl_logger().filters)
   config = ml_collections.ConfigDict({"model": "x", "num_classes": 3})
   state = {"w": jnp.arange(3.0)}
@@ -239,3 +241,19 @@ def test_a_checkpointer_quiets_orbax_only_until_it_is_closed(tmp_path):
   assert sys.unraisablehook is hook and logging.get_absl_logger().filters == filters
   checkpoint.load_config(str(tmp_path))  # A reader alone restores them too.
   assert sys.unraisablehook is hook and logging.get_absl_logger().filters == filters
+
+
+def test_after_abandoned_reads_the_hook_outlives_the_checkpointer(monkeypatch):
+  from absl import logging  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.setattr(checkpoint_quiet, "_INSTALLATION", checkpoint_quiet._Installation())
+  monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # Restored after the test.
+  hook, filters = sys.unraisablehook, list(logging.get_absl_logger().filters)
+  with checkpoint_quiet.quieted():
+    checkpoint_quiet.keep_hook_until_exit()  # What a restore that failed on an array file does.
+  assert logging.get_absl_logger().filters == filters  # The filter goes ...
+  pinned = sys.unraisablehook
+  assert pinned is not hook  # ... the hook stays: late reports of the abandoned reads.
+  with checkpoint_quiet.quieted():  # Used again: the same hook, not a second one on top.
+    assert sys.unraisablehook is pinned
+  assert sys.unraisablehook is pinned and logging.get_absl_logger().filters == filters

@@ -279,7 +279,9 @@ def test_check_lists_exactly_the_unreadable_files(tmp_path):
   assert listed == bad
   assert "Input is empty" in result.stdout and "Unknown image file format" in result.stdout
   assert "Invalid JPEG data: it does not end with the end-of-image marker" in result.stdout
-  assert "Improper call" not in result.stderr  # libjpeg's own line (see augment.decode).
+  assert (
+      "Improper call" not in result.stderr
+  )  # libjpeg's own line (see incres.data.decoding.decode).
   assert "Traceback" not in result.stderr
 
 

@@ -42,7 +42,7 @@ def create_train_iter(
   train step finishes the augmentation (`device_preprocess(config)`), 'image' is its input:
   the undistorted [0, 1] image plus 'photometric' float32 [B_local, 8]
   (`photometric_on_device(config)`), or the crops' windows, uint8 [B_local, N]
-  (N = `augment.device_buffer_bytes(S)`), plus 'resample' float32 [B_local, 3 + 2·S + 3] (ResNet)
+  (N = `crops.device_buffer_bytes(S)`), plus 'resample' float32 [B_local, 3 + 2·S + 3] (ResNet)
   or 'resize' [B_local, 5 + 2·(2·S + 2)] and 'photometric' (GoogLeNet) where
   `resample_on_device(config)`.
 

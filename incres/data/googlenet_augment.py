@@ -21,8 +21,8 @@ from incres.data import crops, decoding, image_ops, photometric
 # GoogLeNet §6: crop area and aspect ratio.
 GOOGLENET_AREA_RANGE = (0.08, 1.0)
 GOOGLENET_ASPECT_RANGE = (3 / 4, 4 / 3)
-# GoogLeNet §6's interpolation methods, drawn with equal probability (`random_resize`); the
-# resize vector's "kernel" is an index into this tuple.
+# GoogLeNet §6's random interpolation methods (`random_resize` draws one uniformly); the resize
+# vector's "kernel" is an index into this tuple.
 INTERPOLATIONS = ("bilinear", "area", "nearest", "bicubic")
 
 

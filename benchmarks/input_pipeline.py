@@ -6,18 +6,18 @@ ImageNet-sized photos (375×500 smooth-noise JPEGs) go through the real JPEG dec
 recipe is measured on 32×32 images (fake JPEGs, and the in-memory digits of the quickstart).
 
 Then, side by side (issue #15), alternating in rounds in this one process: the ResNet augmentation
-and the centre evaluation view as they were before (`augment._resnet_imagenet_train_reference`:
-decode all, resize all, crop) and as they are (decode and resample only the crop), a plain
-tf.data pipeline on the same JPEGs (decode_jpeg of the whole image, bilinear resize without
-antialiasing to a shorter side drawn in [256, 480], random 224 crop, flip), and GoogLeNet's
-augmentation with its photometric distortions on the host and left to the accelerator (config
-`photometric`) and its resize too, and the ResNet augmentation with its resampling left to the
-accelerator (config `resample`), and the floor under all of them: decoding each whole JPEG and
-nothing else (`tf.io.decode_jpeg`); once per core (a child process pinned to one core, so tf.data
-and TensorFlow have one thread's worth of CPU) and once on all cores. Medians over the rounds.
-`--table=false --seconds=6` took 7 min 40 s on 2 cores (the default takes longer). Compare with
-the accelerator's step rate to see whether the input pipeline keeps it fed. `--decoders` also times
-libjpeg's other settings against the floor.
+and the centre evaluation view as they were before
+(`resnet_augment.resnet_imagenet_train_reference`: decode all, resize all, crop) and as they are
+(decode and resample only the crop), a plain tf.data pipeline on the same JPEGs (decode_jpeg of the
+whole image, bilinear resize without antialiasing to a shorter side drawn in [256, 480], random 224
+crop, flip), and GoogLeNet's augmentation with its photometric distortions on the host and left to
+the accelerator (config `photometric`) and its resize too, and the ResNet augmentation with its
+resampling left to the accelerator (config `resample`), and the floor under all of them: decoding
+each whole JPEG and nothing else (`tf.io.decode_jpeg`); once per core (a child process pinned to one
+core, so tf.data and TensorFlow have one thread's worth of CPU) and once on all cores. Medians over
+the rounds. `--table=false --seconds=6` took 7 min 40 s on 2 cores (the default takes longer).
+Compare with the accelerator's step rate to see whether the input pipeline keeps it fed.
+`--decoders` also times libjpeg's other settings against the floor.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from collections.abc import Sequence
 from absl import flags
 import tensorflow as tf
 
-from incres import augment, cli, configs, data, errors
+from incres import cli, configs, data, errors
+from incres.data import decoding, eval_views, resnet_augment
 
 IMAGENET_SHAPE = (375, 500, 3)
 
@@ -114,13 +115,13 @@ def _rate(config, evaluate: bool, seconds: float) -> float:
 @contextlib.contextmanager
 def _before_issue_15():
   """The ResNet augmentation and centre view as they were: decode all, resize all, crop."""
-  train, center = augment.resnet_imagenet_train, augment.eval_center
-  augment.resnet_imagenet_train = augment._resnet_imagenet_train_reference
-  augment.eval_center = lambda image, **kw: center(augment.decode(image), **kw)
+  train, center = resnet_augment.resnet_imagenet_train, eval_views.eval_center
+  resnet_augment.resnet_imagenet_train = resnet_augment.resnet_imagenet_train_reference
+  eval_views.eval_center = lambda image, **kw: center(decoding.decode(image), **kw)
   try:
     yield
   finally:
-    augment.resnet_imagenet_train, augment.eval_center = train, center
+    resnet_augment.resnet_imagenet_train, eval_views.eval_center = train, center
 
 
 def _plain_iter(batch_size: int):
@@ -190,16 +191,16 @@ def side_by_side(batch_size: int, seconds: float, rounds: int) -> dict:
       "resnet train, before": lambda: before(train, False),
       "resnet train, after": lambda: _rate(train, False, seconds),
       # ResNet's resampling and normalisation left to the accelerator (its host share only: the
-      # window decode; the train step resamples, incres.resample).
+      # window decode; the train step resamples, incres.data.device_resample).
       "resnet, resample on device": lambda: _rate(resnet_device, False, seconds),
       "plain tf.data": lambda: _timed(lambda: _plain_iter(batch_size), seconds),
       "center eval, before": lambda: before(center, True),
       "center eval, after": lambda: _rate(center, True, seconds),
       # GoogLeNet's photometric distortions on the host, or left to the accelerator (its host
-      # share only: the distortions then run in the train step, incres.photometric).
+      # share only: the distortions then run in the train step, data.device_photometric).
       "googlenet, host": lambda: _rate(googlenet["host"], False, seconds),
       "googlenet, colour on device": lambda: _rate(googlenet["device"], False, seconds),
-      # ... and its resize and flip too (the host decodes the crop's window, incres.resample).
+      # ... and its resize and flip too (the host decodes the crop's window, device_resample).
       "googlenet, resize on device": lambda: _rate(googlenet["resize"], False, seconds),
       # What no host pipeline of these JPEGs can beat without another decoder.
       "jpeg decode only (floor)": lambda: _timed(lambda: _decode_iter(batch_size), seconds),

@@ -42,12 +42,12 @@ decay 0.9999 as in Google's Inception training code). The paper trained 50 async
 of batch 32 for 100 epochs; one synchronous batch of 32 here (the paper gives no rule for scaling
 the rate with the batch). Not stated by the paper, taken from TF-slim's Inception code: weight
 decay 4e-5, auxiliary loss weight 0.4, dropout 20% before the classifier (keep 0.8).
-Augmentation: GoogLeNet's (incres.augment.googlenet_train) -- random crops of 8%-100% of the area
-with aspect ratio in [3/4, 4/3], random interpolation to 299x299, flip, photometric distortions in
-random order -- the same sampling as TF-slim's `inception_preprocessing` except its crop area
-range of 5%-100%. Evaluation: shorter side 342, centre 299 crop (87.4% of the side; TF-slim's
-central fraction is 87.5%). Pixels are channel-mean-subtracted on [0, 1]; TF-slim scales to
-[-1, 1], a difference the first BatchNorm absorbs.
+Augmentation: GoogLeNet's (incres.data.googlenet_augment.googlenet_train) -- random crops of 8%-100%
+of the area with aspect ratio in [3/4, 4/3], random interpolation to 299x299, flip, photometric
+distortions in random order -- the same sampling as TF-slim's `inception_preprocessing` except its
+crop area range of 5%-100%. Evaluation: shorter side 342, centre 299 crop (87.4% of the side;
+TF-slim's central fraction is 87.5%). Pixels are channel-mean-subtracted on [0, 1]; TF-slim scales
+to [-1, 1], a difference the first BatchNorm absorbs.
 The data pipeline, the evaluation crops and the run layout are experiments/googlenet.py's: this
 config loads that one and overrides the network, the image size and the recipe.
 

@@ -43,19 +43,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_split = "test"
   c.image_size = 32  # Training / evaluation crop size.
   c.augment = "cifar"  # "cifar", "resnet_imagenet", "googlenet" or "none".
-  # Where "googlenet"'s photometric distortions run: "auto" (in the train step when JAX's backend
-  # is a GPU or TPU, else in the host pipeline), "host" or "device" (incres.photometric: the same
-  # draws; the pixels TensorFlow's to float32 rounding). "device" needs augment="googlenet".
+  # Where "googlenet"'s photometric distortions run: "auto" (in the train step when JAX's backend is
+  # a GPU or TPU, else in the host pipeline), "host" or "device" (incres.data.device_photometric:
+  # the same draws; the pixels TensorFlow's to float32 rounding). "device" needs
+  # augment="googlenet".
   c.photometric = "auto"
-  # Where the crop's resampling and what follows it run ("resnet_imagenet": resample, flip,
-  # colour shift, normalisation; "googlenet": resize with its drawn kernel, flip, and then the
-  # colour distortions, which go along): "auto" (in the train step on a GPU or TPU, else in the
-  # host pipeline), "host" or "device" (incres.resample: the host decodes the crop's window and
-  # ships it as uint8; the same draws, the pixels to float32 rounding). "device" needs one of
+  # Where the crop's resampling and what follows it run ("resnet_imagenet": resample, flip, colour
+  # shift, normalisation; "googlenet": resize with its drawn kernel, flip, and then the colour
+  # distortions, which go along): "auto" (in the train step on a GPU or TPU, else in the host
+  # pipeline), "host" or "device" (incres.data.device_resample: the host decodes the crop's window
+  # and ships it as uint8; the same draws, the pixels to float32 rounding). "device" needs one of
   # those augmentations (and for googlenet, photometric not "host"). Neither place is part of a
-  # checkpoint's identity: a run resumed where "auto" resolves otherwise (a GPU run resumed on
-  # CPUs) trains on the same views, their pixels different by float32 rounding, so it is not
-  # bitwise the uninterrupted run.
+  # checkpoint's identity: a run resumed where "auto" resolves otherwise (a GPU run resumed on CPUs)
+  # trains on the same views, their pixels different by float32 rounding, so it is not bitwise the
+  # uninterrupted run.
   c.resample = "auto"
   c.eval_preprocess = "single"  # "single" (original view) or "center" (shorter side 256, 224 crop).
   c.batch_size = 128  # Global batch size, split across all devices and hosts.

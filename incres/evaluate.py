@@ -4,12 +4,14 @@ r"""The papers' test protocols, for one trained run or an ensemble of several.
   python -m incres.evaluate --workdir=runs/a --workdir=runs/b --protocol=144crop  # An ensemble.
 
 Protocols (sizes are for a 224 crop; for other `config.image_size` S every length is scaled by
-S / 224 and rounded, as `incres.augment` does for training):
+S / 224 and rounded, as the training augmentations do, `incres.data`):
 
 - `single`: the single original view (ResNet §4.2, CIFAR): the image, resized to S×S if it is not
-  already (`augment.eval_single`, the training loop's eval for `eval_preprocess="single"`).
-- `center`: shorter side 256, the central 224 crop (`augment.eval_center`, the training loop's eval
-  for `eval_preprocess="center"`; the two give the same numbers on the same checkpoint, tested).
+  already (`incres.data.eval_views.eval_single`, the training loop's eval for
+  `eval_preprocess="single"`).
+- `center`: shorter side 256, the central 224 crop (`eval_views.eval_center`, the training loop's
+  eval for `eval_preprocess="center"`; the two give the same numbers on the same checkpoint,
+  tested).
 - `10crop`: shorter side 256; the four corner and the central 224 crops, and their mirrors
   (ResNet Table 3, "standard 10-crop testing").
 - `144crop`: GoogLeNet §7: shorter side 256, 288, 320, 352; three squares of side the shorter side
@@ -26,10 +28,10 @@ S / 224 and rounded, as `incres.augment` does for training):
   of varied shapes, at the cost of recompiling shapes that come back after eviction.
 
 Every view goes through the same operations as the training loop's eval (uint8 -> [0, 1] floats,
-`augment.resize_shorter_side`'s antialiased bilinear resize, crop, the run's mean subtracted), and
-the softmax outputs of all views of an image are averaged; several workdirs average the softmax of
-their models (the papers' ensembles, each model with its own preprocessing). Every example of the
-split is scored exactly once.
+`incres.data.image_ops.resize_shorter_side`'s antialiased bilinear resize, crop, the run's mean
+subtracted), and the softmax outputs of all views of an image are averaged; several workdirs
+average the softmax of their models (the papers' ensembles, each model with its own
+preprocessing). Every example of the split is scored exactly once.
 
 The geometry of each protocol is a pure function of the image's shape (`views`), which the tests pin
 box by box; the TensorFlow input pipeline asks it for the boxes of every image.
@@ -52,7 +54,7 @@ from incres import cli
 PROTOCOLS = ("single", "center", "10crop", "144crop", "multiscale")
 # Lengths for a 224 crop.
 CROP = 224
-CENTER_SHORTER = 256  # `center` and `10crop` (ResNet; `augment.EVAL_RESIZE_RATIO`).
+CENTER_SHORTER = 256  # `center` and `10crop` (ResNet; `eval_views.EVAL_RESIZE_RATIO`).
 GOOGLENET_SHORTER = (256, 288, 320, 352)  # `144crop`.
 MULTISCALE_SHORTER = (224, 256, 384, 480, 640)  # `multiscale` (ResNet Table 4).
 # Compiled functions `multiscale` keeps (one per input shape): the five scales of a few images.
@@ -62,7 +64,7 @@ MULTISCALE_COMPILED = 32
 class View(NamedTuple):
   """One test view: resize, crop a box, optionally resize the box, optionally mirror.
 
-  shorter: resize the image so that its shorter side is this (`augment.resize_shorter_side`);
+  shorter: resize the image so that its shorter side is this (`image_ops.resize_shorter_side`);
     None keeps the original image.
   box: (top, left, height, width) in the resized image.
   out: resize the box to out × out; None keeps the box's size.
@@ -81,8 +83,8 @@ def scaled(length: int, size: int) -> int:
 
 
 def resized_shape(height: int, width: int, shorter: int) -> tuple[int, int]:
-  """The shape `augment.resize_shorter_side` gives: the shorter side exactly `shorter`, the longer
-  side rounded (half to even) from float32 arithmetic, as TensorFlow computes it."""
+  """The shape `image_ops.resize_shorter_side` gives: the shorter side exactly `shorter`, the
+  longer side rounded (half to even) from float32 arithmetic, as TensorFlow computes it."""
   h, w, s = np.float32(height), np.float32(width), np.float32(shorter)
   scale = s / min(h, w)
   if height <= width:
@@ -116,7 +118,7 @@ def single_views(height: int, width: int, size: int = CROP) -> list[View]:
 
 
 def center_views(height: int, width: int, size: int = CROP) -> list[View]:
-  """Shorter side 256, central 224 crop (`augment.eval_center`)."""
+  """Shorter side 256, central 224 crop (`eval_views.eval_center`)."""
   shorter = scaled(CENTER_SHORTER, size)
   h, w = resized_shape(height, width, shorter)
   return [View(shorter, ((h - size) // 2, (w - size) // 2, size, size), None, False)]
@@ -222,7 +224,7 @@ def apply_view(resized, row, mean):
   out = row[5]
   x = tf.cond(
       (out > 0) & ((row[3] != out) | (row[4] != out)),
-      # The antialiased bilinear resize of `augment.resize_shorter_side` and `eval_single`.
+      # The antialiased bilinear resize of `image_ops.resize_shorter_side` and `eval_single`.
       lambda: tf.image.resize(x, tf.stack([out, out]), method="bilinear", antialias=True),
       lambda: x,
   )
@@ -235,7 +237,7 @@ def make_view_fn(protocol: str, size: int, mean):
   with one [1, h_i, w_i, 3] view per scale (`multiscale`)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  from incres import augment  # pylint: disable=g-import-not-at-top
+  from incres.data import eval_views, image_ops  # pylint: disable=g-import-not-at-top
 
   scales = tuple(
       dict.fromkeys(_scales(protocol, size))
@@ -243,7 +245,7 @@ def make_view_fn(protocol: str, size: int, mean):
 
   def fn(image):
     if protocol == "single":  # Exactly the training loop's eval for `eval_preprocess="single"`.
-      return augment.eval_single(image, size=size, mean=mean)[None]
+      return eval_views.eval_single(image, size=size, mean=mean)[None]
     x = tf.cast(image, tf.float32) / 255.0
     table = tf.numpy_function(
         functools.partial(_view_table, protocol, size), [tf.shape(image)], tf.int32, stateful=False
@@ -251,7 +253,7 @@ def make_view_fn(protocol: str, size: int, mean):
     table = tf.ensure_shape(table, [NUM_VIEWS[protocol], 7])
     per_scale = []
     for shorter in scales:
-      resized = augment.resize_shorter_side(x, shorter)
+      resized = image_ops.resize_shorter_side(x, shorter)
       rows = tf.boolean_mask(table, table[:, 0] == shorter)
       if protocol == "multiscale":
         per_scale.append(apply_view(resized, rows[0], mean)[None])

@@ -109,10 +109,11 @@ class Normalization:
 
 def normalization(config) -> Normalization:
   """The run's input normalisation as numpy constants (the per-pixel mean reads the train split)."""
-  from incres import augment, data  # pylint: disable=g-import-not-at-top
+  from incres import data  # pylint: disable=g-import-not-at-top
+  from incres.data import imagenet_stats  # pylint: disable=g-import-not-at-top
 
   mode = data.normalization(config)
-  std = np.asarray(augment.IMAGENET_STD_RGB, np.float32) if mode == "mean_std" else None
+  std = np.asarray(imagenet_stats.IMAGENET_STD_RGB, np.float32) if mode == "mean_std" else None
   try:
     mean = np.asarray(data.normalization_mean(config), np.float32)
   except Exception as e:  # pylint: disable=broad-except  (a missing dataset, said clearly below)

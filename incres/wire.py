@@ -1,13 +1,15 @@
 """The wire format of the parameter vectors the host ships with a crop left to the accelerator.
 
-With `resample="device"` each example of a batch carries a float32 vector saying how the train
-step is to finish its crop: ResNet's `'resample'` (`resample_layout`: written by
-`incres.augment.resized_crop_for_device` and `resnet_imagenet_train`, read by
-`incres.resample.view` and `finish`) and GoogLeNet's `'resize'` (`resize_layout`: written by
-`incres.augment.googlenet_train`, read by `incres.resample.googlenet_view`); GoogLeNet's colour
-distortions travel as `'photometric'` (`PHOTOMETRIC`, read by `incres.photometric.distort`). Each
-field's name, offset, length and dtype are declared once here; the host packs with `Layout.pack`
-and the device reads with `Layout.get`, so the two sides cannot disagree on an index.
+With `resample="device"` each example of a batch carries a float32 vector saying how the train step
+is to finish its crop: ResNet's `'resample'` (`resample_layout`: written by
+`incres.data.crops.resized_crop_for_device` and `resnet_augment.resnet_imagenet_train`, read by
+`incres.data.device_resample.view` and `finish`) and GoogLeNet's `'resize'` (`resize_layout`:
+written by `incres.data.googlenet_augment.googlenet_train`, read by
+`device_resample.googlenet_view`); GoogLeNet's colour distortions travel as `'photometric'`
+(`PHOTOMETRIC`: written by `incres.data.photometric.photometric_params`, read there by
+`apply_photometric` and on the device by `incres.data.device_photometric.distort`). Each field's
+name, offset, length and dtype are declared once here; the host packs with `Layout.pack` and the
+device reads with `Layout.get`, so the two sides cannot disagree on an index.
 
 Imports nothing of the package (and neither TensorFlow nor JAX): both sides import it.
 """
@@ -101,8 +103,9 @@ def resample_layout(size: int) -> Layout:
 @functools.lru_cache(maxsize=None)
 def resize_layout(size: int) -> Layout:
   """GoogLeNet's `'resize'` vector for a `size` view: the window's rows and columns, the drawn
-  kernel (an index into `augment.INTERPOLATIONS`), the flip, 1 where the host resized the view
-  itself, then each axis' positions (`augment._resize_positions`: 2·size + 2 each)."""
+  kernel (an index into `googlenet_augment.INTERPOLATIONS`), the flip, 1 where the host resized
+  the view itself, then each axis' positions (`googlenet_augment._resize_positions`: 2·size + 2
+  each)."""
   axis = 2 * size + 2
   return Layout.of(
       "resize",
@@ -118,7 +121,8 @@ def resize_layout(size: int) -> Layout:
   )
 
 
-# GoogLeNet's `'photometric'` vector (`augment.photometric_params`, read by
-# `incres.photometric.distort`): the op at each of the four positions (an index into
-# `augment.PHOTOMETRIC_OPS`), then the brightness delta, contrast, saturation and hue magnitudes.
+# GoogLeNet's `'photometric'` vector (`photometric.photometric_params`, read by
+# `photometric.apply_photometric` and `device_photometric.distort`): the op at each of the four
+# positions (an index into `photometric.PHOTOMETRIC_OPS`), then the brightness delta, contrast,
+# saturation and hue magnitudes.
 PHOTOMETRIC = Layout.of("photometric", [("order", 4), ("magnitudes", 4)])

@@ -6,19 +6,27 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from incres import augment
+from incres.data import (
+    cifar_augment,
+    eval_views,
+    googlenet_augment,
+    image_ops,
+    imagenet_stats,
+    photometric,
+    resnet_augment,
+)
 
 # The ImageNet channel mean and std of torchvision's `transforms.Normalize` (the published values,
 # pytorch/vision references/classification/presets.py), hard-coded so that a changed constant in
-# `augment` fails here.
+# `incres.data.imagenet_stats` fails here.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MEAN = tf.constant(IMAGENET_MEAN)
 
 
 def test_imagenet_normalisation_constants_are_the_published_ones():
-  np.testing.assert_array_equal(augment.IMAGENET_MEAN_RGB, IMAGENET_MEAN)
-  np.testing.assert_array_equal(augment.IMAGENET_STD_RGB, IMAGENET_STD)
+  np.testing.assert_array_equal(imagenet_stats.IMAGENET_MEAN_RGB, IMAGENET_MEAN)
+  np.testing.assert_array_equal(imagenet_stats.IMAGENET_STD_RGB, IMAGENET_STD)
 
 
 def _image(h=300, w=400, seed=0):
@@ -30,12 +38,15 @@ def _seed(i):
 
 
 TRAIN_FNS = {
-    "cifar": (lambda x, s: augment.cifar_train(x, s, mean=0.5), (32, 32)),
+    "cifar": (lambda x, s: cifar_augment.cifar_train(x, s, mean=0.5), (32, 32)),
     "resnet_imagenet": (
-        lambda x, s: augment.resnet_imagenet_train(x, s, size=224, mean=MEAN),
+        lambda x, s: resnet_augment.resnet_imagenet_train(x, s, size=224, mean=MEAN),
         (300, 400),
     ),
-    "googlenet": (lambda x, s: augment.googlenet_train(x, s, size=224, mean=MEAN), (300, 400)),
+    "googlenet": (
+        lambda x, s: googlenet_augment.googlenet_train(x, s, size=224, mean=MEAN),
+        (300, 400),
+    ),
 }
 
 
@@ -70,7 +81,7 @@ def test_cifar_is_a_shifted_possibly_flipped_window_of_the_padded_image():
   padded = np.pad(image.numpy() / 255.0 - mean, [(4, 4), (4, 4), (0, 0)])
   seen = set()
   for i in range(60):
-    out = augment.cifar_train(image, _seed(i), mean=tf.constant(mean)).numpy()
+    out = cifar_augment.cifar_train(image, _seed(i), mean=tf.constant(mean)).numpy()
     matches = [
         (dy, dx, flip)
         for dy in range(9)
@@ -89,7 +100,7 @@ def test_cifar_is_a_shifted_possibly_flipped_window_of_the_padded_image():
 
 def _windows(h, w, n=2000):
   ds = tf.data.Dataset.range(n).map(
-      lambda i: augment.sample_crop_window(h, w, tf.stack([tf.constant(3, tf.int64), i]))
+      lambda i: googlenet_augment.sample_crop_window(h, w, tf.stack([tf.constant(3, tf.int64), i]))
   )
   return np.stack(list(ds.batch(n).as_numpy_iterator())[0])
 
@@ -126,27 +137,29 @@ def test_random_resize_uses_every_interpolation():
   image = tf.constant(np.random.default_rng(0).uniform(0, 1, (37, 53, 3)), tf.float32)
   refs = [
       tf.clip_by_value(tf.image.resize(image, [24, 24], method=m), 0, 1).numpy()
-      for m in augment.INTERPOLATIONS
+      for m in googlenet_augment.INTERPOLATIONS
   ]
   used = []
   for i in range(40):
-    out = augment.random_resize(image, 24, _seed(i)).numpy()
+    out = googlenet_augment.random_resize(image, 24, _seed(i)).numpy()
     used.append([k for k, ref in enumerate(refs) if np.allclose(out, ref)][0])
-  assert set(used) == set(range(len(augment.INTERPOLATIONS)))
+  assert set(used) == set(range(len(googlenet_augment.INTERPOLATIONS)))
 
 
 def test_photometric_distortions_stay_in_range_and_change_the_image():
   image = tf.constant(np.random.default_rng(0).uniform(0, 1, (16, 16, 3)), tf.float32)
-  outs = [augment.photometric_distortions(image, _seed(i)).numpy() for i in range(10)]
+  outs = [photometric.photometric_distortions(image, _seed(i)).numpy() for i in range(10)]
   assert all(o.min() >= 0 and o.max() <= 1 for o in outs)
   assert all(not np.allclose(o, image.numpy(), atol=1e-3) for o in outs)
 
 
 def test_pca_lighting_noise_has_the_alexnet_covariance():
   image = tf.zeros([1, 1, 3])
-  shifts = np.stack([augment.pca_lighting(image, _seed(i)).numpy()[0, 0] for i in range(3000)])
-  vec = np.array(augment.PCA_EIGENVECTORS)
-  expected = vec @ np.diag((0.1 * np.array(augment.PCA_EIGENVALUES)) ** 2) @ vec.T
+  shifts = np.stack(
+      [resnet_augment.pca_lighting(image, _seed(i)).numpy()[0, 0] for i in range(3000)]
+  )
+  vec = np.array(imagenet_stats.PCA_EIGENVECTORS)
+  expected = vec @ np.diag((0.1 * np.array(imagenet_stats.PCA_EIGENVALUES)) ** 2) @ vec.T
   np.testing.assert_allclose(np.cov(shifts.T), expected, atol=0.1 * expected.max())
   # Almost all of the variance is along the first (luminance) eigenvector.
   along = shifts @ vec[:, 0]
@@ -159,7 +172,7 @@ def test_resnet_scale_range_is_256_to_480_for_a_224_crop():
   ruler = np.tile(np.linspace(0, 255, 400, dtype=np.float32)[None, :, None], (400, 1, 3))
   spans = []
   for i in range(200):
-    out = augment.resnet_imagenet_train(
+    out = resnet_augment.resnet_imagenet_train(
         tf.constant(ruler.astype(np.uint8)), _seed(i), size=224, mean=0.0, pca_std=0.0
     ).numpy()
     row = out[112, :, 0]
@@ -170,19 +183,21 @@ def test_resnet_scale_range_is_256_to_480_for_a_224_crop():
 
 def test_resize_shorter_side_and_eval_views():
   image = _image(300, 400)
-  assert augment.resize_shorter_side(tf.cast(image, tf.float32), 256).shape == (256, 341, 3)
+  assert image_ops.resize_shorter_side(tf.cast(image, tf.float32), 256).shape == (256, 341, 3)
   # Shorter side 256, then the central 224x224: 300x400 -> 256x341, rows 16:240, columns 58:282
   # ((341 - 224) // 2 = 58, as torchvision's CenterCrop); the portrait twin transposes that.
   for (h, w), (top, left) in [((300, 400), (16, 58)), ((400, 300), (58, 16))]:
     image = _image(h, w)
-    center = augment.eval_center(image, size=224, mean=MEAN).numpy()
+    center = eval_views.eval_center(image, size=224, mean=MEAN).numpy()
     assert center.shape == (224, 224, 3)
-    resized = augment.resize_shorter_side(image / 255, 256).numpy()
+    resized = image_ops.resize_shorter_side(image / 255, 256).numpy()
     expected = resized[top : top + 224, left : left + 224] - np.array(IMAGENET_MEAN)
     np.testing.assert_allclose(center, expected, atol=1e-5)
   # The single view of an image already at the model's size is the image itself minus the mean.
   small = _image(32, 32)
   np.testing.assert_allclose(
-      augment.eval_single(small, size=32, mean=0.25).numpy(), small.numpy() / 255 - 0.25, atol=1e-6
+      eval_views.eval_single(small, size=32, mean=0.25).numpy(),
+      small.numpy() / 255 - 0.25,
+      atol=1e-6,
   )
-  assert math.isclose(augment.EVAL_RESIZE_RATIO * 224, 256)
+  assert math.isclose(eval_views.EVAL_RESIZE_RATIO * 224, 256)

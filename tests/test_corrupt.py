@@ -33,12 +33,6 @@ BAD = {
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
-@pytest.fixture(autouse=True)
-def _name_afresh(monkeypatch):
-  """Every test starts with no image named yet (names are logged once per process)."""
-  monkeypatch.setattr(data.unreadable, "_named_bad_images", set())
-
-
 def write_folder(root: str, bad: dict[str, str] = BAD, per_class: int = 30) -> list[str]:
   """Small JPEG/PNG files per class, then the `bad` ones overwritten; returns the bad paths."""
   rng = np.random.default_rng(0)
@@ -249,6 +243,27 @@ def test_unreadable_eval_image_is_masked_out_and_named(tmp_path, caplog):
   assert any(bad[0] in r.getMessage() for r in caplog.records)
 
 
+def test_each_run_names_its_unreadable_images_once(tmp_path, caplog):
+  # A run is a config object (`train_and_evaluate` resolves one per run): its training and
+  # evaluation iterators share one record of the images named, and a second run in the same
+  # process (a notebook) names them again, where a process-wide record named nothing.
+  root = str(tmp_path)
+  bad = write_folder(root, bad={"cat/004.jpg": "empty", "dog/010.jpg": "truncated"})
+  caplog.set_level(logging.WARNING)
+
+  def named(read) -> list[str]:
+    caplog.clear()
+    read()
+    return [path for path in bad for r in caplog.records if path in r.getMessage()]
+
+  for _ in range(2):  # Two runs.
+    config = folder_config(root)
+    assert named(lambda: next(data.create_train_iter(config))) == bad[:1]  # cat/004.jpg.
+    assert named(lambda: list(data.create_eval_iter(config))) == bad[1:]  # dog/010.jpg.
+    assert named(lambda: list(data.create_eval_iter(config))) == []  # Its next evaluation.
+    assert named(lambda: next(data.create_train_iter(config))) == []  # Its resume.
+
+
 def test_a_batch_that_cannot_be_filled_names_the_files(tmp_path):
   names = [f"{c}/{i:03d}.{'png' if i % 2 else 'jpg'}" for c in CLASSES for i in range(1, 10)]
   broken = dict.fromkeys(names, "text")
@@ -279,7 +294,9 @@ def test_check_lists_exactly_the_unreadable_files(tmp_path):
   assert listed == bad
   assert "Input is empty" in result.stdout and "Unknown image file format" in result.stdout
   assert "Invalid JPEG data: it does not end with the end-of-image marker" in result.stdout
-  assert "Improper call" not in result.stderr  # libjpeg's own line (see augment.decode).
+  assert (
+      "Improper call" not in result.stderr
+  )  # libjpeg's own line (see incres.data.decoding.decode).
   assert "Traceback" not in result.stderr
 
 
@@ -299,7 +316,7 @@ def test_check_in_process_other_outcomes(tmp_path, capsys):
   assert "All 90 images" in capsys.readouterr().out
 
 
-def test_streamed_tfds_skips_and_counts_unreadable_records():
+def test_streamed_tfds_skips_and_counts_unreadable_records(caplog):
   # 37 records, 4 of them broken: every epoch (4 batches of 8 from 33 readable records) passes
   # over at least 3 of them.
   good = tf.io.encode_jpeg(np.full((40, 50, 3), 128, np.uint8)).numpy()
@@ -309,6 +326,7 @@ def test_streamed_tfds_skips_and_counts_unreadable_records():
     del self, split, decoders, read_config, shuffle_files, kwargs
     return tf.data.Dataset.from_tensor_slices({"image": images, "label": np.arange(37) % 10})
 
+  caplog.set_level(logging.WARNING)
   with tfds.testing.mock_data(as_dataset_fn=as_dataset):
     config = folder_config("unused")
     config.update(dataset="imagenette", eval_split="validation", image_size=32)
@@ -318,3 +336,9 @@ def test_streamed_tfds_skips_and_counts_unreadable_records():
     assert 6 <= it.skipped <= 8
     evaluated = data.create_eval_iter(config)
     assert sum(b["mask"].sum() for b in evaluated) == 33 and evaluated.skipped == 4
+  logged = [r.getMessage() for r in caplog.records if "unreadable record" in r.getMessage()]
+  # Each epoch (4 batches) passes over at least 3 of the 4, named by the shared counter's log.
+  assert any("of imagenette train in epoch 0 (before record" in m for m in logged), logged
+  assert any("of imagenette train in epoch 1 (before record" in m for m in logged), logged
+  in_eval = [m for m in logged if "of imagenette validation in evaluation" in m]
+  assert sum(int(m.split()[1]) for m in in_eval) == 4, in_eval

@@ -289,3 +289,16 @@ def test_mean_std_normalisation_is_torchvisions():
   out = data.preprocess_for_eval(image, config)
   expected = (1.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
   np.testing.assert_allclose(out, np.broadcast_to(expected, out.shape), rtol=1e-5)
+
+
+def test_the_package_names_every_module_and_its_public_names():
+  # `incres.data` loads its modules and public names lazily, from a table: a module missing from
+  # it, or a name whose module moved, would fail only when first used.
+  package = os.path.dirname(data.__file__)
+  modules = {f[:-3] for f in os.listdir(package) if f.endswith(".py") and not f.startswith("_")}
+  assert {"crops", "resnet_augment", "googlenet_augment", "device_resample"} <= modules
+  assert modules <= set(dir(data)), modules - set(dir(data))
+  for name in modules:
+    assert getattr(data, name).__name__ == f"incres.data.{name}"
+  for name in data.__all__:
+    assert getattr(data, name) is not None, name

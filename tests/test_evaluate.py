@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from incres import augment, evaluate
+from incres import evaluate
+from incres.data import eval_views, image_ops, imagenet_stats
 from incres.evaluate import View
 
 # A 375×500 landscape photo (ImageNet's most common shape) and its portrait twin.
@@ -67,13 +68,13 @@ def run(tmp_path_factory) -> str:
 def test_resized_shape_is_what_tensorflow_resizes_to(shape, shorter):
   image = tf.zeros((*shape, 3), tf.float32)
   assert evaluate.resized_shape(*shape, shorter) == tuple(
-      augment.resize_shorter_side(image, shorter).shape[:2]
+      image_ops.resize_shorter_side(image, shorter).shape[:2]
   )
 
 
 def test_single_is_the_original_view():
   assert evaluate.views("single", 32, 32, 32) == [View(None, (0, 0, 32, 32), None, False)]
-  # Not already S×S: resized to it (as `augment.eval_single`).
+  # Not already S×S: resized to it (as `eval_views.eval_single`).
   assert evaluate.views("single", 40, 52, 16) == [View(None, (0, 0, 40, 52), 16, False)]
 
 
@@ -168,11 +169,11 @@ def _image(h=40, w=52, seed=0):
   return tf.constant(np.random.default_rng(seed).integers(0, 256, (h, w, 3)), tf.uint8)
 
 
-MEAN = tf.constant(augment.IMAGENET_MEAN_RGB, tf.float32)
+MEAN = tf.constant(imagenet_stats.IMAGENET_MEAN_RGB, tf.float32)
 
 
 @pytest.mark.parametrize(
-    "protocol,reference", [("center", augment.eval_center), ("single", augment.eval_single)]
+    "protocol,reference", [("center", eval_views.eval_center), ("single", eval_views.eval_single)]
 )
 def test_one_view_protocols_equal_the_training_loop_preprocessing(protocol, reference):
   image = _image()
@@ -184,7 +185,7 @@ def test_ten_crop_pixels_are_slices_of_the_resized_image():
   image = _image()
   views = evaluate.make_view_fn("10crop", 16, MEAN)(image).numpy()
   resized = (
-      augment.resize_shorter_side(tf.cast(image, tf.float32) / 255.0, 18).numpy() - MEAN.numpy()
+      image_ops.resize_shorter_side(tf.cast(image, tf.float32) / 255.0, 18).numpy() - MEAN.numpy()
   )
   assert resized.shape == (18, 23, 3)
   for i, v in enumerate(evaluate.views("10crop", 40, 52, 16)):
@@ -201,7 +202,7 @@ def test_144_crop_square_views_are_the_square_resized():
   for i, v in enumerate(evaluate.views("144crop", 52, 40, 16)):
     if v.out is None or i % 3:  # Every third square view is enough.
       continue
-    resized = augment.resize_shorter_side(x, v.shorter)
+    resized = image_ops.resize_shorter_side(x, v.shorter)
     t, l, h, w = v.box
     square = (
         tf.image.resize(resized[t : t + h, l : l + w], [16, 16], antialias=True).numpy()
@@ -221,7 +222,7 @@ def test_multiscale_views_are_whole_images_and_a_pixel_mean_becomes_a_channel_me
       (1, 34, 44, 3),
       (1, 46, 60, 3),
   ]
-  x = augment.resize_shorter_side(tf.cast(image, tf.float32) / 255.0, 27)
+  x = image_ops.resize_shorter_side(tf.cast(image, tf.float32) / 255.0, 27)
   np.testing.assert_allclose(views[2][0], x - tf.reduce_mean(pixel_mean, (0, 1)), atol=1e-6)
 
 

@@ -1,9 +1,9 @@
 """Crop-first views (issue #15): the same draws and nearly the same pixels as decoding everything.
 
-`augment.resnet_imagenet_train` and `augment.eval_center` decode (of a JPEG) and resample only the
-window under their crop; `augment._resnet_imagenet_train_reference` is the whole-image
-implementation they replaced. Tolerances, on pixel values scaled to [0, 1]:
-- where the view is upscaled (and for antialiased downscales, above `augment.ANTIALIAS_ABOVE`) the
+`resnet_augment.resnet_imagenet_train` and `eval_views.eval_center` decode (of a JPEG) and
+resample only the window under their crop; `resnet_augment.resnet_imagenet_train_reference` is the
+whole-image implementation they replaced. Tolerances, on pixel values scaled to [0, 1]:
+- where the view is upscaled (and for antialiased downscales, above `crops.ANTIALIAS_ABOVE`) the
   two compute the same samples: max abs difference < 1e-3 (float rounding, JPEG window edges);
 - downscaled by up to ANTIALIAS_ABOVE the new path interpolates bilinearly where the reference
   filtered (antialiased): mean abs difference < 2/255 per view and < 1/255 over all views.
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from incres import augment, data
+from incres import data
+from incres.data import crops, eval_views, image_ops, resnet_augment
 
 import tiny_config  # tests/ is on the path (pytest's rootdir-relative import).
 
@@ -34,21 +35,21 @@ def _seed(i: int) -> tf.Tensor:
 
 
 def _new(image, i, **kw):
-  return augment.resnet_imagenet_train(image, _seed(i), size=SIZE, mean=0.0, **kw).numpy()
+  return resnet_augment.resnet_imagenet_train(image, _seed(i), size=SIZE, mean=0.0, **kw).numpy()
 
 
 def _reference(image, i, **kw):
-  return augment._resnet_imagenet_train_reference(
+  return resnet_augment.resnet_imagenet_train_reference(
       image, _seed(i), size=SIZE, mean=0.0, **kw
   ).numpy()
 
 
 def _reference_draw(h: int, w: int, i: int) -> tuple[int, tuple[int, int], tuple[int, int]]:
   """(shorter side, resized shape, crop offset) as the whole-image implementation draws them."""
-  scale_seed, crop_seed, _, _ = augment._seeds(_seed(i), 4)
+  scale_seed, crop_seed, _, _ = image_ops.split_seed(_seed(i), 4)
   lo, hi = round(256 * SIZE / 224), round(480 * SIZE / 224)
   shorter = int(tf.random.stateless_uniform([], scale_seed, lo, hi + 1, tf.int32))
-  resized = augment.resize_shorter_side(tf.zeros([h, w, 1]), shorter)
+  resized = image_ops.resize_shorter_side(tf.zeros([h, w, 1]), shorter)
   nh, nw = int(resized.shape[0]), int(resized.shape[1])
   # The crop of an image whose pixels are their own indices names its offset.
   index = tf.reshape(tf.range(nh * nw), [nh, nw, 1])
@@ -57,14 +58,14 @@ def _reference_draw(h: int, w: int, i: int) -> tuple[int, tuple[int, int], tuple
 
 
 def test_the_fused_flip_decides_as_tf_image_stateless_random_flip():
-  """The crop samples its columns in reverse (`augment._flips`) exactly when the reference's
+  """The crop samples its columns in reverse (`image_ops.flips`) exactly when the reference's
   `tf.image.stateless_random_flip_left_right` with the same seed mirrors the image."""
   ramp = tf.constant([[[0.0], [1.0]]])  # Mirrored, its first pixel is 1.
   decisions = []
   for i in range(200):
-    _, _, flip_seed, _ = augment._seeds(_seed(i), 4)
+    _, _, flip_seed, _ = image_ops.split_seed(_seed(i), 4)
     mirrored = float(tf.image.stateless_random_flip_left_right(ramp, seed=flip_seed)[0, 0, 0])
-    assert bool(augment._flips(flip_seed)) == (mirrored == 1.0), i
+    assert bool(image_ops.flips(flip_seed)) == (mirrored == 1.0), i
     decisions.append(mirrored)
   assert 70 < sum(decisions) < 130  # Both outcomes are exercised.
 
@@ -72,7 +73,7 @@ def test_the_fused_flip_decides_as_tf_image_stateless_random_flip():
 @pytest.mark.parametrize("h,w", [(45, 60), (60, 45), (40, 40), (33, 90)])
 def test_scale_and_crop_box_are_those_of_the_whole_image_implementation(h, w):
   for i in range(40):
-    shorter, shape, offset = augment.resnet_scale_and_offset(h, w, _seed(i), size=SIZE)
+    shorter, shape, offset = resnet_augment.resnet_scale_and_offset(h, w, _seed(i), size=SIZE)
     assert (int(shorter), tuple(shape.numpy()), tuple(offset.numpy())) == _reference_draw(h, w, i)
 
 
@@ -84,7 +85,7 @@ def test_jpeg_views_are_close_to_the_whole_image_implementation():
       diff = np.abs(_new(encoded, i) - _reference(encoded, i))
       assert diff.mean() < 2 / 255, (h, w, i)
       means.append(diff.mean())
-      shorter = int(augment.resnet_scale_and_offset(h, w, _seed(i), size=SIZE)[0])
+      shorter = int(resnet_augment.resnet_scale_and_offset(h, w, _seed(i), size=SIZE)[0])
       if shorter >= min(h, w):  # Upscaled: bilinear samples are the antialiased ones.
         upscaled += 1
         assert diff.max() < 1e-3, (h, w, i)
@@ -111,9 +112,9 @@ def test_png_and_arrays_give_the_same_view_as_each_other():
 def test_center_view_of_a_jpeg_is_close_to_the_whole_image_one():
   for h, w in [(45, 60), (60, 45), (36, 36)]:  # Downscaled, and upscaled (36 -> shorter 37).
     encoded = tf.io.encode_jpeg(_photo(h, w), quality=95)
-    new = augment.eval_center(encoded, size=SIZE, mean=0.0).numpy()
+    new = eval_views.eval_center(encoded, size=SIZE, mean=0.0).numpy()
     decoded = tf.io.decode_jpeg(encoded, channels=3)
-    reference = augment.eval_center(decoded, size=SIZE, mean=0.0).numpy()
+    reference = eval_views.eval_center(decoded, size=SIZE, mean=0.0).numpy()
     assert new.shape == (SIZE, SIZE, 3)
     assert np.abs(new - reference).mean() < 2 / 255, (h, w)
     if min(h, w) < 37:
@@ -132,7 +133,7 @@ def test_a_truncated_jpeg_fails_whatever_the_crop(view):
       if view == "train":
         _new(truncated, i)
       else:
-        augment.eval_center(truncated, size=SIZE, mean=0.0)
+        eval_views.eval_center(truncated, size=SIZE, mean=0.0)
 
 
 def test_fake_jpeg_training_resumes_bitwise_with_crop_first_decoding():

@@ -1,7 +1,7 @@
 """GoogLeNet's photometric distortions on the accelerator (config `photometric`, issue #15).
 
-The host draws them (`augment.photometric_params`), the train step applies them
-(`photometric.finish`): the same draws as `tf.image.stateless_random_*`, the same pixels as
+The host draws them (`photometric.photometric_params`), the train step applies them
+(`device_photometric.finish`): the same draws as `tf.image.stateless_random_*`, the same pixels as
 TensorFlow's kernels to float32 rounding, the same training, and exact resume.
 
 What every such move must keep (resume, 'auto', refusals, repairs, training) is in
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from incres import augment, data, photometric
+from incres import data, wire
+from incres.data import device_photometric, image_ops, photometric
 
 import test_device_augment  # tests/ is on the path: the shared config.
 
@@ -41,12 +42,12 @@ def _images(n=48, size=24):
 def _tf_reference(image, seed):
   """The distortions as incres applied them before the draws were split out: each
   `tf.image.stateless_random_*` op with its own seed, in a random order, clipped after each."""
-  order_seed, b_seed, c_seed, s_seed, h_seed = augment._seeds(seed, 5)
+  order_seed, b_seed, c_seed, s_seed, h_seed = image_ops.split_seed(seed, 5)
   ops = (
-      lambda x: tf.image.stateless_random_brightness(x, augment.BRIGHTNESS_DELTA, b_seed),
-      lambda x: tf.image.stateless_random_contrast(x, *augment.CONTRAST_RANGE, c_seed),
-      lambda x: tf.image.stateless_random_saturation(x, *augment.SATURATION_RANGE, s_seed),
-      lambda x: tf.image.stateless_random_hue(x, augment.HUE_DELTA, h_seed),
+      lambda x: tf.image.stateless_random_brightness(x, photometric.BRIGHTNESS_DELTA, b_seed),
+      lambda x: tf.image.stateless_random_contrast(x, *photometric.CONTRAST_RANGE, c_seed),
+      lambda x: tf.image.stateless_random_saturation(x, *photometric.SATURATION_RANGE, s_seed),
+      lambda x: tf.image.stateless_random_hue(x, photometric.HUE_DELTA, h_seed),
   )
   order = tf.argsort(tf.random.stateless_uniform([4], order_seed))
   x = image
@@ -60,40 +61,42 @@ def test_host_distortions_are_bitwise_those_of_the_stateless_random_ops():
   images = _images(12)
   for i, image in enumerate(images):
     np.testing.assert_array_equal(
-        augment.photometric_distortions(tf.constant(image), _seed(i)).numpy(),
+        photometric.photometric_distortions(tf.constant(image), _seed(i)).numpy(),
         _tf_reference(tf.constant(image), _seed(i)).numpy(),
     )
 
 
 def test_params_hold_a_permutation_and_magnitudes_in_their_ranges():
-  params = np.stack([augment.photometric_params(_seed(i)).numpy() for i in range(200)])
-  assert params.shape == (200, 8) and params.dtype == np.float32
-  for row in params[:, :4]:
+  params = np.stack([photometric.photometric_params(_seed(i)).numpy() for i in range(200)])
+  assert params.shape == (200, wire.PHOTOMETRIC.length) == (200, 8)
+  assert params.dtype == np.float32
+  order = wire.PHOTOMETRIC.get(params, "order")
+  magnitudes = wire.PHOTOMETRIC.get(params, "magnitudes")
+  for row in order:
     assert sorted(row) == [0, 1, 2, 3]
-  assert len({tuple(r) for r in params[:, :4]}) > 12  # Many of the 24 orders occur.
-  for col, (lo, hi) in zip(
-      range(4, 8),
-      [
-          (-augment.BRIGHTNESS_DELTA, augment.BRIGHTNESS_DELTA),
-          augment.CONTRAST_RANGE,
-          augment.SATURATION_RANGE,
-          (-augment.HUE_DELTA, augment.HUE_DELTA),
-      ],
-  ):
-    assert lo <= params[:, col].min() < lo + 0.1 * (hi - lo)
-    assert hi - 0.1 * (hi - lo) < params[:, col].max() <= hi
+  assert len({tuple(r) for r in order}) > 12  # Many of the 24 orders occur.
+  ranges = {
+      "brightness": (-photometric.BRIGHTNESS_DELTA, photometric.BRIGHTNESS_DELTA),
+      "contrast": photometric.CONTRAST_RANGE,
+      "saturation": photometric.SATURATION_RANGE,
+      "hue": (-photometric.HUE_DELTA, photometric.HUE_DELTA),
+  }
+  for k, name in enumerate(photometric.PHOTOMETRIC_OPS):
+    lo, hi = ranges[name]
+    assert lo <= magnitudes[:, k].min() < lo + 0.1 * (hi - lo)
+    assert hi - 0.1 * (hi - lo) < magnitudes[:, k].max() <= hi
 
 
 def test_device_distortions_equal_tensorflows_kernels():
   images = _images()
-  params = np.stack([augment.photometric_params(_seed(i)).numpy() for i in range(len(images))])
+  params = np.stack([photometric.photometric_params(_seed(i)).numpy() for i in range(len(images))])
   host = np.stack(
       [
-          augment.apply_photometric(tf.constant(x), tf.constant(p)).numpy()
+          photometric.apply_photometric(tf.constant(x), tf.constant(p)).numpy()
           for x, p in zip(images, params)
       ]
   )
-  device = np.asarray(jax.jit(photometric.distort)(images, params))
+  device = np.asarray(jax.jit(device_photometric.distort)(images, params))
   np.testing.assert_allclose(device, host, rtol=0, atol=3e-6)
   assert np.abs(device - images).mean() > 0.02  # They do distort.
 
@@ -103,16 +106,16 @@ def test_device_distortions_equal_tensorflows_kernels():
 def test_each_op_alone_at_its_extremes_equals_tensorflows(op, magnitude_index):
   """One op first, at the ends and the middle of its range (saturation's clip, hue's wrap)."""
   ranges = [
-      (-augment.BRIGHTNESS_DELTA, augment.BRIGHTNESS_DELTA),
-      augment.CONTRAST_RANGE,
-      augment.SATURATION_RANGE,
-      (-augment.HUE_DELTA, augment.HUE_DELTA),
+      (-photometric.BRIGHTNESS_DELTA, photometric.BRIGHTNESS_DELTA),
+      photometric.CONTRAST_RANGE,
+      photometric.SATURATION_RANGE,
+      (-photometric.HUE_DELTA, photometric.HUE_DELTA),
   ]
   lo, hi = ranges[op]
-  params = np.zeros((1, 8), np.float32)
-  params[0, :4] = [op] + [k for k in range(4) if k != op]
-  params[0, 4:] = [0.0, 1.0, 1.0, 0.0]  # The other ops leave the image as it is.
-  params[0, 4 + op] = (lo, (lo + hi) / 2, hi)[magnitude_index]
+  magnitudes = np.array([0.0, 1.0, 1.0, 0.0], np.float32)  # The other ops leave the image as is.
+  magnitudes[op] = (lo, (lo + hi) / 2, hi)[magnitude_index]
+  order = np.array([op] + [k for k in range(4) if k != op], np.float32)
+  params = wire.PHOTOMETRIC.pack(np.concatenate, order=order, magnitudes=magnitudes)[None]
   images = _images(16)
   tf_op = [
       tf.image.adjust_brightness,
@@ -121,8 +124,8 @@ def test_each_op_alone_at_its_extremes_equals_tensorflows(op, magnitude_index):
       tf.image.adjust_hue,
   ][op]
   for x in images:
-    want = np.clip(tf_op(tf.constant(x), float(params[0, 4 + op])).numpy(), 0, 1)
-    got = np.asarray(photometric.distort(x[None], params))[0]
+    want = np.clip(tf_op(tf.constant(x), float(magnitudes[op])).numpy(), 0, 1)
+    got = np.asarray(device_photometric.distort(x[None], params))[0]
     np.testing.assert_allclose(got, want, rtol=0, atol=3e-6)
 
 
@@ -147,4 +150,6 @@ def test_where_tensorflows_saturation_kernel_greys_a_pixel_the_device_keeps_its_
   """The one difference known (photometric's docstring): hue rounding to 1.0 in TF's kernel."""
   x = np.array([[[1.0, 0.5, np.nextafter(np.float32(0.5), np.float32(1))]]], np.float32)
   np.testing.assert_array_equal(tf.image.adjust_saturation(x, 1.0).numpy(), np.full_like(x, 0.5))
-  np.testing.assert_array_equal(np.asarray(photometric._saturation(x[None], np.float32(1.0)))[0], x)
+  np.testing.assert_array_equal(
+      np.asarray(device_photometric._saturation(x[None], np.float32(1.0)))[0], x
+  )

@@ -1,9 +1,9 @@
 """ResNet's crop resampling on the accelerator (config `resample`, issue #15).
 
 The host decodes each crop's window and ships it with where to sample it
-(`augment.resized_crop_for_device`); the train step resamples and normalises it
-(`resample.finish`): the same draws, the host's pixels to float32 rounding, the same training, and
-exact resume.
+(`crops.resized_crop_for_device`); the train step resamples and normalises it
+(`device_resample.finish`): the same draws, the host's pixels to float32 rounding, the same
+training, and exact resume. The parameter vectors are read by field name (`incres.wire`).
 
 What every such move must keep (resume, 'auto', refusals, repairs, training) is in
 tests/test_device_augment.py.
@@ -16,13 +16,24 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from incres import augment, data, photometric, resample
+from incres import data, wire
+from incres.data import (
+    crops,
+    device_photometric,
+    device_resample,
+    googlenet_augment,
+    image_ops,
+    imagenet_stats,
+    resnet_augment,
+)
 
 import test_device_augment  # tests/ is on the path: the shared config.
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
-MEAN = np.array(augment.IMAGENET_MEAN_RGB, np.float32)
+MEAN = np.array(imagenet_stats.IMAGENET_MEAN_RGB, np.float32)
+RESAMPLE = wire.resample_layout(224)  # ResNet's vector for a 224 view.
+RESIZE = wire.resize_layout(224)  # GoogLeNet's.
 
 
 def _seed(i):
@@ -40,8 +51,8 @@ def _photo(shape, seed=0):
 
 
 def _host_and_device(image, seed, size=224, **kw):
-  host = augment.resnet_imagenet_train(image, seed, size=size, mean=MEAN, **kw).numpy()
-  out = augment.resnet_imagenet_train(
+  host = resnet_augment.resnet_imagenet_train(image, seed, size=size, mean=MEAN, **kw).numpy()
+  out = resnet_augment.resnet_imagenet_train(
       image, seed, size=size, mean=MEAN, resample_on_device=True, **kw
   )
   buffer, params = out["image"].numpy(), out["resample"].numpy()
@@ -56,17 +67,17 @@ SHAPES = [(375, 500), (500, 333), (150, 110), (1400, 1000), (224, 224), (1100, 2
 @pytest.mark.parametrize("shape", SHAPES)
 def test_device_views_equal_the_host_views(shape):
   image = _photo(shape + (3,))
-  finish = jax.jit(resample.finish, static_argnums=2)
+  finish = jax.jit(device_resample.finish, static_argnums=2)
   for encoded in (False, True):  # Decoded arrays and JPEGs (the window-decoding path).
     src = tf.io.encode_jpeg(image, quality=92) if encoded else tf.constant(image)
     for i in range(6):
       host, buffer, params = _host_and_device(src, _seed(i))
-      assert buffer.shape == (augment.device_buffer_bytes(224),) and buffer.dtype == np.uint8
+      assert buffer.shape == (crops.device_buffer_bytes(224),) and buffer.dtype == np.uint8
       assert params.shape == (3 + 2 * 224 + 3,) and params.dtype == np.float32
       device = np.asarray(finish(buffer[None], params[None], 224, MEAN))[0]
       np.testing.assert_allclose(device, host, rtol=0, atol=1e-6)
       # Un-jitted (op by op, no fused multiply-adds): crop_and_resize's arithmetic, bit for bit.
-      unfused = resample.finish(buffer[None], params[None], 224, MEAN)
+      unfused = device_resample.finish(buffer[None], params[None], 224, MEAN)
       np.testing.assert_array_equal(np.asarray(unfused)[0], host)
 
 
@@ -76,11 +87,12 @@ def test_which_views_the_host_resamples():
   flags = {}
   for shape in [(375, 500), (2000, 1500)]:
     encoded = tf.io.encode_jpeg(_photo(shape + (3,)))
-    flags[shape] = [_host_and_device(encoded, _seed(i))[2][2] for i in range(30)]
+    params = [_host_and_device(encoded, _seed(i))[2] for i in range(30)]
+    flags[shape] = [RESAMPLE.get(p, "host_resampled") for p in params]
   assert flags[(375, 500)] == [0.0] * 30  # Shrink <= 375/256.
   assert flags[(2000, 1500)] == [1.0] * 30  # Shrink >= 1500/480 > 2.
 
-  capacity = augment.device_buffer_bytes(224)
+  capacity = crops.device_buffer_bytes(224)
   for short, long in [(512, 512), (512, 4000), (511, 700)]:  # Shorter side 256: shrink 2.
     image = np.zeros((short, long, 3), np.uint8)
     longer = round(long * 256 / short)  # The resized image is 256 x longer.
@@ -88,15 +100,17 @@ def test_which_views_the_host_resamples():
       for left in (0, 3, 5, longer // 2, longer - 224):
 
         def box(height, width, top=top, left=left):
-          new = augment._shorter_side_shape(height, width, 256)
+          new = image_ops.shorter_side_shape(height, width, 256)
           return new[0], new[1], top, left
 
-        buffer, params = augment.resized_crop_for_device(tf.constant(image), 224, box)
-        assert params[2] == 0.0, (short, long, top, left)  # Not resampled on the host.
-        assert params[0] * params[1] * 3 <= capacity
-        assert params[0] <= 2 * 224 + 8 and params[1] <= 2 * 224 + 8
-  assert augment.device_buffer_bytes(224) == 456 * 456 * 3
-  assert augment.device_buffer_bytes(8) >= 4 * 8 * 8 * 3  # The float32 view fits, small too.
+        buffer, params = crops.resized_crop_for_device(tf.constant(image), 224, box)
+        rows, cols = RESAMPLE.get(params, "rows"), RESAMPLE.get(params, "cols")
+        # Not resampled on the host.
+        assert RESAMPLE.get(params, "host_resampled") == 0.0, (short, long, top, left)
+        assert rows * cols * 3 <= capacity
+        assert rows <= 2 * 224 + 8 and cols <= 2 * 224 + 8
+  assert crops.device_buffer_bytes(224) == 456 * 456 * 3
+  assert crops.device_buffer_bytes(8) >= 4 * 8 * 8 * 3  # The float32 view fits, small too.
 
 
 def test_a_noisy_photo_as_the_host_sees_it():
@@ -105,7 +119,7 @@ def test_a_noisy_photo_as_the_host_sees_it():
   them, so the jitted view differs only by the rounding of the blend."""
   rng = np.random.default_rng(1)
   image = tf.constant(rng.integers(0, 256, (511, 700, 3), dtype=np.uint8))
-  finish = jax.jit(resample.finish, static_argnums=2)
+  finish = jax.jit(device_resample.finish, static_argnums=2)
   for i in range(6):
     host, buffer, params = _host_and_device(image, _seed(i))
     device = np.asarray(finish(buffer[None], params[None], 224, MEAN))[0]
@@ -121,24 +135,24 @@ def test_a_window_too_large_for_the_buffer_is_resampled_on_the_host(monkeypatch,
   def box(height, width):
     return height // 2, width // 2, 20, 30  # Shrink 2: a ~456² window, > 4·224²·3 bytes.
 
-  want = augment.resized_crop(image, 224, box, flip=tf.constant(flip)).numpy()
-  monkeypatch.setattr(augment, "device_buffer_bytes", lambda size: 4 * size * size * 3)
-  buffer, params = augment.resized_crop_for_device(image, 224, box, flip=tf.constant(flip))
-  assert buffer.shape == (4 * 224 * 224 * 3,) and params[2] == 1.0
+  want = crops.resized_crop(image, 224, box, flip=tf.constant(flip)).numpy()
+  monkeypatch.setattr(crops, "device_buffer_bytes", lambda size: 4 * size * size * 3)
+  buffer, params = crops.resized_crop_for_device(image, 224, box, flip=tf.constant(flip))
+  assert buffer.shape == (4 * 224 * 224 * 3,) and RESAMPLE.get(params, "host_resampled") == 1.0
   np.testing.assert_array_equal(
-      np.asarray(resample.view(buffer.numpy(), params.numpy(), 224)), want
+      np.asarray(device_resample.view(buffer.numpy(), params.numpy(), 224)), want
   )
 
 
 def test_flips_are_the_hosts_draws():
   """A view is mirrored (its columns sampled right to left) exactly where the host's flip draw
-  (`tf.image.stateless_random_flip_left_right`'s decision, `augment._flips`) says so."""
+  (`tf.image.stateless_random_flip_left_right`'s decision, `image_ops.flips`) says so."""
   image = tf.constant(_photo((300, 400, 3)))
   mirrored = []
   for i in range(40):
     _, _, params = _host_and_device(image, _seed(i))
-    flip = augment._flips(augment._seeds(_seed(i), 4)[2]).numpy()
-    columns = params[3 + 224 : 3 + 2 * 224]
+    flip = image_ops.flips(image_ops.split_seed(_seed(i), 4)[2]).numpy()
+    columns = RESAMPLE.get(params, "col_positions")
     assert (columns[1] < columns[0]) == flip  # Sampled right to left.
     mirrored.append(flip)
   assert 8 < sum(mirrored) < 32
@@ -155,7 +169,7 @@ def test_device_batches_finish_as_the_host_pipelines_batches(normalize, tmp_path
   config = _config("device", **where)
   batch = next(data.create_train_iter(config))
   assert set(host) == {"image", "label"} and set(batch) == {"image", "label", "resample"}
-  assert batch["image"].shape == (8, augment.device_buffer_bytes(32))
+  assert batch["image"].shape == (8, crops.device_buffer_bytes(32))
   assert batch["image"].dtype == np.uint8 and batch["resample"].shape == (8, 3 + 2 * 32 + 3)
   np.testing.assert_array_equal(batch["label"], host["label"])
   finished = np.asarray(jax.jit(data.device_preprocess(config))(batch))
@@ -186,7 +200,7 @@ def test_streamed_tfds_batches_finish_as_the_hosts_and_resume_exactly():
 # --- GoogLeNet: the crop's window resized on the accelerator with its drawn kernel ---------------
 
 
-@pytest.mark.parametrize("kernel", augment.INTERPOLATIONS)
+@pytest.mark.parametrize("kernel", googlenet_augment.INTERPOLATIONS)
 @pytest.mark.parametrize("shape", [(375, 500), (100, 80), (17, 23), (300, 301), (527, 390)])
 def test_each_kernel_equals_tensorflows_resize(kernel, shape):
   """`googlenet_view` against `tf.image.resize` (+ clip, + mirror) on sharp noise, enlarged and
@@ -194,31 +208,41 @@ def test_each_kernel_equals_tensorflows_resize(kernel, shape):
   positions, bicubic's table entries are TensorFlow's)."""
   rng = np.random.default_rng(3)
   image = rng.integers(0, 256, shape + (3,), dtype=np.uint8)
-  buffer = np.zeros(augment.device_buffer_bytes(224), np.uint8)
+  buffer = np.zeros(crops.device_buffer_bytes(224), np.uint8)
   buffer[: image.size] = image.reshape(-1)
-  side = augment.device_resize_max_side(224)
-  view = jax.jit(resample.googlenet_view, static_argnums=(2, 3))
+  side = googlenet_augment.device_resize_max_side(224)
+  view = jax.jit(device_resample.googlenet_view, static_argnums=(2, 3))
   x = tf.constant(image, tf.float32) / 255.0
   want = np.clip(tf.image.resize(x, [224, 224], method=kernel).numpy(), 0, 1)
-  axes = [augment._resize_positions(length, 224).numpy() for length in shape]
+  axes = [googlenet_augment._resize_positions(length, 224).numpy() for length in shape]
   for flip in (0.0, 1.0):
-    head = [*shape, augment.INTERPOLATIONS.index(kernel), flip, 0.0]
-    params = np.concatenate([np.array(head, np.float32), *axes])
+    params = RESIZE.pack(
+        np.concatenate,
+        rows=np.float32([shape[0]]),
+        cols=np.float32([shape[1]]),
+        kernel=np.float32([googlenet_augment.INTERPOLATIONS.index(kernel)]),
+        flip=np.float32([flip]),
+        host_resized=np.float32([0.0]),
+        row_axis=axes[0],
+        col_axis=axes[1],
+    )
     got = np.asarray(view(buffer, params, 224, side))
     np.testing.assert_allclose(got, want[:, ::-1] if flip else want, rtol=0, atol=1e-6)
 
 
 def _googlenet(image, seed, **kw):
-  return augment.googlenet_train(image, seed, size=224, mean=0.0, photometric_on_device=True, **kw)
+  return googlenet_augment.googlenet_train(
+      image, seed, size=224, mean=0.0, photometric_on_device=True, **kw
+  )
 
 
 def test_googlenet_device_views_equal_the_host_views():
   """The whole GoogLeNet view (crop, kernel, flip, colour, mean) from the window and from the
   host's [0, 1] crop; large photos' windows over `device_resize_max_side` resized on the host."""
-  finish_host = jax.jit(lambda x, p: photometric.finish(x, p, MEAN))
+  finish_host = jax.jit(lambda x, p: device_photometric.finish(x, p, MEAN))
   finish_device = jax.jit(
-      lambda b, r, p: resample.googlenet_finish(
-          b, r, p, 224, augment.device_resize_max_side(224), MEAN
+      lambda b, r, p: device_resample.googlenet_finish(
+          b, r, p, 224, googlenet_augment.device_resize_max_side(224), MEAN
       )
   )
   kinds = set()
@@ -228,11 +252,13 @@ def test_googlenet_device_views_equal_the_host_views():
       host = _googlenet(encoded, _seed(i))
       out = _googlenet(encoded, _seed(i), resize_on_device=True)
       params = out["resize"].numpy()
-      resize_seed, flip_seed = augment._seeds(_seed(i), 4)[1:3]
+      resize_seed, flip_seed = image_ops.split_seed(_seed(i), 4)[1:3]
       drawn = tf.random.stateless_uniform([], resize_seed, maxval=4, dtype=tf.int32).numpy()
-      if params[4] == 0:  # The draws: random_resize's kernel, the flip.
-        assert params[2] == drawn and params[3] == augment._flips(flip_seed).numpy()
-      kinds.add((shape, params[4]))
+      host_resized = float(RESIZE.get(params, "host_resized"))
+      if host_resized == 0:  # The draws: random_resize's kernel, the flip.
+        assert RESIZE.get(params, "kernel") == drawn
+        assert RESIZE.get(params, "flip") == image_ops.flips(flip_seed).numpy()
+      kinds.add((shape, host_resized))
       np.testing.assert_array_equal(out["photometric"], host["photometric"])
       want = np.asarray(finish_host(host["image"].numpy()[None], host["photometric"].numpy()[None]))
       got = finish_device(

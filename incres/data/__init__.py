@@ -19,7 +19,7 @@ current epoch's records up to the step *without decoding them*: exact, at the co
 most one epoch of raw records.
 
 Encoded images reach the augmentations and evaluation views undecoded: from a JPEG the ResNet and
-GoogLeNet crops and the centre view decode only the window they use (`incres.augment`).
+GoogLeNet crops and the centre view decode only the window they use (`decoding`, `crops`).
 GoogLeNet's photometric distortions run on the accelerator when there is one (config
 `photometric`): its batches then carry the [0, 1] image and the drawn distortions
 (`'photometric'`), and `device_preprocess(config)` finishes them inside the train step. So do the
@@ -35,10 +35,17 @@ spare rows of the following batches, which depends only on the files (`create_tr
 `python -m incres.data check folder:<path>` lists every unreadable file of a folder dataset.
 
 One module per concept: `sources` (the readers, `dataset_info`), `tfds_errors` (why preparing a
-tfds dataset failed), `loading` (decoding, `eval_images`), `placement` (which augmentation steps
-run on the accelerator), `preprocess` (normalisation, the recipes, `device_preprocess`),
-`unreadable` (skipping and naming unreadable images), `tfdata` (the tf.data settings), `pipeline`
-(the iterators) and `__main__` (the `check` command line).
+tfds dataset failed), `loading` (examples out of a source, `eval_images`), `placement` (which
+augmentation steps run on the accelerator), `preprocess` (normalisation, the recipes,
+`device_preprocess`), `unreadable` (skipping, counting and naming unreadable images), `tfdata` (the
+tf.data settings), `pipeline` (the iterators) and `__main__` (the `check` command line). The
+papers' augmentations and views, seeded and stateless TensorFlow functions of (image, seed):
+`cifar_augment`, `resnet_augment` and `googlenet_augment` (the recipes), `photometric` (GoogLeNet's
+colour distortions), `eval_views` (the training loop's test views), built on `decoding` (whole
+images, or a JPEG's window), `crops` (resized crops, crop first), `image_ops` (the small ops they
+share) and `imagenet_stats` (the mean, std and colour PCA). What the train step finishes on the
+accelerator, in JAX: `device_photometric` (the colour distortions) and `device_resample` (the
+crops' resampling).
 """
 
 from __future__ import annotations
@@ -87,6 +94,17 @@ _MODULES = (
     "loading",
     "unreadable",
     "pipeline",
+    "imagenet_stats",
+    "image_ops",
+    "decoding",
+    "crops",
+    "cifar_augment",
+    "resnet_augment",
+    "googlenet_augment",
+    "photometric",
+    "eval_views",
+    "device_photometric",
+    "device_resample",
 )
 
 __all__ = sorted(_HOMES)

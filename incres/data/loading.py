@@ -7,13 +7,12 @@ from typing import Callable
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from incres import augment
-from incres.data import sources, tfdata
+from incres.data import decoding, sources, tfdata
 
 
 def decode_image(data: tf.Tensor) -> tf.Tensor:
   """Encoded image bytes -> uint8 [H, W, 3]; fails (InvalidArgumentError) on unreadable bytes."""
-  return augment.decode(data)
+  return decoding.decode(data)
 
 
 def loader(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from absl import logging
 import jax
 import numpy as np
 import tensorflow as tf
@@ -42,7 +41,7 @@ def create_train_iter(
   train step finishes the augmentation (`device_preprocess(config)`), 'image' is its input:
   the undistorted [0, 1] image plus 'photometric' float32 [B_local, 8]
   (`photometric_on_device(config)`), or the crops' windows, uint8 [B_local, N]
-  (N = `augment.device_buffer_bytes(S)`), plus 'resample' float32 [B_local, 3 + 2·S + 3] (ResNet)
+  (N = `crops.device_buffer_bytes(S)`), plus 'resample' float32 [B_local, 3 + 2·S + 3] (ResNet)
   or 'resize' [B_local, 5 + 2·(2·S + 2)] and 'photometric' (GoogLeNet) where
   `resample_on_device(config)`.
 
@@ -137,8 +136,10 @@ def create_train_iter(
     batch = {k: np.stack([ex[k] for _, ex in good]) for k in good[0][1]}
     return batch, bad
 
+  named = unreadable.named_images(config)
+
   def report(bad, step):
-    unreadable.report_unreadable(config, source, bad, f"training batch {step}")
+    named.report(config, source, bad, f"training batch {step}")
 
   return unreadable.SkippingBatches(batches, repair, start_step, report)
 
@@ -180,28 +181,14 @@ def _stream_train_iter(config, source: sources.StreamSource, train_fn, local: in
     ds = ds.take((steps_per_epoch - skip_steps) * local).batch(local, drop_remainder=True)
     return tfdata.options(ds.prefetch(tfdata.AUTOTUNE)).as_numpy_iterator()
 
-  def generate(counter):
+  def epochs():
     e, skip = divmod(start_step, steps_per_epoch)
     while True:
-      expected = skip * local  # The next record of the epoch, if every record decodes.
-      for batch in epoch_batches(e, skip):
-        records = batch.pop("record")
-        skipped = int(records[-1]) + 1 - expected - len(records)
-        expected = int(records[-1]) + 1
-        if skipped:
-          counter.skipped += skipped
-          logging.warning(
-              "Skipped %d unreadable record(s) of %s %s in epoch %d (before record %d).",
-              skipped,
-              config.dataset,
-              config.train_split,
-              e,
-              expected - 1,
-          )
-        yield batch
+      where = f"{config.dataset} {config.train_split} in epoch {e}"
+      yield epoch_batches(e, skip), skip * local, where
       e, skip = e + 1, 0
 
-  return unreadable.CountingBatches(generate)
+  return unreadable.CountingBatches(epochs())
 
 
 def create_eval_iter(config) -> Iterator[dict[str, np.ndarray]]:
@@ -262,8 +249,10 @@ def create_eval_iter(config) -> Iterator[dict[str, np.ndarray]]:
       return None, []  # A readable image failed later: a real error, raised as it is.
     return batch, bad
 
+  named = unreadable.named_images(config)
+
   def report(bad, b):
-    unreadable.report_unreadable(config, source, bad, f"evaluation batch {b} (masked out)")
+    named.report(config, source, bad, f"evaluation batch {b} (masked out)")
 
   return unreadable.SkippingBatches(batches, repair, 0, report)
 
@@ -295,23 +284,5 @@ def _stream_eval_iter(config, source: sources.StreamSource, eval_fn, local: int)
   }
   ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat()).take(num_batches * local)
   batches = tfdata.options(ds.batch(local).prefetch(tfdata.AUTOTUNE)).as_numpy_iterator()
-
-  def generate(counter):
-    expected = 0  # The next record of this process's share, if every record decodes.
-    for batch in batches:
-      records = batch.pop("record")
-      records = records[records >= 0]
-      if len(records):
-        skipped = int(records[-1]) + 1 - expected - len(records)
-        expected = int(records[-1]) + 1
-        if skipped:
-          counter.skipped += skipped
-          logging.warning(
-              "Skipped %d unreadable record(s) of %s %s in evaluation.",
-              skipped,
-              config.dataset,
-              config.eval_split,
-          )
-      yield batch
-
-  return unreadable.CountingBatches(generate)
+  where = f"{config.dataset} {config.eval_split} in evaluation"
+  return unreadable.CountingBatches([(batches, 0, where)])

@@ -14,8 +14,20 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from incres import augment, fileio, photometric, resample
-from incres.data import loading, placement, sources, tfdata
+from incres import fileio
+from incres.data import (
+    cifar_augment,
+    device_photometric,
+    device_resample,
+    eval_views,
+    googlenet_augment,
+    imagenet_stats,
+    loading,
+    placement,
+    resnet_augment,
+    sources,
+    tfdata,
+)
 
 
 def normalization(config) -> str:
@@ -56,7 +68,7 @@ def _pixel_mean(config_items: tuple) -> np.ndarray:
     return cached
   # One pass over the split, every image resized to S×S (the same view `eval_single` gives).
   ds = loading.index_dataset(source).map(
-      lambda i, image: augment.eval_single(image, size=s, mean=0.0),
+      lambda i, image: eval_views.eval_single(image, size=s, mean=0.0),
       num_parallel_calls=tfdata.AUTOTUNE,
   )
   total = ds.batch(256).reduce(
@@ -109,7 +121,7 @@ def normalization_mean(config) -> tf.Tensor | float:
   if mode == "none":
     return 0.0
   if mode in ("channel_mean", "mean_std"):
-    return tf.constant(augment.IMAGENET_MEAN_RGB, tf.float32)
+    return tf.constant(imagenet_stats.IMAGENET_MEAN_RGB, tf.float32)
   key = tuple((k, _hashable(config.get(k))) for k in _MEAN_KEYS)
   return tf.constant(_pixel_mean(key))
 
@@ -123,7 +135,7 @@ def _scaled_by_std(config, fn: Callable[..., tf.Tensor]) -> Callable[..., tf.Ten
   """Divides `fn`'s mean-subtracted output by the ImageNet channel std (normalize="mean_std")."""
   if normalization(config) != "mean_std":
     return fn
-  std = tf.constant(augment.IMAGENET_STD_RGB, tf.float32)
+  std = tf.constant(imagenet_stats.IMAGENET_STD_RGB, tf.float32)
   return lambda *args: fn(*args) / std
 
 
@@ -137,17 +149,17 @@ def device_preprocess(
   if not (photometric_here or resample_here):
     return None
   mean = np.asarray(normalization_mean(config), np.float32)
-  std = np.asarray(augment.IMAGENET_STD_RGB, np.float32)
+  std = np.asarray(imagenet_stats.IMAGENET_STD_RGB, np.float32)
   std = std if normalization(config) == "mean_std" else None
   size = config.image_size
   if resample_here and config.augment == "googlenet":
-    side = augment.device_resize_max_side(size)
-    return lambda batch: resample.googlenet_finish(
+    side = googlenet_augment.device_resize_max_side(size)
+    return lambda batch: device_resample.googlenet_finish(
         batch["image"], batch["resize"], batch["photometric"], size, side, mean, std
     )
   if resample_here:
-    return lambda batch: resample.finish(batch["image"], batch["resample"], size, mean, std)
-  return lambda batch: photometric.finish(batch["image"], batch["photometric"], mean, std)
+    return lambda batch: device_resample.finish(batch["image"], batch["resample"], size, mean, std)
+  return lambda batch: device_photometric.finish(batch["image"], batch["photometric"], mean, std)
 
 
 def train_fn(
@@ -160,13 +172,13 @@ def train_fn(
   With `photometric_on_device(config)`: a dict of the [0, 1] image and its `'photometric'` draws
   (the mean, std and distortions are applied by `device_preprocess`); with
   `resample_on_device(config)`: a dict of the crop's uint8 window (a flat buffer) and how to
-  finish it (ResNet: `'resample'`, `augment.resized_crop_for_device`; GoogLeNet: `'resize'` and
+  finish it (ResNet: `'resample'`, `crops.resized_crop_for_device`; GoogLeNet: `'resize'` and
   `'photometric'`), resampled and normalised by `device_preprocess`."""
   size = config.image_size
   where = placement.decide_placement(config) if where is None else where
   if where.photometric:  # GoogLeNet only.
     return functools.partial(
-        augment.googlenet_train,
+        googlenet_augment.googlenet_train,
         size=size,
         mean=0.0,
         photometric_on_device=True,
@@ -174,7 +186,7 @@ def train_fn(
     )
   if where.resample:
     return functools.partial(
-        augment.resnet_imagenet_train, size=size, mean=0.0, resample_on_device=True
+        resnet_augment.resnet_imagenet_train, size=size, mean=0.0, resample_on_device=True
     )
   return _scaled_by_std(config, _unscaled_train_fn(config))
 
@@ -188,14 +200,14 @@ def _unscaled_train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
   s, mean = config.image_size, normalization_mean(config)
   if config.augment == "cifar":
     return lambda image, seed: tf.ensure_shape(
-        augment.cifar_train(image, seed, mean=mean, size=s), [s, s, 3]
+        cifar_augment.cifar_train(image, seed, mean=mean, size=s), [s, s, 3]
     )
   if config.augment == "resnet_imagenet":
-    return functools.partial(augment.resnet_imagenet_train, size=s, mean=mean)
+    return functools.partial(resnet_augment.resnet_imagenet_train, size=s, mean=mean)
   if config.augment == "googlenet":
-    return functools.partial(augment.googlenet_train, size=s, mean=mean)
+    return functools.partial(googlenet_augment.googlenet_train, size=s, mean=mean)
   if config.augment == "none":
-    return lambda image, seed: augment.eval_single(image, size=s, mean=mean)
+    return lambda image, seed: eval_views.eval_single(image, size=s, mean=mean)
   raise ValueError(
       f"augment must be cifar, resnet_imagenet, googlenet or none, not {config.augment!r}."
   )
@@ -214,7 +226,7 @@ def eval_fn(config) -> Callable[[tf.Tensor], tf.Tensor]:
 def _unscaled_eval_fn(config) -> Callable[[tf.Tensor], tf.Tensor]:
   s, mean = config.image_size, normalization_mean(config)
   if config.eval_preprocess == "single":
-    return functools.partial(augment.eval_single, size=s, mean=mean)
+    return functools.partial(eval_views.eval_single, size=s, mean=mean)
   if config.eval_preprocess == "center":
-    return functools.partial(augment.eval_center, size=s, mean=mean)
+    return functools.partial(eval_views.eval_center, size=s, mean=mean)
   raise ValueError(f"eval_preprocess must be single or center, not {config.eval_preprocess!r}.")

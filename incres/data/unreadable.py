@@ -1,10 +1,18 @@
-"""Unreadable images: skipped, batches refilled, counted, named in the log; `check_folder`."""
+"""Unreadable images: skipped, batches refilled, counted, named in the log; `check_folder`.
+
+Random-access splits rebuild a batch that fails (`SkippingBatches`: the train iterator refills it
+from spare rows, the eval iterator masks the failed rows out); streamed ones drop unreadable
+records, and `CountingBatches` counts the gaps in the record numbers. Every iterator counts its
+skipped images in `skipped`; the first MAX_NAMED_BAD_IMAGES of a run are named in the log
+(`named_images`).
+"""
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
+import weakref
 
 from absl import logging
 import numpy as np
@@ -12,14 +20,10 @@ import tensorflow as tf
 
 from incres.data import loading, sources, tfdata
 
-# Unreadable images named in the log per process; the rest are counted (`check` lists them all).
+# Unreadable images named in the log per run; the rest are counted (`check` lists them all).
 MAX_NAMED_BAD_IMAGES = 10
 # A training batch with unreadable images is refilled from this many following batches' rows.
 SPARE_BATCHES = 2
-
-# The unreadable images this process has met, for the limit above. Never reset: a process that
-# trains several times (a notebook, a study) names at most MAX_NAMED_BAD_IMAGES in all.
-_named_bad_images: set[str] = set()
 
 
 def example_name(config, source: sources.ArraySource, index: int) -> str:
@@ -44,27 +48,62 @@ def _unreadable_reason(source: sources.ArraySource, index: int) -> str:
 def _short_error(error: tf.errors.OpError) -> str:
   """TensorFlow's error message without its op and device decorations."""
   text = re.sub(r"\{\{[^}]*\}\}\s*", "", str(error.message)).strip().splitlines()[0]
-  text = re.sub(r"^.*assertion failed: \[(.*)\]$", r"\1", text)  # augment's check of a JPEG.
+  text = re.sub(r"^.*assertion failed: \[(.*)\]$", r"\1", text)  # decoding's check of a JPEG.
   return re.sub(r"\s*\[Op:\w+\].*$", "", text).strip() or type(error).__name__
 
 
-def report_unreadable(config, source: sources.ArraySource, indices: list[int], where: str) -> None:
-  """Names the first MAX_NAMED_BAD_IMAGES unreadable images of this process in the log."""
-  for index in indices:
-    name = example_name(config, source, index)
-    if name in _named_bad_images:
-      continue
-    _named_bad_images.add(name)
-    if len(_named_bad_images) <= MAX_NAMED_BAD_IMAGES:
-      logging.warning(
-          "Skipping unreadable image %s (%s) in %s.", name, _unreadable_reason(source, index), where
-      )
-    if len(_named_bad_images) == MAX_NAMED_BAD_IMAGES + 1 and config.dataset.startswith("folder:"):
-      logging.warning(
-          "Further unreadable images are skipped and counted without being named; list them all "
-          "with: python -m incres.data check %s",
-          config.dataset,
-      )
+class NamedImages:
+  """The unreadable images one run has met, of which it names the first MAX_NAMED_BAD_IMAGES."""
+
+  def __init__(self):
+    self._names: set[str] = set()
+
+  def report(self, config, source: sources.ArraySource, indices: list[int], where: str) -> None:
+    """Names each of `indices` met for the first time in the log, up to the run's limit."""
+    for index in indices:
+      name = example_name(config, source, index)
+      if name in self._names:
+        continue
+      self._names.add(name)
+      count = len(self._names)
+      if count <= MAX_NAMED_BAD_IMAGES:
+        logging.warning(
+            "Skipping unreadable image %s (%s) in %s.",
+            name,
+            _unreadable_reason(source, index),
+            where,
+        )
+      if count == MAX_NAMED_BAD_IMAGES + 1 and config.dataset.startswith("folder:"):
+        logging.warning(
+            "Further unreadable images are skipped and counted without being named; list them all "
+            "with: python -m incres.data check %s",
+            config.dataset,
+        )
+
+
+# (config, its run's NamedImages), for the configs still alive.
+_runs: list[tuple[weakref.ref, NamedImages]] = []
+
+
+def named_images(config: Any) -> NamedImages:
+  """The record of the unreadable images named in `config`'s run.
+
+  A run is one config object: `train.train_and_evaluate` resolves its config once and builds its
+  training and evaluation iterators from it, so an image is named once per run (not at every
+  evaluation), while a second run in the same process (a notebook) resolves a new config
+  and names its images again. A config that cannot be weakly referenced gets a fresh record.
+  """
+  try:
+    ref = weakref.ref(config)
+  except TypeError:
+    return NamedImages()
+  _runs[:] = [(r, named) for r, named in _runs if r() is not None]
+  for r, named in _runs:
+    if r() is config:
+      return named
+  named = NamedImages()
+  _runs.append((ref, named))
+  return named
 
 
 class SkippingBatches:
@@ -103,17 +142,42 @@ class SkippingBatches:
 
 
 class CountingBatches:
-  """A generator of batches, `generate(self)`, that adds its skipped images to `self.skipped`."""
+  """Batches of a streamed split whose unreadable records were dropped (`ignore_errors`): the gaps
+  in each batch's record numbers are counted in `skipped` and logged.
 
-  def __init__(self, generate: Callable[[CountingBatches], Iterator[dict[str, np.ndarray]]]):
-    self.skipped = 0
-    self._gen = generate(self)
+  `segments` yields `(batches, first, where)`: batches whose 'record' holds each row's record
+  number in the segment (an epoch, a process's evaluation share; -1 for padding rows, and removed
+  from the batches yielded), the number of the segment's first record, and the segment's name in
+  the log ("imagenet2012 train in epoch 3").
+  """
+
+  def __init__(self, segments: Iterable[tuple[Iterator[dict[str, np.ndarray]], int, str]]):
+    self.skipped = 0  # Unreadable records passed over by the batches yielded so far.
+    self._gen = self._generate(segments)
 
   def __iter__(self) -> CountingBatches:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
     return next(self._gen)
+
+  def _generate(self, segments) -> Iterator[dict[str, np.ndarray]]:
+    for batches, expected, where in segments:  # `expected`: the next record, if all decode.
+      for batch in batches:
+        records = batch.pop("record")
+        records = records[records >= 0]
+        if len(records):
+          skipped = int(records[-1]) + 1 - expected - len(records)
+          expected = int(records[-1]) + 1
+          if skipped:
+            self.skipped += skipped
+            logging.warning(
+                "Skipped %d unreadable record(s) of %s (before record %d).",
+                skipped,
+                where,
+                expected - 1,
+            )
+        yield batch
 
 
 def check_folder(root: str) -> tuple[int, list[tuple[str, str]]]:

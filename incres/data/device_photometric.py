@@ -1,11 +1,12 @@
 """GoogLeNet's photometric distortions on the accelerator, inside the jitted train step.
 
-The host pipeline draws the distortions (`incres.augment.photometric_params`: the order of the four
-ops and their magnitudes, from the example's position seed, so resuming stays exact) and ships the
-[0, 1] image before them; `finish` applies them here and subtracts the mean. On the host they cost
-more than the crop, decode and resize together (TensorFlow's saturation and hue kernels convert
-every pixel to HSV and back, single-threaded per image), which left a 16-core GPU host unable to
-feed GoogLeNet (benchmarks/RESULTS.md); on a GPU they are a few elementwise passes over the batch.
+The host pipeline draws the distortions (`incres.data.photometric.photometric_params`: the order
+of the four ops and their magnitudes, from the example's position seed, so resuming stays exact)
+and ships the [0, 1] image before them; `finish` applies them here and subtracts the mean. On the
+host they cost more than the crop, decode and resize together (TensorFlow's saturation and hue
+kernels convert every pixel to HSV and back, single-threaded per image), which left a 16-core GPU
+host unable to feed GoogLeNet (benchmarks/RESULTS.md); on a GPU they are a few elementwise passes
+over the batch.
 
 Each op is TensorFlow's, written in closed form (`tf.image.adjust_*`; agreement to float32
 rounding is tested against them):
@@ -65,19 +66,21 @@ def _hue(x: jax.Array, delta: jax.Array) -> jax.Array:
   return v - spread * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
 
 
+# In `photometric.PHOTOMETRIC_OPS` order: `wire.PHOTOMETRIC`'s "order" indexes it, and its
+# "magnitudes" follow it.
 _OPS = (_brightness, _contrast, _saturation, _hue)
 
 
 def distort(images: jax.Array, params: jax.Array) -> jax.Array:
   """`images` float32 `[B, H, W, 3]` in [0, 1] distorted by `params` `[B, 8]`
-  (`incres.augment.photometric_params`, `wire.PHOTOMETRIC`): the four ops in each example's
-  order, each clipped."""
+  (`incres.data.photometric.photometric_params`, `wire.PHOTOMETRIC`): the four ops in each
+  example's order, each clipped."""
   x = images.astype(jnp.float32)
   params = params.astype(jnp.float32)
   order = wire.PHOTOMETRIC.get(params, "order").astype(jnp.int32)
   # [B, 4, 1, 1, 1]: broadcast over H, W, C.
   magnitudes = wire.PHOTOMETRIC.get(params, "magnitudes")[:, :, None, None, None]
-  for position in range(4):
+  for position in range(wire.PHOTOMETRIC.field("order").length):
     which = order[:, position, None, None, None]
     out = x
     for k, op in enumerate(_OPS):
@@ -88,6 +91,6 @@ def distort(images: jax.Array, params: jax.Array) -> jax.Array:
 
 def finish(images: jax.Array, params: jax.Array, mean: Any, std: Any | None = None) -> jax.Array:
   """The train step's input: `distort`, then the mean subtracted (and divided by `std` if given),
-  as `incres.augment.googlenet_train` does on the host."""
+  as `incres.data.googlenet_augment.googlenet_train` does on the host."""
   x = distort(images, params) - jnp.asarray(mean, jnp.float32)
   return x if std is None else x / jnp.asarray(std, jnp.float32)

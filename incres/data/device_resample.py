@@ -1,13 +1,13 @@
 """The crops' resampling on the accelerator, inside the jitted train step (config `resample`):
 ResNet's (`finish`) and GoogLeNet's (`googlenet_finish`).
 
-On the host, ResNet's scale augmentation (`incres.augment.resnet_imagenet_train`) decodes the
-window of the JPEG under the drawn 224 view, resamples it (`tf.image.crop_and_resize`, mirrored
+On the host, ResNet's scale augmentation (`incres.data.resnet_augment`) decodes the window of
+the JPEG under the drawn 224 view, resamples it (`tf.image.crop_and_resize`, mirrored
 when flipped) and normalises it. Resampling and normalising cost as much as decoding: on one EPYC
 core the host delivers ~600 views/s, ~1,000/s when it only decodes the window and ships it
 (benchmarks/RESULTS.md), which left a 16-core GPU host unable to feed ResNet-50. With
 `resample="device"` the host ships the uint8 window and its sampling positions
-(`augment.resized_crop_for_device`: the same draws, so resuming stays exact) and `finish` does the
+(`crops.resized_crop_for_device`: the same draws, so resuming stays exact) and `finish` does the
 rest here: a few gathers and elementwise passes over the batch. GoogLeNet's crops likewise
 (`googlenet_finish`: `tf.image.resize` with the drawn kernel, then the colour distortions).
 
@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from incres import photometric, wire
+from incres import wire
+from incres.data import device_photometric
 
 
 def _neighbours(p: jax.Array, length: jax.Array):
@@ -54,7 +55,7 @@ def _host_view(buffer: jax.Array, size: int) -> jax.Array:
 
 def view(buffer: jax.Array, params: jax.Array, size: int) -> jax.Array:
   """float32 `[size, size, 3]` on the pixel scale [0, 255] of one example's `(buffer, params)`
-  (`augment.resized_crop_for_device`: `wire.resample_layout(size)`, with or without its colour
+  (`crops.resized_crop_for_device`: `wire.resample_layout(size)`, with or without its colour
   shift)."""
   layout = wire.resample_layout(size)
   cols = layout.get(params, "cols").astype(jnp.int32)
@@ -83,22 +84,23 @@ def finish(
 ) -> jax.Array:
   """The model's input from a batch's uint8 `[B, N]` buffers and float32 `[B, 3 + 2·size + 3]`
   parameters: each view resampled (`view`), scaled to [0, 1], shifted by its colour shift (the
-  last 3), minus `mean` (divided by `std`), as `augment.resnet_imagenet_train` does on the host."""
+  last 3), minus `mean` (divided by `std`), as `resnet_augment.resnet_imagenet_train` does on the
+  host."""
   x = jax.vmap(view, in_axes=(0, 0, None))(buffer, params, size)
   shift = wire.resample_layout(size).get(params, "colour_shift")[:, None, None, :]
   x = x * (1.0 / 255.0) + (shift - jnp.asarray(mean, jnp.float32))
   return x if std is None else x / jnp.asarray(std, jnp.float32)
 
 
-# --- GoogLeNet: `augment.random_resize`'s four kernels ------------------------------------------
+# --- GoogLeNet: `googlenet_augment.random_resize`'s four kernels --------------------------------
 #
 # `tf.image.resize` (antialias=False) of the crop's window to size×size with the drawn kernel, in
-# `augment.INTERPOLATIONS` order: bilinear and bicubic (Keys, a = -0.5) at half-pixel centres,
-# area (box averaging, TensorFlow's ResizeArea), nearest (half-pixel centres). Each is separable:
-# per axis, output index `i` reads at most TAPS input indices with weights (`_taps`), so one
-# gather-and-sum pass per axis serves all four. The weights are TensorFlow's (its bicubic
+# `googlenet_augment.INTERPOLATIONS` order: bilinear and bicubic (Keys, a = -0.5) at half-pixel
+# centres, area (box averaging, TensorFlow's ResizeArea), nearest (half-pixel centres). Each is
+# separable: per axis, output index `i` reads at most TAPS input indices with weights (`_taps`), so
+# one gather-and-sum pass per axis serves all four. The weights are TensorFlow's (its bicubic
 # coefficient table, its edge renormalisation, ResizeArea's cell overlaps) at the host's
-# positions (`augment._resize_positions`); only the order of the float32 sums differs.
+# positions (`googlenet_augment._resize_positions`); only the order of the float32 sums differs.
 
 TAPS = 4  # Input indices an output index reads at most: bicubic's 4; area's up to a 3x shrink.
 _CUBIC_TABLE_SIZE = 1024
@@ -124,8 +126,8 @@ _CUBIC_TABLE = _cubic_table()
 def _taps(method: jax.Array, length: jax.Array, axis: jax.Array, size: int):
   """`(index, weight)`, int32 and float32 `[size, TAPS]`: what output index `i` of an axis of
   `length` pixels resized to `size` reads with kernel `method` (an index into
-  `augment.INTERPOLATIONS`), from the axis' host-computed `[scale, (i + 0.5)·scale (size),
-  i·scale (size + 1)]` (`augment._resize_positions`)."""
+  `googlenet_augment.INTERPOLATIONS`), from the axis' host-computed `[scale, (i + 0.5)·scale
+  (size), i·scale (size + 1)]` (`googlenet_augment._resize_positions`)."""
   last = length.astype(jnp.int32) - 1
   scale, half, edges = axis[0], axis[1 : size + 1], axis[size + 1 :]
   k = jnp.arange(TAPS, dtype=jnp.int32)
@@ -173,17 +175,18 @@ def _taps(method: jax.Array, length: jax.Array, axis: jax.Array, size: int):
   normal = jnp.abs(total) >= 1000.0 * jnp.finfo(jnp.float32).tiny
   bicubic = (index, jnp.where(normal, weight * (1.0 / total), weight))
 
-  kernels = (bilinear, area, nearest, bicubic)  # augment.INTERPOLATIONS' order.
+  kernels = (bilinear, area, nearest, bicubic)  # googlenet_augment.INTERPOLATIONS' order.
   index = jnp.stack([t[0] for t in kernels])[method]
   weight = jnp.stack([t[1] for t in kernels])[method]
   return index, weight
 
 
 def googlenet_view(buffer: jax.Array, params: jax.Array, size: int, max_side: int) -> jax.Array:
-  """float32 `[size, size, 3]` in [0, 1]: one example's window (`augment.googlenet_train` with
-  `resize_on_device=True`) resized with its drawn kernel, clipped, and mirrored if drawn so: the
-  host's `random_resize` and flip, before the colour distortions. `max_side` bounds the window's
-  sides (`augment.device_resize_max_side`); `params` is `wire.resize_layout(size)`."""
+  """float32 `[size, size, 3]` in [0, 1]: one example's window
+  (`googlenet_augment.googlenet_train` with `resize_on_device=True`) resized with its drawn kernel,
+  clipped, and mirrored if drawn so: the host's `random_resize` and flip, before the colour
+  distortions. `max_side` bounds the window's sides (`googlenet_augment.device_resize_max_side`);
+  `params` is `wire.resize_layout(size)`."""
   layout = wire.resize_layout(size)
   cols = layout.get(params, "cols").astype(jnp.int32)
   method = layout.get(params, "kernel").astype(jnp.int32)
@@ -217,6 +220,6 @@ def googlenet_finish(
 ) -> jax.Array:
   """The model's input from a GoogLeNet batch whose windows were left to the train step: each
   resized and flipped (`googlenet_view`), then its colour distortions and the normalisation
-  (`incres.photometric.finish`)."""
+  (`device_photometric.finish`)."""
   x = jax.vmap(googlenet_view, in_axes=(0, 0, None, None))(buffer, params, size, max_side)
-  return photometric.finish(x, distortions, mean, std)
+  return device_photometric.finish(x, distortions, mean, std)

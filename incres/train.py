@@ -699,24 +699,26 @@ def _open_outputs(
 
 @dataclasses.dataclass
 class _Loop:
-  """The loop's outputs and how far it got: the step, whether it stopped, the last metrics."""
+  """The training state, the loop's outputs and how far it got: the step, whether it stopped, the
+  last metrics."""
 
   run: Run
   writer: metrics_lib.MetricWriter
   progress: progress_lib.Progress
   log: _TrainLog
   stop: _StopRequest
+  state: state_lib.TrainState  # The only reference: a step's donated input is freed as it goes.
   step: int
   start_time: float = dataclasses.field(default_factory=time.time)
   stopped: bool = False
   last_train: dict[str, float] = dataclasses.field(default_factory=dict)
   last_eval: dict[str, float] = dataclasses.field(default_factory=dict)
 
-  def train(self, state: state_lib.TrainState, train_iter: DevicePrefetch) -> None:
+  def train(self, train_iter: DevicePrefetch) -> None:
     """Steps to `num_train_steps` or a stop request, logging, evaluating and saving when due."""
     config, pending = self.run.config, None
     while self.step < config.num_train_steps:
-      state, step_metrics = self.run.p_train_step(state, next(train_iter))
+      self.state, step_metrics = self.run.p_train_step(self.state, next(train_iter))
       self.step += 1
       # Keep the device busy: read the previous step's metrics only now that this one is queued.
       if pending is not None:
@@ -730,15 +732,13 @@ class _Loop:
         continue
       self.log.read(*pending)  # The state about to be logged/evaluated/saved must be finite.
       pending = None
-      if self._when_due(state, due, stopping, train_iter):
+      if self._when_due(due, stopping, train_iter):
         self.stopped = True
         break
     if pending is not None:
       self.log.read(*pending)
 
-  def _when_due(
-      self, state: state_lib.TrainState, due: _Due, stopping: bool, train_iter: DevicePrefetch
-  ) -> bool:
+  def _when_due(self, due: _Due, stopping: bool, train_iter: DevicePrefetch) -> bool:
     """Logs, evaluates and saves as `due` (a stop: logs and saves); returns whether to stop."""
     config, step = self.run.config, self.step
     if due.log or stopping:
@@ -748,23 +748,25 @@ class _Loop:
       self.progress.log(step, self.last_train)
     eval_metrics = None
     if due.evaluate and not stopping:  # Stopping costs one step and one save, no evaluation.
-      eval_metrics = self._evaluate(state)
+      eval_metrics = self._evaluate()
       stopping = eval_metrics is None
     if due.save or stopping:
       train_time_s = time.time() - self.start_time
       best = _best(config, eval_metrics)
-      self.run.ckpt.save(step, state, metrics=best, train_time_s=train_time_s)
+      self.run.ckpt.save(step, self.state, metrics=best, train_time_s=train_time_s)
       self.log.last_checkpoint = step
     self.writer.flush()
     if due.evaluate or due.save:
       self.log.restart_timing(step)
     return stopping
 
-  def _evaluate(self, state: state_lib.TrainState) -> dict[str, float] | None:
+  def _evaluate(self) -> dict[str, float] | None:
     """The evaluation metrics, written and shown; None if a stop request abandoned them."""
     run = self.run
     try:
-      metrics = _evaluate_state(run.p_eval_step, state, run.config, self.stop, run.batch_sharding)
+      metrics = _evaluate_state(
+          run.p_eval_step, self.state, run.config, self.stop, run.batch_sharding
+      )
     except _EvaluationAbandoned:
       self._say_stopping()
       return None
@@ -828,10 +830,11 @@ def train_and_evaluate(
   state, resume_step = _restore_or_initialize(run)  # From here on the workdir is ours.
   writer, progress = _open_outputs(run, resume_step)
   log = _TrainLog(progress, last_checkpoint=resume_step)
-  loop = _Loop(run, writer, progress, log, _StopRequest(), step=resume_step or 0)
+  loop = _Loop(run, writer, progress, log, _StopRequest(), state, step=resume_step or 0)
+  del state  # The loop holds the state (each step's donated input freed as it is replaced).
   try:
     with run.train_batches(loop.step) as train_iter, loop.stop:
-      loop.train(state, train_iter)
+      loop.train(train_iter)
   finally:
     progress.close()
     writer.close()

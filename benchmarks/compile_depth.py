@@ -98,9 +98,7 @@ def measure_one(model: str, layout: str, steps: int, batch: int | None) -> dict:
   out["params"] = int(sum(p.size for p in jax.tree.leaves(state.params)))
 
   sharding = jax.tree.map(lambda a: a.sharding, state)
-  p_train_step, _ = train._jit_steps(  # pylint: disable=protected-access
-      config, model_def, tx, lr_fn, sharding, mesh
-  )
+  p_train_step, _ = train.jit_steps(config, model_def, tx, lr_fn, sharding, mesh)
   rng = np.random.default_rng(0)
   size = config.image_size
   batch_np = {

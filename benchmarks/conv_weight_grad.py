@@ -69,7 +69,7 @@ def measure(shape, steps: int = 7) -> dict:
   fns = {
       "xla_forward": jax.jit(conv),
       "xla": jax.jit(lambda x, g: jax.vjp(lambda w_: conv(x, w_), w)[1](g)[0]),
-      "incres": jax.jit(lambda x, g: ops._weight_grad(x, g, (k, k), (s, s), pad, None)),
+      "incres": jax.jit(lambda x, g: ops.conv_weight_grad(x, g, (k, k), (s, s), pad)),
   }
   np.testing.assert_allclose(
       fns["incres"](x, g),

@@ -186,12 +186,12 @@ def run_loop(args: flags.FlagValues, spec: str, config, workdir: str) -> dict[st
   }
 
 
-def run_input(config, warmup: int, steps: int) -> tuple[float, dict[str, Any]]:
-  """Images/s of the training input pipeline alone (host side: decode, augment, batch), and its
-  last batch."""
+def run_input(config, placement, warmup: int, steps: int) -> tuple[float, dict[str, Any]]:
+  """Images/s of the training input pipeline alone (host side: decode, augment, batch, leaving
+  to the train step what `placement` says), and its last batch."""
   from incres import data  # pylint: disable=g-import-not-at-top  (TensorFlow)
 
-  it = data.create_train_iter(config)
+  it = data.create_train_iter(config, where=placement)
   for _ in range(warmup):
     next(it)
   t0 = time.perf_counter()
@@ -203,13 +203,18 @@ def run_input(config, warmup: int, steps: int) -> tuple[float, dict[str, Any]]:
 
 
 def run_model(
-    args: flags.FlagValues, config, batch: dict[str, Any] | None = None, prefix: str = "model"
+    args: flags.FlagValues,
+    config,
+    batch: dict[str, Any] | None = None,
+    placement: Any = None,
+    prefix: str = "model",
 ) -> dict[str, Any]:
   """The same model, batch and dtype timed by throughput.py's code (no input pipeline).
 
-  With `batch` (a batch of the pipeline that leaves work to the train step), the step starts from
-  it, on the device, and runs `data.device_preprocess(config)` first: the model with its share of
-  the augmentation. Keys start with `prefix`."""
+  With `batch` (a batch of the pipeline that leaves work to the train step, as `placement`, the
+  run's `data.decide_placement`, says), the step starts from it, on the device, and runs
+  `data.device_preprocess(config, placement)` first: the model with its share of the
+  augmentation. Keys start with `prefix`."""
   from incres import data, state  # pylint: disable=g-import-not-at-top
 
   bench = throughput.parse_args(
@@ -228,9 +233,11 @@ def run_model(
   preprocess = None
   if batch is not None:
     images = {k: v for k, v in batch.items() if k != "label"}
-    labels, preprocess = batch["label"], data.device_preprocess(config)
+    labels, preprocess = batch["label"], data.device_preprocess(config, placement)
   model = state.create_model(config)
-  measured, steps = throughput.setup_jax(bench, images, labels, model=model, preprocess=preprocess)
+  measured, steps = throughput.setup_jax(
+      bench, images, labels, model=model, preprocess=preprocess, placement=placement
+  )
   t = statistics.median(throughput.time_steps(steps, args.steps)["train"])
   out = {f"{prefix}_img_per_s": config.batch_size / t, f"{prefix}_step_s": t}
   out[f"{prefix}_compile_s"] = measured["compile_s"]
@@ -271,12 +278,13 @@ def run(args: flags.FlagValues) -> dict[str, Any]:
   from incres import data  # pylint: disable=g-import-not-at-top
 
   config = configs.resolve_config(config, data.dataset_info(config))
-  result["photometric_on_device"] = data.photometric_on_device(config)
-  result["resample_on_device"] = data.resample_on_device(config)
-  result["input_img_per_s"], batch = run_input(config, args.warmup, args.steps)
+  placement = data.decide_placement(config)  # Once, as the training loop does.
+  result["photometric_on_device"] = placement.photometric
+  result["resample_on_device"] = placement.resample
+  result["input_img_per_s"], batch = run_input(config, placement, args.warmup, args.steps)
   result.update(run_model(args, config))
-  if data.device_preprocess(config) is not None:  # The model with its share of the augmentation.
-    result.update(run_model(args, config, batch, prefix="model_with_preprocess"))
+  if placement.on_device:  # The model with its share of the augmentation.
+    result.update(run_model(args, config, batch, placement, prefix="model_with_preprocess"))
   result.update(
       {
           "backend": jax.default_backend(),
@@ -305,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     return
   width = max(map(len, result))
   for k, v in result.items():
-    print(f"{k:<{width}}  {throughput._fmt(v)}")  # pylint: disable=protected-access
+    print(f"{k:<{width}}  {throughput.format_value(v)}")
   bound = "input-bound" if result["input_bound"] else "not input-bound (the model is slower)"
   print(
       f"\nloop {result['loop_img_per_s']:.4g} img/s = {result['loop_fraction_of_model']:.1%} of"

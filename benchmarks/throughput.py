@@ -160,12 +160,14 @@ def setup_jax(
     labels: np.ndarray,
     model: Any = None,
     preprocess: Callable[[Any], jax.Array] | None = None,
+    placement: Any = None,
 ) -> tuple[dict[str, Any], dict[str, tuple[Callable[[], None], float | None]]]:
   """Compiles and warms up the JAX train step and inference of `model` (default: `args.model`).
 
   With `preprocess`, `images` is a batch as the input pipeline leaves it to the train step (a
   dict, e.g. `{"image": ..., "resample": ...}`) and `preprocess(images)` (the config's
-  `incres.data.device_preprocess`) makes the model's input inside the jitted steps.
+  `incres.data.device_preprocess` for its `placement`, `incres.data.decide_placement`, which
+  the train step gets too) makes the model's input inside the jitted steps.
   Returns (measurements so far, {"train"/"infer": (step function, XLA's FLOPs per step)}).
   """
   prepare = preprocess or (lambda x: x)
@@ -203,6 +205,7 @@ def setup_jax(
       label_smoothing=0.0,
       ema_decay=None,
       preprocess=preprocess,
+      placement=placement,
   )
 
   def infer(variables, x):
@@ -503,13 +506,15 @@ def run_ab(args: flags.FlagValues) -> dict:
   return result
 
 
-def _fmt(v: Any) -> str:
+def format_value(v: Any) -> str:
+  """One result value as the table prints it: floats to 4 significant digits, lists and dicts
+  item by item."""
   if isinstance(v, float):
     return f"{v:.4g}"
   if isinstance(v, list):
-    return "[" + ", ".join(map(_fmt, v)) + "]"
+    return "[" + ", ".join(map(format_value, v)) + "]"
   if isinstance(v, dict):
-    return "; ".join(f"{k}: {_fmt(x)}" for k, x in v.items())
+    return "; ".join(f"{k}: {format_value(x)}" for k, x in v.items())
   return str(v)
 
 
@@ -531,7 +536,7 @@ def main(argv: list[str] | None = None) -> None:
   else:
     width = max(map(len, result))
     for k, v in result.items():
-      print(f"{k:<{width}}  {_fmt(v)}")
+      print(f"{k:<{width}}  {format_value(v)}")
 
 
 if __name__ == "__main__":

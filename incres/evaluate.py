@@ -354,7 +354,7 @@ def _input_sharding(mesh, rows: int):
   return NamedSharding(mesh, P("data") if rows % mesh.size == 0 else P())
 
 
-def predict(
+def score_split(
     workdir: str,
     protocol: str,
     *,
@@ -473,7 +473,7 @@ def summarize(p: Predictions) -> dict[str, Any]:
 
 def evaluate_workdirs(workdirs: Sequence[str], protocol: str, **kwargs) -> list[dict[str, Any]]:
   """One summary per workdir, and for several workdirs one more for their ensemble (last)."""
-  predictions = [predict(w, protocol, **kwargs) for w in workdirs]
+  predictions = [score_split(w, protocol, **kwargs) for w in workdirs]
   rows = [summarize(p) for p in predictions]
   if len(predictions) > 1:
     rows.append(summarize(ensemble(predictions)))

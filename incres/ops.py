@@ -10,8 +10,8 @@ gradient is a sum over the kernel's k*k offsets of one GEMM each,
 
 and XLA runs GEMMs well when their operands are in cache. `conv_general_dilated` below keeps XLA's
 own forward and input-gradient convolutions and computes the weight gradient as those GEMMs, a few
-images at a time (`_weight_grad`): 1.5-5x XLA's speed for the 16-256-channel convolutions of the
-CIFAR ResNets, GoogLeNet and ResNet-50. 1x1 convolutions are GEMMs in all three passes.
+images at a time (`conv_weight_grad`): 1.5-5x XLA's speed for the 16-256-channel convolutions of
+the CIFAR ResNets, GoogLeNet and ResNet-50. 1x1 convolutions are GEMMs in all three passes.
 
 The custom convolution gradient is used only when JAX's default backend is the CPU and it is a
 plain 2-D NHWC/HWIO one (no dilation, no groups); everything else goes to `lax.conv_general_dilated`
@@ -44,10 +44,10 @@ from jax import lax
 # On two AVX2/AVX-512 cores 0.5-4 MB all ran within 15% of each other (benchmarks/RESULTS.md).
 CHUNK_BYTES = 3_000_000
 
-# The output-gradient-shifting form of `_weight_grad` computes Hp/Ho times the FLOPs. For 3x3 convs
-# this bound admits 8x8 maps (10/8) and larger, not 7x7 (9/7), where the extra FLOPs outweighed the
-# copies saved (~200 vs ~250 GFLOP/s at 512 channels). Whole train steps, 2 cores: CifarResNet20
-# 273 -> 311 img/s, ResNet50 +2%.
+# The output-gradient-shifting form of `conv_weight_grad` computes Hp/Ho times the FLOPs. For 3x3
+# convs this bound admits 8x8 maps (10/8) and larger, not 7x7 (9/7), where the extra FLOPs
+# outweighed the copies saved (~200 vs ~250 GFLOP/s at 512 channels). Whole train steps, 2 cores:
+# CifarResNet20 273 -> 311 img/s, ResNet50 +2%.
 SHIFT_G_MAX_ROWS_RATIO = 1.27
 
 # XLA's own weight gradient stays faster for large kernels on small maps (GoogLeNet's 5x5 branches
@@ -136,8 +136,12 @@ def _largest_divisor_at_most(n: int, m: int) -> int:
   return m
 
 
-def _weight_grad(x, g, kernel, strides, padding, precision):
+def conv_weight_grad(x, g, kernel, strides, padding, precision=None):
   """dL/dW of an NHWC/HWIO convolution, a chunk of images at a time (module doc).
+
+  `x` is the input [N, H, W, C] and `g` the output's gradient [N, Ho, Wo, O]; `kernel`, `strides`
+  and `padding` are (kh, kw), (sh, sw) and ((top, bottom), (left, right)). Returns [kh, kw, C, O]
+  in float32. The custom gradient of `conv_general_dilated` on the CPU; public for the benchmarks.
 
   For a chunk of images, the kw horizontally shifted (and strided) views of the padded input are
   concatenated along channels into "rows" (nc, Hp, Wo, kw*C). Then either
@@ -203,7 +207,7 @@ def _conv_cpu_bwd(strides, padding, precision, res, g):
   # The input gradient is XLA's own transposed convolution, which is already fast on the CPU.
   _, input_vjp = jax.vjp(lambda x_: _lax_conv(x_, w, strides, padding, precision), x)
   (dx,) = input_vjp(g)
-  dw = _weight_grad(x, g, w.shape[:2], strides, padding, precision)
+  dw = conv_weight_grad(x, g, w.shape[:2], strides, padding, precision)
   return dx, dw.astype(w.dtype)
 
 

@@ -115,7 +115,7 @@ def _batches(
     yield ok, np.stack(images)
 
 
-def predict(
+def classify_images(
     checkpoint: str,
     paths: Sequence[str],
     *,
@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not images:
     raise cli.UsageError("Name at least one image file to classify", prog)
   try:
-    results, failed = predict(
+    results, failed = classify_images(
         args.checkpoint,
         images,
         top_k=args.top_k,

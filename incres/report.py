@@ -151,7 +151,7 @@ def measure(workdir: str, protocol: str | None = None, **kwargs: Any) -> dict[st
   else:
     from incres import evaluate  # pylint: disable=g-import-not-at-top
 
-    summary = evaluate.summarize(evaluate.predict(workdir, protocol, **kwargs))
+    summary = evaluate.summarize(evaluate.score_split(workdir, protocol, **kwargs))
     row.update(
         protocol=protocol,
         top1_err=summary["top1_err"],

@@ -7,8 +7,10 @@ is no `pmap` and no axis name inside the models.
 
 Entry point: `train_and_evaluate(config, workdir)`. What a run is made of (model, mesh, schedule,
 optimizer, train state) is built by `incres.state`; this module holds the steps, `train_step` and
-`eval_step` (module-level functions with their settings bound by `functools.partial`), and the
-loop.
+`eval_step` (module-level functions with their settings bound by `functools.partial`, jitted by
+`jit_steps`), and the loop, in four parts: `prepare_run` (the resolved config and everything built
+from it, a `Run`; the workdir only read), restore or initialise the state (the workdir locked),
+the loop (`_Loop`: steps, logs, evaluations, saves, stop requests), and the closing line.
 
 Exactness: the k-th training batch depends only on `(config, k)`, the dropout key of step k is
 `fold_in(state.rng, k)` and nothing else is random, so a run resumed from a checkpoint computes
@@ -78,19 +80,23 @@ def train_step(
     label_smoothing: float,
     ema_decay: float | None,
     preprocess: Callable[[Batch], jax.Array] | None = None,
+    placement: placement_lib.Placement | None = None,
 ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
   """One SGD step on a global batch; returns the new state and scalar metrics.
 
   The loss is the mean softmax cross-entropy plus `aux_loss_weight` times each auxiliary
   classifier's (GoogLeNet). Batch-norm statistics come from the whole global batch.
-  `preprocess(batch)` makes the model's input from the batch when the input pipeline leaves work
-  to the accelerator (`data.device_preprocess`); by default it is `batch["image"]`.
+  `placement` (`data.decide_placement`) is what the input pipeline leaves to the accelerator;
+  `preprocess(batch)`, its `data.device_preprocess`, makes the model's input from the batch
+  (by default `batch["image"]`). A step given a placement but no preprocess refuses a batch that
+  carries the placement's keys (`Placement.batch_keys`).
   """
-  if preprocess is None and placement_lib.DEVICE_KEYS & set(batch):  # When traced.
+  unfinished = sorted(placement.batch_keys & set(batch)) if placement is not None else []
+  if unfinished and preprocess is None:  # When traced.
     raise ValueError(
-        "The batch leaves work to the train step (GoogLeNet's colour distortions, 'photometric',"
-        " or the crops' resampling, 'resample' or 'resize'), but the step was built without"
-        " `preprocess=data.device_preprocess(config)`."
+        f"The batch carries {unfinished} for the train step to finish (GoogLeNet's colour"
+        " distortions, or the crops' resampling), but the step was built without"
+        " `preprocess=data.device_preprocess(config, placement)`."
     )
   images = batch["image"] if preprocess is None else preprocess(batch)
   dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -209,8 +215,19 @@ class DevicePrefetch:
   def skipped(self) -> int:
     return self._skipped
 
+  def close(self) -> None:
+    """Drops the source and the batches in flight: a freed tf.data iterator stops its threads."""
+    self._batches = iter(())
+    self._queue.clear()
 
-def evaluate(
+  def __enter__(self) -> DevicePrefetch:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def evaluate_split(
     p_eval_step: Callable[..., dict[str, jax.Array]],
     variables: PyTree,
     eval_iter: Iterator[Mapping[str, np.ndarray]],
@@ -423,7 +440,7 @@ def _evaluate_state(
   for prefix, params in candidates:
     if params is None:
       continue
-    m = evaluate(
+    m = evaluate_split(
         p_eval_step,
         state_lib.model_variables(params, state.batch_stats),
         stop.batches(data.create_eval_iter(config)),  # Abandoned if a stop is requested.
@@ -482,17 +499,25 @@ def _end_message(
   return f"Finished {total} steps in {duration}; workdir: {workdir}"
 
 
-def _jit_steps(
+def jit_steps(
     config: ml_collections.ConfigDict,
     model: nn.Module,
     tx: optax.GradientTransformation,
     learning_rate_fn: optax.Schedule,
     state_sharding: state_lib.TrainState,
     mesh: Mesh,
-    preprocess: Callable[[Batch], jax.Array] | None = None,
+    placement: placement_lib.Placement | None = None,
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
-  """`(p_train_step, p_eval_step)`: the steps jitted with their shardings (the state donated);
-  `preprocess` as `train_step`'s (`data.device_preprocess(config)`)."""
+  """`(p_train_step, p_eval_step)`: the steps jitted with their shardings (the state donated).
+
+  `placement` (`data.decide_placement`) is what the pipeline leaves to the train step: the step
+  gets it and its `data.device_preprocess`; None: the batches' images are finished.
+  """
+  preprocess = None
+  if placement is not None:
+    from incres import data  # pylint: disable=g-import-not-at-top  (heavy: TensorFlow)
+
+    preprocess = data.device_preprocess(config, placement)
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P("data"))
   p_train_step = jax.jit(
@@ -505,6 +530,7 @@ def _jit_steps(
           label_smoothing=config.label_smoothing,
           ema_decay=config.ema_decay,
           preprocess=preprocess,
+          placement=placement,
       ),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, replicated),
@@ -518,7 +544,261 @@ def _jit_steps(
   return p_train_step, p_eval_step
 
 
+def _placement_message(
+    config: ml_collections.ConfigDict, placement: placement_lib.Placement
+) -> str | None:
+  """The line saying where "auto" put the augmentation (it depends on the machine), or None."""
+  if placement.resample:
+    work = {"googlenet": "resized, flipped and colour-distorted"}
+    what = work.get(config.augment, "resampled, flipped and normalised")
+    return f"The crops are {what} in the train step; the input pipeline decodes their windows."
+  if placement.photometric:
+    return "GoogLeNet's colour distortions run in the train step, not the input pipeline."
+  return None
+
+
 # --- The loop ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What one run is made of (`prepare_run`): nothing in its workdir is written yet."""
+
+  config: ml_collections.ConfigDict  # Resolved: the run length in steps (`configs.resolve_config`).
+  workdir: str
+  info: Any  # `data.DatasetInfo`.
+  init_from: tuple[str, int | None] | None  # Fine-tuning: the source run (`finetune`), or None.
+  mesh: Mesh
+  model: nn.Module
+  tx: optax.GradientTransformation
+  abstract_state: state_lib.TrainState
+  state_sharding: state_lib.TrainState
+  batch_sharding: NamedSharding
+  # Decided once: the input pipeline, the train step and the run's message all read it.
+  placement: placement_lib.Placement
+  p_train_step: Callable[..., Any]
+  p_eval_step: Callable[..., Any]
+  ckpt: checkpoint_lib.Checkpointer
+  resume_step: int | None  # The newest checkpoint's step, or None: a fresh start.
+  is_chief: bool
+
+  @property
+  def steps_per_epoch(self) -> float:
+    """Training steps per pass over the training split (fractional)."""
+    return self.info.num_train / self.config.batch_size
+
+  def train_batches(self, start_step: int) -> DevicePrefetch:
+    """The global training batches from `start_step` on, on their way to the devices."""
+    from incres import data  # pylint: disable=g-import-not-at-top  (heavy: TensorFlow)
+
+    batches = data.create_train_iter(self.config, start_step=start_step, where=self.placement)
+    return DevicePrefetch(batches, self.batch_sharding, self.config.device_prefetch)
+
+
+def prepare_run(
+    config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None
+) -> Run:
+  """`config` resolved and checked, and its model, mesh, optimizer, steps and checkpointer built.
+
+  Reads the workdir only: raises what `train_and_evaluate` documents (the workdir not writable,
+  the data missing, a bad config, another run or a live one in `workdir`) before writing anything.
+  """
+  from incres import data  # pylint: disable=g-import-not-at-top  (heavy: TensorFlow)
+
+  fileio.check_writable_workdir(workdir)  # Before minutes of data and model: creates nothing.
+  info = data.dataset_info(config)  # Fails first, clearly, if the data is missing.
+  data.check_trainable(config)
+  config = configs.resolve_config(config, info)
+  init_from = finetune.resolve_init_from(config)  # Fine-tuning: the source run, or None.
+  model = state_lib.create_model(config)
+  mesh = state_lib.create_mesh() if mesh is None else mesh
+  configs.validate(config, num_devices=mesh.size, num_processes=jax.process_count())
+  is_chief = jax.process_index() == 0
+
+  learning_rate_fn = state_lib.create_learning_rate_fn(config)
+  tx = state_lib.create_optimizer(config, learning_rate_fn)
+  abstract_state = state_lib.abstract_train_state(config, model, tx, mesh)
+  state_sharding = jax.tree.map(lambda x: x.sharding, abstract_state)
+  ckpt = checkpoint_lib.Checkpointer(
+      workdir,
+      config,
+      save_every_steps=config.checkpoint_every_steps,
+      keep=config.keep_checkpoints,
+      best_metric=config.best_metric or None,
+  )
+  if is_chief:  # A run training here now: refused before its checkpoints are read mid-save.
+    fileio.raise_if_locked(workdir)
+  resume_step = ckpt.check_compatible(abstract_state)  # Reads only; raises on a mismatch.
+
+  placement = data.decide_placement(config, jax.default_backend())
+  p_train_step, p_eval_step = jit_steps(
+      config, model, tx, learning_rate_fn, state_sharding, mesh, placement
+  )
+  return Run(
+      config=config,
+      workdir=workdir,
+      info=info,
+      init_from=init_from,
+      mesh=mesh,
+      model=model,
+      tx=tx,
+      abstract_state=abstract_state,
+      state_sharding=state_sharding,
+      batch_sharding=NamedSharding(mesh, P("data")),
+      placement=placement,
+      p_train_step=p_train_step,
+      p_eval_step=p_eval_step,
+      ckpt=ckpt,
+      resume_step=resume_step,
+      is_chief=is_chief,
+  )
+
+
+def _restore_or_initialize(run: Run) -> tuple[state_lib.TrainState, int | None]:
+  """Takes the workdir (locked) and returns its newest intact state, or a fresh (or fine-tuning)
+  one, with the step it resumes at (None for a fresh start); saves the resolved config."""
+  fileio.make_workdir(run.workdir)
+  run.ckpt.lock_workdir()  # Raises fileio.WorkdirInUseError if another live run has it.
+  try:
+    if run.resume_step is not None:
+      # The newest intact step: damaged newer ones are moved aside (checkpoint.py).
+      state, meta = run.ckpt.restore(run.abstract_state)
+      resume_step = int(meta["data"]["next_step"])
+      logging.info("Resumed from %s at step %d.", run.ckpt.directory, resume_step)
+    else:
+      state = state_lib.create_train_state(run.config, run.model, run.tx, run.mesh)
+      if run.init_from is not None:
+        state = finetune.initialize_from(
+            state, run.init_from, run.tx, run.state_sharding, run.workdir, run.is_chief
+        )
+      resume_step = None
+  except BaseException:
+    run.ckpt.close()  # Releases the lock (a notebook may call again).
+    raise
+  if run.is_chief:
+    configs.save_config(run.config, run.workdir)
+  return state, resume_step
+
+
+def _open_outputs(
+    run: Run, resume_step: int | None
+) -> tuple[metrics_lib.MetricWriter, progress_lib.Progress]:
+  """The metrics writer and the progress display, which opens with the run length and placement."""
+  writer = metrics_lib.MetricWriter(run.workdir, enabled=run.is_chief, resume_step=resume_step)
+  progress = progress_lib.Progress(
+      run.config.num_train_steps,
+      steps_per_epoch=run.steps_per_epoch,
+      stream=None if run.is_chief else open(os.devnull, "w"),
+  )
+  progress.message(configs.describe_run_length(run.config, run.info))
+  placement_message = _placement_message(run.config, run.placement)
+  if placement_message:
+    progress.message(placement_message)
+  return writer, progress
+
+
+@dataclasses.dataclass
+class _Loop:
+  """The training state, the loop's outputs and how far it got: the step, whether it stopped, the
+  last metrics."""
+
+  run: Run
+  writer: metrics_lib.MetricWriter
+  progress: progress_lib.Progress
+  log: _TrainLog
+  stop: _StopRequest
+  state: state_lib.TrainState  # The only reference: a step's donated input is freed as it goes.
+  step: int
+  start_time: float = dataclasses.field(default_factory=time.time)
+  stopped: bool = False
+  last_train: dict[str, float] = dataclasses.field(default_factory=dict)
+  last_eval: dict[str, float] = dataclasses.field(default_factory=dict)
+
+  def train(self, train_iter: DevicePrefetch) -> None:
+    """Steps to `num_train_steps` or a stop request, logging, evaluating and saving when due."""
+    config, pending = self.run.config, None
+    while self.step < config.num_train_steps:
+      self.state, step_metrics = self.run.p_train_step(self.state, next(train_iter))
+      self.step += 1
+      # Keep the device busy: read the previous step's metrics only now that this one is queued.
+      if pending is not None:
+        self.log.read(*pending)
+      pending = (self.step, step_metrics)
+      due = _Due.at(self.step, config, self.run.ckpt)
+      stopping = self.stop.requested(self.step, sync=due.any)
+      if stopping:
+        self._say_stopping()
+      if not (due.any or stopping):
+        continue
+      self.log.read(*pending)  # The state about to be logged/evaluated/saved must be finite.
+      pending = None
+      if self._when_due(due, stopping, train_iter):
+        self.stopped = True
+        break
+    if pending is not None:
+      self.log.read(*pending)
+
+  def _when_due(self, due: _Due, stopping: bool, train_iter: DevicePrefetch) -> bool:
+    """Logs, evaluates and saves as `due` (a stop: logs and saves); returns whether to stop."""
+    config, step = self.run.config, self.step
+    if due.log or stopping:
+      batch_size, steps_per_epoch = config.batch_size, self.run.steps_per_epoch
+      self.last_train = self.log.summary(step, train_iter, batch_size, steps_per_epoch)
+      self.writer.write_scalars(step, self.last_train)
+      self.progress.log(step, self.last_train)
+    eval_metrics = None
+    if due.evaluate and not stopping:  # Stopping costs one step and one save, no evaluation.
+      eval_metrics = self._evaluate()
+      stopping = eval_metrics is None
+    if due.save or stopping:
+      train_time_s = time.time() - self.start_time
+      best = _best(config, eval_metrics)
+      self.run.ckpt.save(step, self.state, metrics=best, train_time_s=train_time_s)
+      self.log.last_checkpoint = step
+    self.writer.flush()
+    if due.evaluate or due.save:
+      self.log.restart_timing(step)
+    return stopping
+
+  def _evaluate(self) -> dict[str, float] | None:
+    """The evaluation metrics, written and shown; None if a stop request abandoned them."""
+    run = self.run
+    try:
+      metrics = _evaluate_state(
+          run.p_eval_step, self.state, run.config, self.stop, run.batch_sharding
+      )
+    except _EvaluationAbandoned:
+      self._say_stopping()
+      return None
+    self.last_eval = metrics
+    self.writer.write_scalars(self.step, metrics)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+    self.progress.message(f"eval at step {self.step}: {shown}")
+    return metrics
+
+  def _say_stopping(self) -> None:
+    """The line printed as soon as the loop sees a stop request (by the chief only)."""
+    if self.run.is_chief:
+      self.progress.message(_stopping_message(self.stop, self.step))
+
+
+def _finish(loop: _Loop, resume_command: str | None) -> dict[str, Any]:
+  """Prints the run's last line; returns `train_and_evaluate`'s result."""
+  run, stop, stopped = loop.run, loop.stop, loop.stopped
+  elapsed = time.time() - loop.start_time
+  total = run.config.num_train_steps
+  message = _end_message(
+      stop, stopped, loop.step, run.ckpt, elapsed, run.workdir, resume_command, total
+  )
+  if run.is_chief:
+    loop.progress.message(message)
+  return {
+      "step": loop.step,
+      "stopped": stopped,
+      "preempted": stopped and stop.preempted,
+      **loop.last_train,
+      **loop.last_eval,
+  }
 
 
 def train_and_evaluate(
@@ -546,160 +826,17 @@ def train_and_evaluate(
   (`eval/top1`, `eval/top5`, `eval/loss`, and `eval_ema/...`, `eval_polyak/...` when averaging is
   on), `step`, `stopped` and `preempted`.
   """
-  from incres import data  # pylint: disable=g-import-not-at-top  (heavy: TensorFlow)
-
-  fileio.check_writable_workdir(workdir)  # Before minutes of data and model: creates nothing.
-  info = data.dataset_info(config)  # Fails first, clearly, if the data is missing.
-  data.check_trainable(config)
-  config = configs.resolve_config(config, info)
-  init_from = finetune.resolve_init_from(config)  # Fine-tuning: the source run, or None.
-  model = state_lib.create_model(config)
-  mesh = state_lib.create_mesh() if mesh is None else mesh
-  configs.validate(config, num_devices=mesh.size, num_processes=jax.process_count())
-  is_chief = jax.process_index() == 0
-
-  learning_rate_fn = state_lib.create_learning_rate_fn(config)
-  tx = state_lib.create_optimizer(config, learning_rate_fn)
-  abstract_state = state_lib.abstract_train_state(config, model, tx, mesh)
-  state_sharding = jax.tree.map(lambda x: x.sharding, abstract_state)
-  batch_sharding = NamedSharding(mesh, P("data"))
-  ckpt = checkpoint_lib.Checkpointer(
-      workdir,
-      config,
-      save_every_steps=config.checkpoint_every_steps,
-      keep=config.keep_checkpoints,
-      best_metric=config.best_metric or None,
-  )
-  if is_chief:  # A run training here now: refused before its checkpoints are read mid-save.
-    fileio.raise_if_locked(workdir)
-  resume_step = ckpt.check_compatible(abstract_state)  # Reads only; raises on a mismatch.
-
-  # From here on the workdir is ours.
-  fileio.make_workdir(workdir)
-  ckpt.lock_workdir()  # Raises fileio.WorkdirInUseError if another live run has it.
-  try:
-    if resume_step is not None:
-      # The newest intact step: damaged newer ones are moved aside (checkpoint.py).
-      state, meta = ckpt.restore(abstract_state)
-      resume_step = start_step = int(meta["data"]["next_step"])
-      logging.info("Resumed from %s at step %d.", ckpt.directory, start_step)
-    else:
-      state = state_lib.create_train_state(config, model, tx, mesh)
-      if init_from is not None:
-        state = finetune.initialize_from(state, init_from, tx, state_sharding, workdir, is_chief)
-      start_step = 0
-  except BaseException:
-    ckpt.close()  # Releases the lock (a notebook may call again).
-    raise
-  if is_chief:
-    configs.save_config(config, workdir)
-  writer = metrics_lib.MetricWriter(workdir, enabled=is_chief, resume_step=resume_step)
-  steps_per_epoch = info.num_train / config.batch_size
-  progress = progress_lib.Progress(
-      config.num_train_steps,
-      steps_per_epoch=steps_per_epoch,
-      stream=None if is_chief else open(os.devnull, "w"),
-  )
-  progress.message(configs.describe_run_length(config, info))
-  # Decided once: the pipeline, the train step and the message below must agree.
-  where = data.decide_placement(config, jax.default_backend())
-  # "auto" depends on the machine: say where the augmentation runs.
-  if where.resample:
-    work = {"googlenet": "resized, flipped and colour-distorted"}
-    what = work.get(config.augment, "resampled, flipped and normalised")
-    progress.message(
-        f"The crops are {what} in the train step; the input pipeline decodes their windows."
-    )
-  elif where.photometric:
-    progress.message(
-        "GoogLeNet's colour distortions run in the train step, not the input pipeline."
-    )
-  p_train_step, p_eval_step = _jit_steps(
-      config,
-      model,
-      tx,
-      learning_rate_fn,
-      state_sharding,
-      mesh,
-      data.device_preprocess(config, where),
-  )
-
+  run = prepare_run(config, workdir, mesh=mesh)
+  state, resume_step = _restore_or_initialize(run)  # From here on the workdir is ours.
+  writer, progress = _open_outputs(run, resume_step)
   log = _TrainLog(progress, last_checkpoint=resume_step)
-  step, stopped, pending = start_step, False, None
-  last_train, last_eval = {}, {}
-  start_time = time.time()
-  train_iter = DevicePrefetch(
-      data.create_train_iter(config, start_step=start_step, where=where),
-      batch_sharding,
-      config.device_prefetch,
-  )
+  loop = _Loop(run, writer, progress, log, _StopRequest(), state, step=resume_step or 0)
+  del state  # The loop holds the state (each step's donated input freed as it is replaced).
   try:
-    with _StopRequest() as stop:
-      while step < config.num_train_steps:
-        state, step_metrics = p_train_step(state, next(train_iter))
-        step += 1
-        # Keep the device busy: read the previous step's metrics only now that this one is queued.
-        if pending is not None:
-          log.read(*pending)
-        pending = (step, step_metrics)
-        due = _Due.at(step, config, ckpt)
-        stopping = stop.requested(step, sync=due.any)
-        if stopping and is_chief:
-          progress.message(_stopping_message(stop, step))
-        if not (due.any or stopping):
-          continue
-        log.read(*pending)  # The state about to be logged/evaluated/saved must be finite.
-        pending = None
-
-        if due.log or stopping:
-          last_train = log.summary(step, train_iter, config.batch_size, steps_per_epoch)
-          writer.write_scalars(step, last_train)
-          progress.log(step, last_train)
-        eval_metrics = None
-        if due.evaluate and not stopping:  # Stopping costs one step and one save, no evaluation.
-          try:
-            eval_metrics = _evaluate_state(p_eval_step, state, config, stop, batch_sharding)
-          except _EvaluationAbandoned:
-            stopping = True
-            if is_chief:
-              progress.message(_stopping_message(stop, step))
-          else:
-            last_eval = eval_metrics
-            writer.write_scalars(step, eval_metrics)
-            progress.message(
-                f"eval at step {step}: "
-                + ", ".join(f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items()))
-            )
-        if due.save or stopping:
-          train_time_s = time.time() - start_time
-          ckpt.save(step, state, metrics=_best(config, eval_metrics), train_time_s=train_time_s)
-          log.last_checkpoint = step
-        writer.flush()
-        if due.evaluate or due.save:
-          log.restart_timing(step)
-        if stopping:
-          stopped = True
-          break
-      if pending is not None:
-        log.read(*pending)
+    with run.train_batches(loop.step) as train_iter, loop.stop:
+      loop.train(train_iter)
   finally:
-    # The input pipeline's threads would keep filling their prefetch buffers while the save
-    # finishes; closing the iterator stops them first.
-    train_iter = None
     progress.close()
     writer.close()
-    ckpt.close()  # Waits for the last asynchronous save.
-
-  elapsed = time.time() - start_time
-  message = _end_message(
-      stop, stopped, step, ckpt, elapsed, workdir, resume_command, config.num_train_steps
-  )
-  if is_chief:
-    progress.message(message)
-  return {
-      "step": step,
-      "stopped": stopped,
-      "preempted": stopped and stop.preempted,
-      **last_train,
-      **last_eval,
-  }
+    run.ckpt.close()  # Waits for the last asynchronous save.
+  return _finish(loop, resume_command)

@@ -231,13 +231,14 @@ def test_end_to_end_times_the_model_with_the_work_left_to_the_train_step(overrid
   )
   config.update(overrides)
   args = end_to_end.parse_args(["--config=unused", "--steps=2", "--warmup=1"])
-  _, batch = end_to_end.run_input(config, 1, 1)
-  assert set(batch) - {"image", "label"}  # A batch that needs the train step's preprocessing.
-  result = end_to_end.run_model(args, config, batch, prefix="model_with_preprocess")
+  placement = data.decide_placement(config)
+  _, batch = end_to_end.run_input(config, placement, 1, 1)
+  # A batch that needs the train step's preprocessing: the keys the placement leaves to it.
+  assert set(batch) - {"image", "label"} == placement.batch_keys != set()
+  result = end_to_end.run_model(args, config, batch, placement, prefix="model_with_preprocess")
   rate = result["model_with_preprocess_img_per_s"]
   assert math.isfinite(rate) and rate > 0
   assert result["model_with_preprocess_step_s"] == pytest.approx(4 / rate)
-  assert data.device_preprocess(config) is not None
 
 
 def test_end_to_end_refuses_a_used_workdir(tmp_path, capsys):

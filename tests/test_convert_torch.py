@@ -119,7 +119,7 @@ def test_cli_round_trip_and_predict(tmp_path, capsys):
   Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), np.uint8)).save(image)
   broken = tmp_path / "broken.jpg"
   broken.write_text("not an image")
-  results, failed = predict.predict(str(out), [str(broken), str(image)], top_k=3)
+  results, failed = predict.classify_images(str(out), [str(broken), str(image)], top_k=3)
   assert [p for p, _ in results] == [str(image)]
   assert len(results[0][1]) == 3 and abs(sum(p for _, p in results[0][1])) <= 1.0
   assert results[0][1][0][1] >= results[0][1][1][1]

@@ -1,12 +1,16 @@
 """What every part of an augmentation left to the train step must keep (issue #15): GoogLeNet's
 colour distortions (config `photometric`, tests/test_photometric.py) and the crops' resampling of
 ResNet and GoogLeNet (config `resample`, tests/test_resample.py). Batches resume exactly, "auto"
-moves the work only on accelerators, a step built without `device_preprocess` refuses such a batch,
-batches repaired around unreadable files keep their rows' draws, and training matches the host
-pipeline's and resumes bitwise; bad values are refused with what to do.
+moves the work only on accelerators, a step built with the run's placement but without its
+`device_preprocess` refuses such a batch, batches repaired around unreadable files keep their rows'
+draws, and training matches the host pipeline's and resumes bitwise; bad values are refused with
+what to do.
 """
 
 from __future__ import annotations
+
+import functools
+import re
 
 import jax
 import numpy as np
@@ -109,13 +113,26 @@ def test_googlenets_resize_on_the_device_takes_its_colour_distortions_along(monk
 
 @pytest.mark.parametrize("case", WORK)
 def test_a_step_without_preprocess_refuses_a_batch_that_needs_it(case):
-  """A custom loop that forgets `device_preprocess` fails when traced, instead of training on
-  unfinished images (or raw bytes)."""
-  batch = next(data.create_train_iter(config(case, "device")))
-  with pytest.raises(ValueError, match=f"'{WORK[case][0]}'.*device_preprocess"):
-    # Nothing else is needed: the check comes first.
-    unused = dict.fromkeys(("model", "tx", "learning_rate_fn", "ema_decay"))
-    train.train_step(None, batch, aux_loss_weight=0.0, label_smoothing=0.0, **unused)
+  """A custom loop that builds the step with the run's placement but forgets its
+  `device_preprocess` fails when traced, naming the placement's keys the batch carries, instead of
+  training on unfinished images (or raw bytes)."""
+  c = config(case, "device")
+  where = data.decide_placement(c)
+  batch = next(data.create_train_iter(c, where=where))
+  # Nothing else is needed: the check comes first.
+  step = functools.partial(
+      train.train_step,
+      aux_loss_weight=0.0,
+      label_smoothing=0.0,
+      **dict.fromkeys(("model", "tx", "learning_rate_fn", "ema_decay")),
+  )
+  keys = sorted(WORK[case][3])
+  with pytest.raises(ValueError, match=re.escape(f"carries {keys}") + ".*device_preprocess"):
+    step(None, batch, placement=where)
+  if case == "resample-googlenet":  # The keys are the placement's: colour alone names only its.
+    colour_only = data.Placement("googlenet", photometric=True)
+    with pytest.raises(ValueError, match=re.escape("carries ['photometric'] for")):
+      step(None, batch, placement=colour_only)
 
 
 @pytest.mark.parametrize("case", WORK)

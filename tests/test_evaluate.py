@@ -242,7 +242,7 @@ def test_center_equals_the_training_loop_eval_on_the_same_checkpoint(run):
 
   last = [r for r in metrics.read_metrics(run) if "eval/top1" in r][-1]
   assert last["step"] == 2
-  p = evaluate.predict(run, "center")
+  p = evaluate.score_split(run, "center")
   top1, top5 = evaluate.errors(p.probs, p.labels)
   assert top1 == pytest.approx(100 * (1 - last["eval/top1"]), abs=1e-9)
   assert top5 == pytest.approx(100 * (1 - last["eval/top5"]), abs=1e-9)
@@ -320,8 +320,8 @@ def test_multiscale_with_a_tight_bound_recompiles_and_scores_the_same(run, monke
       made.append(self)
 
   monkeypatch.setattr(evaluate, "CompiledPerShape", Recording)
-  roomy = evaluate.predict(run, "multiscale", max_examples=2, max_compiled=32)
-  tight = evaluate.predict(run, "multiscale", max_examples=2, max_compiled=2)
+  roomy = evaluate.score_split(run, "multiscale", max_examples=2, max_compiled=32)
+  tight = evaluate.score_split(run, "multiscale", max_examples=2, max_compiled=2)
   np.testing.assert_array_equal(tight.probs, roomy.probs)
   np.testing.assert_array_equal(tight.labels, roomy.labels)
   scales = len(set(evaluate._scales("multiscale", 16)))  # pylint: disable=protected-access

@@ -62,7 +62,7 @@ def test_conv_gradients_equal_xla(
   monkeypatch.setattr(
       ops, "CHUNK_BYTES", (size + kernel - 1) * out * kernel * cin * 4 * batch // chunks
   )
-  # Both forms of the weight gradient (ops._weight_grad); the shifted-gradient one takes stride 1.
+  # Both forms of the weight gradient (ops.conv_weight_grad); the shifted-gradient one: stride 1.
   monkeypatch.setattr(ops, "SHIFT_G_MAX_ROWS_RATIO", 10.0 if shift_g else 0.0)
 
   def loss_and_grads(x, w):

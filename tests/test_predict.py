@@ -46,7 +46,7 @@ def test_500_images_are_classified_64_at_a_time_as_one_at_a_time(run, tmp_path, 
     return real(apply, variables, images)
 
   monkeypatch.setattr(predict, "classify_batch", counting)
-  results, failed = predict.predict(run, paths, top_k=3)
+  results, failed = predict.classify_images(run, paths, top_k=3)
   assert len(shapes) == math.ceil(500 / 64) == 8
   assert {s[0] for s in shapes} == {64}  # One shape (one compile); the last batch is padded.
   assert [p for p, _ in failed] == [str(tmp_path / "notes.png")]
@@ -54,7 +54,7 @@ def test_500_images_are_classified_64_at_a_time_as_one_at_a_time(run, tmp_path, 
 
   picks = [0, 63, 64, 499]
   shapes.clear()
-  alone, _ = predict.predict(run, [results[i][0] for i in picks], top_k=3, batch_size=1)
+  alone, _ = predict.classify_images(run, [results[i][0] for i in picks], top_k=3, batch_size=1)
   assert len(shapes) == len(picks) and {s[0] for s in shapes} == {1}
   for i, (path, top) in zip(picks, alone):
     assert path == results[i][0]

@@ -74,7 +74,7 @@ def test_report_on_a_trained_run_with_a_protocol_and_figures(run, tmp_path):
   assert cells[1] == "CifarResNet20, width=4"
   assert cells[2] == "0.017M"  # Not the paper's network: no paper count beside it.
   assert cells[4:7] == ["fake", "2", "10crop"]
-  p = evaluate.predict(run, "10crop")
+  p = evaluate.score_split(run, "10crop")
   assert cells[7] == f"{evaluate.errors(p.probs, p.labels)[0]:.2f}"
   assert cells[9] == "none for this setup" and cells[10] == "–"
   assert "Examples scored: 37" in text

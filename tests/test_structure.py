@@ -1,5 +1,6 @@
-"""The package's shape: no import cycle, no module uses another module's private names, and
-importing a module changes no process-wide state (environment, hooks, warnings, logging).
+"""The package's shape: no import cycle, no module uses another module's private names (nor does a
+benchmark, of incres or of another benchmark), and importing a module changes no process-wide state
+(environment, hooks, warnings, logging).
 
 The checker reads the source with `ast` (nothing is imported), so it sees function-level imports
 too: a cycle hidden inside a function (`checkpoint` importing `train` that imports `checkpoint`)
@@ -55,56 +56,71 @@ def _resolve_from(module: str, is_package: bool, node: ast.ImportFrom) -> str:
   return ".".join(base + ([node.module] if node.module else []))
 
 
-def analyse(package_dir: pathlib.Path) -> tuple[dict[str, set[str]], list[str]]:
-  """`(graph, private_uses)`: each module's imports of the package's modules, and the violations.
+def _scan(
+    name: str, path: pathlib.Path, modules: dict[str, pathlib.Path], roots: set[str]
+) -> tuple[set[str], list[str]]:
+  """`(imports, private_uses)` of one module: the known modules it imports, and its violations.
 
-  Module-level and function-level imports count alike. A violation is `from pkg.x import _y`,
-  or `x._y` where `x` is bound to another of the package's modules, in a module other than x.
+  `modules` are the known modules by dotted name, `roots` the top-level names they live under.
+  Module-level and function-level imports count alike. A violation is `from x import _y`, or
+  `x._y` where `x` is bound to another known module, in a module other than x.
   """
+  tree = ast.parse(path.read_text(), filename=str(path))
+  is_package = path.name == "__init__.py"
+  imports, private = set(), []
+  aliases = {}  # Local name -> known module (or root) it is bound to.
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      for alias in node.names:
+        head = alias.name.split(".")[0]
+        if head in roots:
+          imports.add(alias.name)
+          aliases[alias.asname or head] = alias.name if alias.asname else head
+    elif isinstance(node, ast.ImportFrom):
+      source = _resolve_from(name, is_package, node)
+      if source.split(".")[0] not in roots:
+        continue
+      for alias in node.names:
+        submodule = f"{source}.{alias.name}"
+        if submodule in modules:  # `from pkg import module`
+          imports.add(submodule)
+          aliases[alias.asname or alias.name] = submodule
+        else:  # `from pkg.module import name`
+          imports.add(source)
+          if _is_private(alias.name) and source != name:
+            private.append(f"{name}:{node.lineno} imports {source}.{alias.name}")
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Attribute) and _is_private(node.attr):
+      base = _dotted(node.value)
+      if base is None:
+        continue
+      head, _, rest = base.partition(".")
+      if head not in aliases:
+        continue
+      target = aliases[head] + (f".{rest}" if rest else "")
+      if target in modules and target != name:
+        private.append(f"{name}:{node.lineno} uses {target}.{node.attr}")
+  return imports & set(modules), private  # `import pkg.x.y` of a name that is not a module.
+
+
+def analyse(package_dir: pathlib.Path) -> tuple[dict[str, set[str]], list[str]]:
+  """`(graph, private_uses)`: each module's imports of the package's modules, and the violations
+  (`_scan`)."""
   modules = _modules(package_dir)
-  package = package_dir.name
-  graph = {name: set() for name in modules}
-  private = []
+  graph, private = {}, []
   for name, path in modules.items():
-    tree = ast.parse(path.read_text(), filename=str(path))
-    is_package = path.name == "__init__.py"
-    aliases = {}  # Local name -> module of the package it is bound to.
-    for node in ast.walk(tree):
-      if isinstance(node, ast.Import):
-        for alias in node.names:
-          if alias.name == package or alias.name.startswith(package + "."):
-            graph[name].add(alias.name)
-            if alias.asname:
-              aliases[alias.asname] = alias.name
-            else:
-              aliases[alias.name.split(".")[0]] = package
-      elif isinstance(node, ast.ImportFrom):
-        source = _resolve_from(name, is_package, node)
-        if source != package and not source.startswith(package + "."):
-          continue
-        for alias in node.names:
-          submodule = f"{source}.{alias.name}"
-          if submodule in modules:  # `from pkg import module`
-            graph[name].add(submodule)
-            aliases[alias.asname or alias.name] = submodule
-          else:  # `from pkg.module import name`
-            graph[name].add(source)
-            if _is_private(alias.name) and source != name:
-              private.append(f"{name}:{node.lineno} imports {source}.{alias.name}")
-    for node in ast.walk(tree):
-      if isinstance(node, ast.Attribute) and _is_private(node.attr):
-        base = _dotted(node.value)
-        if base is None:
-          continue
-        head, _, rest = base.partition(".")
-        if head not in aliases:
-          continue
-        target = aliases[head] + (f".{rest}" if rest else "")
-        if target in modules and target != name:
-          private.append(f"{name}:{node.lineno} uses {target}.{node.attr}")
-  for imports in graph.values():
-    imports.intersection_update(modules)  # `import pkg.x.y` of a name that is not a module.
+    graph[name], found = _scan(name, path, modules, {package_dir.name})
+    private += found
   return graph, private
+
+
+def analyse_scripts(script_dir: pathlib.Path, package_dir: pathlib.Path) -> list[str]:
+  """The private names that the scripts in `script_dir` (not a package: they import each other
+  by file name, e.g. `import throughput`) use of each other and of the package (`_scan`)."""
+  scripts = {path.stem: path for path in sorted(script_dir.glob("*.py"))}
+  modules = {**_modules(package_dir), **scripts}
+  roots = {package_dir.name, *scripts}
+  return [found for name, path in scripts.items() for found in _scan(name, path, modules, roots)[1]]
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -202,6 +218,21 @@ def test_checker_finds_private_names_of_other_modules(tmp_path):
   ]
 
 
+def test_checker_finds_private_names_that_scripts_use_of_each_other_and_the_package(tmp_path):
+  package = _package(tmp_path, {"a.py": "_hidden = 1\n"})
+  scripts = tmp_path / "scripts"
+  scripts.mkdir()
+  (scripts / "s.py").write_text("_fmt = str\n_own = _fmt\n")
+  (scripts / "t.py").write_text("import s\nfrom pkg import a\nx = s._fmt, a._hidden, s.__doc__\n")
+  (scripts / "u.py").write_text("from s import _fmt\nimport pkg.a\ny = pkg.a._hidden\n")
+  assert analyse_scripts(scripts, package) == [
+      "t:3 uses s._fmt",
+      "t:3 uses pkg.a._hidden",
+      "u:1 imports s._fmt",
+      "u:3 uses pkg.a._hidden",
+  ]
+
+
 # --- The real package -----------------------------------------------------------------------------
 
 
@@ -220,6 +251,26 @@ def test_incres_has_no_import_cycle(incres_graph):
 def test_incres_modules_use_only_public_names_of_each_other(incres_graph):
   _, private = incres_graph
   assert not private, "private names used across modules:\n" + "\n".join(private)
+
+
+# Private names the benchmarks may still use, as "module.name" (the module's last component, so
+# that it holds wherever the module moves): {benchmark: {name, ...}}. input_pipeline times the
+# ResNet crop "before issue #15" by swapping in augment's kept reference implementation.
+BENCHMARK_PRIVATE_USES_ALLOWED = {"input_pipeline": {"augment._resnet_imagenet_train_reference"}}
+
+
+def test_benchmarks_use_only_public_names_of_each_other_and_of_incres():
+  unexpected, used = [], set()
+  for violation in analyse_scripts(ROOT / "benchmarks", ROOT / "incres"):
+    script, name = violation.split(":")[0], violation.rsplit(" ", 1)[1]
+    short = ".".join(name.split(".")[-2:])  # "augment._name", wherever augment lives.
+    if short in BENCHMARK_PRIVATE_USES_ALLOWED.get(script, ()):
+      used.add((script, short))
+    else:
+      unexpected.append(violation)
+  assert not unexpected, "private names used across modules:\n" + "\n".join(unexpected)
+  allowed = {(m, n) for m, names in BENCHMARK_PRIVATE_USES_ALLOWED.items() for n in names}
+  assert used == allowed, f"allowed uses that no longer happen (delete them): {allowed - used}"
 
 
 def test_later_stages_build_models_without_the_training_loop(incres_graph):

@@ -6,6 +6,7 @@ import functools
 import json
 import math
 import os
+import weakref
 
 import flax.linen as nn
 import jax
@@ -323,6 +324,20 @@ def test_device_prefetch_keeps_size_batches_in_flight_in_order(size):
   assert [int(first["image"][0, 0])] + rest == [0, 1, 2, 3, 4]
 
 
+def test_device_prefetch_closed_frees_its_source_and_the_batches_in_flight():
+  """The loop closes it (`with`) before the last save: a freed tf.data iterator stops its threads,
+  which would otherwise keep filling buffers while the save finishes."""
+  sharding = jax.sharding.NamedSharding(state_lib.create_mesh(), jax.sharding.PartitionSpec("data"))
+  source = _Counting(5)
+  alive = weakref.ref(source)
+  with train.DevicePrefetch(source, sharding, 2) as batches:
+    del source
+    next(batches)
+  assert alive() is None
+  with pytest.raises(StopIteration):  # Nothing left in flight either.
+    next(batches)
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
   """6 uninterrupted steps with EMA and Polyak averaging; checkpoints at 2, 4, 6."""
@@ -494,3 +509,19 @@ def test_placement_is_decided_once_per_run(tmp_path, monkeypatch):
   monkeypatch.setattr(data, "decide_placement", counting, raising=False)
   train.train_and_evaluate(tiny_config(2), str(tmp_path / "run"))
   assert len(calls) == 1
+
+
+def test_prepare_run_builds_the_run_and_writes_nothing(tmp_path):
+  """The run's parts come resolved and checked before its workdir is touched (the lock, the restore
+  and the outputs come after)."""
+  from incres import data  # pylint: disable=g-import-not-at-top  (heavy: TensorFlow)
+
+  workdir = str(tmp_path / "run")
+  run = train.prepare_run(tiny_config(2), workdir)
+  try:
+    assert not os.path.exists(workdir)
+    assert run.resume_step is None and run.config.num_train_steps == 2
+    assert run.placement == data.decide_placement(run.config)
+    assert run.batch_sharding.spec == jax.sharding.PartitionSpec("data")
+  finally:
+    run.ckpt.close()

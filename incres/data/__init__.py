@@ -67,7 +67,6 @@ _HOMES = {
     "check_trainable": "sources",
     "dataset_info": "sources",
     "PROBE_TIMEOUT_S": "tfds_errors",
-    "DEVICE_KEYS": "placement",
     "Placement": "placement",
     "decide_placement": "placement",
     "photometric_on_device": "placement",

@@ -1,7 +1,7 @@
 """Where the augmentation runs: which parts the train step finishes on the accelerator.
 
-`decide_placement(config, backend)` decides it once per run (`train.train_and_evaluate` calls it
-once and hands the `Placement` to the input pipeline, the train step's `device_preprocess` and the
+`decide_placement(config, backend)` decides it once per run (`train.prepare_run` calls it once
+and hands the `Placement` to the input pipeline, the train step and its `device_preprocess`, and the
 run's message); `photometric_on_device` and `resample_on_device` are its two answers, for callers
 that need only one.
 """
@@ -13,10 +13,6 @@ import dataclasses
 import jax
 
 from incres import configs
-
-# The batch keys that leave work to the train step (`device_preprocess`): a step built without it
-# refuses a batch carrying any of them.
-DEVICE_KEYS = frozenset({"photometric", "resample", "resize"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +35,8 @@ class Placement:
 
   @property
   def batch_keys(self) -> frozenset[str]:
-    """The batch keys besides 'image' and 'label' that the train step's preprocess consumes."""
+    """The batch keys besides 'image' and 'label' that the train step's preprocess consumes (a
+    step built with this placement but without its preprocess refuses a batch carrying them)."""
     keys = set()
     if self.photometric:
       keys.add("photometric")

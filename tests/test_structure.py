@@ -254,9 +254,8 @@ def test_incres_modules_use_only_public_names_of_each_other(incres_graph):
 
 
 # Private names the benchmarks may still use, as "module.name" (the module's last component, so
-# that it holds wherever the module moves): {benchmark: {name, ...}}. input_pipeline times the
-# ResNet crop "before issue #15" by swapping in augment's kept reference implementation.
-BENCHMARK_PRIVATE_USES_ALLOWED = {"input_pipeline": {"augment._resnet_imagenet_train_reference"}}
+# that it holds wherever the module moves): {benchmark: {name, ...}}. None today.
+BENCHMARK_PRIVATE_USES_ALLOWED: dict[str, set[str]] = {}
 
 
 def test_benchmarks_use_only_public_names_of_each_other_and_of_incres():

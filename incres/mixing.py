@@ -106,17 +106,19 @@ def cutmix_box(lam: jax.Array, cy: jax.Array, cx: jax.Array, height: int, width:
 
 def draw(key: jax.Array, mixing: Mixing, height: int, width: int) -> Draw:
   """The batch's draw from `key` (each decision from its own subkey)."""
-  k_apply, k_switch, k_mixup, k_cutmix, k_cy, k_cx = jax.random.split(key, 6)
+  k_apply, k_switch, k_beta, k_cy, k_cx = jax.random.split(key, 5)
   apply = jax.random.uniform(k_apply) < mixing.prob
   if mixing.mixup_alpha > 0 and mixing.cutmix_alpha > 0:
     use_cutmix = jax.random.uniform(k_switch) < mixing.switch_prob
   else:
     use_cutmix = jnp.asarray(mixing.cutmix_alpha > 0)
-  lam_mixup = lam_cutmix = jnp.ones((), jnp.float32)
-  if mixing.mixup_alpha > 0:
-    lam_mixup = jax.random.beta(k_mixup, mixing.mixup_alpha, mixing.mixup_alpha)
-  if mixing.cutmix_alpha > 0:
-    lam_cutmix = jax.random.beta(k_cutmix, mixing.cutmix_alpha, mixing.cutmix_alpha)
+  # Beta(a, a) = G1 / (G1 + G2) = sigmoid(log G1 - log G2) for independent Gamma(a) draws: both
+  # weights from one vectorised log-gamma sampler (jax.random.beta would compile four; the log
+  # keeps small alphas' gammas from underflowing). An alpha of 0 (off) draws a dummy Gamma(1).
+  alphas = [mixing.mixup_alpha or 1.0] * 2 + [mixing.cutmix_alpha or 1.0] * 2
+  log_gammas = jax.random.loggamma(k_beta, jnp.asarray(alphas, jnp.float32))
+  lam_mixup = jax.nn.sigmoid(log_gammas[0] - log_gammas[1])
+  lam_cutmix = jax.nn.sigmoid(log_gammas[2] - log_gammas[3])
   cy = jax.random.randint(k_cy, (), 0, height)
   cx = jax.random.randint(k_cx, (), 0, width)
   box = cutmix_box(lam_cutmix, cy, cx, height, width)

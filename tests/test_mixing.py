@@ -21,18 +21,26 @@ from incres import state as state_lib
 import tiny_config as tiny  # tests/ is on the path (pytest's rootdir-relative import).
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Both on, mixed 60% of the time, CutMix a quarter of those: every distribution test reads these
+# Both on, mixed 60% of the time, CutMix a quarter of those: every distribution test reads their
 # draws (sampling a Beta compiles for seconds, so once).
 BOTH = mixing.Mixing(mixup_alpha=0.2, cutmix_alpha=1.0, prob=0.6, switch_prob=0.25)
 N = 6000
 
 
+# CutMix alone: the switch probability must not matter.
+CUTMIX = mixing.Mixing(cutmix_alpha=1.0, switch_prob=0.0)
+
+
 @functools.lru_cache(maxsize=None)
-def _draws(size: int = 32) -> dict[str, np.ndarray]:
-  """N draws of `BOTH` for a size x size image, from keys 0..N-1 (one compiled vmap)."""
+def _all_draws() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """N draws of `BOTH` and of `CUTMIX` for a 32 x 32 image, from keys 0..N-1 (one compile)."""
   keys = jax.vmap(jax.random.key)(jnp.arange(N))
-  d = jax.jit(jax.vmap(lambda k: mixing.draw(k, BOTH, size, size)))(keys)
-  return {k: np.asarray(v) for k, v in d._asdict().items()}
+  f = jax.jit(jax.vmap(lambda k: (mixing.draw(k, BOTH, 32, 32), mixing.draw(k, CUTMIX, 32, 32))))
+  return tuple({k: np.asarray(v) for k, v in d._asdict().items()} for d in f(keys))
+
+
+def _draws() -> dict[str, np.ndarray]:
+  return _all_draws()[0]
 
 
 def test_mixup_weights_have_the_moments_of_beta():
@@ -115,10 +123,8 @@ def test_images_and_targets_are_torchvisions_on_the_same_draw(kind):
 
 
 def test_cutmix_alone_ignores_the_switch():
-  d = jax.jit(lambda k: mixing.draw(k, mixing.Mixing(cutmix_alpha=1.0, switch_prob=0.0), 8, 8))(
-      jax.random.key(0)
-  )
-  assert bool(d.cutmix) and bool(d.mixed)
+  d = _all_draws()[1]
+  assert d["mixed"].all() and d["cutmix"].all()
 
 
 def test_smoothed_then_mixed_targets_are_timms_and_give_torchs_smoothed_loss():

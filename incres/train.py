@@ -144,9 +144,9 @@ def train_step(
   images = batch["image"] if preprocess is None else preprocess(batch)
   dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   draw = None
-  if mixing is not None:
-    d = mixing_lib.draw(mixing_lib.step_key(dropout_rng), mixing, *images.shape[1:3])
-    images, draw = mixing_lib.mix_images(images, d), d
+  if mixing is not None:  # Its own key: the dropout stream stays as it was.
+    draw = mixing_lib.draw(mixing_lib.step_key(dropout_rng), mixing, *images.shape[1:3])
+    images = mixing_lib.mix_images(images, draw)
   loss_of = functools.partial(LOSSES[loss], target_threshold=bce_target_threshold)
 
   def loss_fn(params):

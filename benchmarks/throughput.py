@@ -27,6 +27,10 @@ started. Timing the two frameworks step by step in one process, as this script u
 both (their thread pools compete, and each evicts the other's caches): on an idle 2-core machine
 it cut JAX's ResNet-50 training from 7.47 to 4.82 images/s and torch's inference from 31.5 to 19.1
 (benchmarks/RESULTS.md).
+`--mixing` times the train step with mixup and CutMix of its batch (incres.mixing: torchvision's
+2021 recipe, alphas 0.2 and 1.0, either one each step); `--vs_mixing` times the JAX train step
+without and with it, each in its own process, alternating for `--rounds` rounds, and prints the
+medians' ratio (mixing / plain step time) and each round's.
 `--no_cpu_conv_vjp` measures XLA's own convolution and max-pool gradients (incres.ops documents
 the custom ones; on a GPU only the max pools' differs). `--cache_dir` turns on JAX's persistent
 compilation cache: run twice to measure a second launch's compile time. Needs no TensorFlow.
@@ -97,6 +101,19 @@ def parse_args(
       "own rate); host: every step first copies its batch from host memory, synchronously.",
       flag_values=args,
   )
+  flags.DEFINE_bool(
+      "mixing",
+      False,
+      "The train step mixes its batch: mixup (alpha 0.2) or CutMix (alpha 1.0), as drawn.",
+      flag_values=args,
+  )
+  flags.DEFINE_bool(
+      "vs_mixing",
+      False,
+      "Time the JAX train step without and with --mixing, each in its own process, alternating"
+      " for --rounds rounds.",
+      flag_values=args,
+  )
   flags.DEFINE_bool("skip_infer", False, "Time the training step only.", flag_values=args)
   flags.DEFINE_bool("no_cpu_conv_vjp", False, "XLA's own conv gradients", flag_values=args)
   flags.DEFINE_string(
@@ -107,6 +124,8 @@ def parse_args(
   cli.parse(args, argv, prog=prog, description=description)
   if args.rounds < 1:
     raise cli.UsageError(f"--rounds={args.rounds} must be at least 1", prog)
+  if args.vs_mixing and (args.vs_torch or args.side != "jax"):
+    raise cli.UsageError("--vs_mixing times the JAX side alone: drop --vs_torch/--side", prog)
   return args
 
 
@@ -183,7 +202,7 @@ def setup_jax(
   batch_stats = variables.get("batch_stats", {})
   # incres.train needs ml_collections (its state and configs): imported here, not with the module,
   # so that the torch side runs without it.
-  from incres import state as state_lib, train  # pylint: disable=g-import-not-at-top
+  from incres import mixing, state as state_lib, train  # pylint: disable=g-import-not-at-top
 
   tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
   state = state_lib.TrainState(
@@ -206,6 +225,7 @@ def setup_jax(
       ema_decay=None,
       preprocess=preprocess,
       placement=placement,
+      mixing=mixing.Mixing(mixup_alpha=0.2, cutmix_alpha=1.0) if args.mixing else None,
   )
 
   def infer(variables, x):
@@ -400,6 +420,7 @@ def run_jax(args: flags.FlagValues) -> dict:
           "cpu_conv_vjp": ops.cpu_conv_vjp_enabled(),
           "max_pool_views": ops.max_pool_views_enabled(),
           "jax_version": jax.__version__,
+          "mixing": args.mixing,
       }
   )
   peak = matmul_peak_flops(jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
@@ -458,10 +479,14 @@ _SIDE_FLAGS = (
 
 
 def _run_side(args: flags.FlagValues, side: str) -> dict:
-  """Runs this script for one side in a fresh process; returns its JSON result."""
+  """Runs this script for one side in a fresh process; returns its JSON result.
+
+  `side`: "jax", "torch", "torch_compile", or "jax_mixing" (JAX with `--mixing`).
+  """
   argv = [args[name].serialize() for name in _SIDE_FLAGS if args[name].value is not None]
-  argv += [f"--side={'jax' if side == 'jax' else 'torch'}", "--json"]
+  argv += [f"--side={'torch' if side.startswith('torch') else 'jax'}", "--json"]
   argv.append("--torch_compile" if side == "torch_compile" else "--notorch_compile")
+  argv.append("--mixing" if side == "jax_mixing" else "--nomixing")
   proc = subprocess.run(
       [sys.executable, os.path.abspath(__file__), *argv], capture_output=True, text=True
   )
@@ -506,6 +531,30 @@ def run_ab(args: flags.FlagValues) -> dict:
   return result
 
 
+def run_mixing_ab(args: flags.FlagValues) -> dict:
+  """`--vs_mixing`: the JAX train step without and with mixing, each in its own process, A B A B
+  for `args.rounds` rounds; the medians of the step times and their ratio."""
+  runs: dict[str, list[dict]] = {"jax": [], "jax_mixing": []}
+  for r in range(args.rounds):
+    for side in runs:
+      runs[side].append(_run_side(args, side))
+      step_s = runs[side][-1]["train_step_s"]
+      print(f"round {r + 1}/{args.rounds}: {side} train step {step_s:.4g} s", file=sys.stderr)
+  result: dict[str, Any] = {"rounds": args.rounds, "steps": args.steps, "warmup": args.warmup}
+  for key in runs["jax"][0]:
+    if key not in ("load_avg", "side", "mixing") and not key.startswith("infer"):
+      result[key] = _median_or_first([run[key] for run in runs["jax"]])
+  plain = [run["train_step_s"] for run in runs["jax"]]
+  mixed = [run["train_step_s"] for run in runs["jax_mixing"]]
+  result["train_step_s_rounds"] = plain
+  result["mixing_train_step_s"] = statistics.median(mixed)
+  result["mixing_train_step_s_rounds"] = mixed
+  result["mixing_step_ratio"] = statistics.median(mixed) / statistics.median(plain)
+  result["mixing_step_ratio_rounds"] = [m / p for m, p in zip(mixed, plain)]
+  result["load_avg"] = {side: [run["load_avg"] for run in runs[side]] for side in runs}
+  return result
+
+
 def format_value(v: Any) -> str:
   """One result value as the table prints it: floats to 4 significant digits, lists and dicts
   item by item."""
@@ -530,7 +579,10 @@ def main(argv: list[str] | None = None) -> None:
     # Nothing here should start JAX's GPU client; if something did, it must not take 75% of the
     # memory the torch twin needs.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-  result = run_ab(args) if args.vs_torch else run(args)
+  if args.vs_mixing:
+    result = run_mixing_ab(args)
+  else:
+    result = run_ab(args) if args.vs_torch else run(args)
   if args.json:
     print(json.dumps(result))
   else:

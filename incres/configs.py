@@ -77,14 +77,28 @@ def base_config() -> ml_collections.ConfigDict:
   # explicit num_train_steps changes the length and the derived values keep their proportions.
   c.num_epochs = 170.0  # About 2,000 steps of 128 on digits' 1,497 training images.
   c.num_train_steps = ml_collections.config_dict.placeholder(int)  # None: from num_epochs.
-  c.optimizer = "sgd"  # "sgd" or "rmsprop" (TensorFlow's, as the Inception papers used it).
+  # "sgd", "rmsprop" (TensorFlow's, as the Inception papers used it), "lamb" (You et al. 2020,
+  # ResNet strikes back's A1/A2 recipes) or "lars" (You et al. 2017; optax's, see state.py).
+  c.optimizer = "sgd"
   c.learning_rate = 0.1
   c.momentum = 0.9
   c.nesterov = False
   c.rmsprop_decay = 0.9  # rmsprop: decay of the mean square (Inception-v3 §8: 0.9) ...
   c.rmsprop_epsilon = 1.0  # ... epsilon, inside the square root (Inception-v3: 1.0) ...
   c.rmsprop_initial_scale = 1.0  # ... and the mean square's initial value (TensorFlow's: 1).
+  c.lamb_b1 = 0.9  # lamb: the moments' decay rates and epsilon (timm's Lamb defaults) ...
+  c.lamb_b2 = 0.999
+  c.lamb_eps = 1e-6
+  c.lars_trust_coefficient = 0.001  # lars: the trust ratio's coefficient and epsilon.
+  c.lars_eps = 0.0
   c.weight_decay = 1e-4
+  # Which parameters weight decay touches besides the kernels (of convolutions and dense layers):
+  # the norms' scales and offsets, and the layers' biases. Off (kernels only) is the TF-slim
+  # Inception setup; fb.resnet.torch decays every parameter (both on); torchvision's 2021 recipe
+  # (--norm-weight-decay 0.0) decays the biases but not the norms; timm/RSB neither. LAMB and LARS
+  # exclude the same parameters from their trust ratio (timm's filter_bias_and_bn).
+  c.decay_norms = False
+  c.decay_biases = False
   c.schedule = "piecewise"  # "piecewise", "exponential", "cosine" or "constant".
   c.lr_boundary_epochs = (85.0, 127.5)  # piecewise: epochs where the rate is multiplied by ...
   c.lr_decay_factor = 0.1  # ... this factor.
@@ -99,9 +113,30 @@ def base_config() -> ml_collections.ConfigDict:
       "constant"  # "constant" (at warmup_learning_rate) or "linear" (ramp to the rate).
   )
   c.label_smoothing = 0.0
+  # The loss: "softmax_ce" or "bce" (one sigmoid per class, averaged over batch x classes: ResNet
+  # strikes back, Wightman et al. 2021), whose targets above bce_target_threshold become 1 and
+  # the rest 0 (None: the soft targets as they are; RSB: 0.2). Evaluation's eval/loss stays the
+  # softmax cross-entropy.
+  c.loss = "softmax_ce"
+  c.bce_target_threshold = ml_collections.config_dict.placeholder(float)
+  # Mixup and CutMix of the whole batch in the train step (incres.mixing; timm's Mixup in batch
+  # mode, torchvision's MixUp/CutMix): Beta(alpha, alpha) weights, 0 turns one off. A batch is
+  # mixed with probability mix_prob, by CutMix with probability mix_switch_prob when both are on.
+  # The labels are smoothed first, then mixed. torchvision's 2021 ResNet-50 recipe
+  # (references/classification/README.md): 0.2 and 1.0.
+  c.mixup_alpha = 0.0
+  c.cutmix_alpha = 0.0
+  c.mix_prob = 1.0
+  c.mix_switch_prob = 0.5
   c.aux_loss_weight = 0.3  # GoogLeNet's auxiliary classifiers; ignored by models without them.
   c.grad_clip_norm = ml_collections.config_dict.placeholder(float)  # None: no clipping.
   c.ema_decay = ml_collections.config_dict.placeholder(float)  # None: no EMA of the parameters.
+  # The EMA is updated after the steps whose index (from 0) is a multiple of this (torchvision's
+  # --model-ema-steps, 32 in its 2021 recipe, whose decay is then `torchvision_ema_decay` below).
+  c.ema_every_steps = 1
+  # torchvision's AveragedModel restarts during the warm-up: its updates up to the first one
+  # after warmup_steps set the average to the parameters. False: it starts at the initial ones.
+  c.ema_warmup_copy = False
   c.polyak = False  # Keep a Polyak (running mean) average of the parameters for evaluation.
   c.seed = 0
 
@@ -121,6 +156,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.freeze_backbone = False
   c.head_learning_rate = ml_collections.config_dict.placeholder(float)  # None: same as the rest.
   return c
+
+
+def torchvision_ema_decay(decay: float, batch_size: int, every_steps: int, epochs: float) -> float:
+  """The EMA decay torchvision's classification recipe really uses for `--model-ema-decay`.
+
+  references/classification/train.py scales `1 - decay` by the number of images between two
+  updates over the number of epochs (after pycls), `alpha = min(1, (1 - decay) * batch * every /
+  epochs)`: its ResNet-50 recipe (batch 8 x 128, every 32 steps, 600 epochs, 0.99998) averages
+  with 1 - 0.00109227. `batch_size` is the global batch (its world size x batch per GPU).
+  """
+  return 1.0 - min(1.0, (1.0 - decay) * batch_size * every_steps / epochs)
 
 
 def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -338,10 +384,42 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
     raise ValueError(f"device_prefetch={config.device_prefetch} must be 0 (off) or more batches.")
   check_photometric(config)
   check_resample(config)
+  check_recipe(config)
   averaged = [n for n, on in (("eval_ema", config.ema_decay), ("eval_polyak", config.polyak)) if on]
   known = [f"{p}/{m}" for p in ["eval"] + averaged for m in ("top1", "top5", "loss")]
   if config.best_metric and config.best_metric not in known:
     raise ValueError(f"best_metric={config.best_metric!r} is not computed; use one of {known}.")
+
+
+OPTIMIZERS = ("sgd", "rmsprop", "lamb", "lars")
+LOSSES = ("softmax_ce", "bce")
+
+
+def check_recipe(config: ml_collections.ConfigDict) -> None:
+  """Raises `errors.ConfigError` for an unknown optimizer or loss, or mixing or EMA settings out of
+  range. Keys older configs lack are taken at their defaults."""
+  problems = []
+  if config.optimizer not in OPTIMIZERS:
+    problems.append(f"optimizer={config.optimizer!r} is not one of {list(OPTIMIZERS)}")
+  if config.get("loss", "softmax_ce") not in LOSSES:
+    problems.append(f"loss={config.loss!r} is not one of {list(LOSSES)}")
+  threshold = config.get("bce_target_threshold", None)
+  if threshold is not None and not 0.0 <= threshold < 1.0:
+    problems.append(f"bce_target_threshold={threshold} must be in [0, 1) or None")
+  for key in ("mixup_alpha", "cutmix_alpha"):
+    if config.get(key, 0.0) < 0:
+      problems.append(f"{key}={config[key]} must be 0 (off) or positive")
+  for key in ("mix_prob", "mix_switch_prob"):
+    if not 0.0 <= config.get(key, 0.5) <= 1.0:
+      problems.append(f"{key}={config[key]} is a probability, in [0, 1]")
+  if config.get("ema_every_steps", 1) < 1:
+    problems.append(f"ema_every_steps={config.ema_every_steps} must be 1 or more")
+  if problems:
+    raise errors.ConfigError(
+        "The config's training recipe is not valid: "
+        + "; ".join(problems)
+        + ". Fix these with --config.KEY=VALUE (incres/configs.py documents each key)."
+    )
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -13,7 +13,7 @@ also what a restore needs) then a jitted init placed directly on those shardings
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax
@@ -26,6 +26,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from incres import configs
+from incres import errors
 from incres import models
 
 PyTree = Any
@@ -144,9 +145,31 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict) -> optax.Schedule
   return optax.join_schedules([ramp, main], [warmup])
 
 
-def weight_decay_mask(params: PyTree) -> PyTree:
-  """Decay kernels (ndim >= 2) only, not biases or batch-norm scales/offsets (the usual choice)."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+def weight_decay_mask(params: PyTree, *, norms: bool = False, biases: bool = False) -> PyTree:
+  """True for the parameters weight decay touches: the kernels (ndim >= 2) always; the biases of
+  layers with a kernel if `biases`; every other parameter (the norms' scales and offsets) if
+  `norms`. Kernels only is the default (`config.decay_norms`, `config.decay_biases`)."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  with_kernel = {path_keys(p)[:-1] for p, _ in flat if path_keys(p)[-1] == "kernel"}
+
+  def decayed(path, p):
+    keys = path_keys(path)
+    if p.ndim >= 2:
+      return True
+    if keys[-1] == "bias" and keys[:-1] in with_kernel:
+      return biases
+    return norms
+
+  return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def config_decay_mask(config: ml_collections.ConfigDict) -> Callable[[PyTree], PyTree]:
+  """`weight_decay_mask` with the config's switches (absent from older configs: off)."""
+  return functools.partial(
+      weight_decay_mask,
+      norms=bool(config.get("decay_norms", False)),
+      biases=bool(config.get("decay_biases", False)),
+  )
 
 
 def path_keys(path: Sequence[Any]) -> tuple[str, ...]:
@@ -183,39 +206,96 @@ def param_labels(params: PyTree) -> PyTree:
 def create_optimizer(
     config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
 ) -> optax.GradientTransformation:
-  """`optax.chain`: optional global-norm clipping, masked L2 weight decay, SGD or RMSProp.
+  """`optax.chain`: optional global-norm clipping, then SGD, RMSProp, LAMB or LARS with masked
+  weight decay (`config_decay_mask`).
 
-  Weight decay is added to the gradient before momentum (as in the papers and `torch.optim.SGD`).
-  Fine-tuning (`incres.finetune`) splits the chain between the heads and the backbone with
-  `optax.multi_transform`: `freeze_backbone` gives the backbone `optax.set_to_zero()` (it stays
-  bitwise unchanged), and `head_learning_rate` gives the heads the same schedule scaled to it.
+  SGD and RMSProp add the weight decay to the gradient before momentum (as in the papers and
+  `torch.optim.SGD`); LAMB and LARS inside their update (below). Fine-tuning (`incres.finetune`)
+  splits the chain between the heads and the backbone with `optax.multi_transform`:
+  `freeze_backbone` gives the backbone `optax.set_to_zero()` (it stays bitwise unchanged), and
+  `head_learning_rate` gives the heads the same schedule scaled to it.
   """
   freeze = bool(config.get("freeze_backbone", False))
   head_lr = config.get("head_learning_rate", None)
   if not freeze and head_lr is None:
-    return _sgd(config, learning_rate_fn)
+    return _optimizer(config, learning_rate_fn)
   head_fn = learning_rate_fn
   if head_lr is not None:
     scale = head_lr / config.learning_rate
     head_fn = lambda step: learning_rate_fn(step) * scale  # noqa: E731
   transforms = {
-      "head": _sgd(config, head_fn),
-      "backbone": optax.set_to_zero() if freeze else _sgd(config, learning_rate_fn),
+      "head": _optimizer(config, head_fn),
+      "backbone": optax.set_to_zero() if freeze else _optimizer(config, learning_rate_fn),
   }
   return optax.multi_transform(transforms, param_labels)
 
 
-def _sgd(
+def _lamb(
+    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+) -> optax.GradientTransformation:
+  """LAMB (You et al. 2020, Algorithm 2): Adam's step, plus `weight_decay * w`, scaled per
+  parameter by the trust ratio `||w|| / ||step||`, times the learning rate.
+
+  `optax.lamb`'s transforms, with one difference: the parameters the decay mask excludes get
+  neither the decay nor the trust ratio (a plain Adam step), as in timm's `Lamb` with
+  `filter_bias_and_bn`, which ResNet strikes back trained with; `optax.lamb` scales them all.
+  (With `weight_decay=0` timm adapts nothing, and its LAMB is Adam; here the kernels keep their
+  trust ratio, the paper's algorithm.) timm's `Lamb` also clips the global gradient norm to 1 by
+  default: set `grad_clip_norm=1.0` to reproduce it.
+  """
+  mask = config_decay_mask(config)
+  return optax.chain(
+      optax.scale_by_adam(b1=config.lamb_b1, b2=config.lamb_b2, eps=config.lamb_eps),
+      optax.add_decayed_weights(config.weight_decay, mask=mask),
+      optax.masked(optax.scale_by_trust_ratio(), mask),
+      optax.scale_by_learning_rate(learning_rate_fn),
+  )
+
+
+def _lars(
+    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+) -> optax.GradientTransformation:
+  """LARS (You et al. 2017), `optax.lars`: `g + weight_decay * w`, scaled per parameter by
+  `lars_trust_coefficient * ||w|| / (||g + weight_decay * w|| + lars_eps)`, times the learning
+  rate, then momentum (heavy ball, or Nesterov's with `nesterov`).
+
+  Deviation: the paper's Algorithm 1 (and timm's `Lars`) divides by `||g|| + weight_decay * ||w||`
+  instead, an upper bound of optax's denominator (the triangle inequality), so its trust ratios
+  are at most optax's. optax's is the one of SimCLR's and MoCo v3's LARS. The parameters the
+  decay mask excludes get neither the decay nor the trust ratio (plain SGD with momentum), as in
+  timm and those references.
+  """
+  mask = config_decay_mask(config)
+  return optax.lars(
+      learning_rate_fn,
+      weight_decay=config.weight_decay,
+      weight_decay_mask=mask,
+      trust_coefficient=config.lars_trust_coefficient,
+      eps=config.lars_eps,
+      trust_ratio_mask=mask,
+      momentum=config.momentum,
+      nesterov=config.nesterov,
+  )
+
+
+def _optimizer(
     config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
 ) -> optax.GradientTransformation:
   """The optimizer of the whole network (or of one part of it, when fine-tuning splits it)."""
-  if config.optimizer not in ("sgd", "rmsprop"):
-    raise ValueError(f"Unknown optimizer {config.optimizer!r}; use 'sgd' or 'rmsprop'.")
+  if config.optimizer not in configs.OPTIMIZERS:
+    raise errors.ConfigError(
+        f"Unknown optimizer {config.optimizer!r}; use one of {list(configs.OPTIMIZERS)}"
+        " (--config.optimizer=...)."
+    )
   parts = []
   if config.grad_clip_norm is not None:
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+  if config.optimizer == "lamb":
+    return optax.chain(*parts, _lamb(config, learning_rate_fn))
+  if config.optimizer == "lars":
+    return optax.chain(*parts, _lars(config, learning_rate_fn))
   if config.weight_decay:
-    parts.append(optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask))
+    parts.append(optax.add_decayed_weights(config.weight_decay, mask=config_decay_mask(config)))
   if config.optimizer == "rmsprop":
     # TensorFlow's RMSPropOptimizer, which the Inception papers trained with: epsilon inside the
     # square root, the mean square starting at `rmsprop_initial_scale` (TF: 1), momentum applied to

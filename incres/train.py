@@ -46,6 +46,7 @@ from incres import errors
 from incres import fileio
 from incres import finetune
 from incres import metrics as metrics_lib
+from incres import mixing as mixing_lib
 from incres import progress as progress_lib
 from incres import state as state_lib
 from incres.data import placement as placement_lib  # Light: no TensorFlow.
@@ -61,12 +62,44 @@ class NonFiniteLossError(errors.UserError, FloatingPointError):
 # --- Steps ---------------------------------------------------------------------------------------
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-  """Per-example softmax cross-entropy against (optionally smoothed) one-hot labels."""
-  targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+def one_hot_targets(labels: jax.Array, num_classes: int, label_smoothing: float = 0.0) -> jax.Array:
+  """(B, K) float32 one-hot targets, label-smoothed: `(1 - s) * one_hot + s / K`."""
+  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
   if label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)
+  return targets
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example softmax cross-entropy against (optionally smoothed) one-hot labels."""
+  targets = one_hot_targets(labels, logits.shape[-1], label_smoothing)
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def binary_cross_entropy(
+    logits: jax.Array, targets: jax.Array, target_threshold: float | None = None
+) -> jax.Array:
+  """Per-example binary cross-entropy of each class's sigmoid, averaged over the classes.
+
+  ResNet strikes back's loss (Wightman et al. 2021, timm's `BinaryCrossEntropy`): every logit is
+  an independent yes/no against its soft target (mixed, smoothed); with `target_threshold`, the
+  targets above it become 1 and the rest 0 (timm's `target_threshold`, RSB's 0.2). The mean of
+  these over the batch is timm's loss, whose default reduction averages over batch x classes.
+  """
+  if target_threshold is not None:
+    targets = (targets > target_threshold).astype(targets.dtype)
+  return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets).mean(-1)
+
+
+def _soft_cross_entropy(
+    logits: jax.Array, targets: jax.Array, target_threshold: float | None = None
+) -> jax.Array:
+  del target_threshold  # BCE's only.
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+# config.loss -> per-example loss of (logits, soft targets, bce_target_threshold).
+LOSSES = {"softmax_ce": _soft_cross_entropy, "bce": binary_cross_entropy}
 
 
 def train_step(
@@ -81,15 +114,28 @@ def train_step(
     ema_decay: float | None,
     preprocess: Callable[[Batch], jax.Array] | None = None,
     placement: placement_lib.Placement | None = None,
+    mixing: mixing_lib.Mixing | None = None,
+    loss: str = "softmax_ce",
+    bce_target_threshold: float | None = None,
+    ema_every_steps: int = 1,
+    ema_copy_steps: int = 0,
 ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
   """One SGD step on a global batch; returns the new state and scalar metrics.
 
-  The loss is the mean softmax cross-entropy plus `aux_loss_weight` times each auxiliary
-  classifier's (GoogLeNet). Batch-norm statistics come from the whole global batch.
-  `placement` (`data.decide_placement`) is what the input pipeline leaves to the accelerator;
-  `preprocess(batch)`, its `data.device_preprocess`, makes the model's input from the batch
-  (by default `batch["image"]`). A step given a placement but no preprocess refuses a batch that
-  carries the placement's keys (`Placement.batch_keys`).
+  The loss (`loss`: "softmax_ce", or "bce", `binary_cross_entropy` with `bce_target_threshold`)
+  is the batch mean against the label-smoothed one-hot targets, plus `aux_loss_weight` times each
+  auxiliary classifier's, against the same targets (GoogLeNet). Batch-norm statistics come from
+  the whole global batch. `placement` (`data.decide_placement`) is what the input pipeline leaves to
+  the accelerator; `preprocess(batch)`, its `data.device_preprocess`, makes the model's input from
+  the batch (by default `batch["image"]`). A step given a placement but no preprocess refuses a
+  batch that carries the placement's keys (`Placement.batch_keys`). `mixing` (`incres.mixing`) then mixes the global batch's images and targets,
+  drawn from the step's key; with mixing, `accuracy` counts the logits' top class against the
+  mixed target's largest weight (the dominant label of the pair, as torchvision's recipe reports
+  its training accuracy).
+
+  The average `ema_params` moves towards the new parameters by `1 - ema_decay` after the steps
+  whose index (`state.step`, counted from 0) is a multiple of `ema_every_steps`, and is replaced
+  by them at such steps below `ema_copy_steps` (torchvision's recipe: see `configs.py`).
   """
   unfinished = sorted(placement.batch_keys & set(batch)) if placement is not None else []
   if unfinished and preprocess is None:  # When traced.
@@ -98,8 +144,15 @@ def train_step(
         " distortions, or the crops' resampling), but the step was built without"
         " `preprocess=data.device_preprocess(config, placement)`."
     )
+  if loss not in LOSSES:
+    raise errors.ConfigError(f"Unknown loss {loss!r}; use one of {sorted(LOSSES)}.")
   images = batch["image"] if preprocess is None else preprocess(batch)
   dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  draw = None
+  if mixing is not None:  # Its own key: the dropout stream stays as it was.
+    draw = mixing_lib.draw(mixing_lib.step_key(dropout_rng), mixing, *images.shape[1:3])
+    images = mixing_lib.mix_images(images, draw)
+  loss_of = functools.partial(LOSSES[loss], target_threshold=bce_target_threshold)
 
   def loss_fn(params):
     variables = state_lib.model_variables(params, state.batch_stats)
@@ -110,20 +163,35 @@ def train_step(
         rngs={"dropout": dropout_rng},
         mutable=["batch_stats"],
     )
-    loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
+    targets = one_hot_targets(batch["label"], logits.shape[-1], label_smoothing)
+    if draw is not None:
+      targets = mixing_lib.mix_targets(targets, draw.lam)
+    main_loss = loss_of(logits, targets).mean()
     aux_loss = jnp.zeros((), jnp.float32)
     for aux_logits in extras.get("aux_logits", ()):
-      aux_loss += cross_entropy(aux_logits, batch["label"], label_smoothing).mean()
-    total = loss + aux_loss_weight * aux_loss
-    return total, (loss, aux_loss, logits, new_vars.get("batch_stats", {}))
+      aux_loss += loss_of(aux_logits, targets).mean()
+    total = main_loss + aux_loss_weight * aux_loss
+    return total, (main_loss, aux_loss, logits, targets, new_vars.get("batch_stats", {}))
 
-  grads, (loss, aux_loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads, (main_loss, aux_loss, logits, targets, batch_stats) = jax.grad(loss_fn, has_aux=True)(
+      state.params
+  )
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   step = state.step + 1
   ema_params = state.ema_params
   if ema_params is not None:
-    ema_params = optax.incremental_update(params, ema_params, step_size=1.0 - ema_decay)
+    averaged = optax.incremental_update(params, ema_params, step_size=1.0 - ema_decay)
+    if ema_every_steps > 1 or ema_copy_steps > 0:
+      due = state.step % ema_every_steps == 0
+      copy = state.step < ema_copy_steps
+      averaged = jax.tree.map(
+          lambda avg, new, old: jnp.where(due, jnp.where(copy, new, avg), old),
+          averaged,
+          params,
+          ema_params,
+      )
+    ema_params = averaged
   polyak_params = state.polyak_params
   if polyak_params is not None:  # Running mean of the iterates 1..step.
     polyak_params = optax.incremental_update(
@@ -137,11 +205,12 @@ def train_step(
       ema_params=ema_params,
       polyak_params=polyak_params,
   )
+  labels = batch["label"] if draw is None else jnp.argmax(targets, -1)
   metrics = {
-      "loss": loss,
+      "loss": main_loss,
       "aux_loss": aux_loss,
-      "total_loss": loss + aux_loss_weight * aux_loss,
-      "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+      "total_loss": main_loss + aux_loss_weight * aux_loss,
+      "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
       "learning_rate": learning_rate_fn(state.step),
       "grad_norm": optax.tree.norm(grads),
       "param_norm": optax.tree.norm(params),  # Non-finite params are caught before a save.
@@ -499,6 +568,24 @@ def _end_message(
   return f"Finished {total} steps in {duration}; workdir: {workdir}"
 
 
+def step_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`train_step`'s recipe settings from a resolved config: mixing, loss, the EMA's timing.
+
+  Configs saved before these keys existed get the old behaviour.
+  """
+  every = int(config.get("ema_every_steps", 1))
+  copy = config.get("ema_warmup_copy", False) and config.ema_decay is not None
+  return {
+      "mixing": mixing_lib.from_config(config),
+      "loss": config.get("loss", "softmax_ce"),
+      "bce_target_threshold": config.get("bce_target_threshold", None),
+      "ema_every_steps": every,
+      # torchvision restarts its average at every update during warm-up: the updates before
+      # step `warmup_steps + every` (the first one after warm-up included) copy the parameters.
+      "ema_copy_steps": (int(config.warmup_steps or 0) + every) if copy else 0,
+  }
+
+
 def jit_steps(
     config: ml_collections.ConfigDict,
     model: nn.Module,
@@ -531,6 +618,7 @@ def jit_steps(
           ema_decay=config.ema_decay,
           preprocess=preprocess,
           placement=placement,
+          **step_options(config),
       ),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, replicated),

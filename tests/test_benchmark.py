@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -131,6 +132,45 @@ def test_vs_torch_with_torch_compile_adds_a_third_process(monkeypatch, capsys):
   assert calls == ["jax", "torch", "torch_compile"] * 2
   assert result["train_ratio_vs_torch"] == 2.0 and result["train_ratio_vs_torch_compile"] == 1.5
   assert result["torch_compile_train_img_per_s_rounds"] == [4.0, 4.0]
+
+
+def test_mixing_flag_mixes_in_the_timed_train_step(monkeypatch):
+  from incres import mixing  # pylint: disable=g-import-not-at-top
+
+  traced = []
+  mix_images = mixing.mix_images
+  monkeypatch.setattr(mixing, "mix_images", lambda *a: traced.append(1) or mix_images(*a))
+
+  class Linear(nn.Module):
+
+    @nn.compact
+    def __call__(self, x, train):
+      return nn.Dense(10)(x.reshape(x.shape[0], -1)), {}
+
+  assert not throughput.parse_args([]).mixing  # Off unless asked: the step timed so far.
+  args = throughput.parse_args(["--batch=4", "--skip_infer", "--warmup=0", "--mixing"])
+  _, steps = throughput.setup_jax(args, *throughput.synthetic_batch(args), model=Linear())
+  throughput.time_steps(steps, 1)
+  assert traced == [1]  # Traced into the compiled train step, once.
+
+
+def test_vs_mixing_alternates_processes_and_takes_the_medians_ratio(monkeypatch, capsys):
+  calls = []
+  times = {"jax": iter([1.0, 2.0, 1.5]), "jax_mixing": iter([1.2, 2.1, 1.8])}
+
+  def fake_side(args, side):
+    calls.append(side)
+    return {"load_avg": [1.0, 1.0, 1.0], "train_step_s": next(times[side]), "cpu": "A CPU"}
+
+  monkeypatch.setattr(throughput, "_run_side", fake_side)
+  throughput.main(["--vs_mixing", "--rounds=3", "--skip_infer", "--json"])
+  result = json.loads(capsys.readouterr().out)
+  assert calls == ["jax", "jax_mixing"] * 3  # A B A B A B.
+  assert result["train_step_s"] == 1.5 and result["mixing_train_step_s"] == 1.8
+  assert result["mixing_step_ratio"] == pytest.approx(1.2)
+  assert result["mixing_step_ratio_rounds"] == pytest.approx([1.2, 1.05, 1.2])
+  with pytest.raises(errors.UserError, match="vs_mixing"):
+    throughput.parse_args(["--vs_mixing", "--vs_torch"])
 
 
 @pytest.mark.slow

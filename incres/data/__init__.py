@@ -38,7 +38,9 @@ One module per concept: `sources` (the readers, `dataset_info`), `tfds_errors` (
 tfds dataset failed), `loading` (decoding, `eval_images`), `placement` (which augmentation steps
 run on the accelerator), `preprocess` (normalisation, the recipes, `device_preprocess`),
 `unreadable` (skipping and naming unreadable images), `tfdata` (the tf.data settings), `pipeline`
-(the iterators) and `__main__` (the `check` command line).
+(the iterators), `modern` (the random-resized-crop recipe of torchvision and timm) with
+`autoaugment` (RandAugment, TrivialAugment-Wide, AutoAugment) and `erasing` (random erasing), and
+`__main__` (the `check` command line).
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ _MODULES = (
     "loading",
     "unreadable",
     "pipeline",
+    "autoaugment",
+    "erasing",
+    "modern",
 )
 
 __all__ = sorted(_HOMES)

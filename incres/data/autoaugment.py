@@ -437,10 +437,9 @@ def _sharpness(image, value):
   inner = x[1:-1, 1:-1]
   alpha = tf.cast(1.0 - _factor(value), tf.float32)
   inner = _fma32(blurred - inner, alpha, inner)  # `x.add_(blurred - x, alpha=1 - r)`.
-  out = tf.pad(inner, [[1, 1], [1, 1], [0, 0]])
-  border = tf.pad(tf.zeros_like(inner, tf.bool), [[1, 1], [1, 1], [0, 0]], constant_values=True)
-  out = tf.where(border, x, out)
-  return tf.cast(tf.clip_by_value(out, 0.0, 255.0), tf.uint8)
+  inner = tf.cast(tf.clip_by_value(inner, 0.0, 255.0), tf.uint8)
+  middle = tf.concat([image[1:-1, :1], inner, image[1:-1, -1:]], axis=1)
+  return tf.concat([image[:1], middle, image[-1:]], axis=0)
 
 
 def _posterize(image, value):
@@ -450,16 +449,20 @@ def _posterize(image, value):
 
 
 def _solarize(image, value):
-  # torch compares the uint8 image with the Python threshold promoted to float32.
-  threshold = tf.cast(255.0 * tf.cast(value, tf.float64), tf.float32)
-  return tf.where(tf.cast(image, tf.float32) >= threshold, 255 - image, image)
+  # torch compares the uint8 image with the Python threshold promoted to float32; for whole x,
+  # x >= t exactly where x >= ceil(t), compared here in uint8 (none where ceil(t) > 255).
+  threshold = tf.math.ceil(tf.cast(255.0 * tf.cast(value, tf.float64), tf.float32))
+  level = tf.cast(tf.clip_by_value(threshold, 0.0, 255.0), tf.uint8)
+  invert = (image >= level) & (threshold <= 255.0)
+  # 255 - x is x XOR 255; tf.where on uint8 images is several times slower.
+  return tf.bitwise.bitwise_xor(image, tf.cast(invert, tf.uint8) * 255)
 
 
 def _autocontrast(image, value):
   del value
   x = tf.cast(image, tf.float32)
-  lo = tf.reduce_min(x, axis=[0, 1])
-  hi = tf.reduce_max(x, axis=[0, 1])
+  lo = tf.cast(tf.reduce_min(image, axis=[0, 1]), tf.float32)  # Reduced in uint8: faster.
+  hi = tf.cast(tf.reduce_max(image, axis=[0, 1]), tf.float32)
   flat = tf.equal(hi, lo)
   inv_scale = tf.where(flat, 1.0, (hi - lo) * tf.constant(1.0 / 255.0, tf.float32))
   lo = tf.where(flat, 0.0, lo)
@@ -471,17 +474,17 @@ def _equalize(image, value):
   to `(cum[k - 1] + step // 2) // step`, `step` the pixels below the channel's top level over 255
   (a channel with `step` 0 is kept)."""
   del value
-  flat = tf.reshape(tf.cast(image, tf.int32), [-1, 3]) + 256 * tf.range(3)
-  hist = tf.reshape(
-      tf.math.bincount(tf.reshape(flat, [-1]), minlength=768, maxlength=768), [3, 256]
-  )
+  flat = tf.reshape(tf.cast(image, tf.int32), [-1, 3])
+  # Per channel: histogram_fixed_width took 0.6 ms a 224² image on one core, bincount 1.4.
+  hist = tf.stack([tf.histogram_fixed_width(flat[:, c], [0, 256], nbins=256) for c in range(3)])
+  flat = flat + 256 * tf.range(3)
   cum = tf.cumsum(hist, axis=1)
   top = tf.gather(hist, tf.argmax(cum, axis=1, output_type=tf.int32), batch_dims=1)
   step = (tf.shape(flat)[0] - top) // 255
   lut = (cum[:, :-1] + (step // 2)[:, None]) // tf.maximum(step, 1)[:, None]
   lut = tf.concat([tf.zeros([3, 1], tf.int32), tf.clip_by_value(lut, 0, 255)], axis=1)
-  out = tf.reshape(tf.gather(tf.reshape(lut, [-1]), flat), tf.shape(image))
-  return tf.where(step > 0, tf.cast(out, tf.uint8), image)
+  lut = tf.where(step[:, None] > 0, lut, tf.range(256)[None, :])  # Kept: the identity.
+  return tf.reshape(tf.gather(tf.cast(tf.reshape(lut, [-1]), tf.uint8), flat), tf.shape(image))
 
 
 def _invert(image, value):

@@ -76,12 +76,15 @@ def random_erasing(
   shape = tf.shape(image)
   top, left, h, w = tf.unstack(erasing_box(shape[0], shape[1], box_seed, scale=scale, ratio=ratio))
   # torchvision erases where `torch.rand(1) < p`.
-  erase = tf.random.stateless_uniform([], apply_seed) < probability
-  h, w = tf.where(erase, h, 0), tf.where(erase, w, 0)
-  if fill == "zero":
-    values = tf.zeros([h, w, shape[2]], image.dtype)
-  else:
-    values = tf.random.stateless_normal([h, w, shape[2]], fill_seed, dtype=image.dtype)
-  pads = [[top, shape[0] - top - h], [left, shape[1] - left - w], [0, 0]]
-  inside = tf.pad(tf.ones([h, w, shape[2]], tf.bool), pads)
-  return tf.where(inside, tf.pad(values, pads), image)
+  erase = (tf.random.stateless_uniform([], apply_seed) < probability) & (h > 0)
+
+  def erased():
+    if fill == "zero":
+      values = tf.zeros([h, w, shape[2]], image.dtype)
+    else:
+      values = tf.random.stateless_normal([h, w, shape[2]], fill_seed, dtype=image.dtype)
+    band = image[top : top + h]
+    band = tf.concat([band[:, :left], values, band[:, left + w :]], axis=1)
+    return tf.concat([image[:top], band, image[top + h :]], axis=0)
+
+  return tf.ensure_shape(tf.cond(erase, erased, lambda: image), image.shape)

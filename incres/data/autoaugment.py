@@ -28,9 +28,10 @@ op against torchvision on the same image and magnitude:
 
 RandAugment's magnitude std is timm's `mstd` (`timm/data/auto_augment.py`, `AugmentOp`): each
 applied op draws its magnitude from normal(M, std) and clips it to [0, bins - 1] (timm clips to
-its own maximum, 10), here on torchvision's 31-bin scale; timm's `mstd` at its M of 10 levels is
-this std at 3× the scale (RSB's `rand-m7-mstd0.5` is M=21, std=1.5). A magnitude between bins takes
-the range's value there (torchvision only indexes whole bins; a std needs the continuous scale).
+its own maximum, 10), here on torchvision's 31-bin scale. timm's M and mstd count levels of 0-10,
+three of these bins each (its rotation at M is 3·M degrees, as bin 3·M here): RSB's
+`rand-m7-mstd0.5` is M=21, std=1.5 here. A magnitude between bins takes the range's value there
+(torchvision only indexes whole bins; a std needs the continuous scale).
 
 What timm's RandAugment does that this one does not, with the reason (the issue asks for
 torchvision's semantics, which its tests hold this module to): timm's op set (its `inc1` set

@@ -18,6 +18,12 @@ core, so tf.data and TensorFlow have one thread's worth of CPU) and once on all 
 the rounds. `--table=false --seconds=6` took 7 min 40 s on 2 cores (the default takes longer).
 Compare with the accelerator's step rate to see whether the input pipeline keeps it fed.
 `--decoders` also times libjpeg's other settings against the floor.
+
+`--cases=auto_augment` times instead, side by side in the same way (issue #26), the ResNet
+augmentation on the host against the modern ImageNet transform (`augment="random_resized_crop"`:
+random-resized crop and flip) without a policy, with RandAugment (torchvision's N=2, M=9), with
+TrivialAugment-Wide, with AutoAugment's ImageNet policy, and with RandAugment and random erasing
+(p=0.25, per-pixel normal fill); `--cases=all` times both sets.
 """
 
 from __future__ import annotations
@@ -169,8 +175,22 @@ def _plain_options(ds: tf.data.Dataset):
   return ds.as_numpy_iterator()
 
 
-def side_by_side(batch_size: int, seconds: float, rounds: int) -> dict:
-  """{name: [images/s per round]}: before/after/plain, alternating within each round."""
+# The modern ImageNet transform's side-by-side cases (`--cases=auto_augment`): name -> overrides.
+AUTO_AUGMENT_CASES = {
+    "rrc+flip, no policy": dict(auto_augment="none"),
+    "rrc+flip, randaugment": dict(auto_augment="randaugment"),
+    "rrc+flip, trivialaugment": dict(auto_augment="trivialaugment_wide"),
+    "rrc+flip, autoaugment": dict(auto_augment="autoaugment_imagenet"),
+    "rrc+flip, randaugment+erase": dict(
+        auto_augment="randaugment", random_erasing=0.25, random_erasing_fill="pixel"
+    ),
+}
+CASE_SETS = ("issue15", "auto_augment", "all")
+
+
+def side_by_side(batch_size: int, seconds: float, rounds: int, cases: str = "issue15") -> dict:
+  """{name: [images/s per round]}: the cases of `cases` (CASE_SETS), alternating within each
+  round."""
   train = _config(batch_size, augment="resnet_imagenet", image_size=224, resample="host")
   resnet_device = _config(batch_size, augment="resnet_imagenet", image_size=224, resample="device")
   center = _config(batch_size, eval_preprocess="center", image_size=224)
@@ -187,7 +207,7 @@ def side_by_side(batch_size: int, seconds: float, rounds: int) -> dict:
     with _before_issue_15():
       return _rate(config, evaluate, seconds)
 
-  cases = {
+  issue15 = {
       "resnet train, before": lambda: before(train, False),
       "resnet train, after": lambda: _rate(train, False, seconds),
       # ResNet's resampling and normalisation left to the accelerator (its host share only: the
@@ -205,6 +225,12 @@ def side_by_side(batch_size: int, seconds: float, rounds: int) -> dict:
       # What no host pipeline of these JPEGs can beat without another decoder.
       "jpeg decode only (floor)": lambda: _timed(lambda: _decode_iter(batch_size), seconds),
   }
+  # Issue #26: the modern transform with and without its policies, on the host (where it runs).
+  modern = {"resnet train, after": issue15["resnet train, after"]}
+  for name, overrides in AUTO_AUGMENT_CASES.items():
+    config = _config(batch_size, augment="random_resized_crop", image_size=224, **overrides)
+    modern[name] = lambda c=config: _rate(c, False, seconds)
+  cases = {"issue15": issue15, "auto_augment": modern, "all": {**issue15, **modern}}[cases]
   rates = {name: [] for name in cases}
   for _ in range(rounds):
     for name, run in cases.items():
@@ -252,6 +278,16 @@ def main(argv: Sequence[str] | None = None) -> None:
       "process only, on the cores it may use.",
       flag_values=args,
   )
+  flags.DEFINE_enum(
+      "cases",
+      "issue15",
+      list(CASE_SETS),
+      "The side-by-side cases: issue15 (the crops before and after decoding only their windows,"
+      " the work left to accelerators, the decode floor), auto_augment (the ResNet augmentation"
+      " against augment=random_resized_crop with and without RandAugment, TrivialAugment-Wide,"
+      " AutoAugment and random erasing) or all.",
+      flag_values=args,
+  )
   flags.DEFINE_bool(
       "decoders",
       False,
@@ -286,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # starts a thread (so its pools have one core too).
     flags_ = ["--table=false", "--side_by_side=here", f"--seconds={args.seconds}"]
     flags_ += [f"--batch_size={args.batch_size}", f"--rounds={args.rounds}"]
-    flags_ += ["--decoders" if args.decoders else "--nodecoders"]
+    flags_ += ["--decoders" if args.decoders else "--nodecoders", f"--cases={args.cases}"]
     pin = (
         f"import os, runpy, sys; os.sched_setaffinity(0, {{{min(os.sched_getaffinity(0))}}}); "
         f"sys.argv = {[os.path.abspath(__file__)] + flags_!r}; "
@@ -309,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _print_side_by_side(args, cores: int) -> None:
   """The before/after/plain table on the cores this process may use."""
   label = "per core (pinned to one core)" if cores == 1 else f"on all {cores} cores"
-  rates = side_by_side(args.batch_size, args.seconds, args.rounds)
+  rates = side_by_side(args.batch_size, args.seconds, args.rounds, args.cases)
   med = {name: statistics.median(r) for name, r in rates.items()}
   print(
       f"\nSide by side, {label}: images/s, median of {args.rounds} alternating rounds "
@@ -318,6 +354,18 @@ def _print_side_by_side(args, cores: int) -> None:
   for name, r in rates.items():
     each = " ".join(f"{x:.0f}" for x in r)
     print(f"  {name:<28} {med[name]:>7.0f}   ({each})")
+  if args.cases != "issue15":
+    base, plain = med["resnet train, after"], med["rrc+flip, no policy"]
+    ratios = ", ".join(
+        f"{name.removeprefix('rrc+flip, ')} {med[name] / base:.2f}x ({med[name] / plain:.2f}x)"
+        for name in AUTO_AUGMENT_CASES
+    )
+    print(
+        f"  random_resized_crop against the resnet train pipeline (against no policy): {ratios}",
+        flush=True,
+    )
+  if args.cases == "auto_augment":
+    return
   train_after = med["resnet train, after"]
   colour = med["googlenet, colour on device"] / med["googlenet, host"]
   resampled = med["resnet, resample on device"]

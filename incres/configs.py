@@ -42,7 +42,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.train_split = "train"
   c.eval_split = "test"
   c.image_size = 32  # Training / evaluation crop size.
-  c.augment = "cifar"  # "cifar", "resnet_imagenet", "googlenet" or "none".
+  # "cifar", "resnet_imagenet", "googlenet", "random_resized_crop" (torchvision's and timm's
+  # ImageNet recipe, with the keys below: incres.data.modern) or "none".
+  c.augment = "cifar"
+  # random_resized_crop's policy on each uint8 crop (incres.data.autoaugment, torchvision v2's
+  # semantics): "none", "randaugment", "trivialaugment_wide" or "autoaugment_imagenet" ...
+  c.auto_augment = "none"
+  c.randaugment_num_ops = 2  # ... RandAugment's ops per image (torchvision's num_ops) ...
+  c.randaugment_magnitude = 9  # ... their magnitude, bin 0-30 of 31 (torchvision's default 9) ...
+  # ... and timm's mstd on that scale: each op's magnitude normal(magnitude, std), clipped to
+  # [0, 30] (0: fixed; RSB's rand-m7-mstd0.5 is magnitude 21, std 1.5) ...
+  c.randaugment_magnitude_std = 0.0
+  # ... the geometric ops' sampling: "nearest" (torchvision's default) or "bilinear" (what
+  # torchvision's reference recipes pass) ...
+  c.auto_augment_interpolation = "nearest"
+  c.random_erasing = 0.0  # ... then random erasing's probability (0: off; incres.data.erasing) ...
+  c.random_erasing_fill = "zero"  # ... its fill: "zero" (torchvision's) or "pixel" (timm's normal).
   # Where "googlenet"'s photometric distortions run: "auto" (in the train step when JAX's backend is
   # a GPU or TPU, else in the host pipeline), "host" or "device" (incres.data.device_photometric:
   # the same draws; the pixels TensorFlow's to float32 rounding). "device" needs
@@ -302,6 +317,60 @@ def check_resample(config: ml_collections.ConfigDict) -> str:
   return place
 
 
+# `auto_augment`'s values and `random_erasing_fill`'s (incres.data.autoaugment, .erasing).
+AUTO_AUGMENT_POLICIES = ("none", "randaugment", "trivialaugment_wide", "autoaugment_imagenet")
+RANDOM_ERASING_FILLS = ("zero", "pixel")
+AUTO_AUGMENT_INTERPOLATIONS = ("nearest", "bilinear")
+RANDAUGMENT_MAX_MAGNITUDE = 30  # The last of torchvision's 31 magnitude bins.
+
+
+def check_auto_augment(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError for a value of the auto-augment and random-erasing keys that is not one,
+  or for either switched on without augment="random_resized_crop" (the recipe that runs them)."""
+  policy = config.get("auto_augment", "none")
+  problems = []
+  if policy not in AUTO_AUGMENT_POLICIES:
+    problems.append(f"auto_augment={policy!r} is not one of {', '.join(AUTO_AUGMENT_POLICIES)}")
+  num_ops = config.get("randaugment_num_ops", 2)
+  if isinstance(num_ops, bool) or not isinstance(num_ops, int) or num_ops < 0:
+    problems.append(f"randaugment_num_ops={num_ops!r} must be a whole number, 0 or more")
+  magnitude = config.get("randaugment_magnitude", 9)
+  if not _is_number(magnitude) or not 0 <= magnitude <= RANDAUGMENT_MAX_MAGNITUDE:
+    problems.append(
+        f"randaugment_magnitude={magnitude!r} must be a number in [0, {RANDAUGMENT_MAX_MAGNITUDE}]"
+        " (torchvision's magnitude bins; timm's M of 0-10 is a third of it)"
+    )
+  std = config.get("randaugment_magnitude_std", 0.0)
+  if not _is_number(std) or std < 0:
+    problems.append(f"randaugment_magnitude_std={std!r} must be a number, 0 or more")
+  interpolation = config.get("auto_augment_interpolation", "nearest")
+  if interpolation not in AUTO_AUGMENT_INTERPOLATIONS:
+    problems.append(
+        f"auto_augment_interpolation={interpolation!r} is not one of"
+        f" {', '.join(AUTO_AUGMENT_INTERPOLATIONS)}"
+    )
+  erasing = config.get("random_erasing", 0.0)
+  if not _is_number(erasing) or not 0 <= erasing <= 1:
+    problems.append(f"random_erasing={erasing!r} is a probability: a number in [0, 1]")
+  fill = config.get("random_erasing_fill", "zero")
+  if fill not in RANDOM_ERASING_FILLS:
+    problems.append(f"random_erasing_fill={fill!r} is not one of {', '.join(RANDOM_ERASING_FILLS)}")
+  if problems:
+    raise errors.ConfigError("; ".join(problems) + ". Set --config.<key> to an allowed value.")
+  on = [k for k, v in (("auto_augment", policy != "none"), ("random_erasing", erasing > 0)) if v]
+  if on and config.augment != "random_resized_crop":
+    raise errors.ConfigError(
+        f"{' and '.join(on)} run in augment='random_resized_crop' (torchvision's and timm's"
+        f" ImageNet recipe), but this run's augment is {config.augment!r}: set"
+        " --config.augment=random_resized_crop, or leave auto_augment at 'none' and"
+        " random_erasing at 0."
+    )
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 # Step-valued config keys and the epoch-valued keys they are derived from by `resolve_config`.
 EPOCH_KEYS = (
     ("lr_boundaries", "lr_boundary_epochs"),
@@ -385,6 +454,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
   check_photometric(config)
   check_resample(config)
   check_recipe(config)
+  check_auto_augment(config)
   averaged = [n for n, on in (("eval_ema", config.ema_decay), ("eval_polyak", config.polyak)) if on]
   known = [f"{p}/{m}" for p in ["eval"] + averaged for m in ("top1", "top5", "loss")]
   if config.best_metric and config.best_metric not in known:

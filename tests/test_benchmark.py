@@ -353,6 +353,31 @@ def test_input_pipeline_side_by_side_names_every_case_and_the_decode_floor(capsy
   assert "against decoding each whole JPEG and nothing else" in out, out
 
 
+@pytest.mark.slow  # ~14 s: six pipelines traced, as the side-by-side test above.
+def test_input_pipeline_auto_augment_cases_side_by_side_with_the_resnet_pipeline(capsys):
+  import input_pipeline  # noqa: E402
+
+  input_pipeline.main(
+      [
+          "--table=false",
+          "--side_by_side=here",
+          "--cases=auto_augment",
+          "--seconds=0.01",
+          "--rounds=1",
+          "--batch_size=2",
+      ]
+  )
+  out = capsys.readouterr().out
+  rates = {}
+  for line in out.splitlines():
+    name, _, rest = line.strip().partition("  ")
+    if rest.strip().endswith(")") and rest.split()[0].replace(".", "").isdigit():
+      rates[name.strip()] = float(rest.split()[0])
+  assert set(rates) == {"resnet train, after", *input_pipeline.AUTO_AUGMENT_CASES}, out
+  assert all(math.isfinite(r) and r > 0 for r in rates.values()), rates
+  assert "against the resnet train pipeline" in out and "decoding each whole JPEG" not in out, out
+
+
 def test_input_pipeline_decode_floor_decodes_each_whole_jpeg():
   import input_pipeline  # noqa: E402
 

@@ -104,6 +104,9 @@ _MODULES = (
     "eval_views",
     "device_photometric",
     "device_resample",
+    "autoaugment",
+    "erasing",
+    "modern",
 )
 
 __all__ = sorted(_HOMES)

@@ -55,11 +55,16 @@ def decide_placement(config, backend: str | None = None) -> Placement:
   Photometric (config `photometric`, GoogLeNet only): on the device when "device", or "auto" on an
   accelerator or when the crops are resized there (`resample="device"`: the distortions come
   after). Resample (config `resample`): on the device when "device", or "auto" on an accelerator;
-  GoogLeNet's only with its colour distortions there too.
+  GoogLeNet's only with its colour distortions there too. "random_resized_crop" (with its
+  auto-augment policy and random erasing) runs wholly on the host.
   """
   backend = jax.default_backend() if backend is None else backend
   photometric_place = configs.check_photometric(config)
   resample_place = configs.check_resample(config)
+  if config.augment == "random_resized_crop":
+    # All on the host, wherever the run is: its policies (incres.data.autoaugment) work on the
+    # uint8 crop after its resize, and its colour ops after them, so neither part can move.
+    return Placement(config.augment)
   if config.augment == "googlenet":
     photometric = _accelerated(photometric_place, backend) or (
         photometric_place == "auto" and resample_place == "device"

@@ -23,6 +23,7 @@ from incres.data import (
     googlenet_augment,
     imagenet_stats,
     loading,
+    modern,
     placement,
     resnet_augment,
     sources,
@@ -31,9 +32,13 @@ from incres.data import (
 
 
 def normalization(config) -> str:
-  """'pixel_mean' (CIFAR), 'channel_mean' (ImageNet recipes), 'mean_std' (torchvision) or 'none'."""
+  """'pixel_mean' (CIFAR), 'channel_mean' (ImageNet recipes), 'mean_std' (torchvision's, and the
+  "auto" of augment="random_resized_crop", whose torchvision and timm recipes divide by the std)
+  or 'none'."""
   mode = config.get("normalize", "auto")
   if mode == "auto":
+    if config.augment == modern.AUGMENT:
+      return "mean_std"
     return "pixel_mean" if config.augment == "cifar" else "channel_mean"
   if mode not in ("pixel_mean", "channel_mean", "mean_std", "none"):
     raise ValueError(
@@ -188,6 +193,11 @@ def train_fn(
     return functools.partial(
         resnet_augment.resnet_imagenet_train, size=size, mean=0.0, resample_on_device=True
     )
+  if config.augment == modern.AUGMENT:  # Divides by the std itself: random erasing comes after.
+    std = imagenet_stats.IMAGENET_STD_RGB if normalization(config) == "mean_std" else 1.0
+    return modern.train_fn(
+        config, mean=normalization_mean(config), std=tf.constant(std, tf.float32)
+    )
   return _scaled_by_std(config, _unscaled_train_fn(config))
 
 
@@ -209,7 +219,8 @@ def _unscaled_train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
   if config.augment == "none":
     return lambda image, seed: eval_views.eval_single(image, size=s, mean=mean)
   raise ValueError(
-      f"augment must be cifar, resnet_imagenet, googlenet or none, not {config.augment!r}."
+      "augment must be cifar, resnet_imagenet, googlenet, random_resized_crop or none, not"
+      f" {config.augment!r}."
   )
 
 

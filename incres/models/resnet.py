@@ -15,6 +15,22 @@ Faithfulness notes:
 - Every 3x3 conv's output after BN and before the nonlinearity (ReLU or the addition) is sown into
   the `intermediates` collection as `<stage>_<block>/bn_out<i>` (Figure 7's "responses").
 
+The descendants, as more rows of the same class (the named partials at the end of the tables):
+- ResNeXt (Xie et al. 2017): the bottleneck's 3x3 in `groups` groups, its width
+  int(filters * base_width / 64) * groups (ResNeXt-50 32x4d: 128 channels in 32 groups of 4 in the
+  first stage), as torchvision and the authors' `resnext_bottleneck_C`; the 3x3 strides.
+- Wide ResNets (Zagoruyko & Komodakis 2016), ImageNet "WRN-50-2-bottleneck": base_width 128 doubles
+  the bottleneck's inner width. The CIFAR WRN-28-10 is a pre-activation net
+  (`incres.models.preact_resnet.WRN28_10`).
+- Bag of Tricks (He et al. 2019, Section 4.2): ResNet-B = stride on the 3x3 (`stride_in_1x1=False`),
+  ResNet-C = the deep stem (`stem="deep"`), ResNet-D = a 2x2/2 average pool before a stride-1
+  projection (`avg_down=True`). NAMES: the paper's "ResNet-B/C/D" are these network tweaks; the
+  field `shortcut` holds the 2015 paper's shortcut *options* A/B/C (Section 3.3). They are
+  unrelated: ResNet50D has `shortcut="B"` (projections only where the shape changes), as all the
+  Bag-of-Tricks nets do. The named models say `ResNet50D`, never `shortcut="D"`.
+- Stochastic depth (`drop_path_rate`, `incres.models.layers`): each block's residual branch is
+  dropped per example in training, block k of the network's N at rate * k / (N - 1).
+
 Layouts. By default every block is its own module (`stage<i>_block<j>`) and XLA compiles each one
 separately, which for CifarResNet1202 (600 blocks) took 4 min for the init and grew past 24 GiB of
 host memory compiling the train step. `scan_blocks=True` keeps each stage's block 0 (it changes the

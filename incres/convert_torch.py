@@ -1,7 +1,13 @@
 """Import torchvision's ImageNet weights: `convert(state_dict, name) -> (model, variables)`.
 
 Supported: torchvision's `resnet18/34/50/101/152` (to our ResNets with torchvision's "v1.5" strides,
-`stride_in_1x1=False`), `googlenet` (to `GoogLeNetBN`, torchvision's structure) and `inception_v3`
+`stride_in_1x1=False`), `resnext50_32x4d`, `resnext101_32x8d`, `resnext101_64x4d`,
+`wide_resnet50_2` and `wide_resnet101_2` (to `ResNeXt50_32x4d` ... `WideResNet101_2`, the same
+`ResNet` class with grouped or widened bottlenecks: the same tensor names), timm's (not
+torchvision's) `resnet50c`, `resnet50d` and `resnet101d` (Bag of Tricks' ResNet-C/D, to
+`ResNet50C`, `ResNet50D`, `ResNet101D`: timm's deep stem `conv1.0/1/3/4/6` + `bn1` becomes
+`stem_conv1/stem_bn1/.../stem_conv3/stem_bn3`, and its ResNet-D shortcut `downsample.1/2` (after
+the pool at `downsample.0`) `proj_conv/proj_bn`), `googlenet` (to `GoogLeNetBN`, torchvision's structure) and `inception_v3`
 (to `InceptionV3`, whose layer names are torchvision's lower-cased). The converted
 model's `model.apply(variables, nhwc_images, train=False)[0]` equals torchvision's logits on the
 same NCHW images (tested to 1e-4 against torchvision itself). timm's `resnetv2_18/34/50/101/152`
@@ -73,6 +79,16 @@ TORCHVISION_MODELS = {
     # --- timm (not torchvision): Inception-v4 / Inception-ResNet-v2 ---
     "inception_v4": "InceptionV4Timm",
     "inception_resnet_v2": "InceptionResNetV2Timm",
+    # --- ResNet descendants (issue #26): torchvision's ResNeXts and wide ResNets ---
+    "resnext50_32x4d": "ResNeXt50_32x4d",
+    "resnext101_32x8d": "ResNeXt101_32x8d",
+    "resnext101_64x4d": "ResNeXt101_64x4d",
+    "wide_resnet50_2": "WideResNet50_2",
+    "wide_resnet101_2": "WideResNet101_2",
+    # ... and timm's Bag-of-Tricks ResNet-C / ResNet-D (torchvision has none).
+    "resnet50c": "ResNet50C",
+    "resnet50d": "ResNet50D",
+    "resnet101d": "ResNet101D",
 }
 # The torchvision models ported from TensorFlow: their pretrained weights expect `transform_input`.
 TRANSFORM_INPUT_MODELS = ("googlenet", "inception_v3")
@@ -80,6 +96,8 @@ TRANSFORM_INPUT_MODELS = ("googlenet", "inception_v3")
 AUX_PREFIXES = {"googlenet": ("aux1.", "aux_4a"), "inception_v3": ("AuxLogits.", "aux_6e")}
 # The entries above that are timm's models (`timm.create_model(name)`), not torchvision's.
 TIMM_MODELS = ("inception_v4", "inception_resnet_v2")
+# timm's ResNets with the deep stem ("c") and the average-pool shortcut ("d"): `_timm_resnet_module`.
+TIMM_RESNETS = ("resnet50c", "resnet50d", "resnet101d")
 # The classifier's weight, whose first dimension is the number of classes.
 _HEAD_WEIGHT = {"inception_v4": "last_linear.weight", "inception_resnet_v2": "classif.weight"}
 
@@ -90,7 +108,8 @@ class ConversionError(errors.UserError, ValueError):
 
 def _whose(name: str) -> str:
   """ "timm's" or "torchvision's", for messages about the model `name`."""
-  return "timm's" if name in TIMM_MODELS or is_timm_resnetv2(name) else "torchvision's"
+  timm = name in TIMM_MODELS or name in TIMM_RESNETS or is_timm_resnetv2(name)
+  return "timm's" if timm else "torchvision's"
 
 
 def _np(t) -> np.ndarray:
@@ -135,9 +154,30 @@ def _resnet_module(parts: list[str]) -> tuple[str, ...]:
 TIMM_RESNETV2_KWARGS = {"stem_norm": False, "stride_in_1x1": False}
 
 
-def is_torchvision_resnet(name: str) -> bool:
-  """Whether `name` (a TORCHVISION_MODELS key) is one of torchvision's ResNets (not timm's v2)."""
-  return TORCHVISION_MODELS[name].startswith("ResNet")
+def is_resnet(name: str) -> bool:
+  """Whether `name` (a TORCHVISION_MODELS key) converts to the `ResNet` class (torchvision's
+  ResNets, ResNeXts and wide ResNets, timm's ResNet-C/D; not timm's pre-activation resnetv2)."""
+  model = getattr(models, TORCHVISION_MODELS[name])
+  return getattr(model, "func", model) is resnet.ResNet
+
+
+# timm's deep stem, `conv1` a Sequential (conv, BN, ReLU, conv, BN, ReLU, conv), then `bn1`.
+_TIMM_DEEP_STEM = {"0": "stem_conv1", "1": "stem_bn1", "3": "stem_conv2", "4": "stem_bn2"}
+_TIMM_DEEP_STEM["6"] = "stem_conv3"
+
+
+def _timm_resnet_module(parts: list[str], avg_down: bool) -> tuple[str, ...]:
+  """timm resnet50c/d module path -> ours; the blocks and the head are named as torchvision's."""
+  if len(parts) == 2 and parts[0] == "conv1" and parts[1] in _TIMM_DEEP_STEM:
+    return (_TIMM_DEEP_STEM[parts[1]],)
+  if parts == ["bn1"]:
+    return ("stem_bn3",)
+  if avg_down and len(parts) == 4 and parts[2] == "downsample":  # (pool, conv, BN)
+    if parts[3] in ("1", "2") and re.fullmatch(r"layer\d", parts[0]):
+      layer = "proj_conv" if parts[3] == "1" else "proj_bn"
+      return (f"stage{parts[0][-1]}_block{parts[1]}", layer)
+    raise ConversionError(f"Unexpected ResNet-D tensor prefix {'.'.join(parts)!r}.")
+  return _resnet_module(parts)
 
 
 def is_timm_resnetv2(name: str) -> bool:
@@ -338,6 +378,8 @@ def incres_variable(key: str, name: str, ndim: int) -> tuple[str, tuple[str, ...
   try:
     if is_timm_resnetv2(name):
       path = _resnetv2_module(prefix)
+    elif name in TIMM_RESNETS:
+      path = _timm_resnet_module(prefix, avg_down=name.endswith("d"))
     elif name in TIMM_MODELS:
       path = _timm_inception_module(prefix, name)
     else:
@@ -396,16 +438,17 @@ def convert(
   """Converts a torchvision state dict into `(model, variables)` of the matching incres model.
 
   `scan_blocks`: a ResNet in the scanned layout (`incres.models.resnet`; `save` records it).
-  Only torchvision's ResNets have that layout: for any other model it raises `ConversionError`.
+  Only the `ResNet` class (`is_resnet`) has that layout: for any other model it raises
+  `ConversionError`.
   """
   if name not in TORCHVISION_MODELS:
     raise ConversionError(
         f"Unknown torchvision model {name!r}; supported: {', '.join(TORCHVISION_MODELS)}."
     )
-  if scan_blocks and not is_torchvision_resnet(name):
-    resnets = ", ".join(n for n in TORCHVISION_MODELS if is_torchvision_resnet(n))
+  if scan_blocks and not is_resnet(name):
+    resnets = ", ".join(n for n in TORCHVISION_MODELS if is_resnet(n))
     raise ConversionError(
-        f"scan_blocks=True applies to torchvision's ResNets only ({resnets}); {name} has no"
+        f"scan_blocks=True applies to the ResNet family only ({resnets}); {name} has no"
         " scanned layout. Convert it without scan_blocks."
     )
   try:
@@ -457,7 +500,7 @@ def _convert(
   head_key = _HEAD_WEIGHT.get(name, "fc.weight")
   fc = state_dict.get(head_key)
   if fc is None:
-    source = "timm" if name in TIMM_MODELS else "torchvision"
+    source = "timm" if name in TIMM_MODELS or name in TIMM_RESNETS else "torchvision"
     raise ConversionError(f"The state dict has no {head_key!r}: is it really a {source} {name}?")
   num_classes = int(fc.shape[0])
   kwargs: dict[str, Any] = {"num_classes": num_classes}

@@ -84,6 +84,7 @@ _FREE_FIELDS = (
     "bn_momentum",
     "frozen_bn",
     "dropout_rate",
+    "drop_path_rate",
     "aux_heads",
     "transform_input",
     "conv_init",
@@ -194,7 +195,7 @@ def torchvision_twin(config) -> tuple[str, dict[str, Any]]:
         " stablehlo or saved_model instead."
     )
   name = names[config.model]
-  if convert_torch.is_timm_resnetv2(name):
+  if convert_torch.is_timm_resnetv2(name) or name in convert_torch.TIMM_RESNETS:
     raise ExportError(
         f"{config.model} is imported from timm's {name}, which torchvision does not have:"
         " --format=torch writes torchvision state_dicts only. Export it as stablehlo or"

@@ -136,7 +136,7 @@ def resolve_source(init_from: str, step: int | None = None) -> tuple[str, int | 
 
 
 # model_kwargs that only shape the heads or the training mode, not the backbone's arrays.
-_NON_BACKBONE_KWARGS = ("aux_heads", "frozen_bn", "dropout_rate")
+_NON_BACKBONE_KWARGS = ("aux_heads", "frozen_bn", "dropout_rate", "drop_path_rate")
 # model_kwargs that only lay the same arrays out differently: inherited when unset, free to differ
 # (`initialize_from` converts the source's variables to the new model's layout).
 _LAYOUT_KWARGS = ("scan_blocks",)

@@ -215,3 +215,83 @@ INCEPTION_V4_TOP5_ERR_1CROP = {
     "InceptionResNetV1": 5.5,
     "InceptionResNetV2": 4.9,
 }
+# --- ResNet descendants (issue #26) ---
+# ResNeXt: Xie et al. 2017, "Aggregated Residual Transformations for Deep Neural Networks" (arXiv
+# 1611.05431, CVPR 2017). Wide ResNets: Zagoruyko & Komodakis 2016, "Wide Residual Networks" (arXiv
+# 1605.07146, BMVC 2016). ResNet-B/C/D: He et al. 2019, "Bag of Tricks for Image Classification
+# with Convolutional Neural Networks" (arXiv 1812.01187, CVPR 2019).
+#
+# Exact parameter counts: torchvision 0.29.1's `resnext50_32x4d`, `resnext101_32x8d`,
+# `resnext101_64x4d`, `wide_resnet50_2`, `wide_resnet101_2` (each weights enum's "num_params" says
+# the same) and timm 1.0.31's `resnet50c`, `resnet50d`, `resnet101d`, each built without weights
+# and counted as sum(p.numel() for p in model.parameters()) (BN's running statistics are buffers,
+# not parameters, as in every count here). ResNet50B is torchvision's resnet50. WRN28_10 has no
+# torchvision/timm twin: its count is the authors' network's (szagoruyko/wide-residual-networks,
+# models/wide-resnet.lua), checked by a hand sum in tests/test_resnet_descendants.py.
+PARAMS.update(
+    {
+        "ResNeXt50_32x4d": 25_028_904,
+        "ResNeXt101_32x8d": 88_791_336,
+        "ResNeXt101_64x4d": 83_455_272,
+        "WideResNet50_2": 68_883_240,
+        "WideResNet101_2": 126_886_696,
+        "WRN28_10": 36_479_194,
+        "ResNet50B": 25_557_032,
+        "ResNet50C": 25_576_264,
+        "ResNet50D": 25_576_264,
+        "ResNet101D": 44_568_392,
+    }
+)
+# Multiply-adds at 224x224: the ResNeXt paper's Table 1 for ResNeXt-50 (32x4d) ("FLOPs 4.2x10^9",
+# multiply-adds in that paper's convention; ResNet-50's column says 4.1x10^9 there), torchvision's
+# "_ops" (GFLOPS, which are multiply-adds) for the others; the formula count here equals
+# torchvision's to its 3 decimals for all five.
+MACS.update(
+    {
+        "ResNeXt50_32x4d": 4.2e9,
+        "ResNeXt101_32x8d": 16.414e9,
+        "ResNeXt101_64x4d": 15.46e9,
+        "WideResNet50_2": 11.398e9,
+        "WideResNet101_2": 22.753e9,
+    }
+)
+# The papers' own parameter figures, in millions: (figure, how it was rounded from the count).
+# - ResNeXt Table 1 (ResNet-50 vs ResNeXt-50 (32x4d)): "# params. 25.0x10^6" (ResNet-50 25.5x10^6).
+# - WRN-28-10: 36.5M, the WRN paper's CIFAR comparison table (Table 5 in arXiv v4; the brief of
+#   issue #26 quotes the same figure). WRN-50-2-bottleneck: 68.9M, the authors' ImageNet table
+#   (szagoruyko/wide-residual-networks, pretrained/README.md, commit ae6d0d0).
+# - Bag of Tricks Table 5: "25M" (#params) for ResNet-50, -50-B, -50-C and -50-D alike: the counts
+#   are 25.56M and 25.58M, so the table truncates (rounding would give 26M for C and D).
+# Page numbers: the stored copies of these papers found with the search tool held the abstracts
+# and introductions, not the tables, so the table rows above are from our reading of the papers
+# and are not confirmed there, and no page is given. The authors' README figures are confirmed.
+PAPER_PARAMS_M = {
+    "ResNeXt50_32x4d": (25.0, "round"),
+    "WRN28_10": (36.5, "round"),
+    "WideResNet50_2": (68.9, "round"),
+    "ResNet50B": (25, "truncate"),
+    "ResNet50C": (25, "truncate"),
+    "ResNet50D": (25, "truncate"),
+}
+# ImageNet val, single 224 crop, top-1 error (%): the ResNeXt authors' README table
+# (facebookresearch/ResNeXt, commit 1f59a2c: ResNet-50 23.9, ResNeXt-50 (32x4d) 22.2, ResNeXt-101
+# (64x4d) 20.4; ResNeXt-101 (32x8d) is not in that table) and the
+# WRN authors' (WRN-50-2-bottleneck 21.9, top-5 6.03). Bag of Tricks Table 5's top-1 accuracy
+# (%): ResNet-50 76.21, -B 76.66, -C 76.87, -D 77.16 (from our reading; -D's 77.16 and "25M" are
+# also on paperswithcode's page of the paper).
+RESNEXT_IMAGENET_TOP1_ERR_1CROP = {"ResNeXt50_32x4d": 22.2, "ResNeXt101_64x4d": 20.4}
+WRN_IMAGENET_TOP1_ERR_1CROP = {"WideResNet50_2": 21.9}
+BAG_OF_TRICKS_TOP1_ACC = {
+    "ResNet50": 76.21,
+    "ResNet50B": 76.66,
+    "ResNet50C": 76.87,
+    "ResNet50D": 77.16,
+}
+# WRN-28-10 on CIFAR, test error (%), median of 5 runs, mean/std preprocessing, flips and
+# translations: the authors' README table (commit ae6d0d0) and the paper's dropout table (Table 6
+# in arXiv v4, from our reading). "WRN-28-10-dropout" is dropout 0.3 between the convs (the paper's
+# Section 3 value for CIFAR, from our reading; shortscience.org's summary of the paper says the
+# same): `model_kwargs.dropout_rate=0.3`.
+WRN_CIFAR10_ERR = {"no dropout": 4.00, "dropout 0.3": 3.89}
+WRN_CIFAR100_ERR = {"no dropout": 19.25, "dropout 0.3": 18.85}
+WRN_DROPOUT_RATE = 0.3

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -56,6 +57,49 @@ def test_resnet_logits_equal_torchvision(name, size, scan_blocks):
   assert _compare(name, size, scan_blocks=scan_blocks) <= 1e-4
 
 
+# --- The ResNet descendants (issue #26) ---
+
+
+@pytest.mark.parametrize("name", ["resnext50_32x4d", "wide_resnet50_2", "resnet50d"])
+def test_resnet_descendant_logits_equal_torchvision_and_timm(name):
+  # One per family, at full width: 64x64 (2x2 maps in the last stage); 65 for resnet50d (timm's
+  # deep stem and average-pool shortcuts), whose pools then meet odd sides (33 -> 17 -> 9 -> 5 ->
+  # 3), where torch's ceil mode averages only the real pixels of the last window.
+  timm = name in convert_torch.TIMM_RESNETS
+  reference = torch_helpers.timm_model(name) if timm else _torchvision_model(name)
+  x = torch_helpers.images(65 if name == "resnet50d" else 64)
+  expected = torch_helpers.scale_logits(reference, reference.fc, x)
+  model, variables = convert_torch.convert(reference.state_dict(), name)
+  assert np.abs(expected).max() > 0.1
+  assert torch_helpers.relative_error(
+      torch_helpers.incres_logits(model, variables, x), expected
+  ) <= (1e-4)
+
+
+@pytest.mark.parametrize(
+    "name", ["resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2", "resnet101d", "resnet50c"]
+)
+def test_other_resnet_descendants_convert_every_tensor(name):
+  # The 101-layer twins of the nets above and timm's resnet50c (resnet50d without the pools):
+  # every tensor maps to a variable of the right shape (`convert` checks the whole tree against the
+  # model's) and the count is torchvision's / timm's. Their forward passes run the same blocks and
+  # stems as the test above's with other table values, and are left out for the suite's time.
+  timm = name in convert_torch.TIMM_RESNETS
+  torch.manual_seed(0)
+  make = (
+      (lambda n: pytest.importorskip("timm").create_model(n, num_classes=10))
+      if timm
+      else (lambda n: getattr(torchvision.models, n)(weights=None, num_classes=10))
+  )
+  reference = make(name)
+  model, variables = convert_torch.convert(reference.state_dict(), name)
+  assert model.num_classes == 10
+  count = sum(p.numel() for p in reference.parameters())
+  assert jax.tree.reduce(lambda n, a: n + a.size, variables["params"], 0) == count
+  first = reference.layer3[5].conv2.weight.detach().numpy().transpose(2, 3, 1, 0)
+  np.testing.assert_array_equal(variables["params"]["stage3_block5"]["conv2"]["kernel"], first)
+
+
 @pytest.mark.parametrize("size,transform_input", [(224, False), (224, True), (97, False)])
 def test_googlenet_logits_equal_torchvision(size, transform_input):
   # 97 exercises the ceil-mode pooling edge cases.
@@ -91,7 +135,7 @@ def test_scan_blocks_is_refused_for_models_without_the_scanned_layout(name):
   # Refused before the state dict is read: an empty one would fail later with another message.
   with pytest.raises(
       convert_torch.ConversionError,
-      match=rf"scan_blocks=True applies to torchvision's ResNets only \(resnet18, .*resnet152\);"
+      match=rf"scan_blocks=True applies to the ResNet family only \(resnet18, .*resnet101d\);"
       rf" {name} has no scanned layout",
   ):
     convert_torch.convert({}, name, scan_blocks=True)

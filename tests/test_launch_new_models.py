@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -70,3 +71,46 @@ def test_new_family_trains_a_few_steps_as_launch_py_runs_it(tmp_path, spec, mode
   result = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert result["step"] == 3 and np.isfinite(result["train/loss"])
   assert 0.0 <= result["eval/top1"] <= 1.0
+
+
+# --- The ResNet descendants of issue #26, in bfloat16 with stochastic depth on ---------------------
+
+# Tiny versions (one block per stage, narrow) of each structurally distinct new network: grouped
+# bottlenecks (ResNeXt, its real cardinality 32), widened bottlenecks (WRN-50-2), the deep stem and
+# average-pool shortcuts (ResNet-D; ResNet-B and -C are its subsets), and the CIFAR wide ResNet
+# with dropout. ResNeXt101_32x8d / 64x4d, WideResNet101_2, ResNet50B/C and ResNet101D run the same
+# code with other table values (their exact counts and torchvision/timm logits are tested in
+# test_models.py and test_convert_torch.py).
+DESCENDANTS = {
+    "ResNeXt50_32x4d": dict(width=16, stage_sizes=(1, 1, 1, 1)),
+    "WideResNet50_2": dict(width=4, stage_sizes=(1, 1, 1, 1)),
+    "ResNet50D": dict(width=8, stage_sizes=(1, 1, 1, 1)),
+    "WRN28_10": dict(width=2, stage_sizes=(1, 1, 1), dropout_rate=0.3),
+}
+
+
+# jaxlib 0.12.1's XLA:CPU fuses this net's bfloat16 inference graph into a YNNPACK fusion
+# ("__ynn_fusion") that returns NaN logits, where the same program run op by op, in float32, with
+# XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= (no YNN fusions) or on jax 0.10.2 gives finite
+# ones. main's CifarPreActResNet164 does the same (a 32x32 pre-activation net whose first unit
+# widens through a projection); the training step's loss stays finite.
+_YNN_BF16_NAN = pytest.mark.xfail(
+    jax.__version_info__ >= (0, 12),
+    reason="XLA:CPU YNN fusion gives NaN bf16 logits for the CIFAR pre-activation nets",
+    strict=True,
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "model",
+    [pytest.param(m, marks=_YNN_BF16_NAN) if m == "WRN28_10" else m for m in sorted(DESCENDANTS)],
+)
+def test_resnet_descendant_trains_in_bfloat16_with_drop_path(tmp_path, model):
+  spec = os.path.join(ROOT, "tests", "tiny_config.py") + f":model={model},steps=2,every=2"
+  config = configs.load(spec)  # As launch.py loads --config.
+  config.model_kwargs.update(DESCENDANTS[model], drop_path_rate=0.1)
+  config.update(dtype="bfloat16", image_size=16, eval_split="test[:16]", eval_batch_size=16)
+  result = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert result["step"] == 2 and np.isfinite(result["train/loss"]) and result["train/loss"] > 1.0
+  assert np.isfinite(result["eval/loss"]) and 0.0 <= result["eval/top1"] <= 1.0

@@ -79,6 +79,61 @@ def test_conv_gradients_equal_xla(
   _assert_close(dw1, dw0)
 
 
+# Grouped convolutions (ResNeXt's 3x3s): (kernel, stride, input channels, output channels, groups).
+GROUPED = [
+    (3, 1, 16, 24, 4),
+    (3, 2, 32, 32, 32),
+    (3, 2, 12, 18, 3),
+    (1, 1, 8, 12, 2),
+    (5, 1, 8, 8, 2),
+]
+
+
+@pytest.mark.parametrize("chunks", [1, 3])
+@pytest.mark.parametrize("kernel,stride,cin,cout,groups", GROUPED)
+def test_grouped_conv_gradients_equal_xla(
+    xla_then_custom, monkeypatch, kernel, stride, cin, cout, groups, chunks
+):
+  rng = np.random.default_rng(kernel * 10 + groups)
+  batch, size = 6, 17
+  x = jnp.asarray(rng.standard_normal((batch, size, size, cin)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, cin // groups, cout)) / kernel, jnp.float32)
+  pad = ((kernel // 2, kernel // 2),) * 2
+  out = (size - 1) // stride + 1
+  monkeypatch.setattr(
+      ops, "CHUNK_BYTES", (size + kernel - 1) * out * kernel * cin * 4 * batch // chunks
+  )
+
+  def loss_and_grads(x, w):
+    def loss(x, w):
+      y = ops.conv_general_dilated(
+          x, w, (stride, stride), pad, dimension_numbers=_DN, feature_group_count=groups
+      )
+      return jnp.sum(jnp.sin(y)), y
+
+    (_, y), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(x, w)
+    return y, grads
+
+  (y0, (dx0, dw0)), (y1, (dx1, dw1)) = xla_then_custom(loss_and_grads, x, w)
+  _assert_close(y1, y0)
+  _assert_close(dx1, dx0)
+  _assert_close(dw1, dw0)
+  assert float(jnp.abs(dw0).max()) > 0.1  # Every group's block of the weight gradient is real.
+
+
+def test_grouped_conv_takes_the_custom_path():
+  ops.set_cpu_conv_vjp(True)
+  try:
+    jaxpr = jax.make_jaxpr(
+        lambda x, w: ops.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=_DN, feature_group_count=4
+        )
+    )(jnp.zeros((2, 8, 8, 16)), jnp.zeros((3, 3, 4, 16)))
+    assert "custom_vjp" in str(jaxpr)
+  finally:
+    ops.set_cpu_conv_vjp(None)
+
+
 def _takes_custom_path(x_shape, w_shape, stride):
   jaxpr = jax.make_jaxpr(
       lambda x, w: ops.conv_general_dilated(x, w, (stride,) * 2, "SAME", dimension_numbers=_DN)
@@ -216,10 +271,20 @@ def test_setting_is_recorded_in_config_json_and_not_part_of_the_identity(tmp_pat
         # A bottleneck ResNet: a 7x7/2 stem, strided 1x1s, projection shortcuts, and 3x3s at
         # 128 and 256 channels (the shifted-GEMM path).
         models.ResNet(stage_sizes=(1, 1), block=models.Bottleneck, width=128, num_classes=10),
+        # A ResNeXt: grouped 3x3s (8 groups of 8 and of 16 channels), strided on the 3x3.
+        models.ResNet(
+            stage_sizes=(1, 1),
+            block=models.Bottleneck,
+            width=32,
+            groups=8,
+            base_width=16,
+            stride_in_1x1=False,
+            num_classes=10,
+        ),
         # One of the paper's inception modules: 1x1s, a 3x3 and a real 5x5, with biases.
         models.InceptionModule(models.InceptionRow(16, 8, 16, 4, 8, 8)),
     ],
-    ids=["ResNet", "InceptionModule"],
+    ids=["ResNet", "ResNeXt", "InceptionModule"],
 )
 def test_whole_model_gradients_equal_xla(xla_then_custom, model):
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)

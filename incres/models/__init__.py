@@ -50,6 +50,19 @@ from incres.models.resnet import (
     ResNet152,
 )
 
+# --- ResNet descendants (issue #26): ResNeXt, wide ResNets, Bag of Tricks' ResNet-B/C/D ---
+from incres.models.resnet import (
+    ResNeXt50_32x4d,
+    ResNeXt101_32x8d,
+    ResNeXt101_64x4d,
+    ResNet50B,
+    ResNet50C,
+    ResNet50D,
+    ResNet101D,
+    WideResNet50_2,
+    WideResNet101_2,
+)
+
 # --- Pre-activation ResNets (He et al. 2016) ---
 from incres.models.preact_resnet import (
     CifarPreActResNet110,
@@ -64,6 +77,7 @@ from incres.models.preact_resnet import (
     PreActResNet101,
     PreActResNet152,
     PreActResNet200,
+    WRN28_10,
 )
 
 # Named models and the input size each was designed for.
@@ -100,6 +114,17 @@ MODELS = {
     "CifarPreActResNet110": 32,
     "CifarPreActResNet164": 32,
     "CifarPreActResNet1001": 32,
+    # --- ResNet descendants (issue #26) ---
+    "ResNeXt50_32x4d": 224,
+    "ResNeXt101_32x8d": 224,
+    "ResNeXt101_64x4d": 224,
+    "WideResNet50_2": 224,
+    "WideResNet101_2": 224,
+    "WRN28_10": 32,
+    "ResNet50B": 224,
+    "ResNet50C": 224,
+    "ResNet50D": 224,
+    "ResNet101D": 224,
     # --- Inception-v3 (issue #16) ---
     "InceptionV3": 299,
     # --- end Inception-v3 ---

@@ -300,7 +300,8 @@ class InceptionBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, drop_rate: float = 0.0):
+    """`drop_rate`: stochastic depth of the scaled residual branch (training only; 0: none)."""
     outputs = []
     for i, branch in enumerate(self.branches):
       y = x
@@ -326,7 +327,7 @@ class InceptionBlock(nn.Module):
     )(y)
     if not self.residual:  # The twin: the scaling belongs to the addition (Section 3.3) and goes.
       return nn.relu(y) if self.relu_after_add else y
-    y = x + self.residual_scale * y
+    y = x + layers.drop_path(self, self.residual_scale * y, drop_rate)
     return nn.relu(y) if self.relu_after_add else y
 
 
@@ -356,6 +357,9 @@ class InceptionV4Family(nn.Module):
   residual: bool = True
   width: float = 1.0  # Multiplies every filter count (1.0: the paper's; small values for tests).
   dropout_rate: float = 0.2  # Figures 9 and 15: "Dropout (keep 0.8)".
+  # Stochastic depth of the residual blocks (A, B, C; not the reductions): the last one's rate,
+  # linear over the blocks (incres.models.layers). Not in the paper; needs residual blocks.
+  drop_path_rate: float = 0.0
   bn_epsilon: float = 1e-3
   # ImageNet mean/std normalisation -> the [-1, 1] scale the TF-slim / timm weights expect.
   transform_input: bool = False
@@ -365,6 +369,8 @@ class InceptionV4Family(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    residual = self.residual_scales is not None and self.residual
+    layers.check_drop_path_rate(self.drop_path_rate, "InceptionV4Family", residual)
     unit = functools.partial(
         ConvBN,
         width=self.width,
@@ -392,6 +398,8 @@ class InceptionV4Family(nn.Module):
     kinds = {"a": (self.block_a, scales[0]), "b": (self.block_b, scales[1])}
     kinds["c"] = (self.block_c, scales[2])
     names = block_names(self.num_blocks)
+    dropping = train and self.drop_path_rate > 0
+    rates = iter(layers.drop_path_rates(self.drop_path_rate, sum(self.num_blocks)))
     for name in names:
       if name == "reduction_a":
         x = block(self.reduction_a, name=name)(x)
@@ -402,13 +410,14 @@ class InceptionV4Family(nn.Module):
         last = self.last_block_linear and name == names[-1]
         if last:  # TF-slim: Block8(scale=1.0, activation_fn=None).
           scale = 1.0
+        rate = next(rates)
         x = block(
             branches,
             residual_scale=scale,
             relu_after_add=not last,
             residual=self.residual,
             name=name,
-        )(x)
+        )(x, rate if dropping else 0.0)
     if self.final_conv:
       x = unit(Conv(self.final_conv), name="conv2d_7b")(x)
 

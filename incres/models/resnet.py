@@ -15,6 +15,22 @@ Faithfulness notes:
 - Every 3x3 conv's output after BN and before the nonlinearity (ReLU or the addition) is sown into
   the `intermediates` collection as `<stage>_<block>/bn_out<i>` (Figure 7's "responses").
 
+The descendants, as more rows of the same class (the named partials at the end of the tables):
+- ResNeXt (Xie et al. 2017): the bottleneck's 3x3 in `groups` groups, its width
+  int(filters * base_width / 64) * groups (ResNeXt-50 32x4d: 128 channels in 32 groups of 4 in the
+  first stage), as torchvision and the authors' `resnext_bottleneck_C`; the 3x3 strides.
+- Wide ResNets (Zagoruyko & Komodakis 2016), ImageNet "WRN-50-2-bottleneck": base_width 128 doubles
+  the bottleneck's inner width. The CIFAR WRN-28-10 is a pre-activation net
+  (`incres.models.preact_resnet.WRN28_10`).
+- Bag of Tricks (He et al. 2019, Section 4.2): ResNet-B = stride on the 3x3 (`stride_in_1x1=False`),
+  ResNet-C = the deep stem (`stem="deep"`), ResNet-D = a 2x2/2 average pool before a stride-1
+  projection (`avg_down=True`). NAMES: the paper's "ResNet-B/C/D" are these network tweaks; the
+  field `shortcut` holds the 2015 paper's shortcut *options* A/B/C (Section 3.3). They are
+  unrelated: ResNet50D has `shortcut="B"` (projections only where the shape changes), as all the
+  Bag-of-Tricks nets do. The named models say `ResNet50D`, never `shortcut="D"`.
+- Stochastic depth (`drop_path_rate`, `incres.models.layers`): each block's residual branch is
+  dropped per example in training, block k of the network's N at rate * k / (N - 1).
+
 Layouts. By default every block is its own module (`stage<i>_block<j>`) and XLA compiles each one
 separately, which for CifarResNet1202 (600 blocks) took 4 min for the init and grew past 24 GiB of
 host memory compiling the train step. `scan_blocks=True` keeps each stage's block 0 (it changes the
@@ -44,7 +60,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from incres import ops
+from incres import errors, ops
+from incres.models import layers
 
 ModuleDef = Any
 
@@ -103,6 +120,16 @@ def classifier_head(net: nn.Module, x: jnp.ndarray) -> tuple[jnp.ndarray, dict[s
   }
 
 
+def avg_pool_ceil(x: jnp.ndarray, stride: int) -> jnp.ndarray:
+  """A `stride` x `stride` average pool of stride `stride`, ceil mode, over real pixels only.
+
+  torch's `AvgPool2d(k, k, ceil_mode=True, count_include_pad=False)`, as timm's ResNet-D shortcut
+  uses it: on an odd side, the last window covers one row or column and averages only that.
+  """
+  pad = [(0, -n % stride) for n in x.shape[1:3]]
+  return nn.avg_pool(x, (stride, stride), (stride, stride), pad, count_include_pad=False)
+
+
 class _Block(nn.Module):
   """Shared shortcut logic of the basic and bottleneck blocks."""
 
@@ -113,15 +140,21 @@ class _Block(nn.Module):
   shortcut: str = "B"
   residual: bool = True
   zero_init_last_bn: bool = False
+  avg_down: bool = False  # Bag of Tricks' ResNet-D: average-pool before a strided projection.
   expansion: int = 1
 
-  def add_shortcut(self, x, y):
+  def add_shortcut(self, x, y, drop_rate: float | jax.Array = 0.0):
+    """relu(y + shortcut(x)); in training, y goes through stochastic depth at `drop_rate`."""
     if not self.residual:  # The plain twin: no shortcut at all.
       return nn.relu(y)
+    y = layers.drop_path(self, y, drop_rate)
     out_channels = self.filters * self.expansion
     shape_changes = self.strides > 1 or x.shape[-1] != out_channels
     if self.shortcut == "C" or (self.shortcut == "B" and shape_changes):
-      x = self.conv(out_channels, (1, 1), (self.strides, self.strides), name="proj_conv")(x)
+      stride = self.strides
+      if self.avg_down and stride > 1:  # The pool subsamples; the 1x1 conv then reads every pixel.
+        x, stride = avg_pool_ceil(x, stride), 1
+      x = self.conv(out_channels, (1, 1), (stride, stride), name="proj_conv")(x)
       x = self.norm(name="proj_bn")(x)
     elif shape_changes:
       if self.shortcut not in ("A", "B"):
@@ -139,7 +172,7 @@ class BasicBlock(_Block):
   """Two 3x3 convs (Figure 5 left)."""
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, drop_rate: float | jax.Array = 0.0):
     s = (self.strides, self.strides)
     y = self.conv(self.filters, (3, 3), s, name="conv1")(x)
     y = self.norm(name="bn1")(y)
@@ -148,51 +181,86 @@ class BasicBlock(_Block):
     y = self.conv(self.filters, (3, 3), name="conv2")(y)
     y = self.last_norm("bn2")(y)
     self.sow("intermediates", "bn_out2", y)
-    return self.add_shortcut(x, y)
+    return self.add_shortcut(x, y, drop_rate)
 
 
 class Bottleneck(_Block):
-  """1x1 reduce, 3x3, 1x1 expand (x4) (Figure 5 right)."""
+  """1x1 reduce, 3x3, 1x1 expand (x4) (Figure 5 right); grouped 3x3 for ResNeXt.
+
+  The 1x1 reduce and the 3x3 have int(filters * base_width / 64) * groups channels, the 3x3 in
+  `groups` groups (torchvision's `Bottleneck`, the ResNeXt authors' `resnext_bottleneck_C`):
+  `filters` for the ResNets, 4 * 32 = 128 in ResNeXt-50 (32x4d)'s first stage, 2 * `filters` in
+  the wide ResNets (base_width 128).
+  """
 
   expansion: int = 4
   stride_in_1x1: bool = True  # The paper's placement ("v1"); False: torchvision's "v1.5".
+  groups: int = 1  # ResNeXt's cardinality.
+  base_width: int = 64  # The width of one group at filters = 64 (torchvision's width_per_group).
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, drop_rate: float | jax.Array = 0.0):
     s = (self.strides, self.strides)
     s1, s3 = (s, (1, 1)) if self.stride_in_1x1 else ((1, 1), s)
-    y = self.conv(self.filters, (1, 1), s1, name="conv1")(x)
+    width = int(self.filters * (self.base_width / 64.0)) * self.groups
+    y = self.conv(width, (1, 1), s1, name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
-    y = self.conv(self.filters, (3, 3), s3, name="conv2")(y)
+    y = self.conv(width, (3, 3), s3, feature_group_count=self.groups, name="conv2")(y)
     y = self.norm(name="bn2")(y)
     self.sow("intermediates", "bn_out2", y)
     y = nn.relu(y)
     y = self.conv(self.filters * self.expansion, (1, 1), name="conv3")(y)
     y = self.last_norm("bn3")(y)
-    return self.add_shortcut(x, y)
+    return self.add_shortcut(x, y, drop_rate)
 
 
-def scan_repeats(module: nn.Module, x: jnp.ndarray, length: int, remat: bool) -> jnp.ndarray:
-  """Applies `length` copies of the block `module` in sequence as one `nn.scan` (one compile)."""
+def scan_repeats(
+    module: nn.Module,
+    x: jnp.ndarray,
+    length: int,
+    remat: bool,
+    drop_rates: Sequence[float] | None = None,
+    split_dropout: bool = False,
+) -> jnp.ndarray:
+  """Applies `length` copies of the block `module` in sequence as one `nn.scan` (one compile).
 
-  def body(module, x, _):
-    return module(x), None
+  `drop_rates` (one per copy, in training): each copy's stochastic-depth rate, passed to it as an
+  argument (the copies share their fields) and drawn from its own slice of the "dropout" stream;
+  `split_dropout` splits that stream for blocks that draw dropout masks otherwise.
+  """
+  split_rngs = {"params": True}
+  if drop_rates is not None or split_dropout:
+    split_rngs["dropout"] = True  # Each copy its own masks.
+  if drop_rates is None:
+
+    def body(module, x, _):
+      return module(x), None
+
+    xs = None
+  else:
+
+    def body(module, x, rate):
+      return module(x, rate), None
+
+    xs = jnp.asarray(drop_rates, jnp.float32)
 
   if remat:  # The backward pass recomputes each block from its input (one array per block).
     body = nn.remat(body)
   scan = nn.scan(
       body,
       variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
-      split_rngs={"params": True},
+      split_rngs=split_rngs,
       length=length,
   )
-  return scan(module, x, None)[0]
+  return scan(module, x, xs)[0]
 
 
 class ResNet(nn.Module):
-  """A ResNet or plain net over a stage table.
+  """A ResNet, ResNeXt, wide ResNet or plain net over a stage table.
 
-  `stem="imagenet"`: 7x7/2 conv 64, 3x3/2 max pool (Table 1). `stem="cifar"`: one 3x3 conv (4.2).
+  `stem="imagenet"`: 7x7/2 conv `width`, 3x3/2 max pool (Table 1). `stem="cifar"`: one 3x3 conv
+  (4.2). `stem="deep"`: Bag of Tricks' ResNet-C, three 3x3 convs of width/2, width/2 and `width`
+  channels (the first of stride 2, each with BN and ReLU), then the 3x3/2 max pool.
   Stage i has `stage_sizes[i]` blocks of `width * 2**i` filters; stages after the first start with
   stride 2. Returns `(logits, {'features', 'aux_logits': ()})` in every mode.
   """
@@ -202,9 +270,14 @@ class ResNet(nn.Module):
   num_classes: int = 1000
   width: int = 64
   stem: str = "imagenet"
+  # The 2015 paper's shortcut options A/B/C (Section 3.3), not Bag of Tricks' ResNet-B/C/D.
   shortcut: str = "B"
   residual: bool = True
   stride_in_1x1: bool = True
+  groups: int = 1  # Bottleneck only: ResNeXt's cardinality (the 3x3's groups).
+  base_width: int = 64  # Bottleneck only: the width per group (torchvision's width_per_group).
+  avg_down: bool = False  # ResNet-D: 2x2/2 average pool, then a stride-1 projection shortcut.
+  drop_path_rate: float = 0.0  # Stochastic depth: the last block's rate (incres.models.layers).
   zero_init_last_bn: bool = False
   bn_momentum: float = 0.9  # Torch's 0.1 in Flax's convention.
   bn_epsilon: float = 1e-5
@@ -216,15 +289,34 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    layers.check_drop_path_rate(self.drop_path_rate, "ResNet", self.residual)
     conv, norm = layer_factories(self, train)
     block = self.block
     if block is Bottleneck:
-      block = functools.partial(Bottleneck, stride_in_1x1=self.stride_in_1x1)
+      block = functools.partial(
+          Bottleneck,
+          stride_in_1x1=self.stride_in_1x1,
+          groups=self.groups,
+          base_width=self.base_width,
+      )
+    elif self.groups != 1 or self.base_width != 64:
+      raise errors.ConfigError(
+          f"groups={self.groups}, base_width={self.base_width}: only bottleneck blocks have the"
+          " grouped, widened 3x3 (ResNeXt, wide ResNets); the basic block's are 1 and 64 (as in"
+          " torchvision). Use a bottleneck model (ResNet50 and deeper) or leave them unset."
+      )
 
     x = jnp.asarray(x, self.dtype)
     if self.stem == "imagenet":
       x = conv(self.width, (7, 7), (2, 2), name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
+      x = ops.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), cpu_conv_vjp=self.cpu_conv_vjp)
+    elif self.stem == "deep":  # Bag of Tricks' ResNet-C (Figure 2b): 32, 32, 64 for width 64.
+      widths = (self.width // 2, self.width // 2, self.width)
+      for i, features in enumerate(widths):
+        stride = (2, 2) if i == 0 else (1, 1)
+        x = conv(features, (3, 3), stride, name=f"stem_conv{i + 1}")(x)
+        x = nn.relu(norm(name=f"stem_bn{i + 1}")(x))
       x = ops.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), cpu_conv_vjp=self.cpu_conv_vjp)
     elif self.stem == "cifar":
       x = conv(self.width, (3, 3), name="stem_conv")(x)
@@ -232,8 +324,13 @@ class ResNet(nn.Module):
       self.sow("intermediates", "stem_bn_out", x)
       x = nn.relu(x)
     else:
-      raise ValueError(f"Unknown stem {self.stem!r}; use 'imagenet' or 'cifar'.")
+      raise ValueError(f"Unknown stem {self.stem!r}; use 'imagenet', 'deep' or 'cifar'.")
 
+    # Stochastic depth in training only: block k of the whole net drops at rates[k].
+    dropping = train and self.drop_path_rate > 0
+    total = sum(self.stage_sizes)
+    rates = layers.drop_path_rates(self.drop_path_rate, total) if dropping else (0.0,) * total
+    k = 0
     for i, num_blocks in enumerate(self.stage_sizes):
       stage_block = functools.partial(
           block,
@@ -243,16 +340,22 @@ class ResNet(nn.Module):
           shortcut=self.shortcut,
           residual=self.residual,
           zero_init_last_bn=self.zero_init_last_bn,
+          avg_down=self.avg_down,
       )
       # Block 0 changes the width and (after the first stage) the resolution; the rest repeat it.
-      x = stage_block(strides=2 if i > 0 else 1, name=f"stage{i + 1}_block0")(x)
+      x = stage_block(strides=2 if i > 0 else 1, name=f"stage{i + 1}_block0")(x, rates[k])
       if self.scan_blocks and num_blocks > 1:
         x = scan_repeats(
-            stage_block(name=f"stage{i + 1}_blocks"), x, num_blocks - 1, self.remat_blocks
+            stage_block(name=f"stage{i + 1}_blocks"),
+            x,
+            num_blocks - 1,
+            self.remat_blocks,
+            drop_rates=rates[k + 1 : k + num_blocks] if dropping else None,
         )
       else:
         for j in range(1, num_blocks):
-          x = stage_block(name=f"stage{i + 1}_block{j}")(x)
+          x = stage_block(name=f"stage{i + 1}_block{j}")(x, rates[k + j])
+      k += num_blocks
 
     return classifier_head(self, x)
 
@@ -265,6 +368,31 @@ ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block=Bottlenec
 ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block=Bottleneck)
 Plain18 = functools.partial(ResNet18, residual=False)
 Plain34 = functools.partial(ResNet34, residual=False)
+
+# ResNeXt (Xie et al. 2017, arXiv 1611.05431): "C x Nd" is cardinality C, N channels per group at
+# the first stage. The authors' code (facebookresearch/ResNeXt, `resnext_bottleneck_C`) and
+# torchvision stride the grouped 3x3, so these do too (stride_in_1x1=False).
+ResNeXt50_32x4d = functools.partial(ResNet50, groups=32, base_width=4, stride_in_1x1=False)
+ResNeXt101_32x8d = functools.partial(ResNet101, groups=32, base_width=8, stride_in_1x1=False)
+ResNeXt101_64x4d = functools.partial(ResNet101, groups=64, base_width=4, stride_in_1x1=False)
+# Wide ResNet-50-2 / 101-2 (Zagoruyko & Komodakis 2016, "WRN-50-2-bottleneck"): the bottleneck's
+# 1x1 reduce and 3x3 twice as wide, outputs unchanged. The 3x3 strides, as in the authors'
+# released ImageNet model (szagoruyko/wide-residual-networks, pretrained/README.md) and torchvision.
+WideResNet50_2 = functools.partial(ResNet50, base_width=128, stride_in_1x1=False)
+WideResNet101_2 = functools.partial(ResNet101, base_width=128, stride_in_1x1=False)
+
+# "Bag of Tricks" (He et al. 2019, arXiv 1812.01187, Section 4.2 and Figure 2) tweaks of ResNet-50,
+# each on top of the previous one (Table 5): ResNet-B strides the bottleneck's 3x3 instead of its
+# first 1x1 (torchvision's "v1.5": ResNet50B is ResNet50(stride_in_1x1=False)); ResNet-C replaces
+# the 7x7 stem conv with three 3x3 convs (stem="deep"); ResNet-D average-pools 2x2/2 before the
+# projection shortcut of each stage's first block, whose 1x1 conv then has stride 1
+# (avg_down=True). Not to be confused with the 2015 paper's shortcut options A/B/C (the field
+# `shortcut`): every Bag-of-Tricks net uses option B. timm's `resnet50c` / `resnet50d` /
+# `resnet101d` are these networks (stem width 32, "deep").
+ResNet50B = functools.partial(ResNet50, stride_in_1x1=False)
+ResNet50C = functools.partial(ResNet50B, stem="deep")
+ResNet50D = functools.partial(ResNet50C, avg_down=True)
+ResNet101D = functools.partial(ResNet101, stride_in_1x1=False, stem="deep", avg_down=True)
 
 
 def _cifar(depth: int, residual: bool) -> Callable[..., ResNet]:

@@ -18,9 +18,9 @@ plain 2-D NHWC/HWIO one (no dilation); everything else goes to `lax.conv_general
 unchanged. Grouped convolutions (`feature_group_count`, ResNeXt's 3x3s) take it too: XLA:CPU's
 grouped weight gradient was 250x its forward pass (a 3x3, 32-group 128->128 conv on 56x56 maps,
 batch 16: 16.4 s against 65 ms forward, where an ungrouped one takes 381 ms); here each chunk's
-GEMMs are batched over the groups (`_grouped_weight_grad`). Whether it is used is the config value `cpu_conv_vjp`, which `create_model` gives the
-model and the model gives each `Conv` and `max_pool` (the `cpu_conv_vjp` argument below):
-"auto" (the default) uses it on the CPU, "on" too, and "off" never; GPUs and TPUs never use it
+GEMMs are batched over the groups (`_grouped_weight_grad`). Whether it is used is the config
+value `cpu_conv_vjp`, which `create_model` gives the model and the model gives each `Conv` and
+`max_pool` (the `cpu_conv_vjp` argument below): "auto" (the default) uses it on the CPU, "on" too, and "off" never; GPUs and TPUs never use it
 for convolutions. The max pools' gradient from the k*k views (`max_pool`) is also used on GPUs,
 under the same setting ("auto" and "on" use it, "off" and the process-wide switches below turn it
 off): XLA:GPU's select-and-scatter was slower there (one H200, bf16, batch

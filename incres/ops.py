@@ -13,23 +13,21 @@ own forward and input-gradient convolutions and computes the weight gradient as 
 images at a time (`conv_weight_grad`): 1.5-5x XLA's speed for the 16-256-channel convolutions of
 the CIFAR ResNets, GoogLeNet and ResNet-50. 1x1 convolutions are GEMMs in all three passes.
 
-The custom convolution gradient is used only when JAX's default backend is the CPU and it is a
-plain 2-D NHWC/HWIO one (no dilation); everything else goes to `lax.conv_general_dilated`
-unchanged. Grouped convolutions (`feature_group_count`, ResNeXt's 3x3s) take it too: XLA:CPU's
-grouped weight gradient was 250x its forward pass (a 3x3, 32-group 128->128 conv on 56x56 maps,
-batch 16: 16.4 s against 65 ms forward, where an ungrouped one takes 381 ms); here each chunk's
-GEMMs are batched over the groups (`_grouped_weight_grad`). Whether it is used is the config
-value `cpu_conv_vjp`, which `create_model` gives the model and the model gives each `Conv` and
-`max_pool` (the `cpu_conv_vjp` argument below): "auto" (the default) uses it on the CPU, "on" too, and "off" never; GPUs and TPUs never use it
-for convolutions. The max pools' gradient from the k*k views (`max_pool`) is also used on GPUs,
-under the same setting ("auto" and "on" use it, "off" and the process-wide switches below turn it
-off): XLA:GPU's select-and-scatter was slower there (one H200, bf16, batch
+The custom convolution gradient is used only when JAX's default backend is the CPU and it is a plain
+2-D NHWC/HWIO one (no dilation); everything else goes to `lax.conv_general_dilated` unchanged.
+Grouped convolutions (`feature_group_count`, ResNeXt's 3x3s) take it too: XLA:CPU's grouped weight
+gradient was 250x its forward pass (a 3x3, 32-group 128->128 conv on 56x56 maps, batch 16: 16.4 s
+against 65 ms forward, where an ungrouped one takes 381 ms); here each chunk's GEMMs are batched
+over the groups (`_grouped_weight_grad`). Whether it is used is the config value `cpu_conv_vjp`,
+which `create_model` gives the model and the model gives each `Conv` and `max_pool` (the
+`cpu_conv_vjp` argument below): "auto" (the default) uses it on the CPU, "on" too, and "off" never;
+GPUs and TPUs never use it for convolutions. The max pools' gradient from the k*k views (`max_pool`)
+is also used on GPUs, under the same setting ("auto" and "on" use it, "off" and the process-wide
+switches below turn it off): XLA:GPU's select-and-scatter was slower there (one H200, bf16, batch
 256, batch on the device: ResNet-50's train step 6,439 -> 6,856 images/s, GoogLeNet's 6,943 ->
-9,404; benchmarks/RESULTS.md).
-For benchmarks, `INCRES_CPU_CONV_VJP=0` in the environment or `set_cpu_conv_vjp(False)` turns
-"auto" off for the whole process (both are read when a function is traced, so set them before
-`jit`); an explicit "on" or "off" ignores them.
-"""
+9,404; benchmarks/RESULTS.md). For benchmarks, `INCRES_CPU_CONV_VJP=0` in the environment or
+`set_cpu_conv_vjp(False)` turns "auto" off for the whole process (both are read when a function is
+traced, so set them before `jit`); an explicit "on" or "off" ignores them. """
 
 from __future__ import annotations
 

@@ -75,6 +75,8 @@ _HOMES = {
     "normalization_mean": "preprocess",
     "device_preprocess": "preprocess",
     "preprocess_for_eval": "preprocess",
+    "eval_image_size": "preprocess",
+    "eval_mean": "preprocess",
     "eval_images": "loading",
     "MAX_NAMED_BAD_IMAGES": "unreadable",
     "SPARE_BATCHES": "unreadable",

@@ -1,29 +1,6 @@
 """The training and evaluation iterators: seeded streams, exactly resumable at any step.
 
-Repeated augmentation (`config.repeated_augmentation` = k > 1; Hoffer et al. 2020, "Augment your
-batch"; Berman et al. 2019; the RA sampler of torchvision's `references/classification/sampler.py`
-and timm's `RepeatAugSampler`, both from DeiT): every global batch of B rows holds B / k images,
-each k times, each copy (a "view") augmented with a seed of its own, its position in the training
-stream. The references' sampler repeats each index of an epoch's permutation k times, pads, deals
-the list out to the replicas in turn (`indices[rank::world_size]`: consecutive copies of an image
-go to consecutive replicas) and keeps about len(dataset) / world_size indices per replica (rounded
-down to a multiple of 256 in all), so an epoch is as many views as the split has images, of about
-1/k of its images, a fresh random subset each epoch. Here an epoch likewise holds k·⌊n/k⌋ views
-(n when k divides the split's n images): the first ⌊n/k⌋ images of the epoch's permutation (the same
-seeded permutation as without repetition), each k times; the run's length in epochs and steps is
-unchanged.
-
-The layout (`repeated_layout`): row r of the global batch holds view r // I of image r % I
-(I = B / k: view-major, all first views, then all second views, ...). The global batch is sharded
-contiguously, process p holding rows [p·B/P, (p+1)·B/P) and each device B/D consecutive rows of
-them, so the views of one image, I rows apart, lie on k different devices whenever k <= D (I >=
-B/D, a device's share), and on k different processes (hosts) whenever k <= P; with more views than
-devices (one CPU) each device holds ⌊k/D⌋ or ⌈k/D⌉ of each image's views, evenly spread, which
-the references cannot do with fewer replicas than repetitions either. Streamed datasets
-(ImageNet) read each process's own share of the files, so an image's views stay on its process,
-laid out the same way over the process's devices (different devices whenever k is at most the
-local device count); the records of an epoch that no batch reaches are skipped on resume like any
-other, so resumption stays exact.
+Repeated augmentation lays its views out by `repeated.layout` (that module says how and why).
 """
 
 from __future__ import annotations
@@ -36,7 +13,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from incres import configs
-from incres.data import loading, placement, preprocess, sources, tfdata, unreadable
+from incres.data import loading, placement, preprocess, repeated, sources, tfdata, unreadable
 
 # Examples in the shuffle buffer of streamed datasets (encoded images: ~1 GB on ImageNet).
 STREAM_SHUFFLE_BUFFER = 10_000
@@ -61,19 +38,6 @@ def _base_seed(config, stream: int) -> tf.Tensor:
 _PERMUTATION, _AUGMENT, _STREAM, _SPARE = 1, 2, 3, 4
 
 
-def repeated_layout(global_batch: int, repeats: int) -> tuple[np.ndarray, np.ndarray]:
-  """`(image, view)`, int64 [global_batch] each: which of the batch's `global_batch // repeats`
-  images and which of its `repeats` views each row of a global batch holds with repeated
-  augmentation: row r holds view r // I of image r % I (I = global_batch // repeats), so the
-  copies of an image are I rows apart, on different devices of the contiguously sharded batch
-  (the module docstring). repeats=1: row r is image r."""
-  if repeats < 1 or global_batch % repeats:
-    raise ValueError(f"{global_batch} rows do not hold whole images of {repeats} views.")
-  rows = np.arange(global_batch, dtype=np.int64)
-  images = global_batch // repeats
-  return rows % images, rows // images
-
-
 def create_train_iter(
     config, *, start_step: int = 0, where: placement.Placement | None = None
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -90,7 +54,7 @@ def create_train_iter(
   `create_train_iter(config, start_step=k)` yields what an uninterrupted iterator yields from its
   k-th batch on. Process p gets the p-th slice of each global batch. With
   `config.repeated_augmentation` = r > 1 each global batch holds batch_size / r images, r views of
-  each, laid out by `repeated_layout` (the module docstring), and an epoch is about as many views
+  each, laid out by `repeated.layout`, and an epoch is about as many views
   as the split has images.
 
   Unreadable images (a truncated JPEG, an empty file, text named `.png`) are skipped, counted in
@@ -135,7 +99,7 @@ def create_train_iter(
   # Repeated augmentation: the images of an epoch (the first of its permutation) and of a batch,
   # and the image (of the batch's) behind each of this process's rows.
   images_per_epoch, images_per_batch = max(1, n // repeats), global_batch // repeats
-  image_of_row = tf.constant(repeated_layout(global_batch, repeats)[0][lo : lo + local])
+  image_of_row = tf.constant(repeated.layout(global_batch, repeats)[0][lo : lo + local])
 
   def epoch_images(e):
     return tf.data.Dataset.from_tensor_slices(permutation(e)[:images_per_epoch])
@@ -269,7 +233,7 @@ def _stream_train_iter(
       return {**{k: tf.stack([v[k] for v in per_view]) for k in per_view[0]}, "record": i}
 
     def view_major(batch):
-      """[records, repeats, ...] -> [repeats · records, ...]: `repeated_layout`'s rows."""
+      """[records, repeats, ...] -> [repeats · records, ...]: `repeated.layout`'s rows."""
       out = {"record": batch["record"]}  # One per record: what `CountingBatches` counts.
       for k, v in batch.items():
         if k != "record":

@@ -45,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
   # "cifar", "resnet_imagenet", "googlenet", "random_resized_crop" (torchvision's and timm's
   # ImageNet recipe, with the keys below: incres.data.modern) or "none".
   c.augment = "cifar"
+  # "cifar"'s border before its random crop: "zero" (ResNet §4.2, fb.resnet.torch: zeros after the
+  # mean subtraction) or "reflect" (the wide ResNets' code: the image mirrored).
+  c.cifar_padding = "zero"
   # random_resized_crop's policy on each uint8 crop (incres.data.autoaugment, torchvision v2's
   # semantics): "none", "randaugment", "trivialaugment_wide" or "autoaugment_imagenet" ...
   c.auto_augment = "none"
@@ -74,8 +77,17 @@ def base_config() -> ml_collections.ConfigDict:
   # uninterrupted run.
   c.resample = "auto"
   c.eval_preprocess = "single"  # "single" (original view) or "center" (shorter side 256, 224 crop).
+  # FixRes-style evaluation (eval_preprocess="center"): the shorter side resized to this and the
+  # central crop of eval_crop_size taken, apart from the training image_size (None: 256/224 scaled
+  # by image_size/224, today's "center").
+  c.eval_resize_size = ml_collections.config_dict.placeholder(int)
+  c.eval_crop_size = ml_collections.config_dict.placeholder(int)
   c.batch_size = 128  # Global batch size, split across all devices and hosts.
   c.eval_batch_size = 256  # Global evaluation batch size (the last batch is padded and masked).
+  # Repeated augmentation (torchvision's and timm's RA sampler): each image drawn appears this many
+  # times in the global batch, each view augmented independently, its copies on different devices;
+  # an epoch then holds as many views as the split has images (1: off).
+  c.repeated_augmentation = 1
   c.normalize = "auto"  # "auto" (cifar: per-pixel mean, else ImageNet channel mean), "pixel_mean",
   # "channel_mean", "mean_std" (torchvision's: minus the ImageNet channel mean, divided by its
   # std; for imported weights) or "none"; images are on the [0, 1] scale before normalisation.
@@ -371,6 +383,21 @@ def _is_number(value) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+CIFAR_PADDINGS = ("zero", "reflect")  # `cifar_padding`'s values.
+
+
+def check_cifar_padding(config: ml_collections.ConfigDict) -> str:
+  """`config.cifar_padding` (older configs: "zero"), or ConfigError if it is not one."""
+  padding = config.get("cifar_padding", "zero")
+  if padding not in CIFAR_PADDINGS:
+    raise errors.ConfigError(
+        f"cifar_padding={padding!r} is not one of {', '.join(CIFAR_PADDINGS)}: set"
+        " --config.cifar_padding=zero (ResNet's zeros after the mean) or reflect (the wide"
+        " ResNets' mirrored border)."
+    )
+  return padding
+
+
 # Step-valued config keys and the epoch-valued keys they are derived from by `resolve_config`.
 EPOCH_KEYS = (
     ("lr_boundaries", "lr_boundary_epochs"),
@@ -455,6 +482,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
   check_resample(config)
   check_recipe(config)
   check_auto_augment(config)
+  check_cifar_padding(config)
   averaged = [n for n, on in (("eval_ema", config.ema_decay), ("eval_polyak", config.polyak)) if on]
   known = [f"{p}/{m}" for p in ["eval"] + averaged for m in ("top1", "top5", "loss")]
   if config.best_metric and config.best_metric not in known:

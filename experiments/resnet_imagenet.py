@@ -49,22 +49,23 @@ recipe trains on independent views and evaluates at the 256/224-scaled centre cr
 
   recipe=torchvision_v2: torchvision's "new recipe" for ResNet-50 (IMAGENET1K_V2 weights,
     pytorch/vision#3995, #5201): 80.858% top-1 with the EMA weights, resize 232 / crop 224.
-    python launch.py --config=experiments/resnet_imagenet.py:recipe=torchvision_v2 --workdir=runs/r50_tv2
+    python launch.py --config=experiments/resnet_imagenet.py:recipe=torchvision_v2 --workdir=runs/tv2
     600 epochs at batch 1024 = 750,684 steps; sized for 8 accelerators (128 each).
   recipe=rsb_a1 | rsb_a2 | rsb_a3: ResNet strikes back (Wightman, Touvron & Jegou 2021, arXiv
     2110.00476) A1 / A2 / A3: 80.4 / 79.8 (not confirmed here) / 78.1% top-1 at 224.
     python launch.py --config=experiments/resnet_imagenet.py:recipe=rsb_a1 --workdir=runs/r50_rsb_a1
-    600 / 300 / 100 epochs at batch 2048 = 375,342 / 187,671 / 62,557 steps; the paper trained A1
-    on 4 V100s for 4.6 days.
+    600 / 300 / 100 epochs at batch 2048 = 375,342 / 187,671 / 62,557 steps (A1 took 4.6 days on
+    4 V100s, as a review of the paper reports).
   recipe=bag_of_tricks: Bag of Tricks (He et al. 2019, arXiv 1812.01187): ResNet-50-D with cosine
     decay, label smoothing and mixup (no distillation): 79.15% top-1 (Table 6, not confirmed
     here); Table 1's confirmed 79.29% adds distillation, which incres does not do.
-    python launch.py --config=experiments/resnet_imagenet.py:recipe=bag_of_tricks --workdir=runs/r50d_bot
+    python launch.py --config=experiments/resnet_imagenet.py:recipe=bag_of_tricks --workdir=runs/bot
     200 epochs at batch 1024 = 250,228 steps.
-Expected time (estimate, not measured): ResNet-50 at 224 trains at ~6,900 images/s on one H200
-with the batch on the device (benchmarks/RESULTS.md), so 600 epochs are ~31 days on one such GPU
-and ~4 days on eight, input pipeline permitting (RandAugment and TrivialAugment run on the host).
-Each recipe's deviations from its source are stated where it is set, below.
+Expected time (estimate, not measured): ResNet-50's train step at 224 runs 6,856 images/s on one
+H200 with the batch on the device (README), so 600 epochs are ~31 days on one such GPU (less at
+176 or 160) and ~4 days on eight, input pipeline permitting (the policies run on the host).
+`recipe=NAME,smoke=True,tiny=True` runs each on fake data in seconds (batch 12: whole groups of
+3 or 4 repeated views). Each recipe's deviations from its source are stated where it is set.
 """
 
 from __future__ import annotations

@@ -316,7 +316,9 @@ WRN_DROPOUT_RATE = 0.3
 #   argparse defaults of references/classification/train.py (read in verbatim copies of it); its
 #   80.858 / 95.434 top-1 / top-5 are PR #5201's (confirmed), evaluated with the weights'
 #   transforms (resize 232, crop 224, bilinear). The 8 GPUs (batch 8 x 128) are the README's
-#   stated default hardware, not confirmed for this run.
+#   stated default hardware, not confirmed for this run. The biases are decayed: train.py's
+#   --bias-weight-decay defaults to --weight-decay (that the flag existed when these weights were
+#   trained is not confirmed; its earlier split, norms against the rest, also decayed them).
 # - rsb_a1/a2/a3: Wightman, Touvron & Jegou 2021, "ResNet strikes back" (arXiv 2110.00476),
 #   Table 1 (not confirmed here): every value is corroborated by timm's and mmpretrain's RSB
 #   configs, and the defaults by timm's train.py, Lamb and BinaryCrossEntropy (commit aa4b585).

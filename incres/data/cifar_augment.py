@@ -31,9 +31,10 @@ def cifar_train(
   untouched.
 
   `padding="reflect"` mirrors the border instead (without repeating the edge pixel: torch's and
-  Lua Torch's reflection padding), as the wide ResNets' code does (szagoruyko/wide-residual-networks,
-  `randomcrop_type reflection`). It mirrors the mean-subtracted image, which for a channel mean
-  (normalize="mean_std") is the same as mirroring the image, as they do.
+  Lua Torch's reflection padding), as the wide ResNets' code does
+  (szagoruyko/wide-residual-networks, `randomcrop_type reflection`). It mirrors the
+  mean-subtracted image, which for a channel mean (normalize="mean_std") is the same as mirroring
+  the image, as they do.
   """
   crop_seed, flip_seed = image_ops.split_seed(seed, 2)
   x = image_ops.to_float(decoding.decode(image))

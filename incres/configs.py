@@ -45,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
   # "cifar", "resnet_imagenet", "googlenet", "random_resized_crop" (torchvision's and timm's
   # ImageNet recipe, with the keys below: incres.data.modern) or "none".
   c.augment = "cifar"
+  # "cifar"'s border before its random crop: "zero" (ResNet §4.2, fb.resnet.torch: zeros after the
+  # mean subtraction) or "reflect" (the wide ResNets' code: the image mirrored).
+  c.cifar_padding = "zero"
   # random_resized_crop's policy on each uint8 crop (incres.data.autoaugment, torchvision v2's
   # semantics): "none", "randaugment", "trivialaugment_wide" or "autoaugment_imagenet" ...
   c.auto_augment = "none"
@@ -442,6 +445,21 @@ def _is_number(value) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+CIFAR_PADDINGS = ("zero", "reflect")  # `cifar_padding`'s values.
+
+
+def check_cifar_padding(config: ml_collections.ConfigDict) -> str:
+  """`config.cifar_padding` (older configs: "zero"), or ConfigError if it is not one."""
+  padding = config.get("cifar_padding", "zero")
+  if padding not in CIFAR_PADDINGS:
+    raise errors.ConfigError(
+        f"cifar_padding={padding!r} is not one of {', '.join(CIFAR_PADDINGS)}: set"
+        " --config.cifar_padding=zero (ResNet's zeros after the mean) or reflect (the wide"
+        " ResNets' mirrored border)."
+    )
+  return padding
+
+
 # Step-valued config keys and the epoch-valued keys they are derived from by `resolve_config`.
 EPOCH_KEYS = (
     ("lr_boundaries", "lr_boundary_epochs"),
@@ -528,6 +546,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
   check_auto_augment(config)
   check_repeated_augmentation(config, num_processes)
   eval_view_sizes(config)
+  check_cifar_padding(config)
   averaged = [n for n, on in (("eval_ema", config.ema_decay), ("eval_polyak", config.polyak)) if on]
   known = [f"{p}/{m}" for p in ["eval"] + averaged for m in ("top1", "top5", "loss")]
   if config.best_metric and config.best_metric not in known:

@@ -209,8 +209,9 @@ def as_example(out: tf.Tensor | dict[str, tf.Tensor], label: tf.Tensor) -> dict[
 def _unscaled_train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
   s, mean = config.image_size, normalization_mean(config)
   if config.augment == "cifar":
+    padding = configs.check_cifar_padding(config)
     return lambda image, seed: tf.ensure_shape(
-        cifar_augment.cifar_train(image, seed, mean=mean, size=s), [s, s, 3]
+        cifar_augment.cifar_train(image, seed, mean=mean, size=s, padding=padding), [s, s, 3]
     )
   if config.augment == "resnet_imagenet":
     return functools.partial(resnet_augment.resnet_imagenet_train, size=s, mean=mean)

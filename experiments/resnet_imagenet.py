@@ -43,9 +43,8 @@ source's hyper-parameters: incres/paper.py's RECIPES holds each value with its c
 tests/test_published_recipes.py checks every config against that table, resolved on ImageNet's
 1,281,167 training images (steps, warm-up, schedule values, every hyper-parameter). Nothing was
 trained on ImageNet here, so no accuracy is estimated: the numbers below are the sources'. Two
-keys they set, `repeated_augmentation` and `eval_resize_size` / `eval_crop_size`, have no effect
-until the input pipeline that reads them lands (issue #26, the data part); until then every
-recipe trains on independent views and evaluates at the 256/224-scaled centre crop.
+keys come from the data pipeline: `repeated_augmentation` (views of each image in a global batch,
+on different devices) and `eval_resize_size` / `eval_crop_size` (FixRes-style evaluation).
 
   recipe=torchvision_v2: torchvision's "new recipe" for ResNet-50 (IMAGENET1K_V2 weights,
     pytorch/vision#3995, #5201): 80.858% top-1 with the EMA weights, resize 232 / crop 224.
@@ -54,8 +53,9 @@ recipe trains on independent views and evaluates at the 256/224-scaled centre cr
   recipe=rsb_a1 | rsb_a2 | rsb_a3: ResNet strikes back (Wightman, Touvron & Jegou 2021, arXiv
     2110.00476) A1 / A2 / A3: 80.4 / 79.8 (not confirmed here) / 78.1% top-1 at 224.
     python launch.py --config=experiments/resnet_imagenet.py:recipe=rsb_a1 --workdir=runs/r50_rsb_a1
-    600 / 300 / 100 epochs at batch 2048 = 375,342 / 187,671 / 62,557 steps (A1 took 4.6 days on
-    4 V100s, as a review of the paper reports).
+    600 / 300 / 100 epochs at batch 2040 / 2040 / 2048 = 376,814 / 188,407 / 62,557 steps (A1 and
+    A2: 2,040, a multiple of the 3 repeated views and 8 devices, for Table 1's 2,048; A1 took 4.6
+    days on 4 V100s, as a review of the paper reports).
   recipe=bag_of_tricks: Bag of Tricks (He et al. 2019, arXiv 1812.01187): ResNet-50-D with cosine
     decay, label smoothing and mixup (no distillation): 79.15% top-1 (Table 6, not confirmed
     here); Table 1's confirmed 79.29% adds distillation, which incres does not do.
@@ -256,7 +256,11 @@ def _rsb(c: ml_collections.ConfigDict, variant: str) -> None:
   c.repeated_augmentation = (3, 3, 1)[a]  # timm's --aug-repeats 3 (A1, A2); none in A3.
 
   c.num_epochs = (600, 300, 100)[a]
-  c.batch_size = 2048
+  # Table 1's 2,048, except with repeated augmentation: timm's sampler deals the 3 copies of an
+  # image out to the replicas regardless of batch boundaries, incres keeps an image's views in one
+  # global batch (incres.data.repeated), so the batch must be a multiple of 3 (and of the 8
+  # devices): 2,040, the learning rate unchanged (A1 / A2 then run 376,814 / 188,407 steps).
+  c.batch_size = 2040 if c.repeated_augmentation > 1 else 2048
   c.eval_batch_size = 1024
   c.optimizer = "lamb"  # timm's Lamb: betas (0.9, 0.999), eps 1e-6 (the lamb_* defaults).
   c.learning_rate = (5e-3, 5e-3, 8e-3)[a]

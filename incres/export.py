@@ -20,13 +20,15 @@ What the exported StableHLO and SavedModel functions take and return:
     `Resize` and `CenterCrop` do; `incres.data.preprocess_for_eval` without its normalisation).
   -> logits: float32 [batch, num_classes] (softmax them for probabilities).
 The run's input normalisation is applied inside (`config.normalize`: the per-pixel mean image of
-the training set for CIFAR-style runs (its per-channel average for a view of another size), the ImageNet channel mean, or torchvision's mean and std),
-so a server feeds plain [0, 1] pixels. `export.json` beside them records the input shape, dtype,
-view and normalisation, the class count and names, where each file is, and (`serialization`) the
-versions a consumer needs: jax and jaxlib, and for each of stablehlo and saved_model its
-`stablehlo_target_version` (the StableHLO/VHLO version the portable artifact is serialized for: a
-consumer of that version or newer reads it) and its `calling_convention_version` (jax.export's);
-saved_model adds the TensorFlow that wrote it and the StableHLO version that TensorFlow reads.
+the training set for CIFAR-style runs, its per-channel average for a view of another size, the
+ImageNet channel mean, or torchvision's mean and std), so a server feeds plain [0, 1] pixels.
+`export.json` beside them records the input shape, dtype, view (with a FixRes-style view's
+`resize` and `crop`) and normalisation, the class count and names, where each file is, and
+(`serialization`) the versions a consumer needs: jax and jaxlib, and for each of stablehlo and
+saved_model its `stablehlo_target_version` (the StableHLO/VHLO version the portable artifact is
+serialized for: a consumer of that version or newer reads it) and its `calling_convention_version`
+(jax.export's); saved_model adds the TensorFlow that wrote it and the StableHLO version that
+TensorFlow reads.
 
 The formats (`--format`, comma-separated; default stablehlo,saved_model):
   stablehlo    `model.stablehlo`: a serialized `jax.export.Exported` (StableHLO plus its calling

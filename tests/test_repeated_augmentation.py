@@ -12,6 +12,7 @@ import types
 import jax
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 import conftest
 from incres import configs, data, errors, metrics, train
@@ -163,6 +164,28 @@ def test_processes_get_their_slices_of_the_same_global_batch(decode, monkeypatch
   np.testing.assert_array_equal(np.concatenate(halves), whole)
   # With 2 processes and 4 views, each process holds 2 views of every image of the batch.
   assert sorted(halves[0]) == sorted(halves[1])
+
+
+@pytest.mark.slow  # ~12 s of CPU, most of it tfds building the mocked dataset.
+def test_streamed_datasets_repeat_each_record_and_resume_exactly():
+  """imagenette (mocked: 37 records) is streamed: a process's own records, 2 a batch of 8 here,
+  each 4 times; an epoch is still 4 batches (32 views), and step 5 (epoch 2) resumes exactly."""
+  image, _ = repeated.layout(8, 4)
+  with tfds.testing.mock_data(num_examples=37):
+    c = _config(dataset="imagenette", batch_size=8, augment="none", eval_preprocess="center")
+    c.update(image_size=32, normalize="channel_mean")
+    it = data.create_train_iter(c)
+    full = _take(it, 6)
+    for b in full:  # Unaugmented views: equal copies, in the layout.
+      np.testing.assert_array_equal(b["image"], b["image"][image])
+      assert not np.array_equal(b["image"][0], b["image"][1]) and set(b) == {"image", "label"}
+    resumed = data.create_train_iter(c, start_step=5)
+    np.testing.assert_array_equal(next(resumed)["image"], full[5]["image"])
+    assert it.skipped == resumed.skipped == 0  # The records counted from the resumed one on.
+    c.augment = "resnet_imagenet"  # Each view its own seed.
+    b = next(data.create_train_iter(c))
+    np.testing.assert_array_equal(b["label"], b["label"][image])
+    assert not np.array_equal(b["image"][0], b["image"][2])
 
 
 @pytest.mark.parametrize(

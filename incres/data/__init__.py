@@ -40,18 +40,18 @@ the log, without giving up exactness: a batch that fails is rebuilt from its rea
 spare rows of the following batches, which depends only on the files (`create_train_iter`).
 `python -m incres.data check folder:<path>` lists every unreadable file of a folder dataset.
 
-One module per concept: `sources` (the readers, `dataset_info`), `tfds_errors` (why preparing a
-tfds dataset failed), `loading` (examples out of a source, `eval_images`), `placement` (which
+One module per concept: `sources` (the readers, `dataset_info`), `tfds_errors` (why preparing a tfds
+dataset failed), `loading` (examples out of a source, `eval_images`), `placement` (which
 augmentation steps run on the accelerator), `preprocess` (normalisation, the recipes,
 `device_preprocess`), `unreadable` (skipping, counting and naming unreadable images), `tfdata` (the
-tf.data settings), `pipeline` (the iterators), `repeated` (repeated augmentation's batch layout) and `__main__` (the `check` command line). The
-papers' augmentations and views, seeded and stateless TensorFlow functions of (image, seed):
-`cifar_augment`, `resnet_augment` and `googlenet_augment` (the recipes), `photometric` (GoogLeNet's
-colour distortions), `eval_views` (the training loop's test views), built on `decoding` (whole
-images, or a JPEG's window), `crops` (resized crops, crop first), `image_ops` (the small ops they
-share) and `imagenet_stats` (the mean, std and colour PCA). What the train step finishes on the
-accelerator, in JAX: `device_photometric` (the colour distortions) and `device_resample` (the
-crops' resampling).
+tf.data settings), `pipeline` (the iterators), `repeated` (repeated augmentation's batch layout) and
+`__main__` (the `check` command line). The papers' augmentations and views, seeded and stateless
+TensorFlow functions of (image, seed): `cifar_augment`, `resnet_augment` and `googlenet_augment`
+(the recipes), `photometric` (GoogLeNet's colour distortions), `eval_views` (the training loop's
+test views), built on `decoding` (whole images, or a JPEG's window), `crops` (resized crops, crop
+first), `image_ops` (the small ops they share) and `imagenet_stats` (the mean, std and colour PCA).
+What the train step finishes on the accelerator, in JAX: `device_photometric` (the colour
+distortions) and `device_resample` (the crops' resampling).
 """
 
 from __future__ import annotations

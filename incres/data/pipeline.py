@@ -54,8 +54,7 @@ def create_train_iter(
   `create_train_iter(config, start_step=k)` yields what an uninterrupted iterator yields from its
   k-th batch on. Process p gets the p-th slice of each global batch. With
   `config.repeated_augmentation` = r > 1 each global batch holds batch_size / r images, r views of
-  each, laid out by `repeated.layout`, and an epoch is about as many views
-  as the split has images.
+  each, laid out by `repeated.layout`, and an epoch is about as many views as the split has images.
 
   Unreadable images (a truncated JPEG, an empty file, text named `.png`) are skipped, counted in
   the iterator's `skipped` attribute and the first few named in the log. In random-access
@@ -218,7 +217,7 @@ def _stream_train_iter(
       return {**preprocess.as_example(out, tf.cast(ex["label"], tf.int32)), "record": i}
 
     def views(i, ex):
-      """The record's `repeats` views, [repeats, ...] each (view j seeded by (e·n + i)·repeats + j)."""
+      """The record's views, [repeats, ...] each; view j seeded by (e·n + i)·repeats + j."""
       label = tf.cast(ex["label"], tf.int32)
       per_view = [
           preprocess.as_example(
@@ -265,10 +264,10 @@ def create_eval_iter(config) -> Iterator[dict[str, np.ndarray]]:
   """Yields {'image', 'label', 'mask'} batches covering the eval split exactly once.
 
   'image' is float32 [B_local, E, E, 3], E = `eval_image_size(config)` (`eval_crop_size` for a
-  FixRes-style view, else `image_size`). Every batch has config.eval_batch_size // process_count() rows; the last is padded with
-  mask 0 (mask is float32, 1 for real examples). All processes yield the same number of batches.
-  Unreadable images get mask 0 (they are not counted), are counted in the iterator's `skipped`
-  attribute and named in the log.
+  FixRes-style view, else `image_size`). Every batch has config.eval_batch_size // process_count()
+  rows; the last is padded with mask 0 (mask is float32, 1 for real examples). All processes yield
+  the same number of batches. Unreadable images get mask 0 (they are not counted), are counted in
+  the iterator's `skipped` attribute and named in the log.
   """
   local = _local_batch(config.eval_batch_size, "eval_batch_size")
   source = sources.source(config, config.eval_split)

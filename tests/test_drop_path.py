@@ -224,6 +224,7 @@ def test_masks_depend_on_the_step_and_the_seed_only():
   assert loss(state.replace(rng=other_seed)) != base  # The run's key feeds the masks too.
 
 
+@pytest.mark.slow  # Three tiny runs, two compiles: 30-71 s on the loaded shared 2-core machine.
 def test_resume_is_bitwise_exact_with_drop_path(tmp_path):
   reference, resumed = str(tmp_path / "reference"), str(tmp_path / "resumed")
   assert train.train_and_evaluate(_config(4), reference)["step"] == 4

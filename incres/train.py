@@ -45,6 +45,7 @@ from incres import configs
 from incres import errors
 from incres import fileio
 from incres import finetune
+from incres import losses as losses_lib
 from incres import metrics as metrics_lib
 from incres import mixing as mixing_lib
 from incres import progress as progress_lib
@@ -60,46 +61,6 @@ class NonFiniteLossError(errors.UserError, FloatingPointError):
 
 
 # --- Steps ---------------------------------------------------------------------------------------
-
-
-def one_hot_targets(labels: jax.Array, num_classes: int, label_smoothing: float = 0.0) -> jax.Array:
-  """(B, K) float32 one-hot targets, label-smoothed: `(1 - s) * one_hot + s / K`."""
-  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
-  return targets
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-  """Per-example softmax cross-entropy against (optionally smoothed) one-hot labels."""
-  targets = one_hot_targets(labels, logits.shape[-1], label_smoothing)
-  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
-
-
-def binary_cross_entropy(
-    logits: jax.Array, targets: jax.Array, target_threshold: float | None = None
-) -> jax.Array:
-  """Per-example binary cross-entropy of each class's sigmoid, averaged over the classes.
-
-  ResNet strikes back's loss (Wightman et al. 2021, timm's `BinaryCrossEntropy`): every logit is
-  an independent yes/no against its soft target (mixed, smoothed); with `target_threshold`, the
-  targets above it become 1 and the rest 0 (timm's `target_threshold`, RSB's 0.2). The mean of
-  these over the batch is timm's loss, whose default reduction averages over batch x classes.
-  """
-  if target_threshold is not None:
-    targets = (targets > target_threshold).astype(targets.dtype)
-  return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets).mean(-1)
-
-
-def _soft_cross_entropy(
-    logits: jax.Array, targets: jax.Array, target_threshold: float | None = None
-) -> jax.Array:
-  del target_threshold  # BCE's only.
-  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
-
-
-# config.loss -> per-example loss of (logits, soft targets, bce_target_threshold).
-LOSSES = {"softmax_ce": _soft_cross_entropy, "bce": binary_cross_entropy}
 
 
 def train_step(
@@ -122,7 +83,7 @@ def train_step(
 ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
   """One SGD step on a global batch; returns the new state and scalar metrics.
 
-  The loss (`loss`: "softmax_ce", or "bce", `binary_cross_entropy` with `bce_target_threshold`)
+  The loss (`loss`: "softmax_ce", or "bce", `losses.binary_cross_entropy` with `bce_target_threshold`)
   is the batch mean against the label-smoothed one-hot targets, plus `aux_loss_weight` times each
   auxiliary classifier's, against the same targets (GoogLeNet). Batch-norm statistics come from
   the whole global batch. `placement` (`data.decide_placement`) is what the input pipeline leaves to
@@ -144,15 +105,15 @@ def train_step(
         " distortions, or the crops' resampling), but the step was built without"
         " `preprocess=data.device_preprocess(config, placement)`."
     )
-  if loss not in LOSSES:
-    raise errors.ConfigError(f"Unknown loss {loss!r}; use one of {sorted(LOSSES)}.")
+  if loss not in losses_lib.LOSSES:
+    raise errors.ConfigError(f"Unknown loss {loss!r}; use one of {sorted(losses_lib.LOSSES)}.")
   images = batch["image"] if preprocess is None else preprocess(batch)
   dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   draw = None
   if mixing is not None:  # Its own key: the dropout stream stays as it was.
     draw = mixing_lib.draw(mixing_lib.step_key(dropout_rng), mixing, *images.shape[1:3])
     images = mixing_lib.mix_images(images, draw)
-  loss_of = functools.partial(LOSSES[loss], target_threshold=bce_target_threshold)
+  loss_of = functools.partial(losses_lib.LOSSES[loss], target_threshold=bce_target_threshold)
 
   def loss_fn(params):
     variables = state_lib.model_variables(params, state.batch_stats)
@@ -163,7 +124,7 @@ def train_step(
         rngs={"dropout": dropout_rng},
         mutable=["batch_stats"],
     )
-    targets = one_hot_targets(batch["label"], logits.shape[-1], label_smoothing)
+    targets = losses_lib.one_hot_targets(batch["label"], logits.shape[-1], label_smoothing)
     if draw is not None:
       targets = mixing_lib.mix_targets(targets, draw.lam)
     main_loss = loss_of(logits, targets).mean()
@@ -232,7 +193,7 @@ def eval_step(variables: PyTree, batch: Batch, *, model: nn.Module) -> dict[str,
   hit5 = jnp.any(top_k == labels[:, None], axis=-1)
   hit1 = top_k[:, 0] == labels
   return {
-      "loss": jnp.sum(cross_entropy(logits, labels) * mask),
+      "loss": jnp.sum(losses_lib.cross_entropy(logits, labels) * mask),
       "top1": jnp.sum(hit1 * mask),
       "top5": jnp.sum(hit5 * mask),
       "count": jnp.sum(mask),

@@ -15,7 +15,7 @@ import optax
 import pytest
 
 import conftest
-from incres import mixing, train
+from incres import losses, mixing, train
 from incres import state as state_lib
 
 import tiny_config as tiny  # tests/ is on the path (pytest's rootdir-relative import).
@@ -134,7 +134,7 @@ def test_smoothed_then_mixed_targets_are_timms_and_give_torchs_smoothed_loss():
   labels = rng.integers(0, 7, 8)
   logits = rng.normal(size=(8, 7)).astype(np.float32)
   # timm's smoothing: off-values s / K, on-value 1 - s + s / K.
-  ours = train.one_hot_targets(jnp.asarray(labels), 7, 0.1)
+  ours = losses.one_hot_targets(jnp.asarray(labels), 7, 0.1)
   theirs = timm_mixup.one_hot(
       torch.from_numpy(labels), 7, on_value=1 - 0.1 + 0.1 / 7, off_value=0.1 / 7
   )
@@ -143,7 +143,7 @@ def test_smoothed_then_mixed_targets_are_timms_and_give_torchs_smoothed_loss():
   mixed = mixing.mix_targets(ours, lam)
   np.testing.assert_allclose(mixed.sum(-1), 1.0, rtol=1e-6)
   # torchvision's recipe: CrossEntropyLoss(label_smoothing) on the mixed unsmoothed one-hots.
-  plain = mixing.mix_targets(train.one_hot_targets(jnp.asarray(labels), 7), lam)
+  plain = mixing.mix_targets(losses.one_hot_targets(jnp.asarray(labels), 7), lam)
   expected = torch.nn.CrossEntropyLoss(label_smoothing=0.1)(
       torch.from_numpy(logits), torch.from_numpy(np.array(plain))
   )
@@ -180,19 +180,19 @@ def test_the_steps_mixing_depends_only_on_the_state_rng_and_step():
   def expected_loss(state, batch):  # The documented key's draw, mixed and scored by hand.
     key = mixing.step_key(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
     images, targets, _ = mixing.mix_batch(
-        key, batch["image"], train.one_hot_targets(batch["label"], 10), mix
+        key, batch["image"], losses.one_hot_targets(batch["label"], 10), mix
     )
     logits, _ = model.apply({"params": state.params}, images, train=True)
     return optax.softmax_cross_entropy(logits, targets).mean()
 
-  losses = []
+  step_losses = []
   for k in (0, 1, 2):
     s = state.replace(step=jnp.int32(k))
     first = float(jax.device_get(step(s, batch)[1]["loss"]))
     assert first == float(jax.device_get(step(s, batch)[1]["loss"]))  # Same (rng, step), bits.
     assert first == pytest.approx(float(expected_loss(s, batch)), rel=1e-5)
-    losses.append(first)
-  assert len(set(losses)) == 3  # Each step draws anew.
+    step_losses.append(first)
+  assert len(set(step_losses)) == 3  # Each step draws anew.
 
 
 _EIGHT_DEVICES = """

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from incres import checkpoint, checkpoint_compat, configs, errors, train
+from incres import checkpoint, checkpoint_compat, configs, errors, losses, train
 from incres import state as state_lib
 
 import tiny_config as tiny  # tests/ is on the path (pytest's rootdir-relative import).
@@ -46,16 +46,16 @@ def test_bce_is_timms_on_mixed_smoothed_targets(threshold):
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(6, 5)).astype(np.float32) * 3
   labels = rng.integers(0, 5, 6)
-  smoothed = np.asarray(train.one_hot_targets(jnp.asarray(labels), 5, 0.1))
+  smoothed = np.asarray(losses.one_hot_targets(jnp.asarray(labels), 5, 0.1))
   targets = 0.7 * smoothed + 0.3 * np.roll(smoothed, 1, axis=0)  # Mixed: 0.3 crosses 0.2.
-  ours = train.binary_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), threshold).mean()
+  ours = losses.binary_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), threshold).mean()
   ref = timm_loss.BinaryCrossEntropy(smoothing=0.0, target_threshold=threshold)
   theirs = ref(torch.from_numpy(logits), torch.from_numpy(targets.astype(np.float32)))
   assert float(ours) == pytest.approx(float(theirs), rel=1e-6)
   # Integer labels: timm smooths them itself, as `one_hot_targets` does.
   sparse = timm_loss.BinaryCrossEntropy(smoothing=0.1, target_threshold=threshold)
   expected = sparse(torch.from_numpy(logits), torch.from_numpy(labels))
-  got = train.binary_cross_entropy(jnp.asarray(logits), jnp.asarray(smoothed), threshold).mean()
+  got = losses.binary_cross_entropy(jnp.asarray(logits), jnp.asarray(smoothed), threshold).mean()
   assert float(got) == pytest.approx(float(expected), rel=1e-6)
 
 
@@ -67,6 +67,11 @@ class _NetWithAux(nn.Module):
     del train
     x = x.reshape(x.shape[0], -1)
     return nn.Dense(10)(x), {"aux_logits": (nn.Dense(10, name="aux")(x),)}
+
+
+def test_the_configs_loss_names_are_the_losses_the_step_knows():
+  # configs.py validates `loss` without importing JAX; the names must be the step's.
+  assert set(configs.LOSSES) == set(losses.LOSSES)
 
 
 def test_bce_step_scores_the_aux_head_too_and_the_ema_follows_its_timing():
@@ -98,8 +103,8 @@ def test_bce_step_scores_the_aux_head_too_and_the_ema_follows_its_timing():
       "label": rng.integers(0, 10, 8).astype(np.int32),
   }
   logits, extras = model.apply({"params": state.params}, batch["image"], train=True)
-  targets = train.one_hot_targets(jnp.asarray(batch["label"]), 10, 0.1)
-  bce = lambda x: float(train.binary_cross_entropy(x, targets).mean())  # noqa: E731
+  targets = losses.one_hot_targets(jnp.asarray(batch["label"]), 10, 0.1)
+  bce = lambda x: float(losses.binary_cross_entropy(x, targets).mean())  # noqa: E731
   expected = {"loss": bce(logits), "aux_loss": bce(extras["aux_logits"][0])}
   ema = jax.device_get(state.ema_params)
   for k in range(6):

@@ -150,6 +150,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   runtime.quiet_library_logs()
+  runtime.avoid_cpu_bfloat16_nan(FLAGS.config.get("dtype"))  # Before JAX starts its backends.
   runtime.setup_jax(
       FLAGS.jax_cache_dir,
       FLAGS.distributed,

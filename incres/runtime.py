@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import functools
 import gc
+from importlib import metadata
 import logging
 import os
 from typing import Any, Callable, NoReturn
@@ -61,6 +62,37 @@ def setup_process() -> None:
   # then makes those final collections skip it. All files incres writes are closed explicitly
   # before this point, and the operating system reclaims the memory either way.
   atexit.register(gc.freeze)
+
+
+# The XLA flag that turns XLA:CPU's YNNPACK fusions off, and the jaxlib releases that need it.
+_YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+_YNN_BF16_NAN_JAXLIB = ((0, 12),)
+
+
+def avoid_cpu_bfloat16_nan(dtype: str | None) -> bool:
+  """Turns XLA:CPU's YNN fusions off for a bfloat16 run on jaxlib 0.12; True when it did.
+
+  Deviation from running XLA as it comes: jaxlib 0.12.1's XLA:CPU fuses the bfloat16 inference
+  graph of the CIFAR pre-activation nets (`WRN28_10`, `CifarPreActResNet164`: 32x32 inputs, a
+  first unit that widens through a projection) into one YNNPACK fusion that returns NaN logits,
+  so `eval/loss` is NaN while training looks healthy. The same program op by op, in float32, or
+  on jaxlib 0.10 gives finite logits. This appends `--xla_cpu_experimental_ynn_fusion_type=` (no
+  YNN fusions) to `XLA_FLAGS`; the flag is read only by the CPU backend, so GPU and TPU runs are
+  untouched. Nothing is changed for float32 runs (whose speed the fusions help), on other
+  jaxlib releases (older ones do not know the flag and would refuse it), or when `XLA_FLAGS`
+  already names the flag (the user's setting wins). It must run before JAX starts its backends:
+  `launch.py` calls it right after reading the config.
+  """
+  if dtype != "bfloat16" or _YNN_FUSION_FLAG in os.environ.get("XLA_FLAGS", ""):
+    return False
+  try:
+    release = tuple(int(p) for p in metadata.version("jaxlib").split(".")[:2])
+  except (metadata.PackageNotFoundError, ValueError):
+    return False
+  if release not in _YNN_BF16_NAN_JAXLIB:
+    return False
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_YNN_FUSION_FLAG}=".strip()
+  return True
 
 
 def run_command_line(main: Callable[[], Any]) -> NoReturn:

@@ -205,6 +205,7 @@ def wrn28_10(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.schedule, c.lr_decay_factor = "piecewise", 0.2
   c.num_epochs = WRN_EPOCHS
   c.lr_boundary_epochs = WRN_BOUNDARY_EPOCHS
+  c.lr_per_epoch = True  # train.lua sets the rate at each epoch's start (the same rates here).
   c.weight_decay = 5e-4
   c.decay_norms = c.decay_biases = True  # optim.sgd decays every parameter.
   c.eval_every_epochs = c.checkpoint_every_epochs = 10

@@ -180,9 +180,8 @@ def torchvision_v2(c: ml_collections.ConfigDict) -> None:
   --label-smoothing 0.1 --mixup-alpha 0.2 --cutmix-alpha 1.0 --train-crop-size 176 --model-ema
   --val-resize-size 232 --ra-sampler --ra-reps 4` on 8 GPUs, its other flags at their defaults.
 
-  Deviations: torchvision steps its schedules once an epoch (the warm-up's rate is flat within
-  each of its 5 epochs, 0.01, 0.208, ..., 0.802 of the peak, and so is the cosine's); here they
-  move every step (the same ramp and cosine, sampled finer). Its EMA is updated when the step's
+  Its schedules step once an epoch (`lr_per_epoch`: the warm-up's rate is flat within each of its 5
+  epochs, 0.01, 0.208, ..., 0.802 of the peak, and so is the cosine's). Deviations: its EMA is updated when the step's
   index *within the epoch* is a multiple of 32 (40 updates in its 1,251-step epochs); here when
   the global step's is (39.1 an epoch), with its decay (below) unchanged. Its run is 600 x 1,251 =
   750,600 steps (the RA sampler keeps a multiple of 256 images a replica: 1,281,024 views an
@@ -206,6 +205,7 @@ def torchvision_v2(c: ml_collections.ConfigDict) -> None:
   c.schedule = "cosine"  # CosineAnnealingLR over the epochs after warm-up, to 0.
   c.warmup_epochs, c.warmup_shape = 5, "linear"
   c.warmup_learning_rate = 0.01 * c.learning_rate  # LinearLR(start_factor=--lr-warmup-decay 0.01).
+  c.lr_per_epoch = True  # train.py calls lr_scheduler.step() once an epoch.
   c.weight_decay = 2e-5
   c.decay_norms = False  # --norm-weight-decay 0.0 ...
   c.decay_biases = True  # ... and the biases (the fc's) at --weight-decay, its default.
@@ -225,9 +225,8 @@ def _rsb(c: ml_collections.ConfigDict, variant: str) -> None:
   """ResNet strikes back's A1 / A2 / A3 (Wightman, Touvron & Jegou 2021, Table 1), as timm trains
   them (`train.py --opt lamb --bce-loss ...`, timm's `resnet50`).
 
-  Deviations: timm steps its schedule once an epoch and its cosine spans the whole run, the
-  warm-up overriding its first 5 epochs; here the warm-up ramps every step and the cosine spans
-  the steps after it. timm resizes the crops with an interpolation drawn per image (bilinear or
+  timm steps its schedule once an epoch (`lr_per_epoch`) and its cosine spans the whole run, the
+  warm-up overriding its first 5 epochs (`cosine_spans_warmup`). Deviations: timm resizes the crops with an interpolation drawn per image (bilinear or
   bicubic, `--train-interpolation random`) and evaluates bicubic; here bilinear throughout.
   timm's RandAugment differs from torchvision's in op set and skips each op with probability 0.5
   (incres/data/autoaugment.py lists what differs); the magnitude is timm's M on torchvision's
@@ -268,6 +267,8 @@ def _rsb(c: ml_collections.ConfigDict, variant: str) -> None:
   c.warmup_epochs, c.warmup_shape = 5, "linear"
   # From timm's --warmup-lr default 1e-5 (train.py; the paper does not state its own).
   c.warmup_learning_rate = 1e-5
+  c.lr_per_epoch = True  # timm's train.py: lr_scheduler.step(epoch), no --sched-on-updates.
+  c.cosine_spans_warmup = True  # CosineLRScheduler(t_initial=epochs), no --warmup-prefix.
   c.weight_decay = (0.01, 0.02, 0.02)[a]
   c.decay_norms = c.decay_biases = False  # timm's filter_bias_and_bn: no decay, no trust ratio.
   c.grad_clip_norm = 1.0  # timm's Lamb(max_grad_norm=1.0).

@@ -139,6 +139,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmup_shape = (
       "constant"  # "constant" (at warmup_learning_rate) or "linear" (ramp to the rate).
   )
+  # True: the cosine spans the whole run, the warm-up replacing its start (timm's default); False:
+  # it spans the steps after the warm-up (torchvision's SequentialLR).
+  c.cosine_spans_warmup = False
+  # True: the rate changes once an epoch, at its first step (torchvision's and timm's schedulers,
+  # stepped per epoch); False: every step.
+  c.lr_per_epoch = False
   c.label_smoothing = 0.0
   # The loss: "softmax_ce" or "bce" (one sigmoid per class, averaged over batch x classes: ResNet
   # strikes back, Wightman et al. 2021), whose targets above bce_target_threshold become 1 and
@@ -491,17 +497,24 @@ def resolve_config(config: ml_collections.ConfigDict, info: Any) -> ml_collectio
       )
   if config.num_train_steps is None:
     config.num_train_steps = max(1, round(config.num_epochs * info.num_train / config.batch_size))
-  total = config.num_train_steps
-
-  def steps(epochs: float, minimum: int) -> int:
-    return max(minimum, round(total * epochs / config.num_epochs)) if epochs > 0 else 0
-
-  if config.lr_boundaries is None:
-    config.lr_boundaries = tuple(steps(e, 0) for e in config.lr_boundary_epochs)
-  for key, epochs_key in EPOCH_KEYS[1:]:
+  for key, epochs_key in EPOCH_KEYS:
     if config[key] is None:
-      config[key] = steps(config[epochs_key], 1)
+      config[key] = steps_of_epochs(config, epochs_key)
   return config
+
+
+def steps_of_epochs(config: ml_collections.ConfigDict, epochs_key: str) -> int | tuple[int, ...]:
+  """The steps `resolve_config` derives from `config[epochs_key]`: its fraction of the run,
+  round(num_train_steps * epochs / num_epochs), at least 1 if not 0 (a tuple for the boundaries,
+  which may be 0)."""
+  total, epochs = config.num_train_steps, config[epochs_key]
+
+  def steps(e: float, minimum: int) -> int:
+    return max(minimum, round(total * e / config.num_epochs)) if e > 0 else 0
+
+  if epochs_key == "lr_boundary_epochs":
+    return tuple(steps(e, 0) for e in epochs)
+  return steps(epochs, 1)
 
 
 def describe_run_length(config: ml_collections.ConfigDict, info: Any) -> str:
@@ -558,13 +571,18 @@ LOSSES = ("softmax_ce", "bce")
 
 
 def check_recipe(config: ml_collections.ConfigDict) -> None:
-  """Raises `errors.ConfigError` for an unknown optimizer or loss, or mixing or EMA settings out of
-  range. Keys older configs lack are taken at their defaults."""
+  """Raises `errors.ConfigError` for an unknown optimizer or loss, schedule switches that do not
+  apply, or mixing or EMA settings out of range. Keys older configs lack are taken at their
+  defaults."""
   problems = []
   if config.optimizer not in OPTIMIZERS:
     problems.append(f"optimizer={config.optimizer!r} is not one of {list(OPTIMIZERS)}")
   if config.get("loss", "softmax_ce") not in LOSSES:
     problems.append(f"loss={config.loss!r} is not one of {list(LOSSES)}")
+  if config.get("cosine_spans_warmup", False) and config.schedule != "cosine":
+    problems.append(f"cosine_spans_warmup=True is for schedule='cosine', not {config.schedule!r}")
+  if config.get("lr_per_epoch", False) and not (config.num_epochs and config.num_epochs > 0):
+    problems.append(f"lr_per_epoch=True needs num_epochs > 0 to step at, not {config.num_epochs}")
   threshold = config.get("bce_target_threshold", None)
   if threshold is not None and not 0.0 <= threshold < 1.0:
     problems.append(f"bce_target_threshold={threshold} must be in [0, 1) or None")

@@ -352,6 +352,8 @@ RECIPES = {
         "momentum": 0.9,
         "nesterov": False,
         "lr_schedule": "cosine",
+        "lr_per_epoch": True,  # train.py: lr_scheduler.step() once an epoch.
+        "cosine_spans_warmup": False,  # SequentialLR: the cosine over epochs - warm-up.
         "warmup_epochs": 5,
         "warmup_start_factor": 0.01,  # --lr-warmup-decay's default.
         "weight_decay": 2e-5,
@@ -385,6 +387,8 @@ RECIPES = {
             "optimizer": "lamb",
             "lr": (5e-3, 5e-3, 8e-3)[i],
             "lr_schedule": "cosine",
+            "lr_per_epoch": True,  # timm train.py: lr_scheduler.step(epoch) (no --sched-on-updates).
+            "cosine_spans_warmup": True,  # CosineLRScheduler(t_initial=epochs), no --warmup-prefix.
             "warmup_epochs": 5,
             "warmup_lr": 1e-5,
             "weight_decay": (0.01, 0.02, 0.02)[i],
@@ -424,6 +428,8 @@ RECIPES = {
         "momentum": 0.9,
         "nesterov": True,  # NAG.
         "lr_schedule": "cosine",
+        "lr_per_epoch": False,  # GluonCV's LRScheduler is updated every iteration.
+        "cosine_spans_warmup": False,  # Its cosine spans the iterations after the warm-up.
         "warmup_epochs": 5,
         "warmup_lr": 0.0,
         "weight_decay": 1e-4,
@@ -457,6 +463,8 @@ RECIPES = {
         "momentum": 0.9,
         "nesterov": True,
         "lr_schedule": "step",
+        "lr_per_epoch": True,  # train.lua: the rate is set at the start of each epoch.
+        "cosine_spans_warmup": False,  # No cosine.
         "lr_decay_epochs": (60, 120, 160),
         "lr_decay_factor": 0.2,
         "warmup_epochs": 0,

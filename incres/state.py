@@ -13,6 +13,7 @@ also what a restore needs) then a jitted init placed directly on those shardings
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -105,8 +106,57 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict) -> optax.Schedule
   "cosine" (to zero at `num_train_steps`) or "constant". Warm-up: the first `warmup_steps` steps
   run at `warmup_learning_rate` ("constant", ResNet-110's 0.01) or ramp linearly from it to
   `learning_rate` ("linear"). Piecewise boundaries and exponential decay count absolute steps,
-  warm-up included; the cosine spans the steps after warm-up.
+  warm-up included; the cosine spans the steps after warm-up, or with `cosine_spans_warmup` the
+  whole run, the warm-up replacing its start (timm's CosineLRScheduler without --warmup-prefix).
+
+  `lr_per_epoch`: the rate changes only at the first step of each epoch, as with torchvision's and
+  timm's schedulers stepped once an epoch: in epoch e (which starts at step
+  round(e * num_train_steps / num_epochs), `resolve_config`'s conversion of epochs to steps) it is
+  the schedule above with every length counted in epochs (`num_epochs`, `warmup_epochs`,
+  `lr_boundary_epochs` rounded up to whole epochs, `lr_decay_epochs`) evaluated at e: the warm-up
+  flat within each epoch, the cosine a staircase, the values the sources' formulas give.
   """
+  if not config.get("lr_per_epoch", False):
+    return _schedule(config)
+  total, epochs = _resolved(config, "num_train_steps"), config.num_epochs
+  if not epochs or epochs <= 0:
+    raise errors.ConfigError(
+        f"lr_per_epoch=True needs the run's length in epochs (num_epochs={epochs}): set"
+        " --config.num_epochs, or --config.lr_per_epoch=False."
+    )
+  used = {"piecewise": ("lr_boundaries",), "exponential": ("lr_decay_steps",)}
+  keys = ("warmup_steps", *used.get(config.schedule, ()))
+  explicit = [
+      k for k in keys if _resolved(config, k) != configs.steps_of_epochs(config, _EPOCHS[k])
+  ]
+  if explicit:
+    raise errors.ConfigError(
+        f"lr_per_epoch=True counts the schedule in epochs, but {', '.join(explicit)} is set in"
+        " steps: set " + ", ".join(f"--config.{_EPOCHS[k]}" for k in explicit) + " instead (and"
+        " leave the step value unset), or --config.lr_per_epoch=False."
+    )
+  in_epochs = ml_collections.ConfigDict(config.to_dict(), type_safe=False)  # Float lengths.
+  in_epochs.update(
+      num_train_steps=epochs,
+      warmup_steps=config.warmup_epochs,
+      lr_boundaries=tuple(math.ceil(b) for b in config.lr_boundary_epochs),
+      lr_decay_steps=config.lr_decay_epochs,
+  )
+  schedule = _schedule(in_epochs)
+  starts = np.asarray(sorted({round(e * total / epochs) for e in range(math.ceil(epochs))}))
+
+  def per_epoch(step):
+    epoch = jnp.searchsorted(jnp.asarray(starts), jnp.asarray(step), side="right") - 1
+    return schedule(jnp.maximum(epoch, 0))
+
+  return per_epoch
+
+
+_EPOCHS = dict(configs.EPOCH_KEYS)
+
+
+def _schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """`create_learning_rate_fn`'s schedule as it moves every step."""
   lr, warmup = config.learning_rate, _resolved(config, "warmup_steps")
   if config.schedule == "piecewise":
     boundaries = {int(b): config.lr_decay_factor for b in _resolved(config, "lr_boundaries")}
@@ -123,7 +173,10 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict) -> optax.Schedule
     )
   elif config.schedule == "cosine":
     total = _resolved(config, "num_train_steps")
-    main = optax.cosine_decay_schedule(lr, decay_steps=max(1, total - warmup))
+    spans_warmup = config.get("cosine_spans_warmup", False)
+    main = optax.cosine_decay_schedule(
+        lr, decay_steps=max(1, total - (0 if spans_warmup else warmup))
+    )
   elif config.schedule == "constant":
     main = optax.constant_schedule(lr)
   else:
@@ -140,7 +193,8 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict) -> optax.Schedule
     ramp = optax.linear_schedule(config.warmup_learning_rate, lr, transition_steps=warmup)
   else:
     raise ValueError(f"Unknown warmup_shape {shape!r}; use 'constant' or 'linear'.")
-  if config.schedule != "cosine":  # Absolute steps: join_schedules hands on `step - warmup`.
+  if config.schedule != "cosine" or config.get("cosine_spans_warmup", False):
+    # Absolute steps: join_schedules hands on `step - warmup`.
     main = functools.partial(lambda step, f: f(step + warmup), f=main)
   return optax.join_schedules([ramp, main], [warmup])
 

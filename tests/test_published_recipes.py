@@ -100,6 +100,8 @@ def _expected(name: str, t: dict, c) -> dict:
       "loss": t["loss"],
       "label_smoothing": t["label_smoothing"],
       "warmup_epochs": t["warmup_epochs"],
+      "lr_per_epoch": t["lr_per_epoch"],
+      "cosine_spans_warmup": t["cosine_spans_warmup"],
   }
   if t["optimizer"] == "sgd":
     e.update(momentum=t["momentum"], nesterov=t["nesterov"])
@@ -208,7 +210,23 @@ def test_run_length_and_schedule_on_the_real_split(name):
   assert c.warmup_steps == warmup == round(total * t["warmup_epochs"] / t["epochs"])
   lr = state_lib.create_learning_rate_fn(c)
   peak = t["lr"]
-  if t["lr_schedule"] == "cosine":
+  if t["lr_schedule"] == "cosine" and t["lr_per_epoch"]:
+    # The source's rate in epoch e, from its scheduler's formula, held for the whole epoch.
+    assert tuple(c.lr_boundaries) == boundaries
+    epochs, w = t["epochs"], t["warmup_epochs"]
+    start = peak * t["warmup_start_factor"] if "warmup_start_factor" in t else t["warmup_lr"]
+    span = (0, epochs) if t["cosine_spans_warmup"] else (w, epochs - w)  # timm / torchvision.
+
+    def source(e):
+      if e < w:
+        return start + (peak - start) * e / w
+      return 0.5 * peak * (1 + math.cos(math.pi * (e - span[0]) / span[1]))
+
+    for e in (0, 1, w - 1, w, w + 1, epochs // 2, epochs - 1):
+      first, last = round(e * total / epochs), round((e + 1) * total / epochs) - 1
+      for step in (first, (first + last) // 2, last):
+        assert float(lr(step)) == pytest.approx(source(e), rel=1e-5, abs=peak * 1e-6), (e, step)
+  elif t["lr_schedule"] == "cosine":
     assert tuple(c.lr_boundaries) == boundaries
     start = peak * t["warmup_start_factor"] if "warmup_start_factor" in t else t["warmup_lr"]
     assert float(lr(0)) == pytest.approx(start, abs=peak * 1e-6)  # float32: (start - peak) + peak.

@@ -236,6 +236,8 @@ def test_lars_is_optaxs_trust_ratio_with_exclusions():
         ({"mix_switch_prob": 1.5}, "mix_switch_prob=1.5"),
         ({"bce_target_threshold": 1.0}, "bce_target_threshold=1.0"),
         ({"ema_every_steps": 0}, "ema_every_steps=0"),
+        ({"cosine_spans_warmup": True, "schedule": "piecewise"}, "cosine_spans_warmup=True"),
+        ({"lr_per_epoch": True, "num_epochs": 0.0}, "lr_per_epoch=True"),
     ],
 )
 def test_bad_recipe_settings_are_user_errors_naming_the_key(override, names):

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from incres import checkpoint, configs, metrics, train
+from incres import checkpoint, configs, errors, metrics, train
 from incres import state as state_lib
 
 import tiny_config as tiny  # tests/ is on the path (pytest's rootdir-relative import).
@@ -51,6 +51,21 @@ def test_piecewise_schedule_with_constant_warmup_keeps_absolute_boundaries():
   expected = {0: 0.01, 399: 0.01, 400: 0.1, 31999: 0.1, 32000: 0.01, 48000: 0.001, 63999: 0.001}
   for step, value in expected.items():
     assert float(lr(step)) == pytest.approx(value, rel=1e-6), step
+
+
+def test_per_epoch_piecewise_schedule_changes_at_the_first_epoch_start_after_a_boundary():
+  # 110 steps in 10.5 epochs: epoch e starts at step round(e * 110 / 10.5) (0, 10, 21, 31, ..., 73,
+  # ...). A boundary at 2.5 epochs takes effect at epoch 3's first step (31), one at 7 at epoch 7's
+  # (73); the warm-up's 1 epoch runs at its rate. The step values are resolve_config's.
+  config = tiny_config(steps=110, learning_rate=1.0, lr_per_epoch=True, warmup_learning_rate=0.5)
+  config.update(num_epochs=10.5, lr_boundary_epochs=(2.5, 7.0), warmup_epochs=1.0)
+  config.update(lr_boundaries=(26, 73), warmup_steps=10)
+  lr = state_lib.create_learning_rate_fn(config)
+  expected = {0: 0.5, 9: 0.5, 10: 1.0, 30: 1.0, 31: 0.1, 72: 0.1, 73: 0.01, 109: 0.01}
+  assert {s: float(lr(s)) for s in expected} == pytest.approx(expected, rel=1e-6)
+  config.lr_boundaries = (4,)  # Set in steps: per-epoch stepping would ignore it, so it refuses.
+  with pytest.raises(errors.ConfigError, match="lr_boundaries is set in steps.*lr_boundary_epochs"):
+    state_lib.create_learning_rate_fn(config)
 
 
 def test_exponential_schedule_is_a_staircase():

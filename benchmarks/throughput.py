@@ -211,6 +211,7 @@ def setup_jax(
       batch_stats=batch_stats,
       opt_state=tx.init(params),
       ema_params=None,
+      ema_batch_stats=None,
       polyak_params=None,
       rng=jax.random.key_data(jax.random.key(1)),
   )

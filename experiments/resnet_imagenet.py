@@ -185,8 +185,7 @@ def torchvision_v2(c: ml_collections.ConfigDict) -> None:
   index *within the epoch* is a multiple of 32 (40 updates in its 1,251-step epochs); here when
   the global step's is (39.1 an epoch), with its decay (below) unchanged. Its run is 600 x 1,251 =
   750,600 steps (the RA sampler keeps a multiple of 256 images a replica: 1,281,024 views an
-  epoch); here 750,684 (every image's view an epoch). Its AveragedModel also averages the BN
-  statistics; incres' EMA averages the parameters (and evaluates with the run's statistics).
+  epoch); here 750,684 (every image's view an epoch).
   """
   c.model = "ResNet50"
   # torchvision's resnet50 ("v1.5": the 3x3 strides; Bag of Tricks' ResNet-B).
@@ -218,6 +217,8 @@ def torchvision_v2(c: ml_collections.ConfigDict) -> None:
   c.ema_every_steps = 32
   c.ema_decay = configs.torchvision_ema_decay(0.99998, c.batch_size, c.ema_every_steps, 600)
   c.ema_warmup_copy = True
+  # utils.ExponentialMovingAverage is an AveragedModel(use_buffers=True): the BN statistics too.
+  c.ema_batch_stats = True
   c.best_metric = "eval_ema/top1"  # The released weights are the EMA's.
 
 

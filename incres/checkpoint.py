@@ -1,7 +1,7 @@
 """Checkpoints: a small wrapper around orbax's `CheckpointManager` (the `args=` API).
 
 Layout: `<workdir>/checkpoints/<step>/{state,meta}`. `state` is the whole `TrainState` (parameters,
-batch statistics, optimizer state, averaged parameters, step, RNG) saved with
+batch statistics, optimizer state, averaged parameters and statistics, step, RNG) saved with
 `ocp.args.StandardSave`; `meta` is JSON: the resolved config, the data iterator's position, the
 training time summed over the runs that led to it (`meta["time"]`) and the library version. Orbax
 writes each step into a temporary directory and renames it when complete, so a process killed at
@@ -85,6 +85,28 @@ def _open_reader(directory: str, partial: bool = False) -> Iterator[ocp.Checkpoi
       yield reader
     finally:
       reader.close()
+
+
+# `TrainState` fields added after checkpoints were written without them. A run that leaves one None
+# writes the layout it had before the field existed, so its older checkpoints resume unchanged:
+# orbax refuses a restore target with a key the checkpoint lacks, even a None one.
+_ADDED_FIELDS = ("ema_batch_stats",)
+
+
+def _stored(state: Any) -> Any:
+  """What is written for a `TrainState`: the dict of its fields (orbax writes the dataclass and
+  that dict alike), less the added fields left None. Other trees as they are."""
+  if not isinstance(state, state_lib.TrainState):
+    return state
+  fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+  return {k: v for k, v in fields.items() if not (k in _ADDED_FIELDS and v is None)}
+
+
+def _unstored(tree: Any, like: Any) -> Any:
+  """The `TrainState` of a restored `_stored` dict when `like` (the restore's target) is one."""
+  if not isinstance(like, state_lib.TrainState):
+    return tree
+  return state_lib.TrainState(**{**dict.fromkeys(_ADDED_FIELDS), **tree})
 
 
 def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -232,10 +254,11 @@ class Checkpointer:
       restored = self.manager.restore(
           step,
           args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+              state=ocp.args.StandardRestore(_stored(abstract_state)),
+              meta=ocp.args.JsonRestore(),
           ),
       )
-      return restored.state, restored.meta
+      return _unstored(restored.state, abstract_state), restored.meta
     if not os.path.isdir(self.directory):
       raise errors.MissingFileError(f"No checkpoints in {self.directory}.")
     if not self._quiet:
@@ -244,11 +267,11 @@ class Checkpointer:
       self._quiet = True
     with _open_reader(self.directory) as reader:
       step, restored, damaged = checkpoint_recovery.find_newest_intact(
-          reader, self.directory, abstract_state, self._verify(abstract_state)
+          reader, self.directory, _stored(abstract_state), self._verify(abstract_state)
       )
     checkpoint_recovery.set_aside(self.directory, damaged, step)
     self._time = TrainingTime.resumed_from(restored.meta)
-    return restored.state, restored.meta
+    return _unstored(restored.state, abstract_state), restored.meta
 
   # --- Writing ---
 
@@ -288,7 +311,9 @@ class Checkpointer:
       meta["time"] = {"train_s": total_s, "resumes": resumes}
     return self.manager.save(
         step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(_stored(state)), meta=ocp.args.JsonSave(meta)
+        ),
         metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
         force=True,
     )
@@ -366,7 +391,9 @@ def load_variables(
   `variables` is what `model.apply` takes: `{"params": ..., "batch_stats": ...}` (no
   `"batch_stats"` for models without batch norm). `averaged` picks the parameters: False for the
   raw ones, "ema" or "polyak" for an average kept during training, True for whichever average the
-  run kept (EMA first). Batch statistics are always the training run's running averages.
+  run kept (EMA first). Batch statistics are the training run's running averages, except with the
+  EMA of a run that also averaged them (`config.ema_batch_stats`, as torchvision's and timm's EMA
+  do): then its averaged statistics. The Polyak average is of the parameters only.
   The arrays are replicated over `mesh` (default: all devices). Only those arrays are read from
   the checkpoint (not the optimizer state), and no optimizer is built.
 
@@ -377,7 +404,7 @@ def load_variables(
   config = load_config(workdir, step)
   model = state_lib.create_model(config)
   mesh = mesh if mesh is not None else state_lib.create_mesh()
-  params_key = "params"
+  params_key, stats_key = "params", "batch_stats"
   if averaged:
     kinds = ("ema", "polyak") if averaged is True else (averaged,)
     for kind in kinds:
@@ -385,6 +412,8 @@ def load_variables(
         raise ValueError(f"averaged={averaged!r}: use False, True, 'ema' or 'polyak'.")
       if (config.ema_decay is not None) if kind == "ema" else config.polyak:
         params_key = f"{kind}_params"
+        if kind == "ema" and state_lib.averages_batch_stats(config):
+          stats_key = "ema_batch_stats"
         break
     else:
       raise ValueError(
@@ -395,7 +424,7 @@ def load_variables(
   # Only these subtrees of the saved TrainState are read: no optimizer is built or restored.
   wanted = {params_key: abstract["params"]}
   if abstract["batch_stats"]:
-    wanted["batch_stats"] = abstract["batch_stats"]
+    wanted[stats_key] = abstract["batch_stats"]
   with _open_reader(checkpoint_dir(workdir), partial=True) as reader:
     step = reader.latest_step() if step is None else step
     restore = ocp.args.PyTreeRestore(
@@ -405,6 +434,6 @@ def load_variables(
     )
     restored = reader.restore(step, args=ocp.args.Composite(state=restore)).state
   variables = {"params": restored[params_key]}
-  if "batch_stats" in restored:
-    variables["batch_stats"] = restored["batch_stats"]
+  if stats_key in restored:
+    variables["batch_stats"] = restored[stats_key]
   return config, model, variables

@@ -170,6 +170,11 @@ def base_config() -> ml_collections.ConfigDict:
   # torchvision's AveragedModel restarts during the warm-up: its updates up to the first one
   # after warmup_steps set the average to the parameters. False: it starts at the initial ones.
   c.ema_warmup_copy = False
+  # True: the EMA also averages the batch-norm statistics (same decay and timing), and evaluation
+  # pairs the averaged parameters with them, as torchvision's ExponentialMovingAverage
+  # (AveragedModel with use_buffers=True) and timm's ModelEmaV2/V3 do. False: it pairs them with
+  # the run's own running statistics, and checkpoints keep no averaged statistics. Needs ema_decay.
+  c.ema_batch_stats = False
   c.polyak = False  # Keep a Polyak (running mean) average of the parameters for evaluation.
   c.seed = 0
 
@@ -594,6 +599,11 @@ def check_recipe(config: ml_collections.ConfigDict) -> None:
       problems.append(f"{key}={config[key]} is a probability, in [0, 1]")
   if config.get("ema_every_steps", 1) < 1:
     problems.append(f"ema_every_steps={config.ema_every_steps} must be 1 or more")
+  if config.get("ema_batch_stats", False) and config.get("ema_decay", None) is None:
+    problems.append(
+        "ema_batch_stats=True averages the batch-norm statistics beside an EMA of the parameters,"
+        " but ema_decay is None (no EMA): set ema_decay too, or ema_batch_stats=False"
+    )
   if problems:
     raise errors.ConfigError(
         "The config's training recipe is not valid: "

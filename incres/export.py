@@ -8,7 +8,9 @@
 `launch.py` or `python -m incres.convert_torch`. `--out` must not exist or be an empty directory;
 nothing is ever overwritten (the files are written next to it and moved into place when complete).
 The run's averaged parameters (EMA, else Polyak) are exported when it kept them, as `incres.predict`
-uses them; `--averaged=false` exports the raw ones (`true`, `ema`, `polyak` insist on an average).
+uses them, with the EMA's own batch statistics when the run averaged those too
+(`config.ema_batch_stats`); `--averaged=false` exports the raw ones (`true`, `ema`, `polyak` insist
+on an average).
 
 What the exported StableHLO and SavedModel functions take and return:
   images: float32 [batch, S, S, 3], NHWC, RGB, values in [0, 1], any batch size, where S is the

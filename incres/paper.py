@@ -306,7 +306,8 @@ WRN_DROPOUT_RATE = 0.3
 # the layers' biases (the kernels always); "mix_prob" / "switch_prob": a batch is mixed with
 # probability mix_prob, by CutMix with probability switch_prob when both alphas are on;
 # "auto_augment": torchvision's policy name or timm's RandAugment string; "ema": (every k steps,
-# nominal decay) or None; "ra_reps": repeated augmentation's views per image (1: none).
+# nominal decay, whether the BN statistics are averaged too) or None; "ra_reps": repeated
+# augmentation's views per image (1: none).
 #
 # What could be read where (no paper table could be opened with the search tools here: their
 # stored copies hold the abstracts and introductions; every "Table N" below is from our reading
@@ -373,7 +374,9 @@ RECIPES = {
         "test_resize": 232,
         "test_size": 224,
         "interpolation": "bilinear",
-        "ema": (32, 0.99998),  # --model-ema-steps, --model-ema-decay (defaults).
+        # --model-ema-steps, --model-ema-decay (defaults); references/classification/utils.py's
+        # ExponentialMovingAverage is an AveragedModel(..., use_buffers=True): buffers averaged.
+        "ema": (32, 0.99998, True),
         "ra_reps": 4,
         "drop_path_rate": 0.0,
         "zero_init_last_bn": False,  # --zero-init-residual is not in the command.

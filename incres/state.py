@@ -44,6 +44,8 @@ class TrainState:
   batch_stats: PyTree  # {} for models without batch norm.
   opt_state: optax.OptState
   ema_params: PyTree | None  # Exponential moving average of params (config.ema_decay), or None.
+  # The same average of batch_stats (config.ema_batch_stats), or None (also without batch norm).
+  ema_batch_stats: PyTree | None
   polyak_params: PyTree | None  # Running mean of params since step 0 (config.polyak), or None.
   rng: jax.Array  # Raw uint32 key data (`jax.random.key_data`), so checkpoints are plain arrays.
 
@@ -375,6 +377,14 @@ def _optimizer(
 # --- State ---------------------------------------------------------------------------------------
 
 
+def averages_batch_stats(config: ml_collections.ConfigDict) -> bool:
+  """Whether a run with `config` keeps an EMA of its batch statistics (if its model has any).
+
+  Configs saved before the key existed did not.
+  """
+  return config.ema_decay is not None and bool(config.get("ema_batch_stats", False))
+
+
 def _copy_tree(tree: PyTree) -> PyTree:
   """A copy that does not alias `tree` (the averaged params must survive params' donation)."""
   return jax.tree.map(jnp.copy, tree)
@@ -399,13 +409,16 @@ def init_train_state(
   """Builds a fresh `TrainState` (a pure function: wrap it in `jax.eval_shape` or `jax.jit`)."""
   init_rng, train_rng = jax.random.split(rng)
   variables = _init_variables(init_rng, config, model)
-  params = variables["params"]
+  params, batch_stats = variables["params"], variables["batch_stats"]
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
-      batch_stats=variables["batch_stats"],
+      batch_stats=batch_stats,
       opt_state=tx.init(params),
       ema_params=_copy_tree(params) if config.ema_decay is not None else None,
+      ema_batch_stats=(
+          _copy_tree(batch_stats) if batch_stats and averages_batch_stats(config) else None
+      ),
       polyak_params=_copy_tree(params) if config.polyak else None,
       rng=jax.random.key_data(train_rng),
   )
@@ -465,5 +478,6 @@ def replace_variables(
       batch_stats=batch_stats,
       opt_state=jax.jit(tx.init, out_shardings=state_sharding.opt_state)(params),
       ema_params=None if state.ema_params is None else _copy_tree(params),
+      ema_batch_stats=None if state.ema_batch_stats is None else _copy_tree(batch_stats),
       polyak_params=None if state.polyak_params is None else _copy_tree(params),
   )

@@ -63,6 +63,36 @@ class NonFiniteLossError(errors.UserError, FloatingPointError):
 # --- Steps ---------------------------------------------------------------------------------------
 
 
+def ema_update(
+    average: PyTree,
+    new: PyTree,
+    *,
+    step: jax.Array,
+    decay: float,
+    every_steps: int = 1,
+    copy_steps: int = 0,
+) -> PyTree:
+  """The EMA's rule, for the parameters and the batch statistics alike.
+
+  After step `step` (counted from 0): `decay * average + (1 - decay) * new` when `step` is a
+  multiple of `every_steps`, `new` itself at such steps below `copy_steps`, else `average`
+  unchanged. torchvision's references/classification/utils.py `ExponentialMovingAverage` is an
+  `AveragedModel(..., use_buffers=True)` (torch/optim/swa_utils.py), which applies this rule to the
+  BN running means and variances too (its warm-up restart copies them with the parameters); timm's
+  `ModelEmaV2` / `ModelEmaV3` (timm/utils/model_ema.py) average the whole state_dict, buffers
+  included (V3 unless `exclude_buffers`). Flax's batch_stats hold only the float means and
+  variances: nothing like torch's integer `num_batches_tracked`, which timm copies.
+  """
+  averaged = optax.incremental_update(new, average, step_size=1.0 - decay)
+  if every_steps > 1 or copy_steps > 0:
+    due = step % every_steps == 0
+    copy = step < copy_steps
+    averaged = jax.tree.map(
+        lambda avg, n, old: jnp.where(due, jnp.where(copy, n, avg), old), averaged, new, average
+    )
+  return averaged
+
+
 def train_step(
     state: state_lib.TrainState,
     batch: Batch,
@@ -83,8 +113,8 @@ def train_step(
 ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
   """One SGD step on a global batch; returns the new state and scalar metrics.
 
-  The loss (`loss`: "softmax_ce", or "bce", `losses.binary_cross_entropy` with `bce_target_threshold`)
-  is the batch mean against the label-smoothed one-hot targets, plus `aux_loss_weight` times each
+  The loss (`loss`: "softmax_ce", or "bce", `losses.binary_cross_entropy` with
+  `bce_target_threshold`) is the batch mean against the label-smoothed one-hot targets, plus `aux_loss_weight` times each
   auxiliary classifier's, against the same targets (GoogLeNet). Batch-norm statistics come from
   the whole global batch. `placement` (`data.decide_placement`) is what the input pipeline leaves to
   the accelerator; `preprocess(batch)`, its `data.device_preprocess`, makes the model's input from
@@ -97,6 +127,8 @@ def train_step(
   The average `ema_params` moves towards the new parameters by `1 - ema_decay` after the steps
   whose index (`state.step`, counted from 0) is a multiple of `ema_every_steps`, and is replaced
   by them at such steps below `ema_copy_steps` (torchvision's recipe: see `configs.py`).
+  `ema_batch_stats`, when the state keeps it (`config.ema_batch_stats`), follows this step's new
+  batch statistics by the same rule (`ema_update`). The Polyak average stays params-only.
   """
   unfinished = sorted(placement.batch_keys & set(batch)) if placement is not None else []
   if unfinished and preprocess is None:  # When traced.
@@ -140,19 +172,17 @@ def train_step(
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   step = state.step + 1
-  ema_params = state.ema_params
-  if ema_params is not None:
-    averaged = optax.incremental_update(params, ema_params, step_size=1.0 - ema_decay)
-    if ema_every_steps > 1 or ema_copy_steps > 0:
-      due = state.step % ema_every_steps == 0
-      copy = state.step < ema_copy_steps
-      averaged = jax.tree.map(
-          lambda avg, new, old: jnp.where(due, jnp.where(copy, new, avg), old),
-          averaged,
-          params,
-          ema_params,
-      )
-    ema_params = averaged
+  ema = functools.partial(
+      ema_update,
+      step=state.step,
+      decay=ema_decay,
+      every_steps=ema_every_steps,
+      copy_steps=ema_copy_steps,
+  )
+  ema_params = None if state.ema_params is None else ema(state.ema_params, params)
+  ema_batch_stats = state.ema_batch_stats
+  if ema_batch_stats is not None:  # After this step's statistics, as torchvision's buffers.
+    ema_batch_stats = ema(ema_batch_stats, batch_stats)
   polyak_params = state.polyak_params
   if polyak_params is not None:  # Running mean of the iterates 1..step.
     polyak_params = optax.incremental_update(
@@ -164,6 +194,7 @@ def train_step(
       batch_stats=batch_stats,
       opt_state=opt_state,
       ema_params=ema_params,
+      ema_batch_stats=ema_batch_stats,
       polyak_params=polyak_params,
   )
   labels = batch["label"] if draw is None else jnp.argmax(targets, -1)
@@ -460,19 +491,26 @@ def _evaluate_state(
 ) -> dict[str, float]:
   """`eval/...` for the parameters, and `eval_ema/...`, `eval_polyak/...` for their averages.
 
+  Each is paired with the run's batch statistics, except the EMA with its own average of them when
+  the run keeps one (`config.ema_batch_stats`).
+
   Raises `_EvaluationAbandoned` if a stop is requested meanwhile.
   """
   from incres import data  # pylint: disable=g-import-not-at-top  (heavy: TensorFlow)
 
   results = {}
-  candidates = [("eval", state.params), ("eval_ema", state.ema_params)]
-  candidates.append(("eval_polyak", state.polyak_params))
-  for prefix, params in candidates:
+  ema_stats = state.batch_stats if state.ema_batch_stats is None else state.ema_batch_stats
+  candidates = [
+      ("eval", state.params, state.batch_stats),
+      ("eval_ema", state.ema_params, ema_stats),
+      ("eval_polyak", state.polyak_params, state.batch_stats),  # Polyak: the parameters only.
+  ]
+  for prefix, params, batch_stats in candidates:
     if params is None:
       continue
     m = evaluate_split(
         p_eval_step,
-        state_lib.model_variables(params, state.batch_stats),
+        state_lib.model_variables(params, batch_stats),
         stop.batches(data.create_eval_iter(config)),  # Abandoned if a stop is requested.
         batch_sharding,
     )

@@ -6,6 +6,7 @@ with an uninterrupted run's, bit for bit (same program on the same CPU: no toler
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -169,19 +170,30 @@ def test_a_damaged_steps_warning_gives_the_underlying_errors_text(tmp_path, capl
   assert os.path.join(ckpt.directory, "2", "state") in warning, warning
 
 
-def test_load_variables_reads_the_model_variables_without_building_an_optimizer(
-    tmp_path, monkeypatch
-):
+def _tiny_state(**overrides):
+  """`(config, model, tx, state)`: a fresh state of the tiny config (EMA decay 0.5), no training."""
   from incres import configs  # pylint: disable=g-import-not-at-top
   from incres import state as state_lib  # pylint: disable=g-import-not-at-top
 
   config = configs.load(os.path.join(ROOT, "tests", "tiny_config.py"))
-  config.num_classes = 10
-  config.ema_decay = 0.5
+  config.update(dict(num_classes=10, ema_decay=0.5, **overrides))
   model = state_lib.create_model(config)
   tx = state_lib.create_optimizer(config, state_lib.create_learning_rate_fn(config))
-  state = state_lib.create_train_state(config, model, tx, state_lib.create_mesh())
+  return config, model, tx, state_lib.create_train_state(config, model, tx, state_lib.create_mesh())
+
+
+@pytest.mark.parametrize("ema_batch_stats", [False, True])
+def test_load_variables_reads_the_model_variables_without_building_an_optimizer(
+    tmp_path, monkeypatch, ema_batch_stats
+):
+  from incres import state as state_lib  # pylint: disable=g-import-not-at-top
+
+  config, model, _, state = _tiny_state(ema_batch_stats=ema_batch_stats)
   state = state.replace(ema_params=jax.tree.map(lambda p: p + 1.0, state.params))  # Tell apart.
+  if ema_batch_stats:
+    state = state.replace(ema_batch_stats=jax.tree.map(lambda s: s + 2.0, state.batch_stats))
+  else:
+    assert state.ema_batch_stats is None
   with checkpoint.Checkpointer(
       str(tmp_path), config, save_every_steps=1, keep=1, async_save=False
   ) as ckpt:
@@ -197,9 +209,46 @@ def test_load_variables_reads_the_model_variables_without_building_an_optimizer(
   assert loaded_model == model
   assert set(raw) == set(ema) == {"params", "batch_stats"}
   assert_same_bits(raw, {"params": state.params, "batch_stats": state.batch_stats})
-  assert_same_bits(ema, {"params": state.ema_params, "batch_stats": state.batch_stats})
+  # The EMA's own statistics when the run averaged them, else the run's.
+  ema_stats = state.ema_batch_stats if ema_batch_stats else state.batch_stats
+  assert_same_bits(ema, {"params": state.ema_params, "batch_stats": ema_stats})
   with pytest.raises(ValueError, match="kept no polyak average"):
     checkpoint.load_variables(str(tmp_path), averaged="polyak")
+
+
+def test_checkpoints_without_averaged_statistics_keep_the_layout_from_before_them(tmp_path):
+  """A run without `ema_batch_stats` writes and resumes checkpoints laid out as before the field
+  existed (orbax refuses a target with a key its checkpoint lacks); with the switch, such a
+  checkpoint is refused, naming what is missing."""
+  from incres import state as state_lib  # pylint: disable=g-import-not-at-top
+
+  config, model, tx, state = _tiny_state()
+  mesh = state_lib.create_mesh()
+  abstract = state_lib.abstract_train_state(config, model, tx, mesh)
+
+  def before(s):  # The TrainState's fields before ema_batch_stats, as orbax wrote them.
+    return {
+        f.name: getattr(s, f.name) for f in dataclasses.fields(s) if f.name != "ema_batch_stats"
+    }
+
+  old, new = str(tmp_path / "old"), str(tmp_path / "new")
+  for workdir, tree in ((old, before(state)), (new, state)):
+    with checkpoint.Checkpointer(
+        workdir, config, save_every_steps=1, keep=1, async_save=False
+    ) as c:
+      c.save(1, tree)
+  with checkpoint.Checkpointer(old, config, save_every_steps=1, keep=1) as c:
+    restored, _ = c.restore(abstract)  # An old checkpoint resumes.
+  assert isinstance(restored, state_lib.TrainState) and restored.ema_batch_stats is None
+  assert_same_bits(restored, state)
+  with checkpoint.Checkpointer(new, config, save_every_steps=1, keep=1) as c:
+    assert_same_bits(c.restore(before(abstract), step=1)[0], before(state))  # Nothing added.
+  on = config.copy_and_resolve_references()
+  on.ema_batch_stats = True
+  with checkpoint.Checkpointer(old, on, save_every_steps=1, keep=1) as c:
+    with pytest.raises(checkpoint.IncompatibleCheckpointError) as e:
+      c.check_compatible(state_lib.abstract_train_state(on, model, tx, mesh))
+  assert "ema_batch_stats.stage1_block0.bn1.mean is not in the checkpoint" in str(e.value)
 
 
 def test_importing_changes_nothing_process_wide():

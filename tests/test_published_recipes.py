@@ -163,11 +163,16 @@ def _expected(name: str, t: dict, c) -> dict:
         randaugment_magnitude_std=3 * mstd,
     )
   if t["ema"] is None:
-    e["ema_decay"] = None
+    e.update(ema_decay=None, ema_batch_stats=False)
   else:  # torchvision's train.py: alpha = (1 - decay) x world_size x batch x steps / epochs.
-    every, decay = t["ema"]
+    every, decay, batch_stats = t["ema"]
     alpha = min(1.0, (1 - decay) * t["batch_size"] * every / t["epochs"])
-    e.update(ema_every_steps=every, ema_decay=1 - alpha, ema_warmup_copy=True)
+    e.update(
+        ema_every_steps=every,
+        ema_decay=1 - alpha,
+        ema_warmup_copy=True,
+        ema_batch_stats=batch_stats,
+    )
   return e
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,6 +16,7 @@ from incres import checkpoint, checkpoint_compat, configs, errors, losses, train
 from incres import state as state_lib
 
 import tiny_config as tiny  # tests/ is on the path (pytest's rootdir-relative import).
+from test_train import assert_trees_equal
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
@@ -33,6 +36,7 @@ NEW_KEYS = (
     "mix_switch_prob",
     "ema_every_steps",
     "ema_warmup_copy",
+    "ema_batch_stats",
 )
 
 
@@ -119,6 +123,87 @@ def test_bce_step_scores_the_aux_head_too_and_the_ema_follows_its_timing():
     for got, want in zip(jax.tree.leaves(jax.device_get(state.ema_params)), jax.tree.leaves(ema)):
       np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=f"after step {k}")
   assert not np.allclose(jax.tree.leaves(ema)[0], jax.tree.leaves(params)[0])  # It lags.
+
+
+class _NetWithBN(nn.Module):
+  """A dense layer, batch norm (momentum 0.5: its statistics move fast), a classifier."""
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Dense(8)(x.reshape(x.shape[0], -1))
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.5)(x)
+    return nn.Dense(10)(nn.relu(x)), {}
+
+
+@pytest.fixture(scope="module")
+def bn_steps():
+  """`{ema_batch_stats: (states, metrics)}`: the initial state and those after each of 6 steps on
+  random batches, EMA decay 0.5 updated after steps 0, 2, 4, a copy at those below 3."""
+  config = tiny.get(schedule="constant", learning_rate=0.5, ema_decay=0.5)
+  model = _NetWithBN()
+  lr_fn = state_lib.create_learning_rate_fn(config)
+  tx = state_lib.create_optimizer(config, lr_fn)
+  step = jax.jit(
+      functools.partial(
+          train.train_step,
+          model=model,
+          tx=tx,
+          learning_rate_fn=lr_fn,
+          aux_loss_weight=0.0,
+          label_smoothing=0.0,
+          ema_decay=0.5,
+          ema_every_steps=2,
+          ema_copy_steps=3,
+      )
+  )
+  rng = np.random.default_rng(0)
+  batches = [
+      {
+          "image": rng.normal(size=(8, 16, 16, 3)).astype(np.float32) + k,
+          "label": rng.integers(0, 10, 8).astype(np.int32),
+      }
+      for k in range(6)
+  ]
+  runs = {}
+  for on in (False, True):
+    config.ema_batch_stats = on
+    state = state_lib.create_train_state(config, model, tx, state_lib.create_mesh())
+    states, metrics = [jax.device_get(state)], []
+    for batch in batches:
+      state, m = step(state, batch)
+      states.append(jax.device_get(state))
+      metrics.append(jax.device_get(m))
+    runs[on] = states, metrics
+  return runs
+
+
+def test_ema_of_the_batch_stats_follows_the_ema_rule_and_timing(bn_steps):
+  states, _ = bn_steps[True]
+  ema = states[0].batch_stats  # The average starts at the initial statistics.
+  for got, want in zip(jax.tree.leaves(states[0].ema_batch_stats), jax.tree.leaves(ema)):
+    np.testing.assert_array_equal(got, want)
+  for k in range(6):
+    new = states[k + 1].batch_stats  # This step's statistics, then the average's update.
+    if k in (0, 2):
+      ema = new
+    elif k == 4:
+      ema = jax.tree.map(lambda e, n: 0.5 * np.asarray(e, np.float64) + 0.5 * n, ema, new)
+    for got, want in zip(
+        jax.tree.leaves(states[k + 1].ema_batch_stats), jax.tree.leaves(ema), strict=True
+    ):
+      np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=f"after step {k}")
+  last = jax.tree.leaves(states[-1].batch_stats)[0]
+  assert np.abs(jax.tree.leaves(ema)[0] - last).max() > 0.1  # It lags the statistics.
+
+
+def test_without_the_switch_nothing_else_changes(bn_steps):
+  """No averaged statistics are kept, and the steps' states and metrics are bitwise those of the
+  run that keeps them (the parameters' EMA included)."""
+  (off, off_metrics), (on, on_metrics) = bn_steps[False], bn_steps[True]
+  assert all(s.ema_batch_stats is None for s in off)
+  for a, b in zip(off, on, strict=True):
+    assert_trees_equal(a.replace(ema_batch_stats=None), b.replace(ema_batch_stats=None))
+  assert_trees_equal(off_metrics, on_metrics)
 
 
 def test_torchvision_ema_decay_is_its_recipes_adjustment():
@@ -238,6 +323,7 @@ def test_lars_is_optaxs_trust_ratio_with_exclusions():
         ({"ema_every_steps": 0}, "ema_every_steps=0"),
         ({"cosine_spans_warmup": True, "schedule": "piecewise"}, "cosine_spans_warmup=True"),
         ({"lr_per_epoch": True, "num_epochs": 0.0}, "lr_per_epoch=True"),
+        ({"ema_batch_stats": True}, "ema_batch_stats=True .* ema_decay is None"),
     ],
 )
 def test_bad_recipe_settings_are_user_errors_naming_the_key(override, names):
@@ -254,6 +340,7 @@ def test_a_config_saved_before_the_recipe_keys_resumes_with_the_old_behaviour():
   old = {k: v for k, v in config.to_dict().items() if k not in NEW_KEYS}
   assert set(NEW_KEYS) <= set(config.keys())
   checkpoint_compat.check("step 4", old, config, {}, {})  # Not an identity key: no refusal.
+  assert not state_lib.averages_batch_stats(ml_collections.ConfigDict({**old, "ema_decay": 0.9}))
   options = train.step_options(ml_collections.ConfigDict(old))
   assert options == {
       "mixing": None,
@@ -292,6 +379,7 @@ def test_resume_with_mixing_bce_lamb_and_timed_ema_is_bitwise_exact(tmp_path):
       ema_decay=0.9,
       ema_every_steps=2,
       ema_warmup_copy=True,
+      ema_batch_stats=True,
       warmup_steps=1,
   )
   reference = str(tmp_path / "uninterrupted")

@@ -355,9 +355,10 @@ def test_device_prefetch_closed_frees_its_source_and_the_batches_in_flight():
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-  """6 uninterrupted steps with EMA and Polyak averaging; checkpoints at 2, 4, 6."""
+  """6 uninterrupted steps with EMA (of the batch statistics too) and Polyak averaging;
+  checkpoints at 2, 4, 6."""
   workdir = str(tmp_path_factory.mktemp("run") / "uninterrupted")
-  config = tiny_config(ema_decay=0.9, polyak=True, keep_checkpoints=2)
+  config = tiny_config(ema_decay=0.9, ema_batch_stats=True, polyak=True, keep_checkpoints=2)
   result = train.train_and_evaluate(config, workdir)
   return config, workdir, result
 
@@ -409,10 +410,30 @@ def test_load_variables_raw_and_averaged(finished_run):
   x = jnp.zeros((2, 16, 16, 3))
   logits, _ = model.apply(raw, x, train=False)
   assert logits.shape == (2, 10)
-  leaf = lambda v: jax.tree.leaves(v["params"])[0]
+  leaf = lambda v, key="params": jax.tree.leaves(v[key])[0]
   assert not np.array_equal(leaf(raw), leaf(ema)) and not np.array_equal(leaf(ema), leaf(polyak))
+  # The EMA's own batch statistics (ema_batch_stats); Polyak's are the run's.
+  assert not np.array_equal(leaf(raw, "batch_stats"), leaf(ema, "batch_stats"))
+  assert_trees_equal(polyak["batch_stats"], raw["batch_stats"])
   with pytest.raises(FileNotFoundError, match="available steps"):
     checkpoint.load_variables(workdir, step=1)
+
+
+def test_eval_ema_pairs_the_averaged_parameters_with_their_batch_statistics(finished_run):
+  from incres import data  # pylint: disable=g-import-not-at-top
+
+  _, workdir, result = finished_run
+  config, model, ema = checkpoint.load_variables(workdir, averaged="ema")  # Step 6's.
+  raw_stats = checkpoint.load_variables(workdir)[2]["batch_stats"]
+  sharding = jax.sharding.NamedSharding(state_lib.create_mesh(), jax.sharding.PartitionSpec("data"))
+  p_eval_step = jax.jit(functools.partial(train.eval_step, model=model))
+
+  def loss(variables):
+    metrics = train.evaluate_split(p_eval_step, variables, data.create_eval_iter(config), sharding)
+    return metrics["loss"]
+
+  assert loss(ema) == pytest.approx(result["eval_ema/loss"], rel=1e-6)
+  assert loss({**ema, "batch_stats": raw_stats}) != pytest.approx(result["eval_ema/loss"], rel=1e-3)
 
 
 def test_resume_is_bitwise_exact(finished_run, tmp_path):
@@ -477,8 +498,9 @@ def snapshot(directory: str) -> dict[str, tuple[int, float]]:
             ["model: checkpoint 'CifarResNet20', this config 'CifarPlain20'"],
         ),
         ({"polyak": False}, ["polyak_params"]),
+        ({"ema_batch_stats": False}, ["ema_batch_stats.", "(also differs) ema_batch_stats"]),
     ],
-    ids=["width", "model", "averaging"],
+    ids=["width", "model", "averaging", "averaged_statistics"],
 )
 def test_incompatible_workdir_is_refused_and_untouched(finished_run, override, names):
   config, workdir, _ = finished_run

@@ -127,6 +127,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.weight_decay = 4e-5
   c.aux_loss_weight = 0.4
   c.ema_decay = 0.9999
+  # Deviation: Google's inception/inception_train.py also averages the BN moving statistics
+  # (tf.moving_average_variables()); left off so that runs begun before the switch existed still
+  # resume. --config.ema_batch_stats=True on a new run matches the source.
+  c.ema_batch_stats = False
   c.polyak = False
 
   if a.smoke:

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from incres import fileio
+from incres import configs, fileio
 from incres.data import (
     cifar_augment,
     device_photometric,
@@ -209,8 +209,10 @@ def as_example(out: tf.Tensor | dict[str, tf.Tensor], label: tf.Tensor) -> dict[
 def _unscaled_train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
   s, mean = config.image_size, normalization_mean(config)
   if config.augment == "cifar":
+    configs.check_auto_augment(config)
+    policy = modern.policy_fn(config)  # auto_augment after the pad-crop-flip (None: off).
     return lambda image, seed: tf.ensure_shape(
-        cifar_augment.cifar_train(image, seed, mean=mean, size=s), [s, s, 3]
+        cifar_augment.cifar_train(image, seed, mean=mean, size=s, policy=policy), [s, s, 3]
     )
   if config.augment == "resnet_imagenet":
     return functools.partial(resnet_augment.resnet_imagenet_train, size=s, mean=mean)

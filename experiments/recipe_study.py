@@ -1,8 +1,10 @@
 r"""python experiments/recipe_study.py --outdir=runs/recipe_study
 
-Hardware: sized for 2 CPU cores (no accelerator). Measured: see `MEASURED` below (the eight runs,
-two processes in parallel, on a shared 2-core machine), plus a minute for the figure and the
-report; `--seeds=1` halves it.
+Hardware: sized for 2 CPU cores (no accelerator). Measured on the shared 2-core AMD EPYC, two
+runs in parallel: 18.5-25 minutes per run at load average 8-11 (other sessions' work on the same
+cores; the preact study's 7.5-9 minutes per ResNet-56 run were at load 4-5), so about 1.5 hours
+for the eight runs at that load and 35-40 minutes on a quieter machine, plus a minute for the
+figure and the report; `--seeds=1` halves it (README, "Modern recipe components on digits").
 
 Asks, in miniature, on scikit-learn's bundled `digits` (1,497 training and 300 test images,
 32×32), whether one of the modern recipe components of issue #26 changes a ResNet's test error at
@@ -61,8 +63,6 @@ if __package__ in (None, "") and __name__ == "__main__":  # `python experiments/
 from incres import cli, configs, errors, studies  # pylint: disable=g-import-not-at-top
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# Wall-clock of the eight runs (stated in the docstring; README).
-MEASURED = "not yet measured"
 # The training loss the report's "steps to threshold" column counts up to (the window mean).
 LOSS_THRESHOLD = 0.5
 SEEDS = (0, 1)

@@ -23,7 +23,9 @@ Compare with the accelerator's step rate to see whether the input pipeline keeps
 augmentation on the host against the modern ImageNet transform (`augment="random_resized_crop"`:
 random-resized crop and flip) without a policy, with RandAugment (torchvision's N=2, M=9), with
 TrivialAugment-Wide, with AutoAugment's ImageNet policy, and with RandAugment and random erasing
-(p=0.25, per-pixel normal fill); `--cases=all` times both sets.
+(p=0.25, per-pixel normal fill), and prints the host CPU time per image of each besides the rate
+(on a machine others share, the rate follows their load, the CPU time much less); `--cases=all`
+times both sets.
 """
 
 from __future__ import annotations
@@ -95,12 +97,14 @@ def _config(batch_size: int, **overrides):
   return c
 
 
-def _timed(make, seconds: float) -> float:
-  """Images per second of the batches of `make()` after a warm-up, over about `seconds`."""
+def _timed(make, seconds: float, cpu_ms: list | None = None) -> float:
+  """Images per second of the batches of `make()` after a warm-up, over about `seconds`; with
+  `cpu_ms`, also appends this process's CPU time per image (ms, all its threads): unlike the
+  rate, barely moved by other processes on a shared machine."""
   it = make()
   for _ in range(3):  # Warm-up: graph tracing, thread pools, the prefetch buffer.
     next(it)
-  count, start = 0, time.perf_counter()
+  count, start, cpu_start = 0, time.perf_counter(), time.process_time()
   while time.perf_counter() - start < seconds:
     try:
       batch = next(it)
@@ -108,6 +112,8 @@ def _timed(make, seconds: float) -> float:
       it = make()
       continue
     count += len(batch["label"])
+  if cpu_ms is not None:
+    cpu_ms.append(1e3 * (time.process_time() - cpu_start) / count)
   return count / (time.perf_counter() - start)
 
 
@@ -188,9 +194,12 @@ AUTO_AUGMENT_CASES = {
 CASE_SETS = ("issue15", "auto_augment", "all")
 
 
-def side_by_side(batch_size: int, seconds: float, rounds: int, cases: str = "issue15") -> dict:
+def side_by_side(
+    batch_size: int, seconds: float, rounds: int, cases: str = "issue15", cpu_ms: dict | None = None
+) -> dict:
   """{name: [images/s per round]}: the cases of `cases` (CASE_SETS), alternating within each
-  round."""
+  round; the auto_augment cases also fill `cpu_ms` ({name: [CPU ms per image per round]})."""
+  cpu_ms = {} if cpu_ms is None else cpu_ms
   train = _config(batch_size, augment="resnet_imagenet", image_size=224, resample="host")
   resnet_device = _config(batch_size, augment="resnet_imagenet", image_size=224, resample="device")
   center = _config(batch_size, eval_preprocess="center", image_size=224)
@@ -226,10 +235,13 @@ def side_by_side(batch_size: int, seconds: float, rounds: int, cases: str = "iss
       "jpeg decode only (floor)": lambda: _timed(lambda: _decode_iter(batch_size), seconds),
   }
   # Issue #26: the modern transform with and without its policies, on the host (where it runs).
-  modern = {"resnet train, after": issue15["resnet train, after"]}
+  timed = lambda c, name: _timed(
+      lambda: data.create_train_iter(c), seconds, cpu_ms.setdefault(name, [])
+  )
+  modern = {"resnet train, after": lambda: timed(train, "resnet train, after")}
   for name, overrides in AUTO_AUGMENT_CASES.items():
     config = _config(batch_size, augment="random_resized_crop", image_size=224, **overrides)
-    modern[name] = lambda c=config: _rate(c, False, seconds)
+    modern[name] = lambda c=config, n=name: timed(c, n)
   cases = {"issue15": issue15, "auto_augment": modern, "all": {**issue15, **modern}}[cases]
   rates = {name: [] for name in cases}
   for _ in range(rounds):
@@ -345,7 +357,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _print_side_by_side(args, cores: int) -> None:
   """The before/after/plain table on the cores this process may use."""
   label = "per core (pinned to one core)" if cores == 1 else f"on all {cores} cores"
-  rates = side_by_side(args.batch_size, args.seconds, args.rounds, args.cases)
+  cpu_ms = {}
+  rates = side_by_side(args.batch_size, args.seconds, args.rounds, args.cases, cpu_ms)
   med = {name: statistics.median(r) for name, r in rates.items()}
   print(
       f"\nSide by side, {label}: images/s, median of {args.rounds} alternating rounds "
@@ -364,6 +377,11 @@ def _print_side_by_side(args, cores: int) -> None:
         f"  random_resized_crop against the resnet train pipeline (against no policy): {ratios}",
         flush=True,
     )
+    print(f"  host CPU ms per image (all threads of this process), median of {args.rounds}:")
+    for name, ms in cpu_ms.items():
+      print(
+          f"    {name:<28} {statistics.median(ms):>6.2f} ms   ({' '.join(f'{x:.2f}' for x in ms)})"
+      )
   if args.cases == "auto_augment":
     return
   train_after = med["resnet train, after"]

@@ -18,6 +18,8 @@ Arguments (`--config=experiments/resnet_cifar.py:depth=110,plain=False,...`):
   smoke: True shrinks everything to run in about a minute on a laptop (dataset digits by default).
   tiny: True also shrinks the network to width 4 and one unit a stage (whatever the depth), so that
     `smoke=True,tiny=True` compiles in seconds: the test suite's launch.py path.
+  model: wrn28_10 for the wide ResNet WRN-28-10 with dropout and its authors' recipe (below; no
+    depth, plain or preact argument with it). tiny=True narrows it to k=2, one unit a stage.
 
 Recipe (paper): batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at 32k and
 48k iterations, stop at 64k; 4-pixel pad + random 32×32 crop + flip, per-pixel mean subtraction;
@@ -44,6 +46,25 @@ with the 400-iteration warm-up at lr 0.01 for every depth ("for all CIFAR experi
 64k iterations is [1]'s ("hyperparameters are the same as those in [1]"). ResNet-1001's 4.62 % in
 the abstract used mini-batch 64 (--config.batch_size=64; the authors' Torch code ran 200 epochs).
 
+Wide ResNets (Zagoruyko & Komodakis 2016, arXiv 1605.07146), `model=wrn28_10`:
+python launch.py --config=experiments/resnet_cifar.py:model=wrn28_10 --workdir=runs/wrn28_10
+Same hardware; expected time (estimate, not measured): a few hours on one H100 (36.5M parameters,
+5.24G multiply-adds an image: ~3e17 floating-point operations over 78,125 steps of 128).
+Reproduces the authors' WRN-28-10-dropout: CIFAR-10 test error 3.89 %, CIFAR-100 18.85 %
+(`dataset=cifar100`), medians of 5 runs (the authors' README; the paper's table: not confirmed
+here). Nothing was trained here, so no error is estimated. Recipe (the authors' code,
+szagoruyko/wide-residual-networks: scripts/train_cifar.sh and train.lua; incres/paper.py's
+RECIPES["wrn28_10"], checked by tests/test_published_recipes.py): dropout 0.3 between each unit's
+convolutions, batch 128, SGD with Nesterov momentum 0.9 (dampening 0), lr 0.1 multiplied by 0.2 at
+epochs 60, 120 and 160 of 200, weight decay 5e-4 on every parameter (optim.sgd's weightDecay: the
+BN scales and offsets and the fc's bias too), flip and a random 32x32 crop of the image reflected
+4 pixels out (`cifar_padding="reflect"`), mean/std normalisation; test on the single original
+view. Resolved on CIFAR's 50,000 images: 78,125 steps, the decays at steps 23,438, 46,875 and
+62,500. Deviations: the authors' Lua loop may drop each epoch's last partial batch (390 steps an
+epoch, not 390.6: not confirmed here). They normalise by CIFAR-10's channel mean and std
+((125.3, 123.0, 113.9) / 255, (63.0, 62.1, 66.7) / 255); incres' per-channel normalisation is
+ImageNet's (normalize="mean_std": within 0.04 of that mean and 10% of that std), the nearest here.
+
 Quickstart, `dataset=digits` (scikit-learn's 1,497 training digits, 32×32): the same recipe
 shortened to 34.2 epochs = 400 steps, the boundaries at the same fractions (50%, 75%: steps 200
 and 300), the warm-up scaled alike, evaluation and checkpoints every 100 steps, a log line every 10.
@@ -55,7 +76,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from incres import configs
+from incres import configs, errors
 
 PAPER_STEPS = 64_000
 PAPER_BOUNDARIES = (32_000, 48_000)
@@ -79,7 +100,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       val_split=False,
       smoke=False,
       tiny=False,
+      model="",
   )
+  if a.model:
+    if a.model != "wrn28_10":
+      raise errors.ConfigError(
+          f"Unknown model argument {a.model!r}: use model=wrn28_10 (the wide ResNet), or leave it"
+          " out for the ResNets chosen by depth."
+      )
+    if a.depth not in (20, 28) or a.plain or a.preact:
+      raise errors.ConfigError(
+          "model=wrn28_10 is the 28-layer wide ResNet: give it no depth, plain or preact argument."
+      )
+    return wrn28_10(a)
   if a.preact:
     if a.plain or a.depth not in (110, 164, 1001):
       raise ValueError(
@@ -134,6 +167,49 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_every_epochs = c.checkpoint_every_epochs = c.num_epochs / 4
     c.log_every_steps = 10
   if a.smoke:  # 20 steps (boundaries 10 and 15), whatever the dataset.
+    c.batch_size, c.eval_batch_size, c.num_train_steps = 32, 100, 20
+    c.eval_every_epochs = c.checkpoint_every_epochs = c.num_epochs / 4
+    c.log_every_steps = 1
+  if c.dataset == "fake":
+    c.fake_image_shape = (32, 32, 3)
+  return c
+
+
+# The wide ResNets' recipe (the authors' scripts/train_cifar.sh and train.lua): incres/paper.py's
+# RECIPES["wrn28_10"] cites each value.
+WRN_EPOCHS = 200
+WRN_BOUNDARY_EPOCHS = (60, 120, 160)
+
+
+def wrn28_10(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """WRN-28-10 with dropout 0.3 and its authors' CIFAR recipe (the module docstring)."""
+  c = configs.base_config()
+  c.model = "WRN28_10"
+  c.model_kwargs = ml_collections.ConfigDict({"dropout_rate": 0.3})
+  if a.tiny:
+    c.model_kwargs.update(widen_factor=2, stage_sizes=(1, 1, 1))
+  c.dataset = a.dataset or ("digits" if a.smoke else "cifar10")
+  if a.val_split:
+    c.train_split, c.eval_split = "train[:90%]", "train[90%:]"
+  else:
+    c.train_split, c.eval_split = "train", "test"
+  c.image_size = 32
+  c.augment, c.cifar_padding = "cifar", "reflect"
+  c.eval_preprocess = "single"
+  c.normalize = "mean_std"  # Per channel; ImageNet's constants (deviation: the docstring).
+
+  c.batch_size = 128
+  c.eval_batch_size = 500
+  c.optimizer, c.momentum, c.nesterov = "sgd", 0.9, True
+  c.learning_rate = 0.1
+  c.schedule, c.lr_decay_factor = "piecewise", 0.2
+  c.num_epochs = WRN_EPOCHS
+  c.lr_boundary_epochs = WRN_BOUNDARY_EPOCHS
+  c.weight_decay = 5e-4
+  c.decay_norms = c.decay_biases = True  # optim.sgd decays every parameter.
+  c.eval_every_epochs = c.checkpoint_every_epochs = 10
+  c.log_every_steps = 100
+  if a.smoke:  # 20 steps, whatever the dataset.
     c.batch_size, c.eval_batch_size, c.num_train_steps = 32, 100, 20
     c.eval_every_epochs = c.checkpoint_every_epochs = c.num_epochs / 4
     c.log_every_steps = 1

@@ -45,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
   # "cifar", "resnet_imagenet", "googlenet", "random_resized_crop" (torchvision's and timm's
   # ImageNet recipe, with the keys below: incres.data.modern) or "none".
   c.augment = "cifar"
+  # "cifar"'s border before its random crop: "zero" (ResNet §4.2, fb.resnet.torch: zeros after the
+  # mean subtraction) or "reflect" (the wide ResNets' code: the image mirrored).
+  c.cifar_padding = "zero"
   # random_resized_crop's policy on each uint8 crop, or cifar's after its pad-crop-flip
   # (incres.data.autoaugment, torchvision v2's semantics): "none", "randaugment",
   # "trivialaugment_wide" or "autoaugment_imagenet" ...
@@ -75,8 +78,17 @@ def base_config() -> ml_collections.ConfigDict:
   # uninterrupted run.
   c.resample = "auto"
   c.eval_preprocess = "single"  # "single" (original view) or "center" (shorter side 256, 224 crop).
+  # FixRes-style evaluation (eval_preprocess="center"): the shorter side resized to this and the
+  # central crop of eval_crop_size taken, apart from the training image_size (None: 256/224 scaled
+  # by image_size/224, today's "center").
+  c.eval_resize_size = ml_collections.config_dict.placeholder(int)
+  c.eval_crop_size = ml_collections.config_dict.placeholder(int)
   c.batch_size = 128  # Global batch size, split across all devices and hosts.
   c.eval_batch_size = 256  # Global evaluation batch size (the last batch is padded and masked).
+  # Repeated augmentation (torchvision's and timm's RA sampler): each image drawn appears this many
+  # times in the global batch, each view augmented independently, its copies on different devices;
+  # an epoch then holds as many views as the split has images (1: off).
+  c.repeated_augmentation = 1
   c.normalize = "auto"  # "auto" (cifar: per-pixel mean, else ImageNet channel mean), "pixel_mean",
   # "channel_mean", "mean_std" (torchvision's: minus the ImageNet channel mean, divided by its
   # std; for imported weights) or "none"; images are on the [0, 1] scale before normalisation.
@@ -318,6 +330,68 @@ def check_resample(config: ml_collections.ConfigDict) -> str:
   return place
 
 
+# The centre view's shorter side for a 224 crop: 256 (ResNet §3.4, `incres.data.eval_views`).
+EVAL_RESIZE_RATIO = 256 / 224
+
+
+def eval_view_sizes(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+  """`(shorter side, crop)` of the FixRes-style centre view `config` asks for with
+  `eval_resize_size` or `eval_crop_size`, the one left at None at its default (round(image_size ·
+  256 / 224), image_size); None when it sets neither (today's view, which older configs, lacking the
+  keys, also get).
+
+  Raises ConfigError for a size that is not a whole number above 0, a crop larger than the resized
+  image's shorter side, or either key set with an `eval_preprocess` other than "center".
+  """
+  resize, crop = config.get("eval_resize_size", None), config.get("eval_crop_size", None)
+  if resize is None and crop is None:
+    return None
+  problems = [
+      f"{key}={value!r} must be a whole number of pixels, 1 or more"
+      for key, value in (("eval_resize_size", resize), ("eval_crop_size", crop))
+      if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1)
+  ]
+  if problems:
+    raise errors.ConfigError("; ".join(problems) + " (or None: today's centre view's).")
+  if config.eval_preprocess != "center":
+    raise errors.ConfigError(
+        f"eval_resize_size and eval_crop_size set the centre view, but this run's eval_preprocess"
+        f" is {config.eval_preprocess!r}: set --config.eval_preprocess=center, or leave both sizes"
+        " at None."
+    )
+  resize = round(config.image_size * EVAL_RESIZE_RATIO) if resize is None else resize
+  crop = config.image_size if crop is None else crop
+  if crop > resize:
+    raise errors.ConfigError(
+        f"eval_crop_size={crop} is larger than the image it is cropped from, whose shorter side is"
+        f" resized to eval_resize_size={resize}: use a crop of at most {resize} (torchvision's 2021"
+        " recipe: resize 232, crop 224; ResNet strikes back: 235 and 224)."
+    )
+  return resize, crop
+
+
+def check_repeated_augmentation(config: ml_collections.ConfigDict, num_processes: int) -> int:
+  """`config.repeated_augmentation` (1 for older configs, which lack it); raises ConfigError unless
+  it is a whole number, 1 or more, whose copies of each image fill the global batch evenly on every
+  one of `num_processes` processes (a streamed dataset's processes each repeat their own images)."""
+  k = config.get("repeated_augmentation", 1)
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise errors.ConfigError(
+        f"repeated_augmentation={k!r} must be a whole number: 1 (off) or the copies of each image"
+        " in a batch (torchvision's and timm's recipes: 3 or 4)."
+    )
+  unit = k * num_processes
+  if config.batch_size % unit:
+    suggestion = max(1, round(config.batch_size / unit)) * unit
+    raise errors.ConfigError(
+        f"repeated_augmentation={k} puts {k} views of each image in the global batch, so"
+        f" batch_size={config.batch_size} must be divisible by {k} x the {num_processes}"
+        f" process(es) (each process's share holds whole images): use e.g."
+        f" --config.batch_size={suggestion}, or another repeated_augmentation."
+    )
+  return k
+
+
 # `auto_augment`'s values and `random_erasing_fill`'s (incres.data.autoaugment, .erasing).
 AUTO_AUGMENT_POLICIES = ("none", "randaugment", "trivialaugment_wide", "autoaugment_imagenet")
 RANDOM_ERASING_FILLS = ("zero", "pixel")
@@ -377,6 +451,21 @@ def check_auto_augment(config: ml_collections.ConfigDict) -> None:
 
 def _is_number(value) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+CIFAR_PADDINGS = ("zero", "reflect")  # `cifar_padding`'s values.
+
+
+def check_cifar_padding(config: ml_collections.ConfigDict) -> str:
+  """`config.cifar_padding` (older configs: "zero"), or ConfigError if it is not one."""
+  padding = config.get("cifar_padding", "zero")
+  if padding not in CIFAR_PADDINGS:
+    raise errors.ConfigError(
+        f"cifar_padding={padding!r} is not one of {', '.join(CIFAR_PADDINGS)}: set"
+        " --config.cifar_padding=zero (ResNet's zeros after the mean) or reflect (the wide"
+        " ResNets' mirrored border)."
+    )
+  return padding
 
 
 # Step-valued config keys and the epoch-valued keys they are derived from by `resolve_config`.
@@ -463,6 +552,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
   check_resample(config)
   check_recipe(config)
   check_auto_augment(config)
+  check_repeated_augmentation(config, num_processes)
+  eval_view_sizes(config)
+  check_cifar_padding(config)
   averaged = [n for n, on in (("eval_ema", config.ema_decay), ("eval_polyak", config.polyak)) if on]
   known = [f"{p}/{m}" for p in ["eval"] + averaged for m in ("top1", "top5", "loss")]
   if config.best_metric and config.best_metric not in known:

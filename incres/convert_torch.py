@@ -172,6 +172,8 @@ def _timm_resnet_module(parts: list[str], avg_down: bool) -> tuple[str, ...]:
     return (_TIMM_DEEP_STEM[parts[1]],)
   if parts == ["bn1"]:
     return ("stem_bn3",)
+  if parts == ["conv1"]:  # Fail at once on a 7x7 stem (torchvision's weights, timm's resnet50).
+    raise ConversionError("A single `conv1` is a 7x7 stem; timm's resnet50c/d have a deep one.")
   if avg_down and len(parts) == 4 and parts[2] == "downsample":  # (pool, conv, BN)
     if parts[3] in ("1", "2") and re.fullmatch(r"layer\d", parts[0]):
       layer = "proj_conv" if parts[3] == "1" else "proj_bn"

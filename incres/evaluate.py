@@ -14,6 +14,13 @@ S / 224 and rounded, as the training augmentations do, `incres.data`):
   tested).
 - `10crop`: shorter side 256; the four corner and the central 224 crops, and their mirrors
   (ResNet Table 3, "standard 10-crop testing").
+
+A run with a FixRes-style view (`config.eval_resize_size`, `eval_crop_size`: trained at one size,
+evaluated at another, Touvron et al. 2019) takes `center` and `10crop` at its own sizes: shorter
+side `eval_resize_size`, crops of `eval_crop_size`, in torchvision's geometry (the longer side
+truncated, the centre crop's offset rounded half to even: `eval_views.eval_center` with `resize`),
+so `center` stays the training loop's view. `single`, `144crop` and `multiscale` are the papers'
+protocols at the training size; the model's global average pool takes any view size.
 - `144crop`: GoogLeNet §7: shorter side 256, 288, 320, 352; three squares of side the shorter side
   (left/centre/right for landscape images, top/centre/bottom for portrait ones); in each square the
   four corner and the central 224 crops and the square resized to 224; each with its mirror.
@@ -117,20 +124,49 @@ def single_views(height: int, width: int, size: int = CROP) -> list[View]:
   ]
 
 
-def center_views(height: int, width: int, size: int = CROP) -> list[View]:
-  """Shorter side 256, central 224 crop (`eval_views.eval_center`)."""
+def torchvision_resized_shape(height: int, width: int, shorter: int) -> tuple[int, int]:
+  """The shape torchvision's `Resize(shorter)` gives: the longer side `int(shorter * long /
+  short)` (`image_ops.torchvision_shorter_side_shape`)."""
+  if height <= width:
+    return shorter, int(shorter * width / height)
+  return int(shorter * height / width), shorter
+
+
+def torchvision_center_offset(length: int, size: int) -> int:
+  """torchvision's `center_crop` offset, `round((length - size) / 2)` (halves to even)."""
+  return int(round((length - size) / 2.0))
+
+
+def center_views(
+    height: int, width: int, size: int = CROP, resize: int | None = None
+) -> list[View]:
+  """Shorter side 256, central 224 crop (`eval_views.eval_center`); with `resize`, shorter side
+  `resize` and central `size` crop in torchvision's geometry (a FixRes-style view)."""
+  if resize is not None:
+    h, w = torchvision_resized_shape(height, width, resize)
+    top, left = torchvision_center_offset(h, size), torchvision_center_offset(w, size)
+    return [View(resize, (top, left, size, size), None, False)]
   shorter = scaled(CENTER_SHORTER, size)
   h, w = resized_shape(height, width, shorter)
   return [View(shorter, ((h - size) // 2, (w - size) // 2, size, size), None, False)]
 
 
-def ten_crop_views(height: int, width: int, size: int = CROP) -> list[View]:
-  """Shorter side 256; corners TL, TR, BL, BR and centre at 224; then the same five mirrored."""
-  shorter = scaled(CENTER_SHORTER, size)
-  h, w = resized_shape(height, width, shorter)
-  return _with_mirrors(
-      [View(shorter, b, None, False) for b in _corners_and_center(0, 0, h, w, size)]
-  )
+def ten_crop_views(
+    height: int, width: int, size: int = CROP, resize: int | None = None
+) -> list[View]:
+  """Shorter side 256; corners TL, TR, BL, BR and centre at 224; then the same five mirrored.
+  With `resize`: shorter side `resize`, `size` crops, torchvision's geometry (its `TenCrop`)."""
+  if resize is None:
+    shorter = scaled(CENTER_SHORTER, size)
+    h, w = resized_shape(height, width, shorter)
+    boxes = _corners_and_center(0, 0, h, w, size)
+  else:
+    shorter = resize
+    h, w = torchvision_resized_shape(height, width, resize)
+    boxes = _corners_and_center(0, 0, h, w, size)[:4]
+    center = (torchvision_center_offset(h, size), torchvision_center_offset(w, size), size, size)
+    boxes.append(center)
+  return _with_mirrors([View(shorter, b, None, False) for b in boxes])
 
 
 def googlenet_144_views(height: int, width: int, size: int = CROP) -> list[View]:
@@ -160,6 +196,8 @@ def multiscale_views(height: int, width: int, size: int = CROP) -> list[View]:
   return views
 
 
+# The protocols that take a FixRes-style run's own resize and crop (the module docstring).
+RESIZED_PROTOCOLS = ("center", "10crop")
 _VIEW_FNS = {
     "single": single_views,
     "center": center_views,
@@ -170,16 +208,25 @@ _VIEW_FNS = {
 NUM_VIEWS = {"single": 1, "center": 1, "10crop": 10, "144crop": 144, "multiscale": 5}
 
 
-def views(protocol: str, height: int, width: int, size: int = CROP) -> list[View]:
+def views(
+    protocol: str, height: int, width: int, size: int = CROP, resize: int | None = None
+) -> list[View]:
   """The views `protocol` takes of a `height` × `width` image, for a model trained on `size`
-  crops."""
+  crops; `resize` (`center` and `10crop` only): a FixRes-style view's shorter side, `size` then
+  being its crop."""
   if protocol not in _VIEW_FNS:
     raise ValueError(f"Unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}.")
+  if resize is not None:
+    if protocol not in RESIZED_PROTOCOLS:
+      raise ValueError(f"Protocol {protocol!r} takes no resize; only {RESIZED_PROTOCOLS} do.")
+    return _VIEW_FNS[protocol](int(height), int(width), size, resize)
   return _VIEW_FNS[protocol](int(height), int(width), size)
 
 
-def _scales(protocol: str, size: int) -> tuple[int | None, ...]:
+def _scales(protocol: str, size: int, resize: int | None = None) -> tuple[int | None, ...]:
   """The distinct `shorter` values of a protocol's views, in the order `views` lists them."""
+  if resize is not None:
+    return (resize,)
   return {
       "single": (None,),
       "center": (scaled(CENTER_SHORTER, size),),
@@ -194,11 +241,11 @@ def _scales(protocol: str, size: int) -> tuple[int | None, ...]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _view_table(protocol: str, size: int, shape) -> np.ndarray:
+def _view_table(protocol: str, size: int, shape, resize: int | None = None) -> np.ndarray:
   """int32 [V, 7]: shorter (0: none), top, left, height, width, out (0: none), flip."""
   rows = [
       (v.shorter or 0, *v.box, v.out or 0, int(v.flip))
-      for v in views(protocol, int(shape[0]), int(shape[1]), size)
+      for v in views(protocol, int(shape[0]), int(shape[1]), size, resize)
   ]
   return np.asarray(rows, np.int32)
 
@@ -232,15 +279,18 @@ def apply_view(resized, row, mean):
   return tf.cond(row[6] > 0, lambda: tf.image.flip_left_right(x), lambda: x)
 
 
-def make_view_fn(protocol: str, size: int, mean):
+def make_view_fn(protocol: str, size: int, mean, resize: int | None = None):
   """uint8 image [H, W, 3] -> float32 views [V, size, size, 3] (fixed-size protocols), or a tuple
-  with one [1, h_i, w_i, 3] view per scale (`multiscale`)."""
+  with one [1, h_i, w_i, 3] view per scale (`multiscale`). `resize`: a FixRes-style view's shorter
+  side (`center`, `10crop`), resized as torchvision does (`views`)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   from incres.data import eval_views, image_ops  # pylint: disable=g-import-not-at-top
 
+  if resize is not None and protocol not in RESIZED_PROTOCOLS:
+    raise ValueError(f"Protocol {protocol!r} takes no resize; only {RESIZED_PROTOCOLS} do.")
   scales = tuple(
-      dict.fromkeys(_scales(protocol, size))
+      dict.fromkeys(_scales(protocol, size, resize))
   )  # Tiny sizes can round two scales together.
 
   def fn(image):
@@ -248,12 +298,15 @@ def make_view_fn(protocol: str, size: int, mean):
       return eval_views.eval_single(image, size=size, mean=mean)[None]
     x = tf.cast(image, tf.float32) / 255.0
     table = tf.numpy_function(
-        functools.partial(_view_table, protocol, size), [tf.shape(image)], tf.int32, stateful=False
+        functools.partial(_view_table, protocol, size, resize=resize),
+        [tf.shape(image)],
+        tf.int32,
+        stateful=False,
     )
     table = tf.ensure_shape(table, [NUM_VIEWS[protocol], 7])
     per_scale = []
     for shorter in scales:
-      resized = image_ops.resize_shorter_side(x, shorter)
+      resized = image_ops.resize_shorter_side(x, shorter, torchvision_shape=resize is not None)
       rows = tf.boolean_mask(table, table[:, 0] == shorter)
       if protocol == "multiscale":
         per_scale.append(apply_view(resized, rows[0], mean)[None])
@@ -392,7 +445,12 @@ def score_split(
   for key, value in (("dataset", dataset), ("eval_split", eval_split), ("data_dir", data_dir)):
     if value is not None:
       config[key] = value
-  size = config.image_size
+  from incres import configs  # pylint: disable=g-import-not-at-top
+
+  size, resize = config.image_size, None
+  sizes = configs.eval_view_sizes(config)
+  if sizes is not None and protocol in RESIZED_PROTOCOLS:  # The run's FixRes-style view.
+    resize, size = sizes
   mesh = state.create_mesh()
   num_views = NUM_VIEWS[protocol]
   ds, n = data.eval_images(config)
@@ -401,7 +459,7 @@ def score_split(
     ds = ds.take(n)
   # The softmax is averaged over views with the mean of the *training* images (the run's config).
   mean = data.normalization_mean(run_config)
-  view_fn = make_view_fn(protocol, size, mean)
+  view_fn = make_view_fn(protocol, size, mean, resize)
   ds = ds.map(lambda image, label: (view_fn(image), label), num_parallel_calls=tf.data.AUTOTUNE)
 
   def softmax_fn(variables, x):

@@ -12,18 +12,23 @@ uses them; `--averaged=false` exports the raw ones (`true`, `ema`, `polyak` insi
 
 What the exported StableHLO and SavedModel functions take and return:
   images: float32 [batch, S, S, 3], NHWC, RGB, values in [0, 1], any batch size, where S is the
-    run's `config.image_size`, already in the run's evaluation view (`config.eval_preprocess`:
-    "single" resizes the image to S x S, "center" resizes the shorter side to 8/7 S and crops the
-    central S x S; `incres.data.preprocess_for_eval` without its normalisation).
+    side of the run's evaluation view (`incres.data.eval_image_size`: `config.image_size`, or a
+    FixRes-style run's `eval_crop_size`), already in that view (`config.eval_preprocess`: "single"
+    resizes the image to S x S, "center" resizes the shorter side to 8/7 S and crops the central
+    S x S, or, where the run sets `eval_resize_size`/`eval_crop_size`, resizes it to the
+    `resize` and crops the central `crop` that `export.json`'s input names, as torchvision's
+    `Resize` and `CenterCrop` do; `incres.data.preprocess_for_eval` without its normalisation).
   -> logits: float32 [batch, num_classes] (softmax them for probabilities).
 The run's input normalisation is applied inside (`config.normalize`: the per-pixel mean image of
-the training set for CIFAR-style runs, the ImageNet channel mean, or torchvision's mean and std),
-so a server feeds plain [0, 1] pixels. `export.json` beside them records the input shape, dtype,
-view and normalisation, the class count and names, where each file is, and (`serialization`) the
-versions a consumer needs: jax and jaxlib, and for each of stablehlo and saved_model its
-`stablehlo_target_version` (the StableHLO/VHLO version the portable artifact is serialized for: a
-consumer of that version or newer reads it) and its `calling_convention_version` (jax.export's);
-saved_model adds the TensorFlow that wrote it and the StableHLO version that TensorFlow reads.
+the training set for CIFAR-style runs, its per-channel average for a view of another size, the
+ImageNet channel mean, or torchvision's mean and std), so a server feeds plain [0, 1] pixels.
+`export.json` beside them records the input shape, dtype, view (with a FixRes-style view's
+`resize` and `crop`) and normalisation, the class count and names, where each file is, and
+(`serialization`) the versions a consumer needs: jax and jaxlib, and for each of stablehlo and
+saved_model its `stablehlo_target_version` (the StableHLO/VHLO version the portable artifact is
+serialized for: a consumer of that version or newer reads it) and its `calling_convention_version`
+(jax.export's); saved_model adds the TensorFlow that wrote it and the StableHLO version that
+TensorFlow reads.
 
 The formats (`--format`, comma-separated; default stablehlo,saved_model):
   stablehlo    `model.stablehlo`: a serialized `jax.export.Exported` (StableHLO plus its calling
@@ -116,7 +121,7 @@ def normalization(config) -> Normalization:
   mode = data.normalization(config)
   std = np.asarray(imagenet_stats.IMAGENET_STD_RGB, np.float32) if mode == "mean_std" else None
   try:
-    mean = np.asarray(data.normalization_mean(config), np.float32)
+    mean = np.asarray(data.eval_mean(config), np.float32)  # The evaluation view's.
   except Exception as e:  # pylint: disable=broad-except  (a missing dataset, said clearly below)
     raise ExportError(
         f"The run normalises its inputs by the per-pixel mean of {config.dataset!r}'s"
@@ -125,6 +130,14 @@ def normalization(config) -> Normalization:
         f" {config.data_dir!r})."
     ) from e
   return Normalization(mode, mean, std)
+
+
+def _fixres_view(config) -> dict[str, int]:
+  """`{"resize": ..., "crop": ...}` of a FixRes-style evaluation view, else nothing."""
+  from incres import configs  # pylint: disable=g-import-not-at-top
+
+  sizes = configs.eval_view_sizes(config)
+  return {} if sizes is None else {"resize": sizes[0], "crop": sizes[1]}
 
 
 def _pick_average(config, averaged: bool | str | None) -> bool | str:
@@ -482,7 +495,7 @@ def export(
   # pylint: disable=g-import-not-at-top
   import incres
   from incres import checkpoint as ckpt
-  from incres import finetune, predict
+  from incres import data, finetune, predict
   # pylint: enable=g-import-not-at-top
 
   try:
@@ -504,7 +517,7 @@ def export(
     config, model, variables = ckpt.load_variables(workdir, step, averaged=average)
   except Exception as e:  # pylint: disable=broad-except
     raise ExportError(_unreadable(workdir, step, e)) from e
-  size = int(config.image_size)
+  size = int(data.eval_image_size(config))  # The evaluation view's side.
   fn = logits_fn(model, norm)
 
   info: dict[str, Any] = {
@@ -525,6 +538,7 @@ def export(
           "channels": "RGB",
           "range": [0.0, 1.0],
           "view": config.eval_preprocess,
+          **_fixres_view(config),
           "normalization": {"mode": norm.mode, "applied_inside": ["stablehlo", "saved_model"]},
       },
       "output": {"name": "logits", "shape": [None, int(config.num_classes)], "dtype": "float32"},

@@ -27,7 +27,7 @@ switches below turn it off): XLA:GPU's select-and-scatter was slower there (one 
 256, batch on the device: ResNet-50's train step 6,439 -> 6,856 images/s, GoogLeNet's 6,943 ->
 9,404; benchmarks/RESULTS.md). For benchmarks, `INCRES_CPU_CONV_VJP=0` in the environment or
 `set_cpu_conv_vjp(False)` turns "auto" off for the whole process (both are read when a function is
-traced, so set them before `jit`); an explicit "on" or "off" ignores them. """
+traced, so set them before `jit`); an explicit "on" or "off" ignores them."""
 
 from __future__ import annotations
 

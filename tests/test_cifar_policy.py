@@ -35,10 +35,12 @@ def test_a_policy_that_changes_nothing_gives_the_view_without_one_bitwise():
     seen.append((x.dtype, tuple(x.shape)))
     return x
 
-  for seed in SEEDS:
-    without = cifar_augment.cifar_train(image, seed, mean=mean, size=32)
-    with_identity = cifar_augment.cifar_train(image, seed, mean=mean, size=32, policy=identity)
-    np.testing.assert_array_equal(without.numpy(), with_identity.numpy())
+  for padding in ("zero", "reflect"):
+    for seed in SEEDS:
+      kw = dict(mean=mean, size=32, padding=padding)
+      without = cifar_augment.cifar_train(image, seed, **kw)
+      with_identity = cifar_augment.cifar_train(image, seed, **kw, policy=identity)
+      np.testing.assert_array_equal(without.numpy(), with_identity.numpy(), err_msg=padding)
   assert seen[0] == (tf.uint8, (32, 32, 3))  # The policy gets the uint8 32×32 view.
 
 

@@ -62,6 +62,16 @@ IMAGENET_ARGS = [
     "depth=18,plain=True",
     "depth=34,plain=True",
 ]
+# The published recipes (tests/test_published_recipes.py checks their values).
+RECIPE_ARGS = [
+    f"recipe={r}"
+    for r in ("paper", "torchvision_v2", "rsb_a1", "rsb_a2", "rsb_a3", "bag_of_tricks")
+] + [
+    "recipe=rsb_a3,dataset=digits",
+    "recipe=torchvision_v2,smoke=True",
+    "recipe=rsb_a1,dataset=fake",
+]
+WRN_ARGS = ["model=wrn28_10", "model=wrn28_10,dataset=cifar100", "model=wrn28_10,smoke=True"]
 ALL = (
     [("resnet_cifar", a) for a in CIFAR_ARGS + ["val_split=True", "dataset=cifar100"]]
     + [("resnet_imagenet", a) for a in IMAGENET_ARGS + ["dataset=imagenette"]]
@@ -72,6 +82,8 @@ ALL = (
         for d in DATASETS
     ]
     + [(f, None) for f in ("resnet_cifar", "resnet_imagenet", "googlenet", "finetune")]
+    + [("resnet_imagenet", a) for a in RECIPE_ARGS]
+    + [("resnet_cifar", a) for a in WRN_ARGS]
     + [
         ("finetune", a)
         for a in (
@@ -105,8 +117,9 @@ def test_every_documented_argument_gives_a_valid_config(name, arg):
   assert c.eval_every_steps > 0 and c.checkpoint_every_steps > 0 and c.log_every_steps > 0
   if c.schedule == "exponential":
     assert 0 < c.lr_decay_steps < c.num_train_steps
-  assert c.augment in ("cifar", "resnet_imagenet", "googlenet", "none")
-  assert c.image_size == (32 if c.dataset in ("digits", "cifar10", "cifar100") else c.image_size)
+  assert c.augment in ("cifar", "resnet_imagenet", "googlenet", "random_resized_crop", "none")
+  test_size = c.eval_crop_size or c.image_size  # The recipes train smaller than they test.
+  assert test_size == (32 if c.dataset in ("digits", "cifar10", "cifar100") else test_size)
   if smoke:
     assert c.num_train_steps <= 20 and c.batch_size <= 32
   for key in ("momentum", "weight_decay", "learning_rate", "seed"):
@@ -258,6 +271,7 @@ def test_unknown_argument_fails():
         ("googlenet", "dataset=digits"),
         ("resnet_imagenet", "smoke=True"),
         ("googlenet", "smoke=True"),
+        ("resnet_cifar", "model=wrn28_10,smoke=True"),
     ],
 )
 def test_configs_drive_the_input_pipeline(name, arg):

@@ -26,6 +26,12 @@ GoogLeNet's photometric distortions run on the accelerator when there is one (co
 crops' resampling of ResNet and GoogLeNet (config `resample`): their batches carry each crop's
 decoded window, uint8, and how to resample it (`'resample'`; GoogLeNet: `'resize'`).
 
+With `config.repeated_augmentation` = k > 1 every global batch holds k views of each of its
+batch_size / k images, each view seeded by its own position, laid out so that an image's views lie
+on different devices (`repeated`). The centre evaluation view takes `config.eval_resize_size` and
+`eval_crop_size` where they are set: FixRes-style evaluation at a size apart from training's, in
+torchvision's geometry (`eval_views.eval_center`, `eval_image_size`).
+
 Evaluation pads the last batch and carries a mask, so every example counts exactly once (unlike
 the Flax ImageNet example, issue #262).
 
@@ -34,18 +40,18 @@ the log, without giving up exactness: a batch that fails is rebuilt from its rea
 spare rows of the following batches, which depends only on the files (`create_train_iter`).
 `python -m incres.data check folder:<path>` lists every unreadable file of a folder dataset.
 
-One module per concept: `sources` (the readers, `dataset_info`), `tfds_errors` (why preparing a
-tfds dataset failed), `loading` (examples out of a source, `eval_images`), `placement` (which
+One module per concept: `sources` (the readers, `dataset_info`), `tfds_errors` (why preparing a tfds
+dataset failed), `loading` (examples out of a source, `eval_images`), `placement` (which
 augmentation steps run on the accelerator), `preprocess` (normalisation, the recipes,
 `device_preprocess`), `unreadable` (skipping, counting and naming unreadable images), `tfdata` (the
-tf.data settings), `pipeline` (the iterators) and `__main__` (the `check` command line). The
-papers' augmentations and views, seeded and stateless TensorFlow functions of (image, seed):
-`cifar_augment`, `resnet_augment` and `googlenet_augment` (the recipes), `photometric` (GoogLeNet's
-colour distortions), `eval_views` (the training loop's test views), built on `decoding` (whole
-images, or a JPEG's window), `crops` (resized crops, crop first), `image_ops` (the small ops they
-share) and `imagenet_stats` (the mean, std and colour PCA). What the train step finishes on the
-accelerator, in JAX: `device_photometric` (the colour distortions) and `device_resample` (the
-crops' resampling).
+tf.data settings), `pipeline` (the iterators), `repeated` (repeated augmentation's batch layout) and
+`__main__` (the `check` command line). The papers' augmentations and views, seeded and stateless
+TensorFlow functions of (image, seed): `cifar_augment`, `resnet_augment` and `googlenet_augment`
+(the recipes), `photometric` (GoogLeNet's colour distortions), `eval_views` (the training loop's
+test views), built on `decoding` (whole images, or a JPEG's window), `crops` (resized crops, crop
+first), `image_ops` (the small ops they share) and `imagenet_stats` (the mean, std and colour PCA).
+What the train step finishes on the accelerator, in JAX: `device_photometric` (the colour
+distortions) and `device_resample` (the crops' resampling).
 """
 
 from __future__ import annotations
@@ -75,6 +81,8 @@ _HOMES = {
     "normalization_mean": "preprocess",
     "device_preprocess": "preprocess",
     "preprocess_for_eval": "preprocess",
+    "eval_image_size": "preprocess",
+    "eval_mean": "preprocess",
     "eval_images": "loading",
     "MAX_NAMED_BAD_IMAGES": "unreadable",
     "SPARE_BATCHES": "unreadable",
@@ -107,6 +115,7 @@ _MODULES = (
     "autoaugment",
     "erasing",
     "modern",
+    "repeated",
 )
 
 __all__ = sorted(_HOMES)

@@ -33,10 +33,34 @@ def shorter_side_shape(height: tf.Tensor, width: tf.Tensor, size: tf.Tensor | in
   return tf.cast(tf.stack([new_h, new_w]), tf.int32)
 
 
-def resize_shorter_side(image: tf.Tensor, size: tf.Tensor | int) -> tf.Tensor:
-  """Resizes (bilinear, antialiased) so that the shorter side is `size`, keeping the aspect."""
+def torchvision_shorter_side_shape(
+    height: tf.Tensor, width: tf.Tensor, size: tf.Tensor | int
+) -> tf.Tensor:
+  """`[new_h, new_w]` (int32) as torchvision's `Resize(size)` computes it
+  (`_compute_resized_output_size`): the shorter side `size`, the longer `int(size * long / short)`,
+  truncated, in float64 as Python divides (`shorter_side_shape` rounds it instead)."""
+  h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+  size = tf.cast(size, tf.float64)
+  new_h = tf.where(h <= w, size, tf.floor(size * h / w))
+  new_w = tf.where(h <= w, tf.floor(size * w / h), size)
+  return tf.cast(tf.stack([new_h, new_w]), tf.int32)
+
+
+def torchvision_center_offset(length: tf.Tensor, size: int) -> tf.Tensor:
+  """The start (int32) of torchvision's `center_crop` of `size` in `length`: `round((length -
+  size) / 2)`, halves to even as Python's `round` (`center_crop` takes the floor instead)."""
+  return tf.cast(tf.round(tf.cast(length - size, tf.float64) / 2.0), tf.int32)
+
+
+def resize_shorter_side(
+    image: tf.Tensor, size: tf.Tensor | int, *, torchvision_shape: bool = False
+) -> tf.Tensor:
+  """Resizes (bilinear, antialiased) so that the shorter side is `size`, keeping the aspect: the
+  longer side rounded (`shorter_side_shape`), or with `torchvision_shape` truncated as torchvision's
+  `Resize` does (`torchvision_shorter_side_shape`)."""
   shape = tf.shape(image)
-  new_shape = shorter_side_shape(shape[0], shape[1], size)
+  shape_fn = torchvision_shorter_side_shape if torchvision_shape else shorter_side_shape
+  new_shape = shape_fn(shape[0], shape[1], size)
   return tf.image.resize(image, new_shape, method="bilinear", antialias=True)
 
 

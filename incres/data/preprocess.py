@@ -209,10 +209,12 @@ def as_example(out: tf.Tensor | dict[str, tf.Tensor], label: tf.Tensor) -> dict[
 def _unscaled_train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
   s, mean = config.image_size, normalization_mean(config)
   if config.augment == "cifar":
+    padding = configs.check_cifar_padding(config)
     configs.check_auto_augment(config)
     policy = modern.policy_fn(config)  # auto_augment after the pad-crop-flip (None: off).
     return lambda image, seed: tf.ensure_shape(
-        cifar_augment.cifar_train(image, seed, mean=mean, size=s, policy=policy), [s, s, 3]
+        cifar_augment.cifar_train(image, seed, mean=mean, size=s, padding=padding, policy=policy),
+        [s, s, 3],
     )
   if config.augment == "resnet_imagenet":
     return functools.partial(resnet_augment.resnet_imagenet_train, size=s, mean=mean)
@@ -227,19 +229,46 @@ def _unscaled_train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
 
 
 def preprocess_for_eval(image: np.ndarray, config) -> np.ndarray:
-  """One decoded uint8 [H, W, 3] image -> the float32 [S, S, 3] view the evaluation uses."""
+  """One decoded uint8 [H, W, 3] image -> the float32 [E, E, 3] view the evaluation uses
+  (E = `eval_image_size(config)`)."""
   return eval_fn(config)(tf.convert_to_tensor(image, tf.uint8)).numpy()
 
 
+def eval_image_size(config) -> int:
+  """The side of the evaluation view: `eval_crop_size` for a FixRes-style view
+  (`configs.eval_view_sizes`), else `image_size`."""
+  sizes = configs.eval_view_sizes(config)
+  return config.image_size if sizes is None else sizes[1]
+
+
+def eval_mean(config) -> tf.Tensor | float:
+  """The mean the evaluation view subtracts: `normalization_mean(config)`, except that a per-pixel
+  mean image (image_size²) becomes its per-channel average for a view of another size, as
+  `incres.evaluate` does for its views of other sizes (no mean image of that size exists)."""
+  mean = normalization_mean(config)
+  if getattr(mean, "shape", None) is not None and mean.shape.rank == 3:
+    if eval_image_size(config) != config.image_size:
+      return tf.reduce_mean(mean, axis=(0, 1))
+  return mean
+
+
 def eval_fn(config) -> Callable[[tf.Tensor], tf.Tensor]:
-  """Image (uint8 or encoded) -> float32 [S, S, 3] for `config.eval_preprocess` and `normalize`."""
+  """Image (uint8 or encoded) -> float32 [E, E, 3] for `config.eval_preprocess` and `normalize`
+  (E = `eval_image_size(config)`)."""
   return _scaled_by_std(config, _unscaled_eval_fn(config))
 
 
 def _unscaled_eval_fn(config) -> Callable[[tf.Tensor], tf.Tensor]:
-  s, mean = config.image_size, normalization_mean(config)
+  s = config.image_size
   if config.eval_preprocess == "single":
-    return functools.partial(eval_views.eval_single, size=s, mean=mean)
+    configs.eval_view_sizes(config)  # The FixRes sizes need the centre view: refused here.
+    return functools.partial(eval_views.eval_single, size=s, mean=normalization_mean(config))
   if config.eval_preprocess == "center":
-    return functools.partial(eval_views.eval_center, size=s, mean=mean)
+    sizes = configs.eval_view_sizes(config)
+    if sizes is None:
+      return functools.partial(eval_views.eval_center, size=s, mean=normalization_mean(config))
+    resize, crop = sizes
+    return functools.partial(
+        eval_views.eval_center, size=crop, mean=eval_mean(config), resize=resize
+    )
   raise ValueError(f"eval_preprocess must be single or center, not {config.eval_preprocess!r}.")

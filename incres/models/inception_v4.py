@@ -37,6 +37,10 @@ DEVIATIONS FROM THE FIGURES (the first two forced by the paper contradicting its
 - Branch order inside a concatenation is timm's (the figures fix no channel order; any order is the
   same network up to a permutation of the next layer's weights), so the weights import unchanged.
 
+Stochastic depth (`drop_path_rate`, not in the paper; `incres.models.layers`) drops the scaled
+residual branch of the A, B and C blocks per example in training, linearly over those blocks;
+Inception-v4 and the reductions have no residual branch to drop.
+
 Not stated in the paper and taken from TF-slim (and timm): BatchNorm epsilon 0.001, average pools
 that exclude the padding from the mean (TensorFlow's "SAME" average pool), no auxiliary heads
 (`aux_logits` is always empty). Initialisation (not stated either): He normal, zero biases.

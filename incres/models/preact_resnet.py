@@ -42,6 +42,10 @@ Faithfulness notes (the paper's Appendix, "Implementation Details", unless said 
   depth").
 - Nothing is sown into `intermediates`: Figure 7's responses (after BN, before the addition) are
   the original unit's; a pre-activation unit has no BN after its last conv.
+- Wide ResNets (Zagoruyko & Komodakis 2016): `widen_factor` k multiplies the units' widths (not
+  the stem's) and `dropout_rate` puts dropout between a basic unit's convs; `WRN28_10` (end of
+  file) is the paper's CIFAR net in the authors' layout (`stem_norm=False`).
+- Stochastic depth: `drop_path_rate`, as in `incres.models.resnet` (`incres.models.layers`).
 """
 
 from __future__ import annotations

@@ -48,8 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
   # "cifar"'s border before its random crop: "zero" (ResNet §4.2, fb.resnet.torch: zeros after the
   # mean subtraction) or "reflect" (the wide ResNets' code: the image mirrored).
   c.cifar_padding = "zero"
-  # random_resized_crop's policy on each uint8 crop (incres.data.autoaugment, torchvision v2's
-  # semantics): "none", "randaugment", "trivialaugment_wide" or "autoaugment_imagenet" ...
+  # random_resized_crop's policy on each uint8 crop, or cifar's after its pad-crop-flip
+  # (incres.data.autoaugment, torchvision v2's semantics): "none", "randaugment",
+  # "trivialaugment_wide" or "autoaugment_imagenet" ...
   c.auto_augment = "none"
   c.randaugment_num_ops = 2  # ... RandAugment's ops per image (torchvision's num_ops) ...
   c.randaugment_magnitude = 9  # ... their magnitude, bin 0-30 of 31 (torchvision's default 9) ...
@@ -405,13 +406,15 @@ def check_repeated_augmentation(config: ml_collections.ConfigDict, num_processes
 # `auto_augment`'s values and `random_erasing_fill`'s (incres.data.autoaugment, .erasing).
 AUTO_AUGMENT_POLICIES = ("none", "randaugment", "trivialaugment_wide", "autoaugment_imagenet")
 RANDOM_ERASING_FILLS = ("zero", "pixel")
+AUTO_AUGMENT_RECIPES = ("random_resized_crop", "cifar")  # The `augment` values that run a policy.
 AUTO_AUGMENT_INTERPOLATIONS = ("nearest", "bilinear")
 RANDAUGMENT_MAX_MAGNITUDE = 30  # The last of torchvision's 31 magnitude bins.
 
 
 def check_auto_augment(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for a value of the auto-augment and random-erasing keys that is not one,
-  or for either switched on without augment="random_resized_crop" (the recipe that runs them)."""
+  for random erasing without augment="random_resized_crop", or for a policy without that recipe
+  or augment="cifar" (the recipes that run them)."""
   policy = config.get("auto_augment", "none")
   problems = []
   if policy not in AUTO_AUGMENT_POLICIES:
@@ -442,13 +445,18 @@ def check_auto_augment(config: ml_collections.ConfigDict) -> None:
     problems.append(f"random_erasing_fill={fill!r} is not one of {', '.join(RANDOM_ERASING_FILLS)}")
   if problems:
     raise errors.ConfigError("; ".join(problems) + ". Set --config.<key> to an allowed value.")
-  on = [k for k, v in (("auto_augment", policy != "none"), ("random_erasing", erasing > 0)) if v]
-  if on and config.augment != "random_resized_crop":
+  if erasing > 0 and config.augment != "random_resized_crop":
     raise errors.ConfigError(
-        f"{' and '.join(on)} run in augment='random_resized_crop' (torchvision's and timm's"
-        f" ImageNet recipe), but this run's augment is {config.augment!r}: set"
-        " --config.augment=random_resized_crop, or leave auto_augment at 'none' and"
-        " random_erasing at 0."
+        "random_erasing runs in augment='random_resized_crop' (torchvision's and timm's ImageNet"
+        f" recipe), but this run's augment is {config.augment!r}: set"
+        " --config.augment=random_resized_crop, or leave random_erasing at 0."
+    )
+  if policy != "none" and config.augment not in AUTO_AUGMENT_RECIPES:
+    raise errors.ConfigError(
+        f"auto_augment={policy!r} runs in augment='random_resized_crop' (torchvision's and timm's"
+        " ImageNet recipe) or augment='cifar' (after the pad-crop-flip), but this run's augment is"
+        f" {config.augment!r}: set --config.augment to one of those, or leave auto_augment at"
+        " 'none'."
     )
 
 

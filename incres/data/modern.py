@@ -72,26 +72,31 @@ def train(
   return tf.ensure_shape(x, [size, size, 3])
 
 
+def policy_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None:
+  """The uint8 `(image, seed) -> image` policy of `config.auto_augment` (and `randaugment_*`,
+  `auto_augment_interpolation`); None for "none". `augment="cifar"` takes it too."""
+  name = config.get("auto_augment", "none")
+  if name == "none":
+    return None
+  return autoaugment.policy(
+      name,
+      num_ops=config.get("randaugment_num_ops", 2),
+      magnitude=config.get("randaugment_magnitude", 9),
+      magnitude_std=config.get("randaugment_magnitude_std", 0.0),
+      interpolation=config.get("auto_augment_interpolation", "nearest"),
+  )
+
+
 def train_fn(config, *, mean, std) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
   """`(image, seed) -> view` for `config` (`auto_augment`, `randaugment_*`,
   `auto_augment_interpolation`, `random_erasing*`; checked by `configs.check_auto_augment`)."""
   configs.check_auto_augment(config)
-  name = config.get("auto_augment", "none")
-  policy = None
-  if name != "none":
-    policy = autoaugment.policy(
-        name,
-        num_ops=config.get("randaugment_num_ops", 2),
-        magnitude=config.get("randaugment_magnitude", 9),
-        magnitude_std=config.get("randaugment_magnitude_std", 0.0),
-        interpolation=config.get("auto_augment_interpolation", "nearest"),
-    )
   return functools.partial(
       train,
       size=config.image_size,
       mean=mean,
       std=std,
-      policy=policy,
+      policy=policy_fn(config),
       erasing_probability=config.get("random_erasing", 0.0),
       erasing_fill=config.get("random_erasing_fill", "zero"),
   )

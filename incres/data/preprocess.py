@@ -210,8 +210,11 @@ def _unscaled_train_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
   s, mean = config.image_size, normalization_mean(config)
   if config.augment == "cifar":
     padding = configs.check_cifar_padding(config)
+    configs.check_auto_augment(config)
+    policy = modern.policy_fn(config)  # auto_augment after the pad-crop-flip (None: off).
     return lambda image, seed: tf.ensure_shape(
-        cifar_augment.cifar_train(image, seed, mean=mean, size=s, padding=padding), [s, s, 3]
+        cifar_augment.cifar_train(image, seed, mean=mean, size=s, padding=padding, policy=policy),
+        [s, s, 3],
     )
   if config.augment == "resnet_imagenet":
     return functools.partial(resnet_augment.resnet_imagenet_train, size=s, mean=mean)

@@ -114,13 +114,14 @@ def assert_exact_resume(
     reference: str | None = None,
 ) -> str:
   """Trains `config` for `stop` steps, then to its `num_train_steps` in a second run from the
-  first's checkpoint, and asserts that it ends with the bits of an uninterrupted run: the
-  variables (`averaged=False`) and each average named in `averaged` ("ema", "polyak").
+  first's last checkpoint, and asserts that it ends with the bits of an uninterrupted run: the
+  variables that `checkpoint.load_variables` gives for each of `averaged` (False: the raw ones;
+  "ema", "polyak": the averages).
 
   `reference` is the uninterrupted run's workdir where the test has one; otherwise it is trained
   in `tmp_path / "uninterrupted"`. The stopped run prefetches no batches to the devices
   (`device_prefetch=0`), so its batches' order is shown not to depend on prefetching either.
-  `stop` must be a checkpointed step. Returns the resumed run's workdir (`tmp_path / "resumed"`).
+  Returns the resumed run's workdir (`tmp_path / "resumed"`).
   """
   from incres import train  # pylint: disable=g-import-not-at-top
 

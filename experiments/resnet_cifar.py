@@ -128,7 +128,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = f"CifarPreActResNet{a.depth}"
   else:
     c.model = f"CifarPlain{a.depth}" if a.plain else f"CifarResNet{a.depth}"
-  c.dataset = a.dataset or ("digits" if a.smoke else "cifar10")
+  _data(c, a)
   # 111 / 200 units a stage: compiled once per stage (scan_blocks).
   if a.depth in (1001, 1202) and not a.tiny:
     c.model_kwargs.scan_blocks = True
@@ -141,10 +141,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.augment = "cifar"
   c.eval_preprocess = "single"
   c.normalize = "pixel_mean"
-  if a.val_split:
-    c.train_split, c.eval_split = "train[:90%]", "train[90%:]"  # CIFAR-10: 45k / 5k.
-  else:
-    c.train_split, c.eval_split = "train", "test"
 
   c.batch_size = PAPER_BATCH
   c.eval_batch_size = 500
@@ -166,7 +162,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if c.dataset == "digits":  # 400 steps: evaluate 4 times, log 40 times.
     c.eval_every_epochs = c.checkpoint_every_epochs = c.num_epochs / 4
     c.log_every_steps = 10
-  if a.smoke:  # 20 steps (boundaries 10 and 15), whatever the dataset.
+  return _smoke_and_fake(c, a)  # smoke: boundaries at steps 10 and 15.
+
+
+def _data(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> None:
+  """Both recipes' dataset (CIFAR-10 unless named; digits for a smoke run) and splits."""
+  c.dataset = a.dataset or ("digits" if a.smoke else "cifar10")
+  if a.val_split:
+    c.train_split, c.eval_split = "train[:90%]", "train[90%:]"  # CIFAR-10: 45k / 5k.
+  else:
+    c.train_split, c.eval_split = "train", "test"
+
+
+def _smoke_and_fake(
+    c: ml_collections.ConfigDict, a: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
+  """Both recipes' last words: smoke=True's 20 steps (whatever the dataset; the schedule keeps its
+  fractions), evaluated 4 times; fake images in CIFAR's shape."""
+  if a.smoke:
     c.batch_size, c.eval_batch_size, c.num_train_steps = 32, 100, 20
     c.eval_every_epochs = c.checkpoint_every_epochs = c.num_epochs / 4
     c.log_every_steps = 1
@@ -188,11 +201,7 @@ def wrn28_10(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model_kwargs = ml_collections.ConfigDict({"dropout_rate": 0.3})
   if a.tiny:
     c.model_kwargs.update(widen_factor=2, stage_sizes=(1, 1, 1))
-  c.dataset = a.dataset or ("digits" if a.smoke else "cifar10")
-  if a.val_split:
-    c.train_split, c.eval_split = "train[:90%]", "train[90%:]"
-  else:
-    c.train_split, c.eval_split = "train", "test"
+  _data(c, a)
   c.image_size = 32
   c.augment, c.cifar_padding = "cifar", "reflect"
   c.eval_preprocess = "single"
@@ -210,10 +219,4 @@ def wrn28_10(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.decay_norms = c.decay_biases = True  # optim.sgd decays every parameter.
   c.eval_every_epochs = c.checkpoint_every_epochs = 10
   c.log_every_steps = 100
-  if a.smoke:  # 20 steps, whatever the dataset.
-    c.batch_size, c.eval_batch_size, c.num_train_steps = 32, 100, 20
-    c.eval_every_epochs = c.checkpoint_every_epochs = c.num_epochs / 4
-    c.log_every_steps = 1
-  if c.dataset == "fake":
-    c.fake_image_shape = (32, 32, 3)
-  return c
+  return _smoke_and_fake(c, a)

@@ -11,6 +11,7 @@ except ImportError:
 import json
 import os
 import subprocess
+import sys
 import uuid
 import warnings
 
@@ -171,3 +172,14 @@ def compilation_cache(tmp_path_factory):
   yield
   jax.config.update("jax_compilation_cache_dir", old[0])
   jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+
+
+def assert_script_prints_ok(script: str, devices: int = 8) -> None:
+  """Runs the Python `script` in a fresh process on `devices` CPU devices (the suite's compile
+  flags, the checkout on the path) and asserts that it printed just "ok"."""
+  env = dict(os.environ, PYTHONPATH=CHECKOUT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env["XLA_FLAGS"] = f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"
+  result = subprocess.run(
+      [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+  )
+  assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

@@ -316,10 +316,8 @@ def test_conv_weight_grad_table(capsys):
     assert all(float(v) > 0 for v in row.strip("|").split("|")[1:])
 
 
-@pytest.mark.slow
-def test_input_pipeline_side_by_side_names_every_case_and_the_decode_floor(capsys):
-  import input_pipeline  # noqa: E402  (benchmarks/ is not a package)
-
+def _side_by_side(input_pipeline, capsys, *flags: str) -> tuple[dict[str, float], str]:
+  """`input_pipeline.main`'s side-by-side lines, briefly timed: ({case: its rate}, the output)."""
   input_pipeline.main(
       [
           "--table=false",
@@ -327,7 +325,7 @@ def test_input_pipeline_side_by_side_names_every_case_and_the_decode_floor(capsy
           "--seconds=0.01",
           "--rounds=1",
           "--batch_size=2",
-          "--decoders",
+          *flags,
       ]
   )
   out = capsys.readouterr().out
@@ -336,6 +334,14 @@ def test_input_pipeline_side_by_side_names_every_case_and_the_decode_floor(capsy
     name, _, rest = line.strip().partition("  ")
     if rest.strip().endswith(")") and rest.split()[0].replace(".", "").isdigit():
       rates[name.strip()] = float(rest.split()[0])
+  return rates, out
+
+
+@pytest.mark.slow
+def test_input_pipeline_side_by_side_names_every_case_and_the_decode_floor(capsys):
+  import input_pipeline  # noqa: E402  (benchmarks/ is not a package)
+
+  rates, out = _side_by_side(input_pipeline, capsys, "--decoders")
   assert set(rates) == {
       "resnet train, before",
       "resnet train, after",
@@ -357,22 +363,7 @@ def test_input_pipeline_side_by_side_names_every_case_and_the_decode_floor(capsy
 def test_input_pipeline_auto_augment_cases_side_by_side_with_the_resnet_pipeline(capsys):
   import input_pipeline  # noqa: E402
 
-  input_pipeline.main(
-      [
-          "--table=false",
-          "--side_by_side=here",
-          "--cases=auto_augment",
-          "--seconds=0.01",
-          "--rounds=1",
-          "--batch_size=2",
-      ]
-  )
-  out = capsys.readouterr().out
-  rates = {}
-  for line in out.splitlines():
-    name, _, rest = line.strip().partition("  ")
-    if rest.strip().endswith(")") and rest.split()[0].replace(".", "").isdigit():
-      rates[name.strip()] = float(rest.split()[0])
+  rates, out = _side_by_side(input_pipeline, capsys, "--cases=auto_augment")
   assert set(rates) == {"resnet train, after", *input_pipeline.AUTO_AUGMENT_CASES}, out
   assert all(math.isfinite(r) and r > 0 for r in rates.values()), rates
   assert "against the resnet train pipeline" in out and "decoding each whole JPEG" not in out, out

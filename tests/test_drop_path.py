@@ -15,13 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from incres import errors, models, train
+from incres import errors, models
 from incres import state as state_lib
 from incres.models import layers
 
 import tiny_config as tiny  # tests/ is on the path (pytest's rootdir-relative import).
 import torch_helpers
-from test_train import assert_trees_equal, params_of
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
@@ -196,27 +195,11 @@ def _config(steps: int, **overrides):
 def test_masks_depend_on_the_step_and_the_seed_only():
   config = _config(4)
   model = state_lib.create_model(config, 10)
-  lr_fn = state_lib.create_learning_rate_fn(config)
-  tx = state_lib.create_optimizer(config, lr_fn)
-  state = state_lib.create_train_state(config, model, tx, state_lib.create_mesh())
-  step = jax.jit(
-      lambda s, b: train.train_step(
-          s,
-          b,
-          model=model,
-          tx=tx,
-          learning_rate_fn=lr_fn,
-          aux_loss_weight=0.0,
-          label_smoothing=0.0,
-          ema_decay=None,
-      )[1]["loss"]
+  state, step = tiny.jitted_train_step(
+      config, model, aux_loss_weight=0.0, label_smoothing=0.0, ema_decay=None
   )
-  rng = np.random.default_rng(0)
-  batch = {
-      "image": rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
-      "label": rng.integers(0, 10, 16).astype(np.int32),
-  }
-  loss = lambda s: float(step(s, batch))
+  batch = tiny.random_batch(16)
+  loss = lambda s: float(step(s, batch)[1]["loss"])
   base = loss(state)
   assert loss(state) == base  # The same (state, step): the same masks.
   assert loss(state.replace(step=state.step + 1)) != base  # Another step: other masks.
@@ -226,10 +209,4 @@ def test_masks_depend_on_the_step_and_the_seed_only():
 
 @pytest.mark.slow  # Three tiny runs, two compiles: 30-71 s on the loaded shared 2-core machine.
 def test_resume_is_bitwise_exact_with_drop_path(tmp_path):
-  reference, resumed = str(tmp_path / "reference"), str(tmp_path / "resumed")
-  assert train.train_and_evaluate(_config(4), reference)["step"] == 4
-  first = _config(4)
-  first.num_train_steps, first.device_prefetch = 2, 0  # As test_train's resume test.
-  assert train.train_and_evaluate(first, resumed)["step"] == 2
-  assert train.train_and_evaluate(_config(4), resumed)["step"] == 4
-  assert_trees_equal(params_of(resumed), params_of(reference))
+  tiny.assert_exact_resume(_config(4), tmp_path, 2)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -15,12 +12,10 @@ import optax
 import pytest
 
 import conftest
-from incres import losses, mixing, train
-from incres import state as state_lib
+from incres import losses, mixing
 
 import tiny_config as tiny  # tests/ is on the path (pytest's rootdir-relative import).
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Both on, mixed 60% of the time, CutMix a quarter of those: every distribution test reads their
 # draws (sampling a Beta compiles for seconds, so once).
 BOTH = mixing.Mixing(mixup_alpha=0.2, cutmix_alpha=1.0, prob=0.6, switch_prob=0.25)
@@ -163,18 +158,10 @@ class _Linear(nn.Module):
 def test_the_steps_mixing_depends_only_on_the_state_rng_and_step():
   config = tiny.get(momentum=0.0, weight_decay=0.0)
   model, mix = _Linear(), mixing.Mixing(mixup_alpha=0.2, cutmix_alpha=1.0)
-  lr_fn = state_lib.create_learning_rate_fn(config)
-  tx = state_lib.create_optimizer(config, lr_fn)
-  state = state_lib.create_train_state(config, model, tx, state_lib.create_mesh())
-  kwargs = dict(aux_loss_weight=0.0, label_smoothing=0.0, ema_decay=None, mixing=mix)
-  step = jax.jit(
-      lambda s, b: train.train_step(s, b, model=model, tx=tx, learning_rate_fn=lr_fn, **kwargs)
+  state, step = tiny.jitted_train_step(
+      config, model, aux_loss_weight=0.0, label_smoothing=0.0, ema_decay=None, mixing=mix
   )
-  rng = np.random.default_rng(0)
-  batch = {
-      "image": rng.normal(size=(8, 16, 16, 3)).astype(np.float32),
-      "label": rng.integers(0, 10, 8).astype(np.int32),
-  }
+  batch = tiny.random_batch(8)
 
   @jax.jit
   def expected_loss(state, batch):  # The documented key's draw, mixed and scored by hand.
@@ -221,9 +208,4 @@ print("ok")
 
 
 def test_8_devices_mix_the_global_batch_as_1_device():
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  env["XLA_FLAGS"] = f"{conftest.TEST_XLA_FLAGS} --xla_force_host_platform_device_count=8"
-  result = subprocess.run(
-      [sys.executable, "-c", _EIGHT_DEVICES], env=env, capture_output=True, text=True, timeout=300
-  )
-  assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+  conftest.assert_script_prints_ok(_EIGHT_DEVICES, devices=8)

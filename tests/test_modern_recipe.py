@@ -11,10 +11,11 @@ import pytest
 from scipy import stats
 import tensorflow as tf
 
-from incres import configs, data, errors, train
+from incres import configs, data, errors
 from incres.data import googlenet_augment, imagenet_stats
 
 import test_train  # tests/ is on the path: the tiny-run helpers.
+import tiny_config as tiny
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
@@ -143,29 +144,20 @@ def test_batches_resume_exactly_and_differ_between_steps():
 def test_training_with_trivialaugment_and_erasing_resumes_bitwise(tmp_path):
   """A run stopped at step 2 and resumed ends with the uninterrupted run's bits."""
 
-  def run(steps, workdir):
-    c = test_train.tiny_config(
-        4,
-        dataset="fake",
-        fake_image_shape=(24, 20, 3),
-        num_classes=10,
-        eval_split="test",
-        fake_num_eval=16,
-        eval_batch_size=16,
-        ema_decay=None,
-        polyak=False,
-        augment="random_resized_crop",
-        auto_augment="trivialaugment_wide",
-        random_erasing=0.25,
-    )
-    c.num_train_steps = steps
-    c.model_kwargs.stage_sizes = (1, 1, 1)  # An 8-layer ResNet: less to compile.
-    c.device_prefetch = 0 if steps < 4 else c.device_prefetch
-    train.train_and_evaluate(c, str(tmp_path / workdir))
-    return test_train.params_of(str(tmp_path / workdir))
-
-  run(2, "resumed")
-  resumed = run(4, "resumed")  # Steps 3 and 4 after a restart.
-  uninterrupted = run(4, "uninterrupted")
-  test_train.assert_trees_equal(resumed, uninterrupted)
-  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(resumed))
+  c = test_train.tiny_config(
+      4,
+      dataset="fake",
+      fake_image_shape=(24, 20, 3),
+      num_classes=10,
+      eval_split="test",
+      fake_num_eval=16,
+      eval_batch_size=16,
+      ema_decay=None,
+      polyak=False,
+      augment="random_resized_crop",
+      auto_augment="trivialaugment_wide",
+      random_erasing=0.25,
+  )
+  c.model_kwargs.stage_sizes = (1, 1, 1)  # An 8-layer ResNet: less to compile.
+  resumed = tiny.assert_exact_resume(c, tmp_path, 2)  # Steps 3 and 4 after a restart.
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(tiny.params_of(resumed)))

@@ -39,63 +39,15 @@ def _assert_close(got, want, rtol=2e-6):
   np.testing.assert_allclose(got, want, rtol=0, atol=rtol * max(np.abs(want).max(), 1e-30))
 
 
-# The kernels, strides and symmetric k // 2 padding the models use. 1x1 convs take the GEMM path;
-# larger kernels the chunked weight gradient, except big kernels on small maps, which stay XLA's.
-CASES = [(1, s, 24, 40) for s in (1, 2)]
-CASES += [(k, s, 16, 24) for k in (3, 5, 7) for s in (1, 2)]
-CASES += [(3, 1, 3, 8), (3, 2, 128, 128)]
-
-
-@pytest.mark.parametrize("shift_g", [False, True])
-@pytest.mark.parametrize("chunks", [1, 3])
-@pytest.mark.parametrize("kernel,stride,cin,cout", CASES)
-def test_conv_gradients_equal_xla(
-    xla_then_custom, monkeypatch, kernel, stride, cin, cout, chunks, shift_g
+def _assert_gradients_equal_xla(
+    xla_then_custom, monkeypatch, seed, kernel, stride, cin, cout, chunks, groups=1
 ):
-  rng = np.random.default_rng(kernel * 10 + stride)
+  """`ops.conv_general_dilated`'s output and both gradients (of sum(sin(y))) on the custom path
+  equal XLA's: random inputs drawn from `seed`, a `kernel`² kernel of `groups` groups with
+  kernel // 2 padding, the weight gradient in `chunks` chunks of 6 // chunks images (one pass, or
+  a loop over three chunks of two). Returns XLA's weight gradient."""
+  rng = np.random.default_rng(seed)
   batch, size = 6, 17  # Odd size, so stride 2 leaves a remainder that the custom paths must handle.
-  x = jnp.asarray(rng.standard_normal((batch, size, size, cin)), jnp.float32)
-  w = jnp.asarray(rng.standard_normal((kernel, kernel, cin, cout)) / kernel, jnp.float32)
-  pad = ((kernel // 2, kernel // 2),) * 2
-  # Chunks of batch // chunks images: one pass, or a loop over three chunks of two.
-  out = (size - 1) // stride + 1
-  monkeypatch.setattr(
-      ops, "CHUNK_BYTES", (size + kernel - 1) * out * kernel * cin * 4 * batch // chunks
-  )
-  # Both forms of the weight gradient (ops.conv_weight_grad); the shifted-gradient one: stride 1.
-  monkeypatch.setattr(ops, "SHIFT_G_MAX_ROWS_RATIO", 10.0 if shift_g else 0.0)
-
-  def loss_and_grads(x, w):
-    def loss(x, w):
-      y = ops.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=_DN)
-      return jnp.sum(jnp.sin(y)), y
-
-    (_, y), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(x, w)
-    return y, grads
-
-  (y0, (dx0, dw0)), (y1, (dx1, dw1)) = xla_then_custom(loss_and_grads, x, w)
-  _assert_close(y1, y0)
-  _assert_close(dx1, dx0)
-  _assert_close(dw1, dw0)
-
-
-# Grouped convolutions (ResNeXt's 3x3s): (kernel, stride, input channels, output channels, groups).
-GROUPED = [
-    (3, 1, 16, 24, 4),
-    (3, 2, 32, 32, 32),
-    (3, 2, 12, 18, 3),
-    (1, 1, 8, 12, 2),
-    (5, 1, 8, 8, 2),
-]
-
-
-@pytest.mark.parametrize("chunks", [1, 3])
-@pytest.mark.parametrize("kernel,stride,cin,cout,groups", GROUPED)
-def test_grouped_conv_gradients_equal_xla(
-    xla_then_custom, monkeypatch, kernel, stride, cin, cout, groups, chunks
-):
-  rng = np.random.default_rng(kernel * 10 + groups)
-  batch, size = 6, 17
   x = jnp.asarray(rng.standard_normal((batch, size, size, cin)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((kernel, kernel, cin // groups, cout)) / kernel, jnp.float32)
   pad = ((kernel // 2, kernel // 2),) * 2
@@ -118,6 +70,47 @@ def test_grouped_conv_gradients_equal_xla(
   _assert_close(y1, y0)
   _assert_close(dx1, dx0)
   _assert_close(dw1, dw0)
+  return dw0
+
+
+# The kernels, strides and symmetric k // 2 padding the models use. 1x1 convs take the GEMM path;
+# larger kernels the chunked weight gradient, except big kernels on small maps, which stay XLA's.
+CASES = [(1, s, 24, 40) for s in (1, 2)]
+CASES += [(k, s, 16, 24) for k in (3, 5, 7) for s in (1, 2)]
+CASES += [(3, 1, 3, 8), (3, 2, 128, 128)]
+
+
+@pytest.mark.parametrize("shift_g", [False, True])
+@pytest.mark.parametrize("chunks", [1, 3])
+@pytest.mark.parametrize("kernel,stride,cin,cout", CASES)
+def test_conv_gradients_equal_xla(
+    xla_then_custom, monkeypatch, kernel, stride, cin, cout, chunks, shift_g
+):
+  # Both forms of the weight gradient (ops.conv_weight_grad); the shifted-gradient one: stride 1.
+  monkeypatch.setattr(ops, "SHIFT_G_MAX_ROWS_RATIO", 10.0 if shift_g else 0.0)
+  _assert_gradients_equal_xla(
+      xla_then_custom, monkeypatch, kernel * 10 + stride, kernel, stride, cin, cout, chunks
+  )
+
+
+# Grouped convolutions (ResNeXt's 3x3s): (kernel, stride, input channels, output channels, groups).
+GROUPED = [
+    (3, 1, 16, 24, 4),
+    (3, 2, 32, 32, 32),
+    (3, 2, 12, 18, 3),
+    (1, 1, 8, 12, 2),
+    (5, 1, 8, 8, 2),
+]
+
+
+@pytest.mark.parametrize("chunks", [1, 3])
+@pytest.mark.parametrize("kernel,stride,cin,cout,groups", GROUPED)
+def test_grouped_conv_gradients_equal_xla(
+    xla_then_custom, monkeypatch, kernel, stride, cin, cout, groups, chunks
+):
+  dw0 = _assert_gradients_equal_xla(
+      xla_then_custom, monkeypatch, kernel * 10 + groups, kernel, stride, cin, cout, chunks, groups
+  )
   assert float(jnp.abs(dw0).max()) > 0.1  # Every group's block of the weight gradient is real.
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from incres import checkpoint, checkpoint_compat, configs, errors, losses, train
+from incres import checkpoint_compat, configs, errors, losses, train
 from incres import state as state_lib
 
 import tiny_config as tiny  # tests/ is on the path (pytest's rootdir-relative import).
@@ -83,29 +83,17 @@ def test_bce_step_scores_the_aux_head_too_and_the_ema_follows_its_timing():
   # of the parameters at those below 3 (warm-up 1 step + every 2).
   config = tiny.get(schedule="constant", learning_rate=0.5, ema_decay=0.5)
   model = _NetWithAux()
-  lr_fn = state_lib.create_learning_rate_fn(config)
-  tx = state_lib.create_optimizer(config, lr_fn)
-  state = state_lib.create_train_state(config, model, tx, state_lib.create_mesh())
-  step = jax.jit(
-      lambda s, b: train.train_step(
-          s,
-          b,
-          model=model,
-          tx=tx,
-          learning_rate_fn=lr_fn,
-          aux_loss_weight=0.3,
-          label_smoothing=0.1,
-          ema_decay=0.5,
-          loss="bce",
-          ema_every_steps=2,
-          ema_copy_steps=3,
-      )
+  state, step = tiny.jitted_train_step(
+      config,
+      model,
+      aux_loss_weight=0.3,
+      label_smoothing=0.1,
+      ema_decay=0.5,
+      loss="bce",
+      ema_every_steps=2,
+      ema_copy_steps=3,
   )
-  rng = np.random.default_rng(0)
-  batch = {
-      "image": rng.normal(size=(8, 16, 16, 3)).astype(np.float32),
-      "label": rng.integers(0, 10, 8).astype(np.int32),
-  }
+  batch = tiny.random_batch(8)
   logits, extras = model.apply({"params": state.params}, batch["image"], train=True)
   targets = losses.one_hot_targets(jnp.asarray(batch["label"]), 10, 0.1)
   bce = lambda x: float(losses.binary_cross_entropy(x, targets).mean())  # noqa: E731
@@ -382,16 +370,4 @@ def test_resume_with_mixing_bce_lamb_and_timed_ema_is_bitwise_exact(tmp_path):
       ema_batch_stats=True,
       warmup_steps=1,
   )
-  reference = str(tmp_path / "uninterrupted")
-  assert train.train_and_evaluate(config, reference)["step"] == 4
-  workdir = str(tmp_path / "resumed")
-  first = config.copy_and_resolve_references()
-  first.num_train_steps = 2
-  first.device_prefetch = 0
-  assert train.train_and_evaluate(first, workdir)["step"] == 2
-  assert train.train_and_evaluate(config, workdir)["step"] == 4
-  for averaged in (False, "ema"):
-    a = jax.device_get(checkpoint.load_variables(workdir, averaged=averaged)[2])
-    b = jax.device_get(checkpoint.load_variables(reference, averaged=averaged)[2])
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-      np.testing.assert_array_equal(x, y)
+  tiny.assert_exact_resume(config, tmp_path, 2, averaged=(False, "ema"))

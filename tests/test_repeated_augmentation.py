@@ -4,9 +4,6 @@ different devices (and processes); k=1 is today's order; batches and training re
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import types
 
 import jax
@@ -15,14 +12,14 @@ import pytest
 import tensorflow_datasets as tfds
 
 import conftest
-from incres import configs, data, errors, metrics, train
+from incres import configs, data, errors, metrics
 from incres.data import repeated
 
 import test_train  # tests/ is on the path: the tiny-run helpers.
+import tiny_config as tiny
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_TRAIN = 1497  # digits' training split.
 
 
@@ -233,40 +230,25 @@ print("ok")
 
 
 def test_8_devices_hold_an_images_views_on_4_different_devices():
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  env["XLA_FLAGS"] = f"{conftest.TEST_XLA_FLAGS} --xla_force_host_platform_device_count=8"
-  result = subprocess.run(
-      [sys.executable, "-c", _EIGHT_DEVICES], env=env, capture_output=True, text=True, timeout=300
-  )
-  assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+  conftest.assert_script_prints_ok(_EIGHT_DEVICES, devices=8)
 
 
 @pytest.mark.slow  # ~17 s of CPU: three tiny runs (the batches' own resume test is above).
 def test_training_with_four_views_and_a_fixres_eval_resumes_bitwise(tmp_path):
   """A run stopped at step 2 and resumed ends with the uninterrupted run's bits; it trains on 16²
   crops and evaluates on 20² ones (FixRes-style: the model takes any size, test_fixres)."""
-
-  def run(steps, workdir):
-    c = test_train.tiny_config(
-        4,
-        ema_decay=None,
-        polyak=False,
-        augment="cifar",
-        repeated_augmentation=4,
-        eval_preprocess="center",
-        eval_resize_size=22,
-        eval_crop_size=20,
-    )
-    c.num_train_steps = steps
-    c.model_kwargs.stage_sizes = (1, 1, 1)  # An 8-layer ResNet: less to compile.
-    c.device_prefetch = 0 if steps < 4 else c.device_prefetch
-    train.train_and_evaluate(c, str(tmp_path / workdir))
-    return test_train.params_of(str(tmp_path / workdir))
-
-  run(2, "resumed")
-  resumed = run(4, "resumed")  # Steps 3 and 4 after a restart.
-  uninterrupted = run(4, "uninterrupted")
-  test_train.assert_trees_equal(resumed, uninterrupted)
-  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(resumed))
-  evals = [r for r in metrics.read_metrics(str(tmp_path / "resumed")) if "eval/top1" in r]
+  c = test_train.tiny_config(
+      4,
+      ema_decay=None,
+      polyak=False,
+      augment="cifar",
+      repeated_augmentation=4,
+      eval_preprocess="center",
+      eval_resize_size=22,
+      eval_crop_size=20,
+  )
+  c.model_kwargs.stage_sizes = (1, 1, 1)  # An 8-layer ResNet: less to compile.
+  resumed = tiny.assert_exact_resume(c, tmp_path, 2)  # Steps 3 and 4 after a restart.
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(tiny.params_of(resumed)))
+  evals = [r for r in metrics.read_metrics(resumed) if "eval/top1" in r]
   assert [r["step"] for r in evals] == [2, 4] and 0 <= evals[-1]["eval/top1"] <= 1

@@ -19,6 +19,7 @@ from incres import checkpoint, configs, errors, metrics, train
 from incres import state as state_lib
 
 import tiny_config as tiny  # tests/ is on the path (pytest's rootdir-relative import).
+from tiny_config import assert_trees_equal, params_of
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
@@ -26,17 +27,6 @@ pytestmark = pytest.mark.usefixtures("compilation_cache")
 def tiny_config(steps: int = 6, **overrides):
   defaults = dict(eval_batch_size=64, eval_split="test[:128]", lr_boundaries=(4,))
   return tiny.get(steps=steps, every=2, **{**defaults, **overrides})
-
-
-def params_of(workdir: str, **kw):
-  return jax.device_get(checkpoint.load_variables(workdir, **kw)[2])
-
-
-def assert_trees_equal(a, b):
-  la, lb = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]
-  assert [p for p, _ in la] == [p for p, _ in lb]
-  for (path, x), (_, y) in zip(la, lb):
-    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
 
 
 # --- Schedules and optimizer ---------------------------------------------------------------------
@@ -167,27 +157,10 @@ def _aux_step(dtype: str):
   smoothing 0.1, batch of 8)."""
   config = tiny_config(dtype=dtype, aux_loss_weight=0.3, label_smoothing=0.1)
   model = _TinyNetWithAux(dtype=jnp.dtype(dtype))
-  lr_fn = state_lib.create_learning_rate_fn(config)
-  tx = state_lib.create_optimizer(config, lr_fn)
-  state = state_lib.create_train_state(config, model, tx, state_lib.create_mesh())
-  step = jax.jit(
-      lambda s, b: train.train_step(
-          s,
-          b,
-          model=model,
-          tx=tx,
-          learning_rate_fn=lr_fn,
-          aux_loss_weight=0.3,
-          label_smoothing=0.1,
-          ema_decay=None,
-      )
+  state, step = tiny.jitted_train_step(
+      config, model, aux_loss_weight=0.3, label_smoothing=0.1, ema_decay=None
   )
-  rng = np.random.default_rng(0)
-  batch = {
-      "image": rng.normal(size=(8, 16, 16, 3)).astype(np.float32),
-      "label": rng.integers(0, 10, 8).astype(np.int32),
-  }
-  return model, state, step, batch
+  return model, state, step, tiny.random_batch(8)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -232,26 +205,10 @@ def test_train_step_smooths_the_labels_of_the_aux_heads_too():
 
 def _one_step(config, model, aux_loss_weight, ema_decay=None):
   """(state before, state after) of one jitted `train_step` on a fixed random batch."""
-  lr_fn = state_lib.create_learning_rate_fn(config)
-  tx = state_lib.create_optimizer(config, lr_fn)
-  state = state_lib.create_train_state(config, model, tx, state_lib.create_mesh())
-  step = jax.jit(
-      lambda s, b: train.train_step(
-          s,
-          b,
-          model=model,
-          tx=tx,
-          learning_rate_fn=lr_fn,
-          aux_loss_weight=aux_loss_weight,
-          label_smoothing=0.0,
-          ema_decay=ema_decay,
-      )
+  state, step = tiny.jitted_train_step(
+      config, model, aux_loss_weight=aux_loss_weight, label_smoothing=0.0, ema_decay=ema_decay
   )
-  rng = np.random.default_rng(0)
-  batch = {
-      "image": rng.normal(size=(8, 16, 16, 3)).astype(np.float32),
-      "label": rng.integers(0, 10, 8).astype(np.int32),
-  }
+  batch = tiny.random_batch(8)
   before = jax.device_get(state)  # Copied before the step can donate or reuse its buffers.
   return before, jax.device_get(step(state, batch)[0])
 
@@ -442,16 +399,9 @@ def test_resume_is_bitwise_exact(finished_run, tmp_path):
   The first 3 steps run without device prefetching: the batches and their order are the same.
   """
   config, reference, _ = finished_run
-  workdir = str(tmp_path / "resumed")
-  first = config.copy_and_resolve_references()
-  first.num_train_steps = 3
-  first.device_prefetch = 0
-  assert train.train_and_evaluate(first, workdir)["step"] == 3
-  assert train.train_and_evaluate(config, workdir)["step"] == 6
-  for averaged in (False, "ema", "polyak"):
-    assert_trees_equal(
-        params_of(workdir, averaged=averaged), params_of(reference, averaged=averaged)
-    )
+  workdir = tiny.assert_exact_resume(
+      config, tmp_path, 3, averaged=(False, "ema", "polyak"), reference=reference
+  )
   # One record per logged step, none duplicated by the restart.
   steps = [r["step"] for r in metrics.read_metrics(workdir) if "train/loss" in r]
   assert steps == sorted(set(steps)) and steps[-1] == 6

@@ -57,13 +57,12 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import flags
 import ml_collections
 
 if __package__ in (None, "") and __name__ == "__main__":  # `python experiments/residual_study.py`.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from incres import cli, configs, errors, studies  # pylint: disable=g-import-not-at-top
+from incres import configs, errors, studies  # pylint: disable=g-import-not-at-top
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NUM_EVALS = 10
@@ -171,30 +170,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def main(argv: list[str] | None = None) -> None:
-  args = flags.FlagValues()
-  studies.define_flags(args, "runs/residual_study", "inception_plain_s0")
-  flags.DEFINE_integer("seeds", len(SEEDS), "Seeds per net (0, 1, ...).", flag_values=args)
-  prog = "python experiments/residual_study.py"
-  cli.parse(args, argv, prog=prog, description=__doc__.split("\n\n")[1])
-  if args.seeds < 1:
-    raise cli.UsageError(f"--seeds must be at least 1, not {args.seeds}", prog)
-  names = run_names(range(args.seeds))
-  studies.check_only(args.only, run_names(range(max(args.seeds, 10))), prog, listed=names)
-  if not args.skip_training:
-    # Seed-major order, dealt round robin: each process gets both studies and finishes seed 0 of
-    # its share first.
-    runs = [
-        (f"{os.path.abspath(__file__)}:{run_arg(name)}", os.path.join(args.outdir, name))
-        for name in args.only or names
-    ]
-    studies.train_or_exit(runs, args.parallel)
-    if args.only:
-      return
-
-  text = study_report(args.outdir, args.seeds)
-  with open(os.path.join(args.outdir, "report.md"), "w") as f:
-    f.write(text)
-  print(text)
+  # The runs in seed-major order, dealt round robin: each process gets both studies and finishes
+  # seed 0 of its share first.
+  studies.seeded_study_main(
+      argv,
+      script=__file__,
+      outdir="runs/residual_study",
+      only_example="inception_plain_s0",
+      description=__doc__.split("\n\n")[1],
+      seeds=len(SEEDS),
+      run_names=run_names,
+      run_arg=run_arg,
+      study_report=study_report,
+  )
 
 
 def study_report(outdir: str, seeds: int = len(SEEDS)) -> str:

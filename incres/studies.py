@@ -1,4 +1,5 @@
-"""Training the runs of a small study (`experiments/degradation.py`, `experiments/residual_study.py`).
+"""Training the runs of a small study (`experiments/degradation.py`, `experiments/residual_study.py`,
+`experiments/recipe_study.py`).
 
 Each run is its own `launch.py` process, exactly as a user would start it, so a study's runs are
 ordinary workdirs: resumable, and readable by `incres.analysis` and `incres.report`.
@@ -10,7 +11,7 @@ import concurrent.futures
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from absl import flags
 
@@ -79,6 +80,47 @@ def train_or_exit(runs: Sequence[tuple[str, str]], parallel: int) -> None:
     train_runs(os.path.join(root, "launch.py"), runs, parallel, cwd=root)
   except StudyError as e:
     sys.exit(str(e))
+
+
+def seeded_study_main(
+    argv: list[str] | None,
+    *,
+    script: str,
+    outdir: str,
+    only_example: str,
+    description: str,
+    seeds: int,
+    run_names: Callable[[Iterable[int]], list[str]],
+    run_arg: Callable[[str], str],
+    study_report: Callable[[str, int], str],
+) -> None:
+  """The command line of a study whose runs are `<arm>_s<seed>` of the config in `script`.
+
+  Trains the runs of `--seeds` seeds (default `seeds`), or `--only` some of them, each
+  `script:run_arg(name)` into `--outdir/name`; then writes `study_report(outdir, seeds)` to
+  `report.md` there and prints it (`--skip_training`: only that).
+  """
+  args = flags.FlagValues()
+  define_flags(args, outdir, only_example)
+  flags.DEFINE_integer("seeds", seeds, "Seeds per arm (0, 1, ...).", flag_values=args)
+  prog = f"python experiments/{os.path.basename(script)}"
+  cli.parse(args, argv, prog=prog, description=description)
+  if args.seeds < 1:
+    raise cli.UsageError(f"--seeds must be at least 1, not {args.seeds}", prog)
+  names = run_names(range(args.seeds))
+  check_only(args.only, run_names(range(max(args.seeds, 10))), prog, listed=names)
+  if not args.skip_training:
+    runs = [
+        (f"{os.path.abspath(script)}:{run_arg(name)}", os.path.join(args.outdir, name))
+        for name in args.only or names
+    ]
+    train_or_exit(runs, args.parallel)
+    if args.only:
+      return
+  text = study_report(args.outdir, args.seeds)
+  with open(os.path.join(args.outdir, "report.md"), "w") as f:
+    f.write(text)
+  print(text)
 
 
 DIGITS_NUM_TRAIN = 1_497  # digits' training split (incres.data): a budget in epochs is exact.

@@ -288,13 +288,15 @@ def bag_of_tricks(c: ml_collections.ConfigDict) -> None:
 
   Colour (Section 2.1): brightness, contrast and saturation scaled by factors uniform in [0.6,
   1.4] in a random order, then AlexNet's PCA lighting noise with alphas from N(0, 0.1), on the
-  uint8 crop after the random-resized crop (incres.data.color_jitter). That is the code of the
-  run behind the numbers (its log: use_rec=True, so mxnet's ImageRecordIter with brightness,
-  contrast, saturation 0.4 and pca_noise 0.1, src/io/image_aug_default.cc), where the paper's text
-  names hue instead of contrast: the code is followed, as it made the numbers (its quirks too:
-  incres.data.color_jitter lists them). Deviations: that iterator's crop draws the aspect ratio
-  uniformly (not log-uniformly) in [3/4, 4/3], swaps the sides half the time and falls back to a
-  centre crop otherwise; here torchvision's RandomResizedCrop, as the other recipes. The paper initialises convolutions and the fc with
+  uint8 crop after the random-resized crop (incres.data.color_jitter). That is the code of the run
+  behind the numbers (its log: use_rec=True, so mxnet's ImageRecordIter with brightness, contrast
+  and saturation 0.4 and pca_noise 0.1, src/io/image_aug_default.cc), where the paper's text names
+  hue instead of contrast: the code is followed, as it made the numbers (its quirks too, which
+  incres.data.color_jitter lists).
+
+  Deviations: that iterator's crop draws the aspect ratio uniformly (not log-uniformly) in [3/4,
+  4/3], swaps the sides half the time and falls back to a centre crop; here torchvision's
+  RandomResizedCrop, as the other recipes. The paper initialises convolutions and the fc with
   Xavier's uniform; incres' ResNets use He's normal (the 2015 paper's). Its normalisation
   constants (mean 123.68, 116.779, 103.939; std 58.393, 57.12, 57.375) differ from torchvision's
   (normalize="mean_std") by at most 0.5 in the green mean. The authors trained in float16; this

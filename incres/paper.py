@@ -335,7 +335,8 @@ WRN_DROPOUT_RATE = 0.3
 #   warm-up epochs from 0, last_gamma, no_wd, label smoothing, mixup alpha 0.2, 200 epochs, wd
 #   1e-4, momentum 0.9, float16); label smoothing's 0.1 is the paper's (not read in the log). Its
 #   colour augmentation is the run's code, not the paper's text (Section 2.1: hue, saturation and
-#   brightness in [0.6, 1.4], PCA noise N(0, 0.1)): the log's use_rec=True means gluon-cv's
+#   brightness in [0.6, 1.4], PCA noise N(0, 0.1); read in summaries of the paper, not in the paper
+#   itself): the resnet50_v1d-mixup.sh command has --use-rec, the log use_rec=True, so gluon-cv's
 #   scripts/classification/imagenet/train_imagenet.py read ImageNet with mx.io.ImageRecordIter(
 #   brightness=0.4, saturation=0.4, contrast=0.4, pca_noise=0.1) (its get_data_rec; jitter_param
 #   0.4, lighting_param 0.1), i.e. mxnet's src/io/image_aug_default.cc: brightness, contrast,

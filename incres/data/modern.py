@@ -5,10 +5,11 @@ torchvision's reference recipe (`references/classification/presets.py`,
 (area 8%-100% of the image, aspect ratio 3/4-4/3) resized bilinearly to `image_size`, a
 horizontal flip, then Bag of Tricks' colour jitter and PCA lighting noise on the uint8 crop
 (`config.color_jitter`, `config.pca_lighting`: `incres.data.color_jitter`; off by default), then
-the auto-augment policy (`config.auto_augment`: `incres.data.autoaugment`), then the [0, 1] scale, the mean and the std, then random erasing
-(`config.random_erasing`: `incres.data.erasing`). A seeded, stateless function of (image, seed):
-each example's view depends on (config, step) through its position's seed, so resumed training
-stays exact; all of it runs on the host (`incres.data.placement`).
+the auto-augment policy (`config.auto_augment`: `incres.data.autoaugment`), then the [0, 1]
+scale, the mean and the std, then random erasing (`config.random_erasing`:
+`incres.data.erasing`). A seeded, stateless function of (image, seed): each example's view depends
+on (config, step) through its position's seed, so resumed training stays exact; all of it runs on
+the host (`incres.data.placement`).
 
 The crop is GoogLeNet's (`googlenet_augment.sample_crop_window`), which is torchvision's
 `RandomResizedCrop.get_params`: the same area and log-uniform aspect draws, `round` to whole

@@ -190,6 +190,7 @@ AUTO_AUGMENT_CASES = {
     "rrc+flip, randaugment+erase": dict(
         auto_augment="randaugment", random_erasing=0.25, random_erasing_fill="pixel"
     ),
+    "rrc+flip, colour jitter+lighting": dict(color_jitter=(0.4, 0.4, 0.4), pca_lighting=0.1),
 }
 CASE_SETS = ("issue15", "auto_augment", "all")
 

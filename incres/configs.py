@@ -62,6 +62,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.auto_augment_interpolation = "nearest"
   c.random_erasing = 0.0  # ... then random erasing's probability (0: off; incres.data.erasing) ...
   c.random_erasing_fill = "zero"  # ... its fill: "zero" (torchvision's) or "pixel" (timm's normal).
+  # random_resized_crop's colour on the uint8 crop, before the policy (Bag of Tricks' as mxnet's
+  # ImageRecordIter applies it: incres.data.color_jitter): brightness, contrast and saturation
+  # strengths s, each factor uniform in [1 - s, 1 + s], in a random order (0: that op off) ...
+  c.color_jitter = (0.0, 0.0, 0.0)
+  c.pca_lighting = 0.0  # ... then AlexNet's PCA lighting noise, its alphas' std (0: off).
   # Where "googlenet"'s photometric distortions run: "auto" (in the train step when JAX's backend is
   # a GPU or TPU, else in the host pipeline), "host" or "device" (incres.data.device_photometric:
   # the same draws; the pixels TensorFlow's to float32 rounding). "device" needs
@@ -412,9 +417,10 @@ RANDAUGMENT_MAX_MAGNITUDE = 30  # The last of torchvision's 31 magnitude bins.
 
 
 def check_auto_augment(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError for a value of the auto-augment and random-erasing keys that is not one,
-  for random erasing without augment="random_resized_crop", or for a policy without that recipe
-  or augment="cifar" (the recipes that run them)."""
+  """Raises ConfigError for a value of the auto-augment, random-erasing, colour-jitter and
+  PCA-lighting keys that is not one, for random erasing or colour without
+  augment="random_resized_crop", or for a policy without that recipe or augment="cifar" (the
+  recipes that run them)."""
   policy = config.get("auto_augment", "none")
   problems = []
   if policy not in AUTO_AUGMENT_POLICIES:
@@ -443,6 +449,19 @@ def check_auto_augment(config: ml_collections.ConfigDict) -> None:
   fill = config.get("random_erasing_fill", "zero")
   if fill not in RANDOM_ERASING_FILLS:
     problems.append(f"random_erasing_fill={fill!r} is not one of {', '.join(RANDOM_ERASING_FILLS)}")
+  jitter = config.get("color_jitter", (0.0, 0.0, 0.0))
+  if (
+      not isinstance(jitter, (tuple, list))
+      or len(jitter) != 3
+      or not all(_is_number(s) and 0 <= s <= 1 for s in jitter)
+  ):
+    problems.append(
+        f"color_jitter={jitter!r} must be three numbers in [0, 1], the brightness, contrast and"
+        " saturation strengths (e.g. (0.4, 0.4, 0.4): factors in [0.6, 1.4])"
+    )
+  lighting = config.get("pca_lighting", 0.0)
+  if not _is_number(lighting) or lighting < 0:
+    problems.append(f"pca_lighting={lighting!r} is a standard deviation: a number, 0 or more")
   if problems:
     raise errors.ConfigError("; ".join(problems) + ". Set --config.<key> to an allowed value.")
   if erasing > 0 and config.augment != "random_resized_crop":
@@ -450,6 +469,14 @@ def check_auto_augment(config: ml_collections.ConfigDict) -> None:
         "random_erasing runs in augment='random_resized_crop' (torchvision's and timm's ImageNet"
         f" recipe), but this run's augment is {config.augment!r}: set"
         " --config.augment=random_resized_crop, or leave random_erasing at 0."
+    )
+  colour = [k for k, on in (("color_jitter", any(jitter)), ("pca_lighting", lighting > 0)) if on]
+  if colour and config.augment != "random_resized_crop":
+    raise errors.ConfigError(
+        f"{' and '.join(colour)} run in augment='random_resized_crop' (Bag of Tricks' colour"
+        f" augmentation on its crop), but this run's augment is {config.augment!r}, whose recipe"
+        " has its own colour (resnet_imagenet: PCA lighting; googlenet: photometric distortions):"
+        f" set --config.augment=random_resized_crop, or leave {' and '.join(colour)} at 0."
     )
   if policy != "none" and config.augment not in AUTO_AUGMENT_RECIPES:
     raise errors.ConfigError(

@@ -1,5 +1,5 @@
 """augment="random_resized_crop" (incres.data.modern): torchvision's and timm's ImageNet train
-transform with an auto-augment policy and random erasing. Its crop is torchvision's
+transform with an auto-augment policy, colour jitter and random erasing. Its crop is torchvision's
 RandomResizedCrop, its config keys are checked, it runs on the host everywhere, and batches and
 training with it resume exactly."""
 
@@ -129,7 +129,7 @@ def train_ready(c):
 
 
 def test_batches_resume_exactly_and_differ_between_steps():
-  c = _config()
+  c = _config(color_jitter=(0.4, 0.4, 0.4), pca_lighting=0.1)  # Bag of Tricks' colour too.
   it = data.create_train_iter(c)
   fresh = [next(it) for _ in range(4)]
   resumed = data.create_train_iter(c, start_step=2)
@@ -141,8 +141,9 @@ def test_batches_resume_exactly_and_differ_between_steps():
   assert set(fresh[0]) == {"image", "label"} and fresh[0]["image"].shape == (8, 32, 32, 3)
 
 
-def test_training_with_trivialaugment_and_erasing_resumes_bitwise(tmp_path):
-  """A run stopped at step 2 and resumed ends with the uninterrupted run's bits."""
+def test_training_with_trivialaugment_colour_and_erasing_resumes_bitwise(tmp_path):
+  """A run stopped at step 2 and resumed ends with the uninterrupted run's bits (with the policy,
+  Bag of Tricks' colour jitter and lighting, and erasing)."""
 
   c = test_train.tiny_config(
       4,
@@ -157,6 +158,8 @@ def test_training_with_trivialaugment_and_erasing_resumes_bitwise(tmp_path):
       augment="random_resized_crop",
       auto_augment="trivialaugment_wide",
       random_erasing=0.25,
+      color_jitter=(0.4, 0.4, 0.4),
+      pca_lighting=0.1,
   )
   c.model_kwargs.stage_sizes = (1, 1, 1)  # An 8-layer ResNet: less to compile.
   resumed = tiny.assert_exact_resume(c, tmp_path, 2)  # Steps 3 and 4 after a restart.

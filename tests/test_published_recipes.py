@@ -138,6 +138,9 @@ def _expected(name: str, t: dict, c) -> dict:
       cutmix_alpha=t["cutmix_alpha"],
       mix_prob=t["mix_prob"],
       random_erasing=t["random_erasing"],
+      # The colour on the crop: Bag of Tricks' (mxnet's ImageRecordIter); the others have none.
+      color_jitter=t.get("color_jitter", (0.0, 0.0, 0.0)),
+      pca_lighting=t.get("pca_lighting", 0.0),
       repeated_augmentation=t["ra_reps"],
       augment="random_resized_crop",
       normalize="mean_std",

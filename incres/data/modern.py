@@ -3,11 +3,13 @@
 torchvision's reference recipe (`references/classification/presets.py`,
 `ClassificationPresetTrain`) and timm's (`transforms_imagenet_train`): a random-resized crop
 (area 8%-100% of the image, aspect ratio 3/4-4/3) resized bilinearly to `image_size`, a
-horizontal flip, then the auto-augment policy on the uint8 crop (`config.auto_augment`:
-`incres.data.autoaugment`), then the [0, 1] scale, the mean and the std, then random erasing
-(`config.random_erasing`: `incres.data.erasing`). A seeded, stateless function of (image, seed):
-each example's view depends on (config, step) through its position's seed, so resumed training
-stays exact; all of it runs on the host (`incres.data.placement`).
+horizontal flip, then Bag of Tricks' colour jitter and PCA lighting noise on the uint8 crop
+(`config.color_jitter`, `config.pca_lighting`: `incres.data.color_jitter`; off by default), then
+the auto-augment policy (`config.auto_augment`: `incres.data.autoaugment`), then the [0, 1]
+scale, the mean and the std, then random erasing (`config.random_erasing`:
+`incres.data.erasing`). A seeded, stateless function of (image, seed): each example's view depends
+on (config, step) through its position's seed, so resumed training stays exact; all of it runs on
+the host (`incres.data.placement`).
 
 The crop is GoogLeNet's (`googlenet_augment.sample_crop_window`), which is torchvision's
 `RandomResizedCrop.get_params`: the same area and log-uniform aspect draws, `round` to whole
@@ -28,7 +30,7 @@ from typing import Callable
 import tensorflow as tf
 
 from incres import configs
-from incres.data import autoaugment, crops, erasing, googlenet_augment
+from incres.data import autoaugment, color_jitter, crops, erasing, googlenet_augment
 
 AUGMENT = "random_resized_crop"  # Its `config.augment` value.
 
@@ -43,10 +45,13 @@ def train(
     policy: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
     erasing_probability: float = 0.0,
     erasing_fill: str = "zero",
+    jitter: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    lighting_std: float = 0.0,
 ) -> tf.Tensor:
   """float32 `[size, size, 3]`: `image` (uint8 `[H, W, 3]` or encoded bytes) through the crop,
-  flip, `policy` (uint8 `(image, seed) -> image`, None: none), `(x / 255 - mean) / std` and
-  random erasing at `erasing_probability`."""
+  flip, colour jitter of strengths `jitter` (brightness, contrast, saturation) and PCA lighting of
+  `lighting_std` (`color_jitter.color_augment`; all 0: none), `policy` (uint8 `(image, seed) ->
+  image`, None: none), `(x / 255 - mean) / std` and random erasing at `erasing_probability`."""
   crop_seed, flip_seed, policy_seed, erase_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 4)
   )
@@ -64,6 +69,10 @@ def train(
   flip = tf.random.stateless_uniform([], flip_seed) < 0.5  # RandomHorizontalFlip(0.5).
   x = crops.resized_crop(image, size, box, flip=flip)
   x = tf.cast(tf.round(tf.clip_by_value(x, 0.0, 255.0)), tf.uint8)
+  if any(jitter) or lighting_std > 0:  # Its own stream: the four above draw as without it.
+    x = color_jitter.color_augment(
+        x, color_jitter.stream(seed), strengths=tuple(jitter), lighting_std=lighting_std
+    )
   if policy is not None:
     x = policy(x, policy_seed)
   x = (tf.cast(x, tf.float32) * (1.0 / 255.0) - mean) / std
@@ -88,8 +97,9 @@ def policy_fn(config) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None:
 
 
 def train_fn(config, *, mean, std) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-  """`(image, seed) -> view` for `config` (`auto_augment`, `randaugment_*`,
-  `auto_augment_interpolation`, `random_erasing*`; checked by `configs.check_auto_augment`)."""
+  """`(image, seed) -> view` for `config` (`color_jitter`, `pca_lighting`, `auto_augment`,
+  `randaugment_*`, `auto_augment_interpolation`, `random_erasing*`; checked by
+  `configs.check_auto_augment`)."""
   configs.check_auto_augment(config)
   return functools.partial(
       train,
@@ -99,4 +109,6 @@ def train_fn(config, *, mean, std) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor
       policy=policy_fn(config),
       erasing_probability=config.get("random_erasing", 0.0),
       erasing_fill=config.get("random_erasing_fill", "zero"),
+      jitter=tuple(float(s) for s in config.get("color_jitter", (0.0, 0.0, 0.0))),
+      lighting_std=float(config.get("pca_lighting", 0.0)),
   )

@@ -197,6 +197,19 @@ NOT_RUN = {
         "trains an Inception-ResNet twin for minutes (compiling it alone takes over a minute); the"
         " launch.py path runs here with resnet_cifar.py and finetune.py"
     ),
+    "python experiments/recipe_study.py --outdir=runs/recipe_study": (
+        "trains eight pre-activation ResNet-56 runs (18-25 minutes each on 2 cores);"
+        " tests/test_recipe_study.py checks each arm's config, trains the components together in"
+        " a tiny run and renders the report from metrics"
+    ),
+    "python experiments/recipe_study.py --outdir=runs/recipe_study --skip_training": (
+        "needs the study's eight trained runs"
+    ),
+    "python launch.py --config=experiments/recipe_study.py:arm=randaugment,seed=1"
+    " --workdir=runs/recipe_randaugment_s1": (
+        "trains a ResNet-56 for 300 steps (about 20 minutes here); tests/test_recipe_study.py"
+        " trains every arm's settings at once in a tiny net for two steps"
+    ),
     "python launch.py --config=experiments/<name>.py[:args] [--workdir=DIR] [--config.key=value"
     " ...]": "the pattern of the launch.py commands above",
     "python -m incres.<tool>": "the pattern of the tools' commands above",

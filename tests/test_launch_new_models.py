@@ -21,14 +21,16 @@ INCEPTION = os.path.join(ROOT, "experiments", "inception.py")
 RESNET_CIFAR = os.path.join(ROOT, "experiments", "resnet_cifar.py")
 
 
-@pytest.mark.slow
-def test_inception_v3_trains_through_the_launch_py_subprocess(tmp_path):
-  workdir = tmp_path / "v3"
+def _launch_on_digits(tmp_path, spec: str, *overrides: str):
+  """`launch.py --config=<spec>,dataset=digits,smoke=True,tiny=True` in a subprocess, scoring 16
+  test digits (not all 300 at the smoke settings' batch: the test's cost); it must exit 0.
+  Returns (its stdout, the run's config.json, its metrics.jsonl rows)."""
+  workdir = tmp_path / "run"
   result = run_launch(
-      f"--config={INCEPTION}:model=v3,dataset=digits,smoke=True,tiny=True",
+      f"--config={spec},dataset=digits,smoke=True,tiny=True",
       f"--workdir={workdir}",
       "--jax_cache_dir=",
-      # Score 16 test digits, not all 300 at the smoke setting's batch of 4: the test's cost.
+      *overrides,
       "--config.eval_split=test[:16]",
       "--config.eval_batch_size=16",
       cwd=str(tmp_path),
@@ -36,10 +38,17 @@ def test_inception_v3_trains_through_the_launch_py_subprocess(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   with open(workdir / "config.json") as f:
     config = json.load(f)
-  assert config["model"] == "InceptionV3" and config["model_kwargs"]["width"] == 0.0625
-  assert "step 3/3 (100.0%)" in result.stdout and "eval at step 3" in result.stdout
   with open(workdir / "metrics.jsonl") as f:
-    losses = [r["train/loss"] for r in map(json.loads, f) if "train/loss" in r]
+    rows = [json.loads(line) for line in f]
+  return result.stdout, config, rows
+
+
+@pytest.mark.slow
+def test_inception_v3_trains_through_the_launch_py_subprocess(tmp_path):
+  stdout, config, rows = _launch_on_digits(tmp_path, f"{INCEPTION}:model=v3")
+  assert config["model"] == "InceptionV3" and config["model_kwargs"]["width"] == 0.0625
+  assert "step 3/3 (100.0%)" in stdout and "eval at step 3" in stdout
+  losses = [r["train/loss"] for r in rows if "train/loss" in r]
   assert len(losses) == 3 and np.all(np.isfinite(losses))
 
 
@@ -105,25 +114,15 @@ def test_wrn28_10_in_bfloat16_through_launch_py_evaluates_finite_logits(tmp_path
   # WRN28_10 runs as users run it: jaxlib 0.12.1's XLA:CPU fuses its bfloat16 inference graph into
   # a YNN fusion that returns NaN logits unless launch.py turns those fusions off before JAX
   # starts (runtime.avoid_cpu_bfloat16_nan): eval/loss was NaN here before it did.
-  workdir = tmp_path / "wrn"
-  result = run_launch(
-      f"--config={RESNET_CIFAR}:model=wrn28_10,dataset=digits,smoke=True,tiny=True",
-      f"--workdir={workdir}",
-      "--jax_cache_dir=",
+  _, config, rows = _launch_on_digits(
+      tmp_path,
+      f"{RESNET_CIFAR}:model=wrn28_10",
       "--config.dtype=bfloat16",
       "--config.num_train_steps=2",
       "--config.eval_every_steps=2",
       "--config.checkpoint_every_steps=2",
-      "--config.eval_split=test[:16]",
-      "--config.eval_batch_size=16",
-      cwd=str(tmp_path),
   )
-  assert result.returncode == 0, result.stderr[-3000:]
-  with open(workdir / "config.json") as f:
-    config = json.load(f)
   assert config["model"] == "WRN28_10" and config["dtype"] == "bfloat16"
-  with open(workdir / "metrics.jsonl") as f:
-    rows = [json.loads(line) for line in f]
   evals = [r["eval/loss"] for r in rows if "eval/loss" in r]
   assert len(evals) == 1 and np.isfinite(evals[0]) and 1.0 < evals[0] < 10.0
 
